@@ -1,0 +1,1 @@
+"""The benchmark harness: a Hydra app that runs protocols and records tidy rows."""
