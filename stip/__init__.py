@@ -1,0 +1,16 @@
+"""STIP: Secure Transformer Inference Protocol (three parties, feature-space permutations).
+
+    developer = stip.ModelDeveloper(model, seed=0)
+    server = stip.ModelServer(developer.cloud_model())
+    device = developer.data_owner()
+    out = device.decode(server.infer(device.encode(input_ids)))
+"""
+from .families import FAMILIES, UnsupportedModelError, get_family
+from .generate import generate
+from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE, KeyMismatchError, KeySet
+from .parties import DataOwner, ModelDeveloper, ModelServer, StipInputError
+
+__all__ = [
+    "FAMILIES", "DEVELOPER_KEYS_FILE", "USER_KEYS_FILE", "DataOwner", "KeyMismatchError", "KeySet",
+    "ModelDeveloper", "ModelServer", "StipInputError", "UnsupportedModelError", "generate", "get_family",
+]

@@ -1,0 +1,102 @@
+"""Apply a family's rules to tensors: key generation from shapes, and per-tensor transforms.
+
+Works on (name, tensor) pairs only, so the same code serves an in-memory state dict and a
+checkpoint read shard by shard. Permutations are index selections, never dense matmuls.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+
+from .families import DEVICE, Dims, Family
+from .keys import KeyMismatchError, KeySet, PermutationSource, head_structured_permutations
+
+_LAYER_KEYS = {"q": "pi_i1_q", "k": "pi_i1_k", "v": "pi_i2_v", "o": "pi_i2_o", "f": "pi_i3"}
+
+
+def output_dim(family: Family, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    """Size of the output space `c` (vocabulary or labels), read off the head's shape."""
+    for name, shape in shapes.items():
+        spaces, _ = family.spaces_for(name)
+        if spaces != DEVICE and "c" in spaces:
+            return int(shape[spaces.index("c")])
+    return None
+
+
+def expected_key_shapes(dims: Dims, out_dim: int | None) -> dict[str, tuple[int, ...]]:
+    """The shape every key must have for a model with these dimensions."""
+    shapes: dict[str, tuple[int, ...]] = {"pi": (dims.hidden,)}
+    if out_dim is not None:
+        shapes["pi_c"] = (out_dim,)
+    q, kv = dims.n_heads * dims.head_dim, dims.n_kv_heads * dims.head_dim
+    ffn = (dims.n_experts, dims.ffn) if dims.n_experts else (dims.ffn,)
+    for i in range(dims.n_layers):
+        shapes.update({f"layers.{i}.pi_i1_q": (q,), f"layers.{i}.pi_i1_k": (kv,), f"layers.{i}.pi_i2_v": (kv,),
+                       f"layers.{i}.pi_i2_o": (q,), f"layers.{i}.pi_i3": ffn})
+    return shapes
+
+
+def generate_keys(dims: Dims, out_dim: int | None, model_type: str, seed: int | None) -> KeySet:
+    """Draw every permutation a model needs: pi, pi_c, and per layer pi_i1/pi_i2/pi_i3."""
+    source = PermutationSource(seed)
+    tensors = {"pi": source.permutation(dims.hidden)}
+    if out_dim is not None:
+        tensors["pi_c"] = source.permutation(out_dim)
+    for i in range(dims.n_layers):
+        heads = head_structured_permutations(dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.rope, source)
+        tensors.update({f"layers.{i}.{k}": v for k, v in heads.items()})
+        if dims.n_experts:
+            tensors[f"layers.{i}.pi_i3"] = torch.stack([source.permutation(dims.ffn) for _ in range(dims.n_experts)])
+        else:
+            tensors[f"layers.{i}.pi_i3"] = source.permutation(dims.ffn)
+    metadata = {"model_type": model_type, "hidden_size": str(dims.hidden), "n_layers": str(dims.n_layers),
+                "role": "developer", "seeded": str(seed is not None)}
+    return KeySet(tensors, metadata)
+
+
+def space_index(keys: KeySet, space: str, layer: int | None) -> torch.Tensor:
+    """The index vector (or per-expert index matrix) of a named feature space."""
+    if space == "h":
+        return keys["pi"]
+    if space == "c":
+        return keys["pi_c"]
+    if layer is None:
+        raise KeyMismatchError(f"space '{space}' needs a layer index")
+    if space == "qkv":  # GPT-2's fused Q|K|V: each third gets its own output permutation
+        q, k, v = (space_index(keys, s, layer) for s in ("q", "k", "v"))
+        return torch.cat([q, q.numel() + k, q.numel() + k.numel() + v])
+    if space == "gu":  # Mixtral's fused gate|up per expert, both with pi_i3
+        f = space_index(keys, "f", layer)
+        return torch.cat([f, f.shape[-1] + f], dim=-1)
+    return keys[f"layers.{layer}.{_LAYER_KEYS[space]}"]
+
+
+def transform_tensor(tensor: torch.Tensor, spaces, layer: int | None, keys: KeySet) -> torch.Tensor:
+    """Permute each dimension of `tensor` into its feature space; zero device-side tensors."""
+    if spaces == DEVICE:
+        return torch.zeros_like(tensor)
+    if len(spaces) != tensor.dim():
+        raise KeyMismatchError(f"rule expects {len(spaces)} dims but tensor has shape {tuple(tensor.shape)}")
+    out = tensor
+    for dim, space in enumerate(spaces):
+        if space is None:
+            continue
+        index = space_index(keys, space, layer)
+        if index.dim() == 1:
+            if index.numel() != out.shape[dim]:
+                raise KeyMismatchError(f"space '{space}' has {index.numel()} features but the tensor has "
+                                       f"{out.shape[dim]} on dim {dim}: keys from another model?")
+            out = out.index_select(dim, index)
+        else:  # one permutation per expert (leading dim)
+            out = torch.stack([out[e].index_select(dim - 1, index[e]) for e in range(out.shape[0])])
+    return out.contiguous()
+
+
+def transform_named_tensors(
+    family: Family, named: Iterable[tuple[str, torch.Tensor]], keys: KeySet
+) -> Iterable[tuple[str, torch.Tensor]]:
+    """Lazily transform (name, tensor) pairs: peak memory is one tensor beyond the caller's."""
+    for name, tensor in named:
+        spaces, layer = family.spaces_for(name)
+        yield name, transform_tensor(tensor, spaces, layer, keys)
