@@ -111,13 +111,12 @@ class Family:
     def dims(self, config) -> Dims:
         return _dims_from_config(config, self.rope)
 
-    def spaces_for(self, name: str) -> tuple[Spaces, int | None]:
-        """The rule's spaces for a parameter and its layer index; error if no rule matches."""
+    def spaces_for(self, name: str) -> tuple[Spaces, dict[str, int]]:
+        """The rule's spaces for a parameter and its layer (`L`) / expert (`E`) indices."""
         for rule in self.rules:
             m = rule.pattern.search(name)
             if m:
-                layer = m.groupdict().get("L")
-                return rule.spaces, (int(layer) if layer is not None else None)
+                return rule.spaces, {k: int(v) for k, v in m.groupdict().items() if v is not None}
         raise UnsupportedModelError(
             f"parameter '{name}' of a {self.name} model has no STIP transform rule; "
             "this head or variant is not supported (add a rule in stip/families.py)"
@@ -217,25 +216,29 @@ MIXTRAL = Family(
         (rf"layers\.{L}\.mlp\.gate\.weight", (None, "h")),  # router: W_g' = pi^T W_g
         (rf"layers\.{L}\.mlp\.experts\.gate_up_proj", (None, "gu", "h")),  # (E, 2I, H)
         (rf"layers\.{L}\.mlp\.experts\.down_proj", (None, "h", "f")),  # (E, H, I)
+        # the legacy on-disk layout that save_pretrained writes: one Linear per expert
+        (rf"layers\.{L}\.block_sparse_moe\.gate\.weight", (None, "h")),
+        (rf"layers\.{L}\.block_sparse_moe\.experts\.(?P<E>\d+)\.w[13]\.weight", ("f", "h")),
+        (rf"layers\.{L}\.block_sparse_moe\.experts\.(?P<E>\d+)\.w2\.weight", ("h", "f")),
     ]),
     notes="Each expert gets its own pi_i3; the router output (expert choice) is not permuted.",
 )
 
-_VIT_LAYER = rf"layers\.{L}"
+_VIT_LAYER = rf"(?:layers|encoder\.layer)\.{L}"  # transformers 5 names | on-disk (legacy) names
 VIT = Family(
     name="vit",
     model_types=("vit",),
     rules=_rules(
         (r"embeddings\.(?:cls_token|mask_token|position_embeddings)", DEVICE),
         (r"embeddings\.patch_embeddings\.projection\.(?:weight|bias)", DEVICE),
-        *_linear(rf"{_VIT_LAYER}\.attention\.q_proj", "q", "h"),
-        *_linear(rf"{_VIT_LAYER}\.attention\.k_proj", "k", "h"),
-        *_linear(rf"{_VIT_LAYER}\.attention\.v_proj", "v", "h"),
-        *_linear(rf"{_VIT_LAYER}\.attention\.o_proj", "h", "o"),
+        *_linear(rf"{_VIT_LAYER}\.attention\.(?:q_proj|attention\.query)", "q", "h"),
+        *_linear(rf"{_VIT_LAYER}\.attention\.(?:k_proj|attention\.key)", "k", "h"),
+        *_linear(rf"{_VIT_LAYER}\.attention\.(?:v_proj|attention\.value)", "v", "h"),
+        *_linear(rf"{_VIT_LAYER}\.attention\.(?:o_proj|output\.dense)", "h", "o"),
         *_norm(rf"{_VIT_LAYER}\.layernorm_before"),
         *_norm(rf"{_VIT_LAYER}\.layernorm_after"),
-        *_linear(rf"{_VIT_LAYER}\.mlp\.fc1", "f", "h"),
-        *_linear(rf"{_VIT_LAYER}\.mlp\.fc2", "h", "f"),
+        *_linear(rf"{_VIT_LAYER}\.(?:mlp\.fc1|intermediate\.dense)", "f", "h"),
+        *_linear(rf"{_VIT_LAYER}\.(?:mlp\.fc2|output\.dense)", "h", "f"),
         *_norm(r"layernorm"),
         *_linear(r"pooler\.dense", "h", "h"),
         *_linear(r"classifier", "c", "h"),

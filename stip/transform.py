@@ -55,24 +55,28 @@ def generate_keys(dims: Dims, out_dim: int | None, model_type: str, seed: int | 
     return KeySet(tensors, metadata)
 
 
-def space_index(keys: KeySet, space: str, layer: int | None) -> torch.Tensor:
-    """The index vector (or per-expert index matrix) of a named feature space."""
+def space_index(keys: KeySet, space: str, where: dict[str, int]) -> torch.Tensor:
+    """The index vector (or per-expert index matrix) of a named feature space.
+
+    `where` holds the layer index `L` and, for one expert's own tensor, the expert index `E`.
+    """
     if space == "h":
         return keys["pi"]
     if space == "c":
         return keys["pi_c"]
-    if layer is None:
+    if "L" not in where:
         raise KeyMismatchError(f"space '{space}' needs a layer index")
     if space == "qkv":  # GPT-2's fused Q|K|V: each third gets its own output permutation
-        q, k, v = (space_index(keys, s, layer) for s in ("q", "k", "v"))
+        q, k, v = (space_index(keys, s, where) for s in ("q", "k", "v"))
         return torch.cat([q, q.numel() + k, q.numel() + k.numel() + v])
     if space == "gu":  # Mixtral's fused gate|up per expert, both with pi_i3
-        f = space_index(keys, "f", layer)
+        f = space_index(keys, "f", where)
         return torch.cat([f, f.shape[-1] + f], dim=-1)
-    return keys[f"layers.{layer}.{_LAYER_KEYS[space]}"]
+    index = keys[f"layers.{where['L']}.{_LAYER_KEYS[space]}"]
+    return index[where["E"]] if "E" in where else index
 
 
-def transform_tensor(tensor: torch.Tensor, spaces, layer: int | None, keys: KeySet) -> torch.Tensor:
+def transform_tensor(tensor: torch.Tensor, spaces, where: dict[str, int], keys: KeySet) -> torch.Tensor:
     """Permute each dimension of `tensor` into its feature space; zero device-side tensors."""
     if spaces == DEVICE:
         return torch.zeros_like(tensor)
@@ -82,7 +86,7 @@ def transform_tensor(tensor: torch.Tensor, spaces, layer: int | None, keys: KeyS
     for dim, space in enumerate(spaces):
         if space is None:
             continue
-        index = space_index(keys, space, layer)
+        index = space_index(keys, space, where)
         if index.dim() == 1:
             if index.numel() != out.shape[dim]:
                 raise KeyMismatchError(f"space '{space}' has {index.numel()} features but the tensor has "
@@ -98,5 +102,5 @@ def transform_named_tensors(
 ) -> Iterable[tuple[str, torch.Tensor]]:
     """Lazily transform (name, tensor) pairs: peak memory is one tensor beyond the caller's."""
     for name, tensor in named:
-        spaces, layer = family.spaces_for(name)
-        yield name, transform_tensor(tensor, spaces, layer, keys)
+        spaces, where = family.spaces_for(name)
+        yield name, transform_tensor(tensor, spaces, where, keys)

@@ -1,0 +1,101 @@
+"""Transform a saved safetensors checkpoint shard by shard (peak memory ~ one shard).
+
+The developer side of STIP for models too big to hold twice: read each shard, transform its
+tensors, write the cloud shard, drop it. Tied LM heads are materialised from the embedding.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoConfig
+
+from .families import get_family
+from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE
+from .transform import expected_key_shapes, generate_keys, output_dim, transform_tensor
+
+log = logging.getLogger(__name__)
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def _tied_head(config) -> tuple[str, str] | None:
+    """(head name, embedding name) when the checkpoint's LM head is tied to its embedding."""
+    if not getattr(config, "tie_word_embeddings", False):
+        return None
+    for arch in getattr(config, "architectures", None) or []:
+        tied = getattr(getattr(transformers, arch, None), "_tied_weights_keys", None)
+        if isinstance(tied, dict) and tied:
+            head, embedding = next(iter(tied.items()))
+            return head, embedding
+    return None
+
+
+def _shard_shapes(shards: list[Path]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as fh:
+            for name in fh.keys():
+                shapes[name] = tuple(fh.get_slice(name).get_shape())
+    return shapes
+
+
+def transform_checkpoint(model_dir: str | Path, out_dir: str | Path, keys_dir: str | Path,
+                         seed: int | None = None) -> dict:
+    """Write the cloud checkpoint to `out_dir` and the developer/user key files to `keys_dir`."""
+    model_dir, out_dir, keys_dir = Path(model_dir), Path(out_dir), Path(keys_dir)
+    shards = sorted(model_dir.glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"no *.safetensors shards in {model_dir}; save the model with "
+                                "save_pretrained(safe_serialization=True) first")
+    if out_dir.resolve() == model_dir.resolve():
+        raise ValueError(f"--out {out_dir} is the input folder; choose another folder so the original stays intact")
+    config = AutoConfig.from_pretrained(model_dir)
+    family = get_family(config.model_type)
+    shapes = _shard_shapes(shards)
+    tied = _tied_head(config)
+    if tied and tied[0] in shapes:
+        tied = None  # the checkpoint already stores the head
+    if tied:
+        shapes[tied[0]] = shapes[tied[1]]
+    for name in shapes:
+        family.spaces_for(name)  # every tensor must have a rule before anything is written
+    dims = family.dims(config)
+    out_dim = output_dim(family, shapes)
+    keys = generate_keys(dims, out_dim, config.model_type, seed)
+    keys.check_shapes(expected_key_shapes(dims, out_dim))
+    keys.save(keys_dir / DEVELOPER_KEYS_FILE)
+    keys.user_keys().save(keys_dir / USER_KEYS_FILE)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weight_map: dict[str, str] = {}
+    for shard in shards:
+        transformed = {}
+        with safe_open(str(shard), framework="pt") as fh:
+            for name in fh.keys():
+                tensor = fh.get_tensor(name)
+                spaces, where = family.spaces_for(name)
+                transformed[name] = transform_tensor(tensor, spaces, where, keys)
+                if tied and name == tied[1]:  # untie: the cloud head is pi^T E^T pi_c, not the embedding
+                    head_spaces, _ = family.spaces_for(tied[0])
+                    transformed[tied[0]] = transform_tensor(tensor, head_spaces, {}, keys)
+                del tensor
+        save_file(transformed, str(out_dir / shard.name), metadata={"format": "pt"})
+        weight_map.update({name: shard.name for name in transformed})
+        log.info("transformed %s (%d tensors)", shard.name, len(transformed))
+        del transformed
+
+    if (model_dir / INDEX_FILE).exists():
+        index = json.loads((model_dir / INDEX_FILE).read_text())
+        index["weight_map"] = weight_map
+        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    config.tie_word_embeddings = False
+    config.save_pretrained(out_dir)
+    if (model_dir / "generation_config.json").exists():
+        shutil.copy(model_dir / "generation_config.json", out_dir / "generation_config.json")
+    return {"model_type": config.model_type, "shards": len(shards), "tensors": len(weight_map),
+            "keys": len(keys.tensors), "untied_head": bool(tied)}
