@@ -13,7 +13,7 @@ from torch import nn
 
 from .families import Family, get_family
 from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE, KeyMismatchError, KeySet
-from .transform import expected_key_shapes, generate_keys, output_dim, transform_named_tensors
+from .transform import expected_key_shapes, generate_keys, output_dim, permute_features, transform_named_tensors
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class DataOwner:
         """x @ pi, as an index selection over the feature dimension."""
         if embeddings.shape[-1] != self.hidden_size:
             raise StipInputError(f"embeddings have {embeddings.shape[-1]} features, pi expects {self.hidden_size}")
-        return embeddings[..., self.keys["pi"]]
+        return permute_features(embeddings, self.keys["pi"])
 
     def encode(self, inputs: torch.Tensor) -> torch.Tensor:
         """Embed then permute: what the device sends to the cloud."""
@@ -131,7 +131,7 @@ class DataOwner:
         if value.shape[-1] != inverse.numel():
             raise StipInputError(f"output has {value.shape[-1]} features but '{key}' has {inverse.numel()}: "
                                  "outputs of another model, or keys of another model")
-        return value[..., inverse]
+        return permute_features(value, inverse)
 
 
 class ModelServer:
