@@ -14,9 +14,8 @@ One message ("frame") is laid out byte by byte as follows (all integers little-e
     16+H    B     safetensors serialisation of the tensor dict (an empty dict is still encoded):
                       8 bytes uint64 S, then S bytes of safetensors JSON
                       {"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ...}
-                      (tensors in the caller's order, padded with spaces to a multiple of 8),
-                      then the raw little-endian tensor data: numel x itemsize bytes per tensor,
-                      no gaps, placed by descending itemsize (so each is aligned to its itemsize)
+                      (padded with spaces to a multiple of 8), then the raw little-endian
+                      tensor data: numel x itemsize bytes per tensor, no gaps
 
 So a frame is exactly ``16 + H + 8 + S + payload`` bytes, where ``payload`` is
 `expected_payload_bytes(tensors)` (computed from shapes and dtypes alone). The framing overhead is
@@ -25,10 +24,8 @@ So a frame is exactly ``16 + H + 8 + S + payload`` bytes, where ``payload`` is
 maximum (`DEFAULT_MAX_MESSAGE_BYTES` by default), checked from the prefix alone so that a reader
 never allocates for an oversized declared length.
 
-The body is a standard safetensors file, written and read here directly rather than through the
-safetensors library: encoding is one copy of each tensor into the frame, decoding is zero-copy
-(the returned tensors are writable views into one buffer of the received body). safetensors'
-own ``load`` reads these bodies and its ``save`` output decodes here (tested).
+The body is written and read by the safetensors library (`safetensors.torch.save` / `load`),
+which validates every offset, dtype and shape of a received body.
 
 This module is pure (bytes in, bytes out); socket I/O lives in the runtime that uses it.
 """
@@ -41,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 
 MAGIC = b"STW1"
 _PREFIX = struct.Struct("<4sIQ")
@@ -63,7 +62,6 @@ _ST_DTYPES: dict[torch.dtype, str] = {
         ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
     ) if hasattr(torch, name)
 }
-_TORCH_DTYPES = {tag: dtype for dtype, tag in _ST_DTYPES.items()}
 
 
 class WireError(ValueError):
@@ -124,24 +122,8 @@ def _prepare_tensors(tensors: Mapping[str, torch.Tensor] | None) -> dict[str, to
                             f"supported: {sorted(str(d) for d in _ST_DTYPES)}")
         if name == "__metadata__":
             raise WireError("tensor name '__metadata__' is reserved by safetensors")
-        out[name] = t.detach()
+        out[name] = t.detach().contiguous()
     return out
-
-
-def _tensor_header(tensors: dict[str, torch.Tensor]) -> tuple[bytes, list[tuple[str, int, int]]]:
-    """The padded safetensors JSON header and (name, begin, end) data spans, largest itemsize first."""
-    order = sorted(tensors, key=lambda n: -tensors[n].element_size())  # stable: keeps alignment
-    spans: list[tuple[str, int, int]] = []
-    offset = 0
-    for name in order:
-        end = offset + math.prod(tensors[name].shape) * tensors[name].element_size()
-        spans.append((name, offset, end))
-        offset = end
-    where = {name: [begin, end] for name, begin, end in spans}
-    entries = {name: {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": where[name]}
-               for name, t in tensors.items()}  # the caller's order, so decoding keeps it
-    text = json.dumps(entries, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    return text + b" " * (-len(text) % 8), spans
 
 
 def encode_header(kind: str, meta: Mapping[str, Any] | None = None, error: str | None = None) -> bytes:
@@ -178,29 +160,15 @@ def encode_message(kind: str, tensors: Mapping[str, torch.Tensor] | None = None,
     if len(header) > MAX_HEADER_BYTES:
         raise MessageTooLarge(f"JSON header of {len(header)} B exceeds {MAX_HEADER_BYTES} B; "
                               "move bulky meta into tensors")
-    prepared = _prepare_tensors(tensors)
-    st_header, spans = _tensor_header(prepared)
-    payload = spans[-1][2] if spans else 0
-    total = FRAME_PREFIX_BYTES + len(header) + SAFETENSORS_LEN_BYTES + len(st_header) + payload
+    body = safetensors_save(_prepare_tensors(tensors))
+    total = FRAME_PREFIX_BYTES + len(header) + len(body)
     if total > max_bytes:
-        raise MessageTooLarge(f"message {kind!r} is {total} B ({payload} B of tensors), over the "
-                              f"{max_bytes} B limit")
+        raise MessageTooLarge(f"message {kind!r} is {total} B ({expected_payload_bytes(tensors or {})} B of "
+                              f"tensors), over the {max_bytes} B limit")
     frame = bytearray(total)
-    body_len = SAFETENSORS_LEN_BYTES + len(st_header) + payload
-    _PREFIX.pack_into(frame, 0, MAGIC, len(header), body_len)
-    pos = FRAME_PREFIX_BYTES
-    frame[pos:pos + len(header)] = header
-    pos += len(header)
-    struct.pack_into("<Q", frame, pos, len(st_header))
-    pos += SAFETENSORS_LEN_BYTES
-    frame[pos:pos + len(st_header)] = st_header
-    data_start = pos + len(st_header)
-    if payload:
-        dst = torch.frombuffer(frame, dtype=torch.uint8)
-        for name, begin, end in spans:
-            if end > begin:
-                src = prepared[name].reshape(-1).view(torch.uint8)
-                dst[data_start + begin:data_start + end].copy_(src)
+    _PREFIX.pack_into(frame, 0, MAGIC, len(header), len(body))
+    frame[FRAME_PREFIX_BYTES:FRAME_PREFIX_BYTES + len(header)] = header
+    frame[FRAME_PREFIX_BYTES + len(header):] = body
     return frame
 
 
@@ -253,72 +221,17 @@ def decode_body(header: bytes, body: bytes | bytearray | memoryview) -> Message:
 
 
 def decode_tensors(body: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor], int]:
-    """Decode a safetensors body into tensors viewing its buffer; returns (tensors, S).
-
-    Every offset is checked against the shapes, and the data must tile the body exactly.
-    A read-only buffer (bytes) is copied once so the tensors are writable.
-    """
-    view = memoryview(body)
-    if view.readonly:
-        view = memoryview(bytearray(view))
-    if len(view) < SAFETENSORS_LEN_BYTES:
-        raise WireError(f"body of {len(view)} B is too short for a safetensors payload")
-    (st_header_len,) = struct.unpack_from("<Q", view, 0)
-    data_start = SAFETENSORS_LEN_BYTES + st_header_len
-    if data_start > len(view):
-        raise WireError(f"safetensors header length {st_header_len} B exceeds the {len(view)} B body")
+    """Decode a safetensors body with the safetensors library; returns (tensors, S)."""
+    if len(body) < SAFETENSORS_LEN_BYTES:
+        raise WireError(f"body of {len(body)} B is too short for a safetensors payload")
+    (st_header_len,) = struct.unpack_from("<Q", body, 0)
+    if SAFETENSORS_LEN_BYTES + st_header_len > len(body):
+        raise WireError(f"safetensors header length {st_header_len} B exceeds the {len(body)} B body")
     try:
-        entries = json.loads(bytes(view[SAFETENSORS_LEN_BYTES:data_start]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise WireError(f"body is not a valid safetensors payload: header is not JSON ({exc})") from exc
-    if not isinstance(entries, dict):
-        raise WireError("body is not a valid safetensors payload: header is not a JSON object")
-    entries.pop("__metadata__", None)
-    data_len = len(view) - data_start
-    spans = []
-    for name, entry in entries.items():
-        spans.append((*_check_entry(name, entry, data_len), name))
-    spans.sort(key=lambda span: (span[0], span[1], span[4]))
-    covered = 0
-    for begin, end, dtype, shape, name in spans:
-        if begin != covered:
-            raise WireError(f"safetensors tensor {name!r} starts at {begin}, expected {covered}: "
-                            "data offsets overlap or leave gaps")
-        covered = end
-    if covered != data_len:
-        raise WireError(f"safetensors data is {data_len} B but the tensors cover {covered} B")
-    base = torch.frombuffer(view, dtype=torch.uint8) if data_len else None
-    tensors: dict[str, torch.Tensor] = {}
-    for begin, end, dtype, shape, name in spans:
-        if end == begin:
-            tensors[name] = torch.empty(shape, dtype=dtype)
-            continue
-        raw = base[data_start + begin:data_start + end]
-        if raw.data_ptr() % dtype.itemsize:  # misaligned (a foreign layout or buffer): copy
-            raw = raw.clone()
-        tensors[name] = raw.view(dtype).reshape(shape)
-    order = {name: i for i, name in enumerate(entries)}
-    return dict(sorted(tensors.items(), key=lambda kv: order[kv[0]])), st_header_len
-
-
-def _check_entry(name: str, entry: Any, data_len: int) -> tuple[int, int, torch.dtype, list[int]]:
-    if not isinstance(entry, dict):
-        raise WireError(f"safetensors entry {name!r} is not an object")
-    dtype = _TORCH_DTYPES.get(entry.get("dtype"))
-    if dtype is None:
-        raise WireError(f"safetensors tensor {name!r} has unknown dtype {entry.get('dtype')!r}; "
-                        f"known: {sorted(_TORCH_DTYPES)}")
-    shape, offsets = entry.get("shape"), entry.get("data_offsets")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise WireError(f"safetensors tensor {name!r} has a bad shape {shape!r}")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and o >= 0 for o in offsets)):
-        raise WireError(f"safetensors tensor {name!r} has bad data_offsets {offsets!r}")
-    begin, end = offsets
-    if end > data_len or end - begin != math.prod(shape) * dtype.itemsize:
-        raise WireError(f"safetensors tensor {name!r}: data_offsets {offsets} do not fit shape {shape} "
-                        f"of {entry['dtype']} in {data_len} B of data")
-    return begin, end, dtype, shape
+        tensors = safetensors_load(bytes(body))
+    except Exception as exc:  # SafetensorError and friends: report them as a bad frame
+        raise WireError(f"body is not a valid safetensors payload: {exc}") from exc
+    return tensors, st_header_len
 
 
 def decode_message(frame: bytes | bytearray, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:

@@ -207,25 +207,26 @@ def test_body_is_standard_safetensors_both_ways():
     assert all(torch.equal(bits(msg.tensors[k]), bits(t)) for k, t in tensors.items())
 
 
-def test_decoded_tensors_are_aligned_writable_views():
+def test_decoded_tensors_are_aligned_and_writable():
     tensors = {"b": torch.ones(3, dtype=torch.bool), "d": torch.arange(5, dtype=torch.float64),
                "h": torch.ones(7, dtype=torch.float16)}
     msg = decode_message(encode_message("m", tensors))
     for name, t in msg.tensors.items():
         assert t.data_ptr() % t.element_size() == 0, name
         t.add_(1) if t.dtype != torch.bool else t.logical_not_()  # writable, no warning
-    assert list(msg.tensors) == ["b", "d", "h"]  # the header's order is kept
+    assert set(msg.tensors) == {"b", "d", "h"}
 
 
 @pytest.mark.parametrize("entries, match", [
-    ({"x": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, "unknown dtype"),
-    ({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "do not fit shape"),
-    ({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "bad shape"),
+    ({"x": {"dtype": "Q99", "shape": [1], "data_offsets": [0, 8]}}, "not a valid safetensors payload"),
+    ({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "not a valid safetensors payload"),
+    ({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "not a valid safetensors payload"),
     ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}, "y": {"dtype": "F32", "shape": [1],
-      "data_offsets": [4, 8]}}, "overlap or leave gaps"),
-    ({"x": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}, "tensors cover 4 B"),
+      "data_offsets": [4, 8]}}, "not a valid safetensors payload"),
+    ({"x": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}, "not a valid safetensors payload"),
 ])
 def test_decode_refuses_inconsistent_safetensors_headers(entries, match):
+    """The safetensors library validates dtypes, shapes and offsets; its errors become WireError."""
     st_json = json.dumps(entries).encode()
     body = struct.pack("<Q", len(st_json)) + st_json + b"\0" * 8
     with pytest.raises(WireError, match=match):
