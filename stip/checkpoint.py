@@ -21,6 +21,7 @@ from .transform import expected_key_shapes, generate_keys, output_dim, transform
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "model.safetensors.index.json"
+HEAD_SHARD = "model-untied-lm-head.safetensors"  # the untied LM head, written apart from its embedding
 
 
 def _tied_head(config) -> tuple[str, str] | None:
@@ -44,6 +45,12 @@ def _shard_shapes(shards: list[Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _write_shard(tensors: dict, path: Path, weight_map: dict[str, str]) -> None:
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    weight_map.update({name: path.name for name in tensors})
+    log.info("wrote %s (%d tensors)", path.name, len(tensors))
+
+
 def transform_checkpoint(model_dir: str | Path, out_dir: str | Path, keys_dir: str | Path,
                          seed: int | None = None) -> dict:
     """Write the cloud checkpoint to `out_dir` and the developer/user key files to `keys_dir`."""
@@ -60,6 +67,7 @@ def transform_checkpoint(model_dir: str | Path, out_dir: str | Path, keys_dir: s
     tied = _tied_head(config)
     if tied and tied[0] in shapes:
         tied = None  # the checkpoint already stores the head
+    untied_head = bool(tied)
     if tied:
         shapes[tied[0]] = shapes[tied[1]]
     for name in shapes:
@@ -73,6 +81,10 @@ def transform_checkpoint(model_dir: str | Path, out_dir: str | Path, keys_dir: s
 
     out_dir.mkdir(parents=True, exist_ok=True)
     weight_map: dict[str, str] = {}
+    out_names = {shard: shard.name for shard in shards}
+    head_name = HEAD_SHARD
+    if untied_head and len(shards) == 1:  # the stock loader prefers a lone model.safetensors over an index
+        out_names[shards[0]], head_name = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
     for shard in shards:
         transformed = {}
         with safe_open(str(shard), framework="pt") as fh:
@@ -80,17 +92,21 @@ def transform_checkpoint(model_dir: str | Path, out_dir: str | Path, keys_dir: s
                 tensor = fh.get_tensor(name)
                 spaces, where = family.spaces_for(name)
                 transformed[name] = transform_tensor(tensor, spaces, where, keys)
-                if tied and name == tied[1]:  # untie: the cloud head is pi^T E^T pi_c, not the embedding
-                    head_spaces, _ = family.spaces_for(tied[0])
-                    transformed[tied[0]] = transform_tensor(tensor, head_spaces, {}, keys)
                 del tensor
-        save_file(transformed, str(out_dir / shard.name), metadata={"format": "pt"})
-        weight_map.update({name: shard.name for name in transformed})
-        log.info("transformed %s (%d tensors)", shard.name, len(transformed))
+        _write_shard(transformed, out_dir / out_names[shard], weight_map)
         del transformed
+        if tied and tied[1] in weight_map:  # untie into a shard of its own: one big tensor at a time
+            with safe_open(str(shard), framework="pt") as fh:
+                head_spaces, _ = family.spaces_for(tied[0])
+                head = {tied[0]: transform_tensor(fh.get_tensor(tied[1]), head_spaces, {}, keys)}
+            _write_shard(head, out_dir / head_name, weight_map)
+            del head
+            tied = None
 
-    if (model_dir / INDEX_FILE).exists():
-        index = json.loads((model_dir / INDEX_FILE).read_text())
+    if len(set(weight_map.values())) > 1:  # several files: the stock loader needs the index
+        index = json.loads((model_dir / INDEX_FILE).read_text()) if (model_dir / INDEX_FILE).exists() else {}
+        total = sum((out_dir / name).stat().st_size for name in set(weight_map.values()))
+        index["metadata"] = {**index.get("metadata", {}), "total_size": total}
         index["weight_map"] = weight_map
         (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))
     config.tie_word_embeddings = False
@@ -98,4 +114,4 @@ def transform_checkpoint(model_dir: str | Path, out_dir: str | Path, keys_dir: s
     if (model_dir / "generation_config.json").exists():
         shutil.copy(model_dir / "generation_config.json", out_dir / "generation_config.json")
     return {"model_type": config.model_type, "shards": len(shards), "tensors": len(weight_map),
-            "keys": len(keys.tensors), "untied_head": bool(tied)}
+            "keys": len(keys.tensors), "untied_head": untied_head}

@@ -71,7 +71,7 @@ def generate(
             tokens = torch.cat([tokens, next_ids], dim=-1)
             if on_token is not None:
                 on_token(step, next_ids)
-            if eos_token_id is not None and bool(finished.all()):
+            if step + 1 == max_new_tokens or (eos_token_id is not None and bool(finished.all())):
                 break
             x = device.encode(next_ids)
     finally:

@@ -33,7 +33,7 @@ def paired_medians(a, b, rounds: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
-def record(benchmark, name: str, stip_s: float, base_s: float, target: str, met: bool) -> None:
+def record(benchmark, name: str, stip_s: float, base_s: float, target: str, met: bool, unit: str = "ms") -> None:
     ratio = stip_s / base_s
     benchmark.extra_info.update({"ratio": ratio, "stip_s": stip_s, "baseline_s": base_s, "target": target,
                                  "met": met})
@@ -46,7 +46,8 @@ def record(benchmark, name: str, stip_s: float, base_s: float, target: str, met:
                              "torch_threads", "time"])
         writer.writerow([name, f"{stip_s:.6g}", f"{base_s:.6g}", f"{ratio:.4f}", target, met,
                          torch.get_num_threads(), time.strftime("%Y-%m-%dT%H:%M:%S")])
-    print(f"\n{name}: STIP {stip_s * 1e3:.3f} ms vs baseline {base_s * 1e3:.3f} ms -> ratio {ratio:.3f} "
+    scale = 1e3 if unit == "ms" else 2.0**-20
+    print(f"\n{name}: STIP {stip_s * scale:.3f} {unit} vs baseline {base_s * scale:.3f} {unit} -> ratio {ratio:.3f} "
           f"(target {target}: {'met' if met else 'MISSED'})")
 
 
@@ -106,3 +107,38 @@ def test_cloud_cost_transformed_vs_original_forward(benchmark, gpt2_124m, partie
     ratio = stip_s / base_s
     record(benchmark, "cloud_forward_transformed_vs_original_gpt2_124m", stip_s, base_s, "1.00 +- 0.03",
            abs(ratio - 1) <= 0.03)
+
+
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the (large) parent across fork + exec.
+_PEAK_RSS = """
+import sys
+from transformers import AutoConfig
+from stip.checkpoint import transform_checkpoint
+AutoConfig.from_pretrained(sys.argv[1])
+if sys.argv[2] != "-":
+    transform_checkpoint(sys.argv[1], sys.argv[2], sys.argv[3], seed=0)
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0]
+print(int(hwm.split()[1]) * 1024)
+"""
+
+
+def test_developer_memory_shard_by_shard(benchmark, gpt2_124m, tmp_path_factory):
+    """`stip transform` peak memory beyond the interpreter's, against one shard's size."""
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    gpt2_124m.save_pretrained(folder / "plain", max_shard_size="50MB")
+    shards = sorted((folder / "plain").glob("*.safetensors"))
+    largest, total = max(s.stat().st_size for s in shards), sum(s.stat().st_size for s in shards)
+
+    def peak(*args: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(folder / "plain"), *args],
+                              capture_output=True, text=True, check=True)
+        return int(done.stdout.strip().splitlines()[-1])
+
+    base = peak("-", "-")
+    extra = benchmark.pedantic(lambda: peak(str(folder / "cloud"), str(folder / "keys")), rounds=1) - base
+    benchmark.extra_info.update({"largest_shard_bytes": largest, "checkpoint_bytes": total, "extra_rss": extra})
+    record(benchmark, f"transform_peak_rss_over_largest_shard({len(shards)} shards, {total / 2**20:.0f} MiB)",
+           float(extra), float(largest), "<= 3 (peak ~ one shard, not the model)", extra <= 3 * largest, unit="MiB")
