@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all bench bench-micro clean
+.PHONY: help install test test-all bench bench-micro bench-all clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +37,14 @@ bench-micro: install ## STIP micro-benchmarks (pytest-benchmark ratios)
 	$(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider tests/bench_stip_micro.py
 
 bench: bench-micro ## Reproduce the paper's figures and tables (quick profile)
+	$(PY) -m bench -m experiment=quick
+	$(PY) -m bench -m experiment=quick_generate
+	$(PY) -m bench.aggregate --plots
+
+bench-all: install ## Every paper figure/table experiment (slow: hours on 2 cores)
+	for e in fig6_dcor fig6a_param_dcor table5_accuracy fig7a_throughput fig7c_generation fig7d_breakdown \
+	         fig8_memory fig9_model_split traffic_shapes; do $(PY) -m bench -m experiment=$$e || exit 1; done
+	$(PY) -m bench.aggregate --plots
 
 clean: ## Remove caches and results of local runs (keeps .venv)
 	rm -rf .pytest_cache outputs multirun

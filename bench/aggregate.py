@@ -1,0 +1,164 @@
+"""Collect every finished run's rows into results/<experiment>/rows.parquet + rows.csv (and a runs table).
+
+`python -m bench.aggregate [--runs outputs/runs] [--results results] [--experiment NAME] [--plots]`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from bench.results import REPORT, ROWS, atomic_write_csv, atomic_write_json, atomic_write_parquet, typed
+
+log = logging.getLogger(__name__)
+
+RUN_COLUMNS = ["run_id", "experiment", "status", "error", "model", "protocol", "network", "task",
+               "measured", "fits_on_host", "n_rows", "git_sha", "started", "duration_s"]
+
+
+def _run_record(report: dict) -> dict:
+    """One line of the runs table from a report.json."""
+    cfg = report.get("config", {})
+    return {
+        "run_id": report.get("run_id"), "experiment": report.get("experiment"), "status": report.get("status"),
+        "error": report.get("error"), "model": (cfg.get("model") or {}).get("name"),
+        "protocol": (cfg.get("protocol") or {}).get("name"), "network": (cfg.get("network") or {}).get("name"),
+        "task": (cfg.get("run") or {}).get("task"), "measured": report.get("measured"),
+        "fits_on_host": report.get("fits_on_host"), "n_rows": report.get("n_rows"),
+        "git_sha": (report.get("provenance") or {}).get("git_sha"), "started": report.get("started"),
+        "duration_s": report.get("duration_s"),
+    }
+
+
+def collect(runs_root: Path, experiment: str | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """Rows of ok runs and the runs table, per experiment."""
+    rows: dict[str, list[pd.DataFrame]] = {}
+    runs: dict[str, list[dict]] = {}
+    for report_path in sorted(runs_root.glob(f"{experiment or '*'}/*/{REPORT}")):
+        try:
+            report = json.loads(report_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("skipping unreadable %s: %s", report_path, e)
+            continue
+        exp = str(report.get("experiment") or report_path.parent.parent.name)
+        runs.setdefault(exp, []).append(_run_record(report))
+        rows_path = report_path.parent / ROWS
+        if report.get("status") == "ok" and rows_path.exists():
+            rows.setdefault(exp, []).append(pd.read_parquet(rows_path))
+    tables = {e: typed(pd.concat(dfs, ignore_index=True)) for e, dfs in rows.items()}
+    run_tables = {e: pd.DataFrame.from_records(r, columns=RUN_COLUMNS) for e, r in runs.items()}
+    return tables, run_tables
+
+
+def _network(name: str) -> dict:
+    """A network profile's values from configs/network/<name>.yaml."""
+    from omegaconf import OmegaConf
+
+    from bench.app import CONFIG_DIR
+
+    return OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "network" / f"{name}.yaml"))
+
+
+def _med(df: pd.DataFrame, **eq: object) -> float | None:
+    """Median value of the rows matching every column == value (None when none match)."""
+    m = df
+    for k, v in eq.items():
+        m = m[m[k] == v]
+    return float(m["value"].median()) if len(m) else None
+
+
+def headline(df: pd.DataFrame) -> dict:
+    """The issue's headline numbers, computed from whatever the table holds (medians over repeats)."""
+    out: dict = {}
+    fwd = df[~df.run_id.isin(df[df.phase == "generate"].run_id)]
+    for net in sorted(fwd.network.dropna().unique()):
+        s = _med(fwd, protocol="stip", network=net, phase="cloud_compute", metric="latency")
+        f = _med(fwd, protocol="full_cloud", network=net, phase="cloud_compute", metric="latency")
+        if s and f:
+            out[f"cloud_compute_ratio_stip_over_full_cloud[{net}]"] = {"stip_s": s, "full_cloud_s": f, "ratio": s / f}
+    s = _med(fwd, protocol="stip", phase="cloud_compute", metric="latency")
+    f = _med(fwd, protocol="full_cloud", phase="cloud_compute", metric="latency")
+    if s and f:  # pooled over networks: the link does not change cloud compute, more repeats damp host noise
+        out["cloud_compute_ratio_stip_over_full_cloud[all networks]"] = {"stip_s": s, "full_cloud_s": f, "ratio": s / f}
+    gen = df[df.run_id.isin(df[df.phase == "generate"].run_id) & (df.protocol == "stip")]
+    for approx in sorted(gen.approx.dropna().unique()):
+        g = gen[gen.approx == approx]
+        base = _med(g, network="none", phase="per_token", metric="latency")
+        for net in sorted(set(g.network.dropna()) - {"none"}):
+            per_token = _med(g, network=net, phase="per_token", metric="latency")
+            if base is None or per_token is None:
+                continue
+            prof = _network(net)
+            n_bytes = (_med(g, network=net, phase="uplink", metric="bytes") or 0) + (
+                _med(g, network=net, phase="downlink", metric="bytes") or 0)
+            physical = prof["rtt_s"] + (8 * n_bytes / prof["bandwidth_bps"] if prof.get("bandwidth_bps") else 0.0)
+            # Link time measured inside the same run (uplink + downlink per token): immune to compute drift
+            # between runs; the difference to the no-link run is reported too.
+            link = (_med(g, network=net, phase="uplink", metric="latency") or 0) + (
+                _med(g, network=net, phase="downlink", metric="latency") or 0)
+            out[f"stip_extra_per_token[{net},{approx}]"] = {
+                "per_token_s": per_token, "per_token_no_link_s": base, "extra_vs_no_link_run_s": per_token - base,
+                "link_time_measured_s": link, "link_physical_cost_s": physical,
+                "link_measured_over_physical": link / physical,
+                "extra_vs_no_link_over_physical": (per_token - base) / physical,
+                "bytes_per_token": n_bytes, "rtt_s": prof["rtt_s"], "bandwidth_bps": prof.get("bandwidth_bps"),
+            }
+    full = gen[gen.approx == "return_full"]
+    for approx in sorted(a for a in gen.approx.dropna().unique() if str(a).startswith("return_topk")):
+        t = gen[gen.approx == approx]
+        for net in sorted(set(t.network.dropna()) & set(full.network.dropna())):
+            d_full = _med(full, network=net, phase="downlink", metric="bytes")
+            d_topk = _med(t, network=net, phase="downlink", metric="bytes")
+            if d_full and d_topk is not None:
+                out[f"topk_downlink_saving[{net},{approx}]"] = {
+                    "downlink_bytes_per_token_full": d_full, "downlink_bytes_per_token_topk": d_topk,
+                    "saved_bytes_per_token": d_full - d_topk, "saving_fraction": 1 - d_topk / d_full,
+                    "model": ",".join(sorted(t.model.dropna().unique())),
+                }
+    return out
+
+
+def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plots: bool = False) -> list[Path]:
+    """Write the per-experiment tables (atomically); optionally draw the figures. Returns folders written."""
+    tables, run_tables = collect(runs_root, experiment)
+    written = []
+    for exp, runs in run_tables.items():
+        out = results / exp
+        df = tables.get(exp, typed(pd.DataFrame()))
+        atomic_write_parquet(out / "rows.parquet", df)
+        atomic_write_csv(out / "rows.csv", df)
+        atomic_write_csv(out / "runs.csv", runs)
+        n_failed = int((runs["status"] != "ok").sum())
+        log.info("%s: %d rows from %d runs (%d not ok) -> %s", exp, len(df), len(runs), n_failed, out)
+        summary = headline(df) if not df.empty else {}
+        if summary:
+            atomic_write_json(out / "summary.json", summary)
+            log.info("%s headline numbers:\n%s", exp, json.dumps(summary, indent=2))
+        if plots and not df.empty:
+            from bench.plots import plot_experiment
+
+            plot_experiment(df, out)
+        written.append(out)
+    if not written:
+        log.warning("no runs under %s", runs_root)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--runs", default="outputs/runs", help="root of the per-run folders")
+    p.add_argument("--results", default="results", help="where the tables go")
+    p.add_argument("--experiment", default=None, help="only this experiment")
+    p.add_argument("--plots", action="store_true", help="also draw each experiment's figures")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for out in aggregate(Path(args.runs), Path(args.results), args.experiment, args.plots):
+        print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Tidy long rows and per-run reports, written atomically so a killed sweep never leaves half a table."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from bench.api import Row
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "run_id", "experiment", "protocol", "approx", "model", "n_params", "network", "batch_size",
+    "seq_len", "phase", "metric", "value", "unit", "seed", "repeat",
+]
+DTYPES = {
+    "run_id": "string", "experiment": "string", "protocol": "string", "approx": "string",
+    "model": "string", "n_params": "Int64", "network": "string", "batch_size": "Int64",
+    "seq_len": "Int64", "phase": "string", "metric": "string", "value": "float64",
+    "unit": "string", "seed": "Int64", "repeat": "Int64",
+}
+PROVENANCE_PACKAGES = (
+    "torch", "transformers", "hydra-core", "omegaconf", "numpy", "pandas", "pyarrow", "dcor",
+    "safetensors", "crypten", "stip-bench",
+)
+REPORT = "report.json"
+ROWS = "rows.parquet"
+
+
+def run_id(key: Mapping[str, Any]) -> str:
+    """Deterministic id of a run from what defines it, so a resumed sweep finds its finished runs."""
+    blob = json.dumps(key, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def to_frame(rows: Iterable[Row], context: Mapping[str, Any]) -> pd.DataFrame:
+    """Protocol rows plus the runner's context -> the typed tidy table."""
+    records = []
+    for r in rows:
+        rec = {**context, **{k: v for k, v in asdict(r).items() if v is not None}}
+        for k in ("batch_size", "seq_len", "approx"):
+            if getattr(r, k) is None:
+                rec[k] = context.get(k)
+        records.append(rec)
+    return typed(pd.DataFrame.from_records(records, columns=COLUMNS))
+
+
+def typed(df: pd.DataFrame) -> pd.DataFrame:
+    """Cast to the schema's dtypes so every rows.parquet concatenates cleanly."""
+    for col in COLUMNS:
+        if col not in df:
+            df[col] = None
+    return df[COLUMNS].astype(DTYPES)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + os.replace: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """JSON via atomic_write_bytes."""
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+    """Parquet via a temp file + os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
+    """CSV via atomic_write_bytes."""
+    atomic_write_bytes(path, df.to_csv(index=False).encode())
+
+
+def read_report(run_dir: Path) -> dict | None:
+    """The run's report, or None when absent or unreadable (then the run is redone)."""
+    try:
+        return json.loads((run_dir / REPORT).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def git_sha(cwd: Path | None = None) -> str | None:
+    """HEAD of the checkout (with a -dirty mark), or None outside git."""
+    cwd = cwd or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if sha.returncode != 0:
+        return None
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries a result depends on."""
+    out: dict[str, str | None] = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def host_info() -> dict[str, Any]:
+    """The machine a result was measured on."""
+    import psutil
+    import torch
+
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_total_bytes": psutil.virtual_memory().total,
+    }
+
+
+def provenance() -> dict[str, Any]:
+    """git sha, library versions and host, for report.json."""
+    return {"git_sha": git_sha(), "versions": library_versions(), "host": host_info()}

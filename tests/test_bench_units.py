@@ -1,0 +1,143 @@
+"""Pieces of the runner that need no cloud process: models, results, privacy, memory, aggregate, plots."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from bench.api import ModelSpec, NetworkProfile, Row, RunRequest
+from bench.app import CONFIG_DIR
+from bench.models import build_spec, fits_on_host
+from bench.results import COLUMNS, atomic_write_json, atomic_write_parquet, run_id, to_frame
+
+
+def model_cfg(name: str, **over):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}"] + [f"model.{k}={v}" for k, v in over.items()])
+    return cfg.model
+
+
+@pytest.mark.parametrize("name,n", [("gpt2-124m", 124_439_808), ("bert-base", 109_482_240),
+                                    ("llama2-7b", 6_738_415_616), ("mixtral-8x7b", 46_702_792_704)])
+def test_published_shapes_give_published_parameter_counts(name, n):
+    assert build_spec(model_cfg(name)).n_params == n
+
+
+def test_layer_override_and_fit_check():
+    spec = build_spec(model_cfg("llama2-70b"))
+    assert not spec.extra["fits_on_host"] and not fits_on_host(spec.n_params, "float32")
+    small = build_spec(model_cfg("gpt2-124m", n_layers=1))
+    assert small.config.num_hidden_layers == 1 and small.n_params < 124_439_808
+    model = small.build()
+    assert sum(p.numel() for p in model.parameters()) == small.n_params
+    inputs = small.make_inputs(2, 5, 0)
+    assert inputs["input_ids"].shape == (2, 5)
+
+
+def test_bad_dtype_names_choices():
+    with pytest.raises(ValueError, match="float32"):
+        fits_on_host(10, "float8")
+
+
+def test_shape_only_rows_for_models_that_do_not_fit():
+    from bench.protocols.stip_protocol import StipProtocol
+
+    spec = build_spec(model_cfg("llama2-70b"))
+    req = RunRequest(batch_size=1, seq_len=128, repeats=1, warmup=0, seed=0, task="forward")
+    rows = {(r.phase, r.metric): r.value for r in StipProtocol({}).run(spec, NetworkProfile("none", None, 0.0), req)}
+    assert rows[("uplink_expected", "bytes")] == 128 * 8192 * 4 + 128 * 8
+    assert rows[("downlink_expected", "bytes")] == 128 * 32000 * 4
+
+
+def test_tidy_rows_schema_and_atomic_writes(tmp_path):
+    ctx = {"run_id": "r", "experiment": "e", "protocol": "p", "approx": None, "model": "m", "n_params": 1,
+           "network": "none", "batch_size": 1, "seq_len": 4, "seed": 0}
+    df = to_frame([Row("uplink", "bytes", 10.0), Row("total", "latency", 0.1, repeat=2, approx="x")], ctx)
+    assert list(df.columns) == COLUMNS
+    assert df.loc[0, "unit"] == "B" and df.loc[1, "unit"] == "s" and df.loc[1, "approx"] == "x"
+    atomic_write_parquet(tmp_path / "rows.parquet", df)
+    atomic_write_json(tmp_path / "report.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "rows.parquet"]  # no temp left
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "rows.parquet"), df)
+    assert run_id({"a": 1, "b": 2}) == run_id({"b": 2, "a": 1}) != run_id({"a": 2})
+
+
+def test_dcor_conventions():
+    from bench.privacy import dcor_both, dcor_samples
+
+    x = torch.randn(300, 128, generator=torch.Generator().manual_seed(0))
+    perm = x[:, torch.randperm(128)]
+    both = dcor_both(x, perm, n_vectors=32)
+    assert both["dcor_samples"] == pytest.approx(1.0, abs=1e-9)  # distances are preserved
+    assert 0.05 < both["dcor"] < 0.3  # ~0.157 at d = 128 (STIP.md)
+    proj = x @ (torch.randn(128, 128) / 128 ** 0.5)
+    assert dcor_samples(x, proj) < 0.999
+
+
+def test_embedding_memory_matches_shapes():
+    from bench.memory import embedding_shape_bytes, materialized_embedding, module_bytes
+
+    for name in ("bert-tiny", "gpt2-124m", "vit-base", "llama2-70b"):
+        spec = build_spec(model_cfg(name))
+        emb = materialized_embedding(spec)
+        assert module_bytes(emb) == embedding_shape_bytes(spec.config, torch.float32, spec.model_type), name
+
+
+def _fake_run(root, exp, rid, status, n=3):
+    run = root / exp / rid
+    run.mkdir(parents=True)
+    cfg = {"model": {"name": "m"}, "protocol": {"name": "stip"}, "network": {"name": "none"}, "run": {"task": "forward"}}
+    (run / "report.json").write_text(json.dumps({"run_id": rid, "experiment": exp, "status": status, "config": cfg}))
+    if status == "ok":
+        ctx = {"run_id": rid, "experiment": exp, "protocol": "stip", "approx": None, "model": "m", "n_params": 5,
+               "network": "none", "batch_size": 1, "seq_len": 4, "seed": 0}
+        rows = [Row(p, "latency", 0.01 * (i + 1), repeat=i) for i in range(n) for p in
+                ("device_embed", "device_permute", "uplink", "cloud_compute", "downlink", "device_recover")]
+        atomic_write_parquet(run / "rows.parquet", to_frame(rows, ctx))
+
+
+def test_aggregate_collects_ok_runs_and_lists_failed(tmp_path):
+    from bench.aggregate import aggregate
+
+    _fake_run(tmp_path / "runs", "exp", "a", "ok")
+    _fake_run(tmp_path / "runs", "exp", "b", "failed")
+    (out,) = aggregate(tmp_path / "runs", tmp_path / "results", plots=True)
+    rows = pd.read_parquet(out / "rows.parquet")
+    assert set(rows.run_id) == {"a"} and len(rows) == 18
+    assert len(pd.read_csv(out / "rows.csv")) == 18
+    assert set(pd.read_csv(out / "runs.csv").status) == {"ok", "failed"}
+    assert (out / "fig7d_breakdown.png").exists() and (out / "fig7d_breakdown.pdf").exists()
+
+
+def test_every_figure_function_draws_from_synthetic_rows(tmp_path):
+    from bench import plots
+
+    rng = np.random.default_rng(0)
+    recs = []
+    def add(run, phase, metric, value, **kw):
+        recs.append({"run_id": run, "experiment": "x", "protocol": kw.get("protocol", "stip"),
+                     "approx": kw.get("approx"), "model": kw.get("model", "m"), "n_params": kw.get("n", 10),
+                     "network": "wired", "batch_size": 1, "seq_len": kw.get("seq_len", 4), "phase": phase,
+                     "metric": metric, "value": value, "unit": "", "seed": 0, "repeat": 0})
+    for i, (model, n) in enumerate([("a", 10), ("b", 100)]):
+        add(f"r{i}", "embeddings", "dcor", rng.random(), model=model, n=n, approx="permutation")
+        add(f"r{i}", "embeddings", "dcor_samples", 1.0, model=model, n=n, approx="permutation")
+        add(f"r{i}", "parameters", "dcor", rng.random(), model=model, n=n)
+        add(f"r{i}", "output", "top1_agreement", 1.0, model=model, n=n)
+        add(f"r{i}", "total", "throughput", 100.0, model=model, n=n)
+        add(f"r{i}", "total", "latency", 0.1, model=model, n=n)
+        add(f"r{i}", "split", "device_layers", float(i), model=model, n=n)
+        add(f"r{i}", "device_embedding", "memory", 1e6, model=model, n=n)
+        add(f"r{i}", "cloud_compute", "latency", 0.05, model=model, n=n)
+    for j in range(3):
+        add("g", "token", "latency", 0.03, seq_len=5 + j)
+    add("g", "prefill", "latency", 0.1)
+    add("g", "generate", "latency", 0.2)
+    df = pd.DataFrame(recs)
+    for fig in plots.FIGURES:
+        paths = fig(df, tmp_path)
+        assert paths and all(p.exists() for p in paths), fig.__name__
