@@ -1,0 +1,1 @@
+"""Baselines that STIP is compared against (full cloud, model split, random projection, 2PC MPC)."""

@@ -1,0 +1,153 @@
+"""Start the MPC parties as processes with a fresh rendezvous, a time limit, and cleanup that always runs.
+
+Each run gets its own `file://` rendezvous in a new temporary directory (parallel runs never meet), each
+party is forked into its own process group (so a kill reaches anything it started), and the parent kills
+and reaps every party on success, on a party's exception, and on timeout. Parties hand back plain
+Python/numpy values only (torch tensors do not travel well through multiprocessing queues).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import shutil
+import signal
+import tempfile
+import time
+import traceback
+from typing import Any, Callable
+
+from baselines.mpc.compat import import_crypten
+
+log = logging.getLogger(__name__)
+PROVIDERS = ("TFP", "TTP")
+PartyFn = Callable[[int, Any, Any], Any]  # (rank, crypten module, payload) -> plain result
+
+
+class MpcRunError(RuntimeError):
+    """A party failed; the message carries its traceback."""
+
+
+class MpcTimeout(MpcRunError):
+    """The run did not finish within its time limit; every party was killed."""
+
+
+def _party_main(fn: PartyFn, rank: int, world_size: int, rendezvous: str, provider: str,
+                payload: Any, results: Any, threads: int, seed: int | None) -> None:
+    """Body of one party process: own process group, CrypTen init from the environment, run, report."""
+    os.setpgid(0, 0)
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "RENDEZVOUS": rendezvous,
+                       "DISTRIBUTED_BACKEND": "gloo"})
+    try:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(threads)
+        if seed is not None:  # CrypTen draws its share seeds from torch's global generator at init
+            torch.manual_seed(seed * 1009 + rank)
+        crypten = import_crypten()
+        crypten.cfg.mpc.provider = provider
+        crypten.cfg.communicator.verbose = True
+        if rank == world_size:  # the trusted third party serves until rank 0 shuts it down
+            from crypten.mpc.provider.ttp_provider import TTPServer  # noqa: PLC0415
+
+            TTPServer()
+            results.put((rank, "ok", None))
+            return
+        crypten.init()
+        if seed is not None:
+            _reseed(crypten, seed, rank, world_size)
+        try:
+            out = fn(rank, crypten, payload)
+        finally:
+            crypten.uninit()
+        results.put((rank, "ok", out))
+    except BaseException:  # noqa: BLE001  (report everything to the parent, then exit non-zero)
+        results.put((rank, "error", traceback.format_exc()))
+        raise SystemExit(1)
+
+
+def _reseed(crypten: Any, seed: int, rank: int, world_size: int) -> None:
+    """Replace CrypTen's os.urandom share seeds by ones derived from `seed`, consistently across parties.
+
+    A party's "next" generator must match the next party's "prev" one; "global" is common to all.
+    """
+    import torch  # noqa: PLC0415
+
+    cpu = torch.device("cpu")
+    gens = crypten.generators
+    gens["next"][cpu].manual_seed(seed * 7919 + rank)
+    gens["prev"][cpu].manual_seed(seed * 7919 + (rank - 1) % world_size)
+    gens["local"][cpu].manual_seed(seed * 7919 + 1000 + rank)
+    gens["global"][cpu].manual_seed(seed * 7919 + 2000)
+
+
+def _kill(proc: mp.Process) -> None:
+    """Terminate a party's process group, then kill it if it lingers; always reap it."""
+    if proc.pid is None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+        if not proc.is_alive():
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):  # its group is not set up yet: signal the process
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        proc.join(wait_s)
+    proc.join(0.1)
+
+
+def run_parties(fn: PartyFn, payload: Any = None, *, world_size: int = 2, provider: str = "TFP",
+                timeout_s: float = 600.0, threads_per_party: int = 1, seed: int | None = None) -> list[Any]:
+    """Run `fn` at every party and return their results ordered by rank (TTP not included).
+
+    `seed` fixes each party's randomness (shares, triples) so that a run can be reproduced exactly.
+    Raises MpcTimeout after `timeout_s` and MpcRunError when a party raises or dies; no party process
+    outlives this call.
+    """
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}; choices: {list(PROVIDERS)}")
+    ctx = mp.get_context("fork")  # parties inherit the model and the function: nothing to pickle
+    tmpdir = tempfile.mkdtemp(prefix="mpc-rdv-")
+    rendezvous = f"file://{os.path.join(tmpdir, 'rendezvous')}"
+    results = ctx.Queue()
+    n_procs = world_size + (1 if provider == "TTP" else 0)
+    procs = [ctx.Process(target=_party_main, name=f"mpc-party-{r}",
+                         args=(fn, r, world_size, rendezvous, provider, payload, results, threads_per_party, seed))
+             for r in range(n_procs)]
+    got: dict[int, tuple[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        for p in procs:
+            p.start()
+        while len(got) < n_procs:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MpcTimeout(f"MPC run exceeded timeout_s={timeout_s:g}; parties reported: {sorted(got)}")
+            try:
+                rank, status, value = results.get(timeout=min(left, 0.5))
+            except queue_mod.Empty:
+                dead = [i for i, p in enumerate(procs) if i not in got and not p.is_alive()]
+                if dead:  # died without reporting (killed, segfault): drain once more, then fail
+                    try:
+                        rank, status, value = results.get(timeout=1.0)
+                    except queue_mod.Empty:
+                        codes = {i: procs[i].exitcode for i in dead}
+                        raise MpcRunError(f"MPC party/parties {dead} died without a result (exit codes {codes})")
+                else:
+                    continue
+            got[rank] = (status, value)
+            if status == "error":
+                raise MpcRunError(f"MPC party {rank} failed:\n{value}")
+        for p in procs:
+            p.join(max(1.0, deadline - time.monotonic()))
+        return [got[r][1] for r in range(world_size)]
+    finally:
+        for p in procs:
+            _kill(p)
+        results.close()
+        results.join_thread()
+        shutil.rmtree(tmpdir, ignore_errors=True)

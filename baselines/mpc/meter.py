@@ -1,0 +1,115 @@
+"""Per-operator-class accounting of compute time, rounds and bytes, read from CrypTen's own counters.
+
+CrypTen counts per party (8 bytes per ring element, one round per collective) only when
+`crypten.cfg.communicator.verbose` is on. With the TTP provider, rank 0's requests to the third party
+are metered apart (`preprocessing_*`) and subtracted from the online numbers of the phase they fall in.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator
+
+CommReader = Callable[[], tuple[float, float]]  # -> (rounds, bytes) so far, this party
+
+
+@dataclass
+class PhaseStats:
+    """What one party spent in one operator class (summed over its calls)."""
+
+    seconds: float = 0.0
+    rounds: float = 0.0
+    bytes: float = 0.0
+    preprocessing_rounds: float = 0.0
+    preprocessing_bytes: float = 0.0
+    calls: int = 0
+
+
+class Meter:
+    """Accumulates `PhaseStats` per phase name; phases do not nest."""
+
+    def __init__(self, comm: CommReader | None = None) -> None:
+        self._comm = comm or (lambda: (0.0, 0.0))
+        self.phases: dict[str, PhaseStats] = {}
+        self._active: str | None = None
+        self._pre_rounds = 0.0  # preprocessing counted so far (TTP requests)
+        self._pre_bytes = 0.0
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Charge the time and traffic of the enclosed block to `name`."""
+        if self._active is not None:
+            raise RuntimeError(f"phase {name!r} opened inside phase {self._active!r}; phases do not nest")
+        self._active = name
+        r0, b0 = self._comm()
+        p_r0, p_b0 = self._pre_rounds, self._pre_bytes
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            r1, b1 = self._comm()
+            pr, pb = self._pre_rounds - p_r0, self._pre_bytes - p_b0
+            st = self.phases.setdefault(name, PhaseStats())
+            st.seconds += dt
+            st.rounds += (r1 - r0) - pr
+            st.bytes += (b1 - b0) - pb
+            st.preprocessing_rounds += pr
+            st.preprocessing_bytes += pb
+            st.calls += 1
+            self._active = None
+
+    def add_preprocessing(self, rounds: float, n_bytes: float) -> None:
+        """Record traffic spent on preprocessing (called by the TTP request hook)."""
+        self._pre_rounds += rounds
+        self._pre_bytes += n_bytes
+
+    def snapshot(self) -> dict[str, float]:
+        """Counters now (time, online + preprocessing traffic), to measure a span across phases."""
+        rounds, n_bytes = self._comm()
+        return {"seconds": time.perf_counter(), "rounds": rounds - self._pre_rounds,
+                "bytes": n_bytes - self._pre_bytes, "preprocessing_rounds": self._pre_rounds,
+                "preprocessing_bytes": self._pre_bytes}
+
+    @staticmethod
+    def span(start: dict[str, float], end: dict[str, float]) -> dict[str, float]:
+        """What was spent between two snapshots."""
+        return {k: end[k] - start[k] for k in start}
+
+    def reset(self) -> None:
+        self.phases.clear()
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        """Plain values (what a party process can hand back)."""
+        return {k: asdict(v) for k, v in self.phases.items()}
+
+
+def crypten_comm_reader(crypten: Any) -> CommReader:
+    """Read this party's CrypTen counters."""
+
+    def read() -> tuple[float, float]:
+        stats = crypten.communicator.get().get_communication_stats()
+        return float(stats["rounds"]), float(stats["bytes"])
+
+    return read
+
+
+def hook_ttp_requests(crypten: Any, meter: Meter) -> Callable[[], None]:
+    """Meter every TTP request of this party as preprocessing; returns a function that unhooks it."""
+    from crypten.mpc.provider.ttp_provider import TTPClient  # noqa: PLC0415
+
+    inner = TTPClient._TTPClient__TTPClient  # the singleton's class (name-mangled)
+    original = inner.ttp_request
+    read = crypten_comm_reader(crypten)
+
+    def metered(self: Any, *args: Any, **kwargs: Any) -> Any:
+        r0, b0 = read()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            r1, b1 = read()
+            meter.add_preprocessing(r1 - r0, b1 - b0)
+
+    inner.ttp_request = metered
+    return lambda: setattr(inner, "ttp_request", original)

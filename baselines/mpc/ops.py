@@ -1,0 +1,100 @@
+"""Backends the forward pass and the approximations run on: float64 plaintext or CrypTen shares.
+
+The two share the tensor arithmetic (`mul`, `add`, `square`, `matmul`, `sum`, `view`, ...); a backend
+adds what differs: comparisons, the row max, who owns which tensor, and how a result is revealed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+Tensor = Any
+
+
+class PlainOps:
+    """float64 plaintext simulation: comparisons are 0/1 float tensors, as CrypTen's are."""
+
+    is_mpc = False
+    rank = None
+
+    def lt(self, x: Tensor, c: float) -> Tensor:
+        return (x < c).to(x.dtype)
+
+    def gt(self, x: Tensor, c: float) -> Tensor:
+        return (x > c).to(x.dtype)
+
+    def max(self, x: Tensor, dim: int) -> Tensor:
+        return x.amax(dim=dim, keepdim=True)
+
+    def cat(self, xs: list[Tensor], dim: int) -> Tensor:
+        return torch.cat(xs, dim=dim)
+
+    def weight(self, t: torch.Tensor) -> Tensor:
+        """A server-owned tensor (the model's weights)."""
+        return t.detach().to(torch.float64)
+
+    def private_input(self, t: torch.Tensor) -> Tensor:
+        """A device-owned tensor (the user's input)."""
+        return t.detach().to(torch.float64)
+
+    def public(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor both parties know (masks, RoPE tables), in this backend's float type."""
+        return t.detach().to(torch.float64)
+
+    def reveal(self, x: Tensor) -> torch.Tensor | None:
+        """The result as the device sees it."""
+        return x
+
+
+class MpcOps:
+    """CrypTen backend for party `rank`: rank 0 is the server (weights), rank 1 the device (input)."""
+
+    is_mpc = True
+    SERVER, DEVICE = 0, 1
+
+    def __init__(self, crypten: Any, rank: int) -> None:
+        self.crypten = crypten
+        self.rank = rank
+
+    def lt(self, x: Tensor, c: float | torch.Tensor) -> Tensor:
+        return self._fixed_point(x.lt(c))
+
+    def gt(self, x: Tensor, c: float | torch.Tensor) -> Tensor:
+        return self._fixed_point(x.gt(c))
+
+    def _fixed_point(self, indicator: Tensor) -> Tensor:
+        """Re-encode a 0/1 comparison result (CrypTen gives it scale 1) at the default fixed-point scale.
+
+        Local and exact (shares times the integer scale); without it a public float multiplying or
+        added to the indicator would be rounded to an integer by CrypTen's scale-1 encoder.
+        """
+        encoder = self.crypten.encoder.FixedPointEncoder()
+        out = indicator.mul(int(encoder.scale))
+        out.encoder = encoder
+        return out
+
+    def max(self, x: Tensor, dim: int) -> Tensor:
+        return x.max(dim=dim, keepdim=True)[0]
+
+    def cat(self, xs: list[Tensor], dim: int) -> Tensor:
+        return self.crypten.cat(xs, dim=dim)
+
+    def _share(self, t: torch.Tensor, owner: int) -> Tensor:
+        # The other party passes zeros of the same shape: it never touches the owner's values.
+        data = t.detach().float() if self.rank == owner else torch.zeros(t.shape)
+        return self.crypten.cryptensor(data, src=owner)
+
+    def weight(self, t: torch.Tensor) -> Tensor:
+        return self._share(t, self.SERVER)
+
+    def private_input(self, t: torch.Tensor) -> Tensor:
+        return self._share(t, self.DEVICE)
+
+    def public(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().float()
+
+    def reveal(self, x: Tensor) -> torch.Tensor | None:
+        """Open the result to the device only; the server gets None."""
+        out = x.get_plain_text(dst=self.DEVICE)
+        return out if self.rank == self.DEVICE else None

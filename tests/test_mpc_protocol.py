@@ -1,0 +1,81 @@
+"""`protocol=mpc` as the runner sees it: config -> class -> rows in the tidy schema."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra.utils
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import BertConfig, BertModel
+
+from bench.api import MPC_PHASES, ModelSpec, NetworkProfile, Row, RunRequest
+from baselines.mpc.protocol import MpcProtocol
+from baselines.mpc.session import MpcResult, RunStats, merge_parties
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "protocol" / "mpc.yaml"
+LAN = NetworkProfile("lan", bandwidth_bps=3e9, rtt_s=0.8e-3, source="Nimbus appendix")
+
+
+def _party(seconds: float, rounds: float, n_bytes: float) -> dict[str, float]:
+    return {"seconds": seconds, "rounds": rounds, "bytes": n_bytes,
+            "preprocessing_rounds": 0.0, "preprocessing_bytes": 0.0}
+
+
+def test_config_instantiates_the_protocol_like_the_runner_does() -> None:
+    cfg = OmegaConf.load(CONFIG)
+    cls = hydra.utils.get_class(cfg._target_)
+    proto = cls(OmegaConf.to_container(cfg))
+    assert isinstance(proto, MpcProtocol) and proto.approx.name == "puma" and proto.provider == "TFP"
+
+
+@pytest.mark.parametrize("bad, match", [({"approx": "bolt"}, "choices"), ({"embedding": "cloud"}, "embedding"),
+                                        ({"provider": "HE"}, "provider"), ({"approx": "exact"}, "plaintext-only")])
+def test_bad_config_values_are_named(bad: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MpcProtocol({"approx": "puma", **bad})
+
+
+def test_rows_carry_per_party_wire_and_modelled_time() -> None:
+    phase = merge_parties(_party(1.0, 10, 4e6), _party(1.5, 10, 4e6))
+    assert phase["bytes"] == 4e6 and phase["latency"] == 1.5
+    result = MpcResult(output=torch.zeros(1, 3, 4), output_name="last_hidden_state",
+                       runs=[RunStats({"linear": phase, "total": phase})] * 3, setup=phase,
+                       approx="puma", provider="TFP", embedding="mpc")
+    ref = torch.zeros(1, 3, 4)
+    ref[..., 1] = 1.0
+    proto = MpcProtocol({"approx": "puma"})
+    req = RunRequest(batch_size=1, seq_len=3, repeats=2, warmup=1, seed=0, task="forward")
+    rows = proto.rows(result, ref, torch.ones(1, 3), LAN, req)
+    assert all(isinstance(r, Row) and r.approx == "puma" and r.unit for r in rows)
+    assert {r.repeat for r in rows if r.metric == "latency"} == {0, 1}  # warm-up run dropped
+    got = {(r.phase, r.metric): r.value for r in rows if r.repeat == 0}
+    assert got[("linear", "bytes_party0")] == 4e6
+    assert got[("total", "latency_modelled")] == pytest.approx(1.5 + 10 * 0.8e-3 + 8 * 2e6 / 3e9)
+    assert got[("total", "max_abs_error")] == 1.0 and got[("total", "top1_agreement")] == 0.0
+    assert got[("total", "embedding_on_device")] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_protocol_run_end_to_end_on_tiny_bert() -> None:
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=100)
+    model = BertModel(config).eval()
+
+    def make_inputs(batch: int, seq_len: int, seed: int) -> dict:
+        ids = torch.randint(0, 100, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    spec = ModelSpec("bert-toy", "bert", build=lambda: model, make_inputs=make_inputs, config=config)
+    req = RunRequest(batch_size=1, seq_len=6, repeats=1, warmup=0, seed=0, task="forward")
+    rows = MpcProtocol({"approx": "puma", "provider": "TTP", "embedding": "device"}).run(spec, LAN, req)
+    phases = {r.phase for r in rows}
+    assert phases <= set(MPC_PHASES) | {"total"} and "attention_softmax" in phases
+    got = {(r.phase, r.metric): r.value for r in rows}
+    assert got[("total", "bytes")] > 0 and got[("total", "preprocessing_bytes")] > 0
+    assert got[("total", "top1_agreement")] > 0.8
+    assert all(r.approx == "puma+embedding=device" for r in rows)
+    with pytest.raises(ValueError, match="generate"):
+        MpcProtocol({}).run(spec, LAN, RunRequest(1, 6, 1, 0, 0, task="generate"))
