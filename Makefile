@@ -40,6 +40,7 @@ bench: bench-micro ## Reproduce the paper's figures and tables (quick profile)
 	$(PY) -m bench -m experiment=quick
 	$(PY) -m bench -m experiment=quick_generate
 	$(PY) -m bench.aggregate --plots
+	$(PY) scripts/mpc_vs_stip.py --model bert-tiny --seq-len 32 --networks lan,wan,wired,wireless
 
 bench-all: install ## Every paper figure/table experiment (slow: hours on 2 cores)
 	for e in fig6_dcor fig6a_param_dcor table5_accuracy fig7a_throughput fig7c_generation fig7d_breakdown \

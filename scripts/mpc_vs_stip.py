@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from baselines.mpc.approximations import MPC_FAMILIES
 from baselines.mpc.session import run_mpc_forward
 from bench.api import NetworkProfile
+from bench.app import network_profile
 from bench.models import build_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +33,7 @@ def load_network(name: str) -> NetworkProfile:
     if not path.exists():
         choices = sorted(p.stem for p in (ROOT / "configs" / "network").glob("*.yaml"))
         raise ValueError(f"unknown network {name!r}; choices: {choices}")
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
-    return NetworkProfile(**{k: cfg[k] for k in ("name", "bandwidth_bps", "rtt_s", "source", "assumed") if k in cfg})
+    return network_profile(OmegaConf.to_container(OmegaConf.load(path)))
 
 
 def run_stip(model, ids: torch.Tensor, mask: torch.Tensor, repeats: int) -> dict[str, float]:

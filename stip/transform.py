@@ -16,10 +16,14 @@ _LAYER_KEYS = {"q": "pi_i1_q", "k": "pi_i1_k", "v": "pi_i2_v", "o": "pi_i2_o", "
 
 
 def permute_features(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x @ P == x[..., index], as index_select on a 2-D view (close to a memcpy in speed;
-    advanced indexing on the last dim of a 3-D tensor is several times slower)."""
-    flat = x.reshape(-1, x.shape[-1]).index_select(1, index)
-    return flat.view(*x.shape[:-1], index.numel())
+    """x @ P == x[..., index], as a gather over a 2-D view with a broadcast index.
+
+    Measured on GPT-2 logits [128, 50257], 2 threads: gather 4.9 ms, index_select 7.8 ms
+    (single-threaded along dim 1), advanced indexing 12.7 ms, a plain copy 2.6 ms.
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.gather(flat, 1, index.expand(flat.shape[0], -1))
+    return out.view(*x.shape[:-1], index.numel())
 
 
 def output_dim(family: Family, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
