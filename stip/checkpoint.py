@@ -10,17 +10,19 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig
 
-from .families import get_family
+from .families import DEVICE, get_family
 from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE
 from .transform import expected_key_shapes, generate_keys, output_dim, transform_tensor
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "model.safetensors.index.json"
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 HEAD_SHARD = "model-untied-lm-head.safetensors"  # the untied LM head, written apart from its embedding
 
 
@@ -89,10 +91,12 @@ def transform_checkpoint(model_dir: str | Path, out_dir: str | Path, keys_dir: s
         transformed = {}
         with safe_open(str(shard), framework="pt") as fh:
             for name in fh.keys():
-                tensor = fh.get_tensor(name)
                 spaces, where = family.spaces_for(name)
-                transformed[name] = transform_tensor(tensor, spaces, where, keys)
-                del tensor
+                if spaces == DEVICE:  # zeroed for the cloud: only the shape and dtype are needed
+                    like = fh.get_slice(name)
+                    transformed[name] = torch.zeros(like.get_shape(), dtype=_DTYPES[like.get_dtype()])
+                else:
+                    transformed[name] = transform_tensor(fh.get_tensor(name), spaces, where, keys)
         _write_shard(transformed, out_dir / out_names[shard], weight_map)
         del transformed
         if tied and tied[1] in weight_map:  # untie into a shard of its own: one big tensor at a time
