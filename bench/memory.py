@@ -78,12 +78,12 @@ def tokenizer_bytes(load: Callable[[], Any]) -> int | None:
 
 def materialized_embedding(spec: Any, seed: int = 0) -> nn.Module:
     """The model's embedding stage as real CPU tensors, without building the rest (works for 70B shapes)."""
-    from bench.models import DTYPES, _auto_class
+    from bench.models import DTYPES, auto_class
 
     if spec.extra.get("weights", "random") != "random":  # real weights: small models, build them
         return embedding_module(spec.build())
     with torch.device("meta"):
-        model = _auto_class(spec.extra["head"]).from_config(spec.config)
+        model = auto_class(spec.extra["head"]).from_config(spec.config)
     emb = embedding_module(model)
     emb.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)

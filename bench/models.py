@@ -41,7 +41,7 @@ def _dtype(name: str) -> torch.dtype:
         raise ValueError(f"dtype {name!r} is not supported; choose one of {sorted(DTYPES)}") from None
 
 
-def _auto_class(head: str) -> Any:
+def auto_class(head: str) -> Any:
     """The transformers auto class for a head kind (causal_lm | base | image_classification)."""
     if head not in HEADS:
         raise ValueError(f"model head {head!r} is unknown; choose one of {sorted(HEADS)}")
@@ -69,7 +69,7 @@ def count_params(cfg: Mapping[str, Any]) -> int:
     """Exact parameter count, from a model built on the meta device (no memory, any size)."""
     config = hf_config(cfg)
     with torch.device("meta"):
-        model = _auto_class(cfg.get("head", "causal_lm")).from_config(config)
+        model = auto_class(cfg.get("head", "causal_lm")).from_config(config)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -180,7 +180,7 @@ def _build(cfg: Mapping[str, Any], seed: int) -> Any:
     """Build the model in eval mode: real weights where the yaml says so, else seeded random weights."""
     weights = cfg.get("weights", "random")
     dtype = _dtype(cfg.get("dtype", "float32"))
-    auto = _auto_class(cfg.get("head", "causal_lm"))
+    auto = auto_class(cfg.get("head", "causal_lm"))
     if weights == "smollm2":
         model = load_smollm2()[0]
         if cfg.get("n_layers") is not None:

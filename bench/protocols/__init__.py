@@ -17,13 +17,6 @@ from bench.api import ModelSpec, NetworkProfile, Row, RunRequest
 
 log = logging.getLogger(__name__)
 
-AUTO_CLASSES = {
-    "causal_lm": "AutoModelForCausalLM",
-    "base": "AutoModel",
-    "image_classification": "AutoModelForImageClassification",
-}
-
-
 class Stopwatch:
     """Named wall-clock phases of one request, measured with perf_counter."""
 
@@ -42,12 +35,9 @@ class Stopwatch:
 
 def load_for_cloud(checkpoint: str, head: str) -> torch.nn.Module:
     """Load a saved checkpoint in the cloud process with the stock transformers auto class."""
-    import transformers
+    from bench.models import auto_class
 
-    if head not in AUTO_CLASSES:
-        raise ValueError(f"head {head!r} is unknown; choose one of {sorted(AUTO_CLASSES)}")
-    auto = getattr(transformers, AUTO_CLASSES[head])
-    return auto.from_pretrained(checkpoint).eval()
+    return auto_class(head).from_pretrained(checkpoint).eval()
 
 
 def configure_threads(n: int | None) -> None:
