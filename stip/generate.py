@@ -60,7 +60,7 @@ def generate(
     try:
         x = device.encode(input_ids)
         for step in range(max_new_tokens):
-            out = device.decode(server.infer(x, session=session, last_only=True, top_k=return_topk))
+            out = device.decode(server.infer(x, session=session, last_only=True, top_k=return_topk, key_id=device.key_id))
             if "topk_values" in out:
                 next_ids = _choose(out["topk_values"], out["topk_indices"], do_sample, top_k, temperature, generator)
             else:

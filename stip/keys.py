@@ -6,10 +6,12 @@ a registered user holds only `pi` (input) and `pi_c` (output). Key values never 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,22 @@ from safetensors.torch import save as safetensors_save
 DEVELOPER_KEYS_FILE = "developer_keys.safetensors"
 USER_KEYS_FILE = "user_keys.safetensors"
 USER_KEY_NAMES = ("pi", "pi_c")
+KEY_ID = "key_id"
+
+
+def new_key_id(tensors: dict[str, torch.Tensor], seeded: bool) -> str:
+    """A non-secret id naming a key set, so a device can refuse a cloud model made with other keys.
+
+    OS-random keys get a uuid4 from the OS. Seeded (benchmark) keys get a hash of their content,
+    so the same seed gives the same id in every process; it reveals nothing the seed does not.
+    """
+    if not seeded:
+        return uuid.uuid4().hex
+    digest = hashlib.sha256(b"stip-key-id-v1")
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].to(torch.long).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 class KeyMismatchError(ValueError):
@@ -87,6 +105,11 @@ class KeySet:
                 f"key '{name}' is not in this key set (model_type={self.metadata.get('model_type')}); "
                 "were these keys made for another model?"
             ) from None
+
+    @property
+    def key_id(self) -> str | None:
+        """The key set's non-secret id (also in the cloud config as `stip_key_id`)."""
+        return self.metadata.get(KEY_ID)
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors

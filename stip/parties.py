@@ -13,9 +13,13 @@ from torch import nn
 
 from .families import Family, get_family
 from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE, KeyMismatchError, KeySet
-from .transform import expected_key_shapes, generate_keys, output_dim, permute_features, transform_named_tensors
+from .keycheck import check_keys
+from .tied import untie_parameters
+from .transform import generate_keys, output_dim, permute_features, transform_named_tensors
 
 log = logging.getLogger(__name__)
+
+KEY_ID_FIELD = "stip_key_id"  # the cloud config's record of the keys its weights were transformed with
 
 # Which key each model output is permuted by (the head carries pi_c; hidden states carry pi).
 OUTPUT_SPACES = {"logits": "pi_c", "last_hidden_state": "pi", "pooler_output": "pi"}
@@ -42,7 +46,7 @@ class ModelDeveloper:
         out_dim = output_dim(self.family, shapes)
         if keys is None:
             keys = generate_keys(self.dims, out_dim, model.config.model_type, seed)
-        keys.check_shapes(expected_key_shapes(self.dims, out_dim))
+        check_keys(keys, model.config.model_type, self.dims, out_dim)
         self.keys = keys
 
     def transformed_state_dict(self) -> dict[str, torch.Tensor]:
@@ -51,12 +55,14 @@ class ModelDeveloper:
             return dict(transform_named_tensors(self.family, self.model.state_dict().items(), self.keys))
 
     def cloud_model(self) -> nn.Module:
-        """The stock transformers class and config with transformed weights (LM head untied)."""
+        """The stock transformers class and config with transformed weights, every tied pair untied.
+
+        The config records the key id (`stip_key_id`) so a device can refuse other keys' weights.
+        """
         cloud = copy.deepcopy(self.model)
-        out_emb = cloud.get_output_embeddings() if hasattr(cloud, "get_output_embeddings") else None
-        if out_emb is not None and out_emb.weight is cloud.get_input_embeddings().weight:
-            out_emb.weight = nn.Parameter(out_emb.weight.detach().clone())  # untie before transforming
+        untie_parameters(cloud)  # LM head and embedding, BERT's decoder bias: each saved on its own
         cloud.config.tie_word_embeddings = False
+        setattr(cloud.config, KEY_ID_FIELD, self.keys.key_id)
         new = self.transformed_state_dict()
         targets = cloud.state_dict(keep_vars=True)
         with torch.no_grad():
@@ -87,16 +93,20 @@ class DataOwner:
         self._inverse = {name: torch.argsort(self.keys[name]) for name in self.keys.tensors}
         self.hidden_size = int(self.keys["pi"].numel())
 
+    @property
+    def key_id(self) -> str | None:
+        """The id of the keys this device holds; ModelServer.infer refuses a cloud made with others."""
+        return self.keys.key_id
+
     @classmethod
     def from_model(cls, model: nn.Module, keys: KeySet) -> "DataOwner":
         """Extract the device-side module (input embedding, or ViTEmbeddings) from a model."""
         family = _family_of(model)
+        shapes = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+        check_keys(keys, model.config.model_type, family.dims(model.config), output_dim(family, shapes),
+                   user_only=True)
         embedding = copy.deepcopy(family.device_module(model))
-        owner = cls(embedding, keys, family)
-        if owner.hidden_size != family.dims(model.config).hidden:
-            raise KeyMismatchError(f"key 'pi' has {owner.hidden_size} features but the model's hidden size is "
-                                   f"{family.dims(model.config).hidden}: the keys belong to another model")
-        return owner
+        return cls(embedding, keys, family)
 
     @torch.no_grad()
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -146,6 +156,7 @@ class ModelServer:
         if self.family.prepare_server is not None:
             self.family.prepare_server(self.model)
         self.hidden_size = self.family.dims(cloud_model.config).hidden
+        self.key_id: str | None = getattr(cloud_model.config, KEY_ID_FIELD, None)
         self.max_sessions = max_sessions
         self._sessions: dict[str, dict] = {}
 
@@ -159,6 +170,14 @@ class ModelServer:
 
     def close_session(self, session: str) -> None:
         self._sessions.pop(session, None)
+
+    def check_key_id(self, key_id: str | None) -> None:
+        """Raise KeyMismatchError if the device's key id is not the one this cloud model was made with."""
+        if key_id is not None and key_id != self.key_id:
+            found = f"key id {self.key_id}" if self.key_id else "no stip_key_id in its config (not a STIP cloud model?)"
+            raise KeyMismatchError(f"the device holds keys {key_id} but the cloud model has {found}: its weights "
+                                   "were transformed with other keys; serve the checkpoint made with the device's "
+                                   "keys, or give the device the user keys of this checkpoint")
 
     def _check(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 3:
@@ -177,8 +196,14 @@ class ModelServer:
         session: str | None = None,
         last_only: bool = False,
         top_k: int | None = None,
+        key_id: str | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Forward permuted embeddings; outputs stay permuted (logits by pi_c, hidden by pi)."""
+        """Forward permuted embeddings; outputs stay permuted (logits by pi_c, hidden by pi).
+
+        `key_id` (the device's `DataOwner.key_id`) makes the server refuse a request encoded with
+        other keys than its weights were transformed with (e.g. a stale checkpoint).
+        """
+        self.check_key_id(key_id)
         self._check(inputs_embeds)
         x = inputs_embeds.to(self.model.dtype)
         kwargs: dict[str, Any] = {}

@@ -10,7 +10,8 @@ from typing import Iterable, Mapping
 import torch
 
 from .families import DEVICE, Dims, Family
-from .keys import KeyMismatchError, KeySet, PermutationSource, head_structured_permutations
+from .keycheck import expected_key_shapes, model_metadata  # noqa: F401 (expected_key_shapes re-exported)
+from .keys import KEY_ID, KeyMismatchError, KeySet, PermutationSource, head_structured_permutations, new_key_id
 
 _LAYER_KEYS = {"q": "pi_i1_q", "k": "pi_i1_k", "v": "pi_i2_v", "o": "pi_i2_o", "f": "pi_i3"}
 
@@ -35,19 +36,6 @@ def output_dim(family: Family, shapes: Mapping[str, tuple[int, ...]]) -> int | N
     return None
 
 
-def expected_key_shapes(dims: Dims, out_dim: int | None) -> dict[str, tuple[int, ...]]:
-    """The shape every key must have for a model with these dimensions."""
-    shapes: dict[str, tuple[int, ...]] = {"pi": (dims.hidden,)}
-    if out_dim is not None:
-        shapes["pi_c"] = (out_dim,)
-    q, kv = dims.n_heads * dims.head_dim, dims.n_kv_heads * dims.head_dim
-    ffn = (dims.n_experts, dims.ffn) if dims.n_experts else (dims.ffn,)
-    for i in range(dims.n_layers):
-        shapes.update({f"layers.{i}.pi_i1_q": (q,), f"layers.{i}.pi_i1_k": (kv,), f"layers.{i}.pi_i2_v": (kv,),
-                       f"layers.{i}.pi_i2_o": (q,), f"layers.{i}.pi_i3": ffn})
-    return shapes
-
-
 def generate_keys(dims: Dims, out_dim: int | None, model_type: str, seed: int | None) -> KeySet:
     """Draw every permutation a model needs: pi, pi_c, and per layer pi_i1/pi_i2/pi_i3."""
     source = PermutationSource(seed)
@@ -61,8 +49,8 @@ def generate_keys(dims: Dims, out_dim: int | None, model_type: str, seed: int | 
             tensors[f"layers.{i}.pi_i3"] = torch.stack([source.permutation(dims.ffn) for _ in range(dims.n_experts)])
         else:
             tensors[f"layers.{i}.pi_i3"] = source.permutation(dims.ffn)
-    metadata = {"model_type": model_type, "hidden_size": str(dims.hidden), "n_layers": str(dims.n_layers),
-                "role": "developer", "seeded": str(seed is not None)}
+    metadata = {**model_metadata(model_type, dims, out_dim), "role": "developer", "seeded": str(seed is not None),
+                KEY_ID: new_key_id(tensors, seeded=seed is not None)}
     return KeySet(tensors, metadata)
 
 
