@@ -5,7 +5,8 @@ checkpoint read shard by shard. Permutations are index selections, never dense m
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+import math
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -94,6 +95,34 @@ def transform_tensor(tensor: torch.Tensor, spaces, where: dict[str, int], keys: 
         else:  # one permutation per expert (leading dim)
             out = torch.stack([out[e].index_select(dim - 1, index[e]) for e in range(out.shape[0])])
     return out.contiguous()
+
+
+def transform_stored(read: Callable[[torch.Tensor | None], torch.Tensor], shape: tuple[int, ...], itemsize: int,
+                     spaces, where: dict[str, int], keys: KeySet, block_bytes: int = 8 << 20) -> Iterator[torch.Tensor]:
+    """Transform a stored tensor block by block: `read(rows)` returns x[rows] (x itself for None).
+
+    Output rows i..j need only source rows index[i..j], so each block is read in permuted order
+    and permuted along its other dims: the peak is one block, never the whole tensor.
+    """
+    if len(spaces) != len(shape):
+        raise KeyMismatchError(f"rule expects {len(spaces)} dims but tensor has shape {tuple(shape)}")
+    indices = [None if space is None else space_index(keys, space, where) for space in spaces]
+    if len(shape) < 2 or any(i is not None and i.dim() > 1 for i in indices):
+        yield transform_tensor(read(None), spaces, where, keys)  # 1-D, or one permutation per expert
+        return
+    for dim, (space, index) in enumerate(zip(spaces, indices)):
+        if index is not None and index.numel() != shape[dim]:
+            raise KeyMismatchError(f"space '{space}' has {index.numel()} features but the tensor has "
+                                   f"{shape[dim]} on dim {dim}: keys from another model?")
+    rows = indices[0] if indices[0] is not None else torch.arange(shape[0])
+    row_bytes = max(1, math.prod(shape[1:]) * itemsize)
+    step = max(1, block_bytes // row_bytes)
+    for start in range(0, shape[0], step):
+        block = read(rows[start:start + step])
+        for dim, index in enumerate(indices):
+            if dim and index is not None:
+                block = block.index_select(dim, index)
+        yield block
 
 
 def transform_named_tensors(
