@@ -81,4 +81,4 @@ def test_shard_by_shard_transform_matches_in_memory(factory, shard, tmp_path):
 def test_transform_cli_reports_bad_input(tmp_path):
     done = subprocess.run([sys.executable, "-m", "stip.cli", "transform", "--model", str(tmp_path),
                            "--out", str(tmp_path / "o"), "--keys", str(tmp_path / "k")], capture_output=True, text=True)
-    assert done.returncode == 2 and "no *.safetensors" in done.stderr
+    assert done.returncode == 2 and "has no config.json" in done.stderr
