@@ -36,14 +36,14 @@ class StipCloudHandler:
         self.server = stip.ModelServer(load_for_cloud(checkpoint, head))
 
     def infer(self, tensors: dict[str, torch.Tensor], session: str | None = None, last_only: bool = False,
-              top_k: int | None = None, **_: Any) -> tuple[dict, dict]:
-        """One forward pass in permuted space."""
+              top_k: int | None = None, key_id: str | None = None, **_: Any) -> tuple[dict, dict]:
+        """One forward pass in permuted space (refused if the device's key id is not the checkpoint's)."""
         x = tensors.get("inputs_embeds")
         if x is None:
             raise ValueError(f"infer needs an 'inputs_embeds' tensor, got {sorted(tensors)}")
         out = self.server.infer(x, attention_mask=tensors.get("attention_mask"),
                                 token_type_ids=tensors.get("token_type_ids"), session=session,
-                                last_only=bool(last_only), top_k=top_k)
+                                last_only=bool(last_only), top_k=top_k, key_id=key_id)
         return {k: v.contiguous() for k, v in out.items() if isinstance(v, torch.Tensor)}, {}
 
     def open_session(self, tensors: dict, **_: Any) -> tuple[dict, dict]:
@@ -79,14 +79,15 @@ class RemoteModelServer:
 
     def infer(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
               token_type_ids: torch.Tensor | None = None, session: str | None = None,
-              last_only: bool = False, top_k: int | None = None) -> dict[str, torch.Tensor]:
-        """Send permuted embeddings, return the cloud's permuted outputs."""
+              last_only: bool = False, top_k: int | None = None, key_id: str | None = None) -> dict[str, torch.Tensor]:
+        """Send permuted embeddings (and the device's key id), return the cloud's permuted outputs."""
         tensors = {"inputs_embeds": x.contiguous()}
         if attention_mask is not None:
             tensors["attention_mask"] = attention_mask.contiguous()
         if token_type_ids is not None:
             tensors["token_type_ids"] = token_type_ids.contiguous()
-        meta = {"session": session, "last_only": bool(last_only), "top_k": int(top_k) if top_k else None}
+        meta = {"session": session, "last_only": bool(last_only), "top_k": int(top_k) if top_k else None,
+                "key_id": key_id}
         before = self.cloud.meter.snapshot()
         out, _ = self.cloud.call("infer", tensors, meta)
         delta = self.cloud.meter.delta(before, self.cloud.meter.snapshot())
