@@ -128,6 +128,9 @@ def _family_for(model_dir: Path) -> Family:
 def _meta_model(config) -> nn.Module | None:
     """The stock class named by config.architectures, built on the meta device (no memory)."""
     archs = getattr(config, "architectures", None) or []
+    if not archs and getattr(config, "tie_word_embeddings", False):
+        raise CheckpointError("config.json names no architectures, so the tied weights to write out are unknown; "
+                              "set architectures to the stock class (e.g. [\"GPT2LMHeadModel\"])")
     if not archs:
         return None
     cls = getattr(transformers, archs[0], None)
@@ -172,11 +175,16 @@ def plan_checkpoint(shards: list[Path], family: Family, model: nn.Module | None)
     tied = loader_tied_pairs(model) if model is not None else {}
     head = []
     for target, source in sorted(tied.items()):
-        if target not in by_name and source in by_name:
-            family.spaces_for(target)
-            src = by_name[source]
-            head.append(Source(target, src.shard, src.stored_name, src.entry))
-            plan.materialised.append(target)
+        if target in by_name:
+            continue
+        if source not in by_name:  # stored under other names (a converted layout): cannot tell what to write
+            raise CheckpointError(f"the stock class ties {target} to {source}, but the checkpoint stores neither "
+                                  "under these names; transform this model in memory instead "
+                                  "(ModelDeveloper(model).cloud_model().save_pretrained(...))")
+        family.spaces_for(target)
+        src = by_name[source]
+        head.append(Source(target, src.shard, src.stored_name, src.entry))
+        plan.materialised.append(target)
     if head:
         if len(shards) == 1:  # the stock loader prefers a lone model.safetensors over an index
             plan.files = {"model-00001-of-00002.safetensors": plan.files[shards[0].name]}

@@ -115,6 +115,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty" / "config.json").write_text((tmp_path / "opt" / "config.json").read_text()
                                                     .replace('"opt"', '"gpt2"'))
     one_line_error(capsys, transform(capsys, tmp_path, tmp_path / "empty"), "no *.safetensors")
+    tiny_llama().save_pretrained(tmp_path / "noarch")  # tied head, but which class ties what is unknown
+    config = json.loads((tmp_path / "noarch" / "config.json").read_text())
+    del config["architectures"]
+    (tmp_path / "noarch" / "config.json").write_text(json.dumps(config))
+    one_line_error(capsys, transform(capsys, tmp_path, tmp_path / "noarch"), "no architectures")
     # as a console script, without the in-process harness: still one line, exit status 2
     done = subprocess.run([sys.executable, "-m", "stip.cli", "transform", "--model", str(tmp_path / "opt"),
                            "--out", str(tmp_path / "o"), "--keys", str(tmp_path / "o" / "k")],
