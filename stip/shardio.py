@@ -68,7 +68,9 @@ def read_tensor(fh: BinaryIO, entry: Entry, rows: torch.Tensor | None = None) ->
         return out
     out = torch.empty((rows.numel(), *entry.shape[1:]), dtype=entry.torch_dtype)
     row_bytes = entry.nbytes // entry.shape[0] if entry.shape[0] else 0
-    if row_bytes:
+    if row_bytes and torch.equal(rows, torch.arange(int(rows[0]), int(rows[0]) + rows.numel())):
+        _read_exact(fh, entry.start + int(rows[0]) * row_bytes, _bytes_view(out))  # a run of rows: one read
+    elif row_bytes:
         view = _bytes_view(out)
         for i, src in enumerate(rows.tolist()):
             _read_exact(fh, entry.start + src * row_bytes, view[i * row_bytes:(i + 1) * row_bytes])
