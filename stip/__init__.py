@@ -3,7 +3,7 @@
     developer = stip.ModelDeveloper(model, seed=0)
     server = stip.ModelServer(developer.cloud_model())
     device = developer.data_owner()
-    out = device.decode(server.infer(device.encode(input_ids)))
+    out = device.decode(server.infer(device.encode(input_ids), key_id=device.key_id))
 """
 from .families import FAMILIES, UnsupportedModelError, get_family
 from .generate import generate
