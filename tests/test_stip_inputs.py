@@ -25,11 +25,11 @@ def test_gpt2_token_types_are_embedded_on_the_device_and_never_sent():
         plain = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
         without = model(input_ids=ids, attention_mask=mask).logits
     assert _rel(without, plain) > 1e-2, "token types must matter for this test"
+    with pytest.raises(stip.StipInputError, match="gpt2 embeds it on the device"):
+        server.infer(device.encode(ids), token_type_ids=types)  # wte is zeroed on the cloud
     request = device.request(ids, attention_mask=mask, token_type_ids=types)
     assert set(request) == {"inputs_embeds", "attention_mask"}, "GPT-2 token types never leave the device"
     assert _rel(device.decode(server.infer(**request))["logits"], plain) < 1e-4
-    with pytest.raises(stip.StipInputError, match="gpt2 embeds it on the device"):
-        server.infer(device.encode(ids), token_type_ids=types)  # wte is zeroed on the cloud
 
 
 def test_bert_token_types_travel_in_the_clear():
@@ -89,8 +89,32 @@ def test_half_precision_vit_casts_float32_pixels_like_plaintext(dtype):
     assert pixels.dtype == torch.float32
     with torch.no_grad():
         plain = model(pixel_values=pixels).logits  # ViTModel.forward casts to the patch projection's dtype
+    assert device.encode(pixels).dtype == dtype
     out = device.decode(server.infer(**device.request(pixels)))["logits"]
     assert out.dtype == plain.dtype == dtype
     assert _rel(out, plain) < (2e-2 if dtype == torch.bfloat16 else 5e-3)
     assert torch.equal(out.argmax(-1), plain.argmax(-1))
-    assert device.encode(pixels).dtype == dtype  # the old entry point casts too
+
+
+def test_harness_sends_exactly_the_library_request():
+    from bench.protocols import Stopwatch
+    from bench.protocols.stip_protocol import StipCloudHandler, StipProtocol
+
+    model = tiny_gpt2()
+    device, server = _parties(model)
+    protocol = StipProtocol({})
+    protocol.device = device
+    ids = sample_inputs(model, batch=2, seq=6)["input_ids"]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.ones_like(ids)}
+    sw = Stopwatch()
+    tensors, meta = protocol.device_send(inputs, sw)
+    assert set(tensors) == {"inputs_embeds", "attention_mask"}, "GPT-2 token types stay on the device"
+    assert set(sw.times) == {"device_embed", "device_permute"} and all(v > 0 for v in sw.times.values())
+    handler = StipCloudHandler.__new__(StipCloudHandler)
+    handler.server = server
+    reply, _ = handler.infer(tensors, **meta)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+    assert _rel(protocol.device_receive(reply, sw)["logits"], plain) < 1e-4
+    with pytest.raises(stip.StipInputError, match="gpt2 embeds it on the device"):
+        handler.infer({**tensors, "token_type_ids": inputs["token_type_ids"]})  # whatever comes reaches the server
