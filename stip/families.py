@@ -107,7 +107,7 @@ class Family:
     prepare_server: Callable[[nn.Module], None] | None = None
     notes: str = ""
     extra_inputs: tuple[str, ...] = field(default_factory=tuple)  # plain, non-secret inputs the cloud gets
-    device_inputs: tuple[str, ...] = field(default_factory=tuple)  # embedded on the device with device_module, added
+    device_inputs: tuple[str, ...] = field(default_factory=tuple)  # embedded by device_module and added
 
     def dims(self, config) -> Dims:
         return _dims_from_config(config, self.rope)

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 # Which key each model output is permuted by (the head carries pi_c; hidden states carry pi).
 # `position_logits`: a decoder classifier's score at every position; the device pools (stip/pooling.py).
-OUTPUT_SPACES = {"logits": "pi_c", "position_logits": "pi_c", "last_hidden_state": "pi", "pooler_output": "pi"}
+OUTPUT_SPACES = {"logits": "pi_c", "position_logits": "pi_c",
+                 "last_hidden_state": "pi", "pooler_output": "pi"}
 
 # Plain per-token inputs a request may carry besides the embeddings; each family says whether
 # the device embeds one (Family.device_inputs) or the cloud gets it in the clear (Family.extra_inputs).
@@ -194,15 +195,15 @@ class DataOwner:
         outputs = dict(outputs)
         if "position_logits" not in outputs:
             if self.pooling is not None and "logits" in outputs:
-                raise StipInputError("this model pools at the last non-pad token but the server pooled itself, "
-                                     "blind to padding; serve the cloud model with stip.ModelServer")
+                raise StipInputError("this model pools at the last non-pad token but the server pooled "
+                                     "itself, blind to padding; serve the cloud model with stip.ModelServer")
             return outputs
         if self.pooling is None:
             raise StipInputError("the server returned per-position classifier scores but this device has no "
                                  "pooling rule; build it with DataOwner.from_model(model, keys)")
         if input_ids is None:
-            raise StipInputError("a decoder classifier pools at the last non-pad token: pass the request's ids, "
-                                 "decode(outputs, input_ids=ids)")
+            raise StipInputError("a decoder classifier pools at the last non-pad token: pass the "
+                                 "request's ids, decode(outputs, input_ids=ids)")
         outputs["logits"] = self.pooling.pool(outputs.pop("position_logits"), input_ids)
         return outputs
 
@@ -246,7 +247,8 @@ class ModelServer:
         if len(self._sessions) >= self.max_sessions:
             raise RuntimeError(f"too many open sessions ({self.max_sessions}); close finished ones")
         session = uuid.uuid4().hex
-        self._sessions[session] = {"cache": None, "mask": None, "length": 0, "batch": None, "last_position": None}
+        self._sessions[session] = {"cache": None, "mask": None, "length": 0, "batch": None,
+                                   "last_position": None}
         return session
 
     def close_session(self, session: str) -> None:
@@ -260,7 +262,8 @@ class ModelServer:
             raise StipInputError(f"inputs_embeds have hidden size {x.shape[-1]}, this model expects "
                                  f"{self.hidden_size}: was it encoded for another model?")
 
-    def _check_plain(self, name: str, value: torch.Tensor, shape: tuple[int, int], session: str | None) -> None:
+    def _check_plain(self, name: str, value: torch.Tensor, shape: tuple[int, int],
+                     session: str | None) -> None:
         """A plain per-token input must be an integer or bool tensor [batch, seq] matching the embeddings."""
         if name != "attention_mask" and name not in self.family.extra_inputs:
             way_out = (f": {self.family.name} embeds it on the device; build the request with "
@@ -272,8 +275,8 @@ class ModelServer:
                                  f"{getattr(value, 'dtype', '')}")
         if tuple(value.shape) != shape:
             hint = " (in a session: of the new tokens only; the server keeps the past)" if session else ""
-            raise StipInputError(f"{name} has shape {tuple(value.shape)}, expected [batch, seq] = {list(shape)} "
-                                 f"to match inputs_embeds{hint}")
+            raise StipInputError(f"{name} has shape {tuple(value.shape)}, expected [batch, seq] = "
+                                 f"{list(shape)} to match inputs_embeds{hint}")
 
     def _session_inputs(self, session: str, attention_mask: torch.Tensor | None,
                         shape: tuple[int, int]) -> dict[str, Any]:
@@ -292,7 +295,9 @@ class ModelServer:
         kwargs: dict[str, Any] = {"past_key_values": state["cache"], "use_cache": True}
         if attention_mask is None and state["mask"] is None:
             return kwargs
-        past = state["mask"] if state["mask"] is not None else torch.ones(batch, state["length"], dtype=torch.long)
+        past = state["mask"]
+        if past is None:  # the mask starts now: every earlier token was attended
+            past = torch.ones(batch, state["length"], dtype=torch.long)
         new = attention_mask if attention_mask is not None else torch.ones(batch, seq, dtype=past.dtype)
         full = torch.cat([past, new.to(past.dtype)], dim=-1)
         kwargs["attention_mask"] = full

@@ -30,8 +30,9 @@ class LastTokenPooling:
         batch, seq = input_ids.shape
         if self.pad_token_id is None:
             if batch != 1:
-                raise StipInputError(f"a batch of {batch} needs config.pad_token_id to find each row's last token "
-                                     "(transformers refuses it too); set pad_token_id or send one row at a time")
+                raise StipInputError(f"a batch of {batch} needs config.pad_token_id to find each row's last "
+                                     "token (transformers refuses it too); set pad_token_id or send one row "
+                                     "at a time")
             return torch.full((batch,), seq - 1, dtype=torch.long)
         non_pad = (input_ids != self.pad_token_id).to(torch.int32)
         token_indices = torch.arange(seq, dtype=torch.int32)
@@ -40,8 +41,8 @@ class LastTokenPooling:
     def pool(self, scores: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """scores [batch, seq, labels] -> [batch, labels] at each row's pooled position."""
         if scores.dim() != 3 or tuple(scores.shape[:2]) != tuple(input_ids.shape):
-            raise StipInputError(f"per-position scores have shape {tuple(scores.shape)} but the ids have shape "
-                                 f"{tuple(input_ids.shape)}: pass the ids this request was built from")
+            raise StipInputError(f"per-position scores have shape {tuple(scores.shape)} but the ids have "
+                                 f"shape {tuple(input_ids.shape)}: pass the ids this request was built from")
         positions = self.positions(input_ids).to(scores.device)
         return scores[torch.arange(scores.shape[0], device=scores.device), positions]
 

@@ -47,7 +47,7 @@ def test_inputs_a_family_cannot_take_are_refused_on_both_sides():
     ids = torch.randint(0, 50, (1, 4))
     with pytest.raises(stip.StipInputError, match="llama models take no token_type_ids; drop it"):
         device.request(ids, token_type_ids=torch.zeros_like(ids))
-    with pytest.raises(stip.StipInputError, match="llama models take no token_type_ids on the cloud; drop it"):
+    with pytest.raises(stip.StipInputError, match="llama models take no token_type_ids on the cloud; drop"):
         server.infer(device.encode(ids), token_type_ids=torch.zeros_like(ids))
     vit_device, _ = _parties(tiny_vit())
     with pytest.raises(stip.StipInputError, match="vit models take no token_type_ids"):
@@ -59,7 +59,8 @@ def test_server_validates_masks_and_token_types():
     device, server = _parties(model)
     inputs = sample_inputs(model, batch=2, seq=6)
     x = device.encode(inputs["input_ids"])
-    with pytest.raises(stip.StipInputError, match=r"attention_mask has shape \(2, 5\), expected \[batch, seq\] = \[2, 6\]"):
+    expected = r"attention_mask has shape \(2, 5\), expected \[batch, seq\] = \[2, 6\]"
+    with pytest.raises(stip.StipInputError, match=expected):
         server.infer(x, attention_mask=torch.ones(2, 5, dtype=torch.long))
     with pytest.raises(stip.StipInputError, match="attention_mask must be an integer or bool tensor"):
         server.infer(x, attention_mask=torch.ones(2, 6))
@@ -76,7 +77,8 @@ def test_session_mask_covers_new_tokens_only():
     session = server.open_session()
     server.infer(**device.request(ids, attention_mask=torch.ones_like(ids)), session=session)
     with pytest.raises(stip.StipInputError, match="of the new tokens only"):
-        server.infer(device.encode(ids[:, :1]), attention_mask=torch.ones(2, 6, dtype=torch.long), session=session)
+        server.infer(device.encode(ids[:, :1]), attention_mask=torch.ones(2, 6, dtype=torch.long),
+                     session=session)
     with pytest.raises(stip.StipInputError, match="session .* has batch 2, this request has 1"):
         server.infer(device.encode(ids[:1, :1]), session=session)
 
@@ -105,7 +107,8 @@ def test_harness_sends_exactly_the_library_request():
     protocol = StipProtocol({})
     protocol.device = device
     ids = sample_inputs(model, batch=2, seq=6)["input_ids"]
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.ones_like(ids)}
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "token_type_ids": torch.ones_like(ids)}
     sw = Stopwatch()
     tensors, meta = protocol.device_send(inputs, sw)
     assert set(tensors) == {"inputs_embeds", "attention_mask"}, "GPT-2 token types stay on the device"
@@ -117,4 +120,4 @@ def test_harness_sends_exactly_the_library_request():
         plain = model(**inputs).logits
     assert _rel(protocol.device_receive(reply, sw)["logits"], plain) < 1e-4
     with pytest.raises(stip.StipInputError, match="gpt2 embeds it on the device"):
-        handler.infer({**tensors, "token_type_ids": inputs["token_type_ids"]})  # whatever comes reaches the server
+        handler.infer({**tensors, "token_type_ids": inputs["token_type_ids"]})  # all that comes reaches it

@@ -46,8 +46,9 @@ def test_left_padded_greedy_generation_matches_plaintext_generate(factory):
     assert not torch.equal(expected, plaintext_generate(model, ids, 8, attention_mask=torch.ones_like(mask)))
     # the short prompt alone gives the same tokens: padding changed nothing
     assert torch.equal(tokens[1, 3:], plaintext_generate(model, ids[1:, 3:], 8)[0])
-    if factory is tiny_gpt2:  # absolute positions: generate counts them from the mask (RoPE is shift-invariant)
-        shifted = plaintext_generate(model, ids, 8, attention_mask=mask, position_ids=torch.arange(7).expand(2, 7))
+    if factory is tiny_gpt2:  # absolute positions: generate counts them from the mask (RoPE: shift-invariant)
+        naive = torch.arange(7).expand(2, 7)
+        shifted = plaintext_generate(model, ids, 8, attention_mask=mask, position_ids=naive)
         assert not torch.equal(expected, shifted), "test needs positions to matter"
 
 

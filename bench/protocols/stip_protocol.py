@@ -37,7 +37,7 @@ class StipCloudHandler:
 
     def infer(self, tensors: dict[str, torch.Tensor], session: str | None = None, last_only: bool = False,
               top_k: int | None = None, **_: Any) -> tuple[dict, dict]:
-        """One forward pass in permuted space; every tensor that came goes to the server, which refuses what it cannot take."""
+        """One forward pass in permuted space; every tensor that came goes to the server, which judges it."""
         if "inputs_embeds" not in tensors:
             raise ValueError(f"infer needs an 'inputs_embeds' tensor, got {sorted(tensors)}")
         out = self.server.infer(**tensors, session=session, last_only=bool(last_only), top_k=top_k)
@@ -76,7 +76,7 @@ class RemoteModelServer:
 
     def infer(self, inputs_embeds: torch.Tensor, session: str | None = None, last_only: bool = False,
               top_k: int | None = None, **plain: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Send what the device's request holds (permuted embeddings, plain inputs); return permuted outputs."""
+        """Send what the device's request holds (permuted embeddings, plain inputs); return outputs."""
         tensors = {"inputs_embeds": inputs_embeds.contiguous(),
                    **{k: v.contiguous() for k, v in plain.items() if v is not None}}
         meta = {"session": session, "last_only": bool(last_only), "top_k": int(top_k) if top_k else None}
@@ -192,7 +192,7 @@ class StipProtocol(SocketProtocol):
         return device_memory_rows(model, request.seed)
 
     def device_send(self, inputs: dict, sw: Stopwatch) -> tuple[dict, dict]:
-        """Exactly what `DataOwner.request` builds: the family embeds, sends in the clear or refuses each input."""
+        """Send exactly what `DataOwner.request` builds (the family embeds, sends or refuses each input)."""
         key = self.device.family.input_name
         device = TimedDataOwner(self.device)
         with torch.no_grad():
