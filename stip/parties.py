@@ -25,10 +25,6 @@ log = logging.getLogger(__name__)
 OUTPUT_SPACES = {"logits": "pi_c", "position_logits": "pi_c",
                  "last_hidden_state": "pi", "pooler_output": "pi"}
 
-# Plain per-token inputs a request may carry besides the embeddings; each family says whether
-# the device embeds one (Family.device_inputs) or the cloud gets it in the clear (Family.extra_inputs).
-PLAIN_INPUTS = ("token_type_ids",)
-
 
 def _family_of(model: nn.Module) -> Family:
     return get_family(getattr(model.config, "model_type", type(model).__name__))
