@@ -140,6 +140,10 @@ class DataOwner:
         the clear (BERT token types, the attention mask), or refused. `options` (session,
         last_only, top_k) pass through unchanged.
         """
+        stray = sorted(k for k, v in options.items() if isinstance(v, torch.Tensor))
+        if stray:  # a tensor among the call options would reach the cloud unexamined
+            raise StipInputError(f"{self.family.name} requests take no input {stray}; the inputs are "
+                                 "attention_mask and token_type_ids (where the family takes them)")
         on_device, clear = self._route_inputs({"token_type_ids": token_type_ids})
         if self.pooling is not None:
             self.pooling.positions(inputs)  # refuse before sending what the device could not pool

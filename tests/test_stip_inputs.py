@@ -49,6 +49,8 @@ def test_inputs_a_family_cannot_take_are_refused_on_both_sides():
         device.request(ids, token_type_ids=torch.zeros_like(ids))
     with pytest.raises(stip.StipInputError, match="llama models take no token_type_ids on the cloud; drop"):
         server.infer(device.encode(ids), token_type_ids=torch.zeros_like(ids))
+    with pytest.raises(stip.StipInputError, match=r"llama requests take no input \['position_ids'\]"):
+        device.request(ids, position_ids=torch.arange(4)[None])
     vit_device, _ = _parties(tiny_vit())
     with pytest.raises(stip.StipInputError, match="vit models take no token_type_ids"):
         vit_device.request(torch.randn(1, 3, 32, 32), token_type_ids=torch.zeros(1, 17, dtype=torch.long))
