@@ -3,12 +3,14 @@
     developer = stip.ModelDeveloper(model, seed=0)
     server = stip.ModelServer(developer.cloud_model())
     device = developer.data_owner()
-    out = device.decode(server.infer(device.encode(input_ids), key_id=device.key_id))
+    request = device.request(input_ids, attention_mask=attention_mask)  # what the cloud may see (+ key id)
+    out = device.decode(server.infer(**request), input_ids=input_ids)
 """
+from .errors import StipInputError
 from .families import FAMILIES, UnsupportedModelError, get_family
 from .generate import generate
 from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE, KeyMismatchError, KeySet
-from .parties import DataOwner, ModelDeveloper, ModelServer, StipInputError
+from .parties import DataOwner, ModelDeveloper, ModelServer
 
 __all__ = [
     "FAMILIES", "DEVELOPER_KEYS_FILE", "USER_KEYS_FILE", "DataOwner", "KeyMismatchError", "KeySet",

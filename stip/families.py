@@ -107,6 +107,7 @@ class Family:
     prepare_server: Callable[[nn.Module], None] | None = None
     notes: str = ""
     extra_inputs: tuple[str, ...] = field(default_factory=tuple)  # plain, non-secret inputs the cloud gets
+    device_inputs: tuple[str, ...] = field(default_factory=tuple)  # embedded by device_module and added
 
     def dims(self, config) -> Dims:
         return _dims_from_config(config, self.rope)
@@ -143,8 +144,10 @@ GPT2 = Family(
         (r"lm_head\.weight", ("c", "h")),
         (r"score\.weight", ("c", "h")),
     ),
-    notes="Device runs wte only; wpe is permuted for the cloud (positions are added there). "
-    "The tied LM head is untied and transformed; the cloud's wte is zeroed.",
+    device_inputs=("token_type_ids",),  # GPT-2 embeds token types with wte, which only the device holds
+    notes="Device runs wte only, on the tokens and on token_type_ids (GPT-2 embeds both with wte; "
+    "the sum is permuted, so the cloud never sees token types); wpe is permuted for the cloud "
+    "(positions are added there). The tied LM head is untied and transformed; the cloud's wte is zeroed.",
 )
 
 _BERT_LAYER = rf"encoder\.layer\.{L}"

@@ -43,14 +43,19 @@ def generate(
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
     on_token: Callable[[int, torch.Tensor], None] | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate `max_new_tokens` tokens; the cloud keeps the KV cache, the device samples.
 
     `return_topk=k` asks the cloud for the top-k permuted logits only (lossless for greedy and
-    for top-k sampling with top_k <= k). Rows are unpadded: all prompts have the same length.
+    for top-k sampling with top_k <= k). Prompts of different lengths: left-pad them and pass
+    `attention_mask`, as for `model.generate` (the server derives position ids from it the same way).
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                         f"{tuple(input_ids.shape)} like input_ids")
     if return_topk and do_sample and not (top_k and top_k <= return_topk):
         raise ValueError(f"return_topk={return_topk} is lossless only for greedy or top_k <= {return_topk} "
                          f"sampling (got do_sample=True, top_k={top_k}); raise return_topk or set top_k")
@@ -58,9 +63,10 @@ def generate(
     tokens = input_ids
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
     try:
-        x = device.encode(input_ids)
+        options = {"session": session, "last_only": True, "top_k": return_topk}
+        request = device.request(input_ids, attention_mask=attention_mask, **options)
         for step in range(max_new_tokens):
-            out = device.decode(server.infer(x, session=session, last_only=True, top_k=return_topk, key_id=device.key_id))
+            out = device.decode(server.infer(request.pop("inputs_embeds"), **request))
             if "topk_values" in out:
                 next_ids = _choose(out["topk_values"], out["topk_indices"], do_sample, top_k, temperature, generator)
             else:
@@ -73,7 +79,7 @@ def generate(
                 on_token(step, next_ids)
             if step + 1 == max_new_tokens or (eos_token_id is not None and bool(finished.all())):
                 break
-            x = device.encode(next_ids)
+            request = device.request(next_ids, **options)  # new tokens need no mask: the server attends them
     finally:
         server.close_session(session)
     return tokens

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 import uuid
@@ -11,9 +12,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .errors import StipInputError
 from .families import Family, get_family
 from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE, KeyMismatchError, KeySet
 from .keycheck import check_keys
+from .pooling import LastTokenPooling, last_token_pooling
 from .tied import untie_parameters
 from .transform import generate_keys, output_dim, permute_features, transform_named_tensors
 
@@ -22,11 +25,9 @@ log = logging.getLogger(__name__)
 KEY_ID_FIELD = "stip_key_id"  # the cloud config's record of the keys its weights were transformed with
 
 # Which key each model output is permuted by (the head carries pi_c; hidden states carry pi).
-OUTPUT_SPACES = {"logits": "pi_c", "last_hidden_state": "pi", "pooler_output": "pi"}
-
-
-class StipInputError(ValueError):
-    """A request whose tensors do not fit the model (wrong hidden size, rank or dtype)."""
+# `position_logits`: a decoder classifier's score at every position; the device pools (stip/pooling.py).
+OUTPUT_SPACES = {"logits": "pi_c", "position_logits": "pi_c",
+                 "last_hidden_state": "pi", "pooler_output": "pi"}
 
 
 def _family_of(model: nn.Module) -> Family:
@@ -86,12 +87,15 @@ class ModelDeveloper:
 class DataOwner:
     """The user's device: embeds, permutes with `pi`, and un-permutes outputs with `pi_c`."""
 
-    def __init__(self, embedding: nn.Module, keys: KeySet, family: Family) -> None:
+    def __init__(self, embedding: nn.Module, keys: KeySet, family: Family,
+                 pooling: LastTokenPooling | None = None) -> None:
         self.embedding = embedding.eval()
         self.family = family
         self.keys = keys.user_keys()
         self._inverse = {name: torch.argsort(self.keys[name]) for name in self.keys.tensors}
         self.hidden_size = int(self.keys["pi"].numel())
+        self.pooling = pooling  # set for decoder sequence classifiers: the device pools (stip/pooling.py)
+        self._float_dtype = _float_input_dtype(self.embedding)
 
     @property
     def key_id(self) -> str | None:
@@ -106,12 +110,27 @@ class DataOwner:
         check_keys(keys, model.config.model_type, family.dims(model.config), output_dim(family, shapes),
                    user_only=True)
         embedding = copy.deepcopy(family.device_module(model))
-        return cls(embedding, keys, family)
+        return cls(embedding, keys, family, pooling=last_token_pooling(model))
 
     @torch.no_grad()
-    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Plaintext embeddings (token ids, or pixel values for ViT); never leaves the device."""
-        return self.embedding(inputs)
+    def embed(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
+        """Plaintext embeddings (token ids, or pixel values for ViT); never leaves the device.
+
+        Float inputs are cast to the module's dtype, as ViTModel.forward does; each of the
+        family's `device_inputs` (GPT-2's token types) is embedded with the same module and added.
+        """
+        if inputs.is_floating_point() and self._float_dtype is not None:
+            inputs = inputs.to(self._float_dtype)
+        embeddings = self.embedding(inputs)
+        for name, value in device_inputs.items():
+            if name not in self.family.device_inputs:
+                raise StipInputError(f"{self.family.name} models do not embed '{name}' on the device; "
+                                     f"build requests with DataOwner.request(), which routes every input")
+            if tuple(value.shape) != tuple(inputs.shape):
+                raise StipInputError(f"{name} has shape {tuple(value.shape)}, expected {tuple(inputs.shape)} "
+                                     "like the input ids")
+            embeddings = embeddings + self.embedding(value)
+        return embeddings
 
     def permute(self, embeddings: torch.Tensor) -> torch.Tensor:
         """x @ pi, as an index selection over the feature dimension."""
@@ -120,21 +139,83 @@ class DataOwner:
         return permute_features(embeddings, self.keys["pi"])
 
     def encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Embed then permute: what the device sends to the cloud."""
+        """Embed then permute the main input only (no token types): use request() for a whole call."""
         return self.permute(self.embed(inputs))
 
-    def decode(self, outputs: Mapping[str, torch.Tensor] | torch.Tensor) -> Any:
-        """Un-permute the cloud's outputs (a dict from ModelServer.infer, or one logits tensor)."""
+    def request(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **options: Any) -> dict[str, Any]:
+        """Everything the cloud gets for one call: keyword arguments for ModelServer.infer.
+
+        The family routes each plain input: embedded on the device (GPT-2 token types), sent in
+        the clear (BERT token types, the attention mask), or refused. `options` (session,
+        last_only, top_k) pass through unchanged.
+        """
+        stray = sorted(k for k, v in options.items() if isinstance(v, torch.Tensor))
+        if stray:  # a tensor among the call options would reach the cloud unexamined
+            raise StipInputError(f"{self.family.name} requests take no input {stray}; the inputs are "
+                                 "attention_mask and token_type_ids (where the family takes them)")
+        on_device, clear = self._route_inputs({"token_type_ids": token_type_ids})
+        if self.pooling is not None:
+            self.pooling.positions(inputs)  # refuse before sending what the device could not pool
+        x = self.permute(self.embed(inputs, **on_device))
+        if attention_mask is not None:
+            clear["attention_mask"] = attention_mask
+        for name, value in clear.items():
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(x.shape[:2]):
+                raise StipInputError(f"{name} has shape {tuple(getattr(value, 'shape', ()))}, expected "
+                                     f"[batch, seq] = {list(x.shape[:2])} to match the inputs")
+        return {"inputs_embeds": x, **clear, "key_id": self.key_id, **options}
+
+    def _route_inputs(self, named: Mapping[str, torch.Tensor | None]) -> tuple[dict, dict]:
+        """Split plain inputs into (embedded on the device, sent in the clear); refuse the rest."""
+        on_device: dict[str, torch.Tensor] = {}
+        clear: dict[str, torch.Tensor] = {}
+        for name, value in named.items():
+            if value is None:
+                continue
+            if name in self.family.device_inputs:
+                on_device[name] = value
+            elif name in self.family.extra_inputs:
+                clear[name] = value
+            else:
+                raise StipInputError(f"{self.family.name} models take no {name}; drop it from the request")
+        return on_device, clear
+
+    def decode(self, outputs: Mapping[str, torch.Tensor] | torch.Tensor,
+               input_ids: torch.Tensor | None = None) -> Any:
+        """Un-permute the cloud's outputs (a dict from ModelServer.infer, or one logits tensor).
+
+        A decoder classifier's per-position scores are pooled here at the last non-pad token of
+        `input_ids` (the ids the request was built from), as transformers does.
+        """
         if isinstance(outputs, torch.Tensor):
             return self._unpermute(outputs, "pi_c" if "pi_c" in self.keys else "pi")
         if "topk_indices" in outputs:  # permuted vocabulary positions -> token ids
             return {"topk_values": outputs["topk_values"], "topk_indices": self.keys["pi_c"][outputs["topk_indices"]]}
+        outputs = self._pool(outputs, input_ids)
         decoded = {}
         for name, value in outputs.items():
             if name not in OUTPUT_SPACES:
                 raise StipInputError(f"unknown output '{name}'; expected one of {sorted(OUTPUT_SPACES)}")
             decoded[name] = self._unpermute(value, OUTPUT_SPACES[name])
         return decoded
+
+    def _pool(self, outputs: Mapping[str, torch.Tensor], input_ids: torch.Tensor | None) -> dict:
+        """Replace per-position classifier scores by the pooled `logits` (still permuted by pi_c)."""
+        outputs = dict(outputs)
+        if "position_logits" not in outputs:
+            if self.pooling is not None and "logits" in outputs:
+                raise StipInputError("this model pools at the last non-pad token but the server pooled "
+                                     "itself, blind to padding; serve the cloud model with stip.ModelServer")
+            return outputs
+        if self.pooling is None:
+            raise StipInputError("the server returned per-position classifier scores but this device has no "
+                                 "pooling rule; build it with DataOwner.from_model(model, keys)")
+        if input_ids is None:
+            raise StipInputError("a decoder classifier pools at the last non-pad token: pass the "
+                                 "request's ids, decode(outputs, input_ids=ids)")
+        outputs["logits"] = self.pooling.pool(outputs.pop("position_logits"), input_ids)
+        return outputs
 
     def _unpermute(self, value: torch.Tensor, key: str) -> torch.Tensor:
         inverse = self._inverse[key]
@@ -144,10 +225,20 @@ class DataOwner:
         return permute_features(value, inverse)
 
 
+def _float_input_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype float inputs are cast to: ViTModel.forward casts pixel_values to its patch projection's."""
+    for name, param in module.named_parameters():
+        if name.endswith("projection.weight"):
+            return param.dtype
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
 class ModelServer:
     """The untrusted cloud: runs the stock architecture on transformed weights.
 
-    It keeps one KV cache per generation session; it never sees keys or plaintext.
+    It keeps one KV cache per generation session; it never sees keys or plaintext. A decoder
+    sequence classifier runs its stock base model and score head and returns per-position
+    scores (`position_logits`): pooling needs the token ids, which only the device has.
     """
 
     def __init__(self, cloud_model: nn.Module, max_sessions: int = 256) -> None:
@@ -157,6 +248,8 @@ class ModelServer:
             self.family.prepare_server(self.model)
         self.hidden_size = self.family.dims(cloud_model.config).hidden
         self.key_id: str | None = getattr(cloud_model.config, KEY_ID_FIELD, None)
+        self.pools_last_token = last_token_pooling(cloud_model) is not None
+        self._takes_position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
         self.max_sessions = max_sessions
         self._sessions: dict[str, dict] = {}
 
@@ -165,7 +258,8 @@ class ModelServer:
         if len(self._sessions) >= self.max_sessions:
             raise RuntimeError(f"too many open sessions ({self.max_sessions}); close finished ones")
         session = uuid.uuid4().hex
-        self._sessions[session] = {"cache": None, "mask": None}
+        self._sessions[session] = {"cache": None, "mask": None, "length": 0, "batch": None,
+                                   "last_position": None}
         return session
 
     def close_session(self, session: str) -> None:
@@ -187,6 +281,59 @@ class ModelServer:
             raise StipInputError(f"inputs_embeds have hidden size {x.shape[-1]}, this model expects "
                                  f"{self.hidden_size}: was it encoded for another model?")
 
+    def _check_plain(self, name: str, value: torch.Tensor, shape: tuple[int, int],
+                     session: str | None) -> None:
+        """A plain per-token input must be an integer or bool tensor [batch, seq] matching the embeddings."""
+        if name != "attention_mask" and name not in self.family.extra_inputs:
+            way_out = (f": {self.family.name} embeds it on the device; build the request with "
+                       f"DataOwner.request(..., {name}=...)" if name in self.family.device_inputs
+                       else "; drop it from the request")
+            raise StipInputError(f"{self.family.name} models take no {name} on the cloud{way_out}")
+        if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.is_complex():
+            raise StipInputError(f"{name} must be an integer or bool tensor, got {type(value).__name__} "
+                                 f"{getattr(value, 'dtype', '')}")
+        if tuple(value.shape) != shape:
+            hint = " (in a session: of the new tokens only; the server keeps the past)" if session else ""
+            raise StipInputError(f"{name} has shape {tuple(value.shape)}, expected [batch, seq] = "
+                                 f"{list(shape)} to match inputs_embeds{hint}")
+
+    def _session_inputs(self, session: str, attention_mask: torch.Tensor | None,
+                        shape: tuple[int, int]) -> dict[str, Any]:
+        """Cache, full mask and position ids of a session step, as model.generate builds them.
+
+        generate derives position ids from the mask (cumsum - 1, pads at 0) at the prompt, then
+        counts on from each row's last position; a bare forward would use 0..n-1 and shift every
+        left-padded row. New tokens sent without a mask are attended.
+        """
+        if session not in self._sessions:
+            raise StipInputError(f"unknown session '{session}'; open one with open_session()")
+        state = self._sessions[session]
+        batch, seq = shape
+        if state["batch"] is not None and batch != state["batch"]:
+            raise StipInputError(f"session '{session}' has batch {state['batch']}, this request has {batch}")
+        kwargs: dict[str, Any] = {"past_key_values": state["cache"], "use_cache": True}
+        if attention_mask is None and state["mask"] is None:
+            return kwargs
+        past = state["mask"]
+        if past is None:  # the mask starts now: every earlier token was attended
+            past = torch.ones(batch, state["length"], dtype=torch.long)
+        new = attention_mask if attention_mask is not None else torch.ones(batch, seq, dtype=past.dtype)
+        full = torch.cat([past, new.to(past.dtype)], dim=-1)
+        kwargs["attention_mask"] = full
+        if self._takes_position_ids:
+            if state["last_position"] is None:
+                positions = (full.long().cumsum(-1) - 1).masked_fill(full == 0, 0)[:, -seq:]
+            else:
+                positions = state["last_position"] + 1 + torch.arange(seq)
+            kwargs["position_ids"] = positions
+        return kwargs
+
+    def _end_step(self, session: str, kwargs: Mapping[str, Any], cache: Any, shape: tuple[int, int]) -> None:
+        state = self._sessions[session]
+        positions = kwargs.get("position_ids")
+        state.update(cache=cache, mask=kwargs.get("attention_mask"), length=state["length"] + shape[1],
+                     batch=shape[0], last_position=None if positions is None else positions[:, -1:])
+
     @torch.no_grad()
     def infer(
         self,
@@ -200,32 +347,30 @@ class ModelServer:
     ) -> dict[str, torch.Tensor]:
         """Forward permuted embeddings; outputs stay permuted (logits by pi_c, hidden by pi).
 
+        Plain inputs the family cannot take on the cloud are refused (GPT-2's token types are
+        embedded on the device). In a session, `attention_mask` covers the new tokens only.
         `key_id` (the device's `DataOwner.key_id`) makes the server refuse a request encoded with
         other keys than its weights were transformed with (e.g. a stale checkpoint).
         """
         self.check_key_id(key_id)
         self._check(inputs_embeds)
+        shape = (int(inputs_embeds.shape[0]), int(inputs_embeds.shape[1]))
+        plain = {k: v for k, v in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids))
+                 if v is not None}
+        for name, value in plain.items():
+            self._check_plain(name, value, shape, session)
+        if self.pools_last_token and (session is not None or last_only or top_k):
+            raise StipInputError("a decoder classifier returns per-position scores for the device to pool; "
+                                 "session, last_only and top_k do not apply")
         x = inputs_embeds.to(self.model.dtype)
-        kwargs: dict[str, Any] = {}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        state = None
+        kwargs: dict[str, Any] = {k: v for k, v in plain.items() if k != "attention_mask"}
         if session is not None:
-            if session not in self._sessions:
-                raise StipInputError(f"unknown session '{session}'; open one with open_session()")
-            state = self._sessions[session]
-            if attention_mask is not None and state["mask"] is not None:
-                attention_mask = torch.cat([state["mask"], attention_mask], dim=-1)
-            kwargs.update(past_key_values=state["cache"], use_cache=True)
-        if attention_mask is not None:
+            kwargs.update(self._session_inputs(session, attention_mask, shape))
+        elif attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
-        if self.family.input_name == "pixel_values":
-            out = self.model(pixel_values=x, **kwargs)
-        else:
-            out = self.model(inputs_embeds=x, **kwargs)
-        if state is not None:
-            state["cache"], state["mask"] = out.past_key_values, attention_mask
-        result = {k: out[k] for k in OUTPUT_SPACES if k in out and out[k] is not None}
+        result, cache = self._forward(x, kwargs)
+        if session is not None:
+            self._end_step(session, kwargs, cache, shape)
         if last_only or top_k:
             result = {k: v[:, -1] if v.dim() == 3 else v for k, v in result.items()}
         if top_k:
@@ -234,3 +379,15 @@ class ModelServer:
             values, indices = result["logits"].topk(int(top_k), dim=-1)
             result = {"topk_values": values, "topk_indices": indices}
         return result
+
+    def _forward(self, x: torch.Tensor, kwargs: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Any]:
+        """The stock forward (a decoder classifier: its base model + score head, unpooled)."""
+        if self.pools_last_token:
+            hidden = self.model.base_model(inputs_embeds=x, **kwargs).last_hidden_state
+            return {"position_logits": self.model.score(hidden)}, None
+        if self.family.input_name == "pixel_values":
+            out = self.model(pixel_values=x, **kwargs)
+        else:
+            out = self.model(inputs_embeds=x, **kwargs)
+        result = {k: out[k] for k in OUTPUT_SPACES if k in out and out[k] is not None}
+        return result, out.get("past_key_values")

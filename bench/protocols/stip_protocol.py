@@ -37,13 +37,11 @@ class StipCloudHandler:
 
     def infer(self, tensors: dict[str, torch.Tensor], session: str | None = None, last_only: bool = False,
               top_k: int | None = None, key_id: str | None = None, **_: Any) -> tuple[dict, dict]:
-        """One forward pass in permuted space (refused if the device's key id is not the checkpoint's)."""
-        x = tensors.get("inputs_embeds")
-        if x is None:
+        """One forward pass in permuted space; every tensor that came goes to the server, which judges it
+        (and refuses a device whose key id is not the checkpoint's)."""
+        if "inputs_embeds" not in tensors:
             raise ValueError(f"infer needs an 'inputs_embeds' tensor, got {sorted(tensors)}")
-        out = self.server.infer(x, attention_mask=tensors.get("attention_mask"),
-                                token_type_ids=tensors.get("token_type_ids"), session=session,
-                                last_only=bool(last_only), top_k=top_k, key_id=key_id)
+        out = self.server.infer(**tensors, session=session, last_only=bool(last_only), top_k=top_k, key_id=key_id)
         return {k: v.contiguous() for k, v in out.items() if isinstance(v, torch.Tensor)}, {}
 
     def open_session(self, tensors: dict, **_: Any) -> tuple[dict, dict]:
@@ -77,15 +75,12 @@ class RemoteModelServer:
         """Close a session on the cloud."""
         self.cloud.call("close_session", {}, {"session": session})
 
-    def infer(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              token_type_ids: torch.Tensor | None = None, session: str | None = None,
-              last_only: bool = False, top_k: int | None = None, key_id: str | None = None) -> dict[str, torch.Tensor]:
-        """Send permuted embeddings (and the device's key id), return the cloud's permuted outputs."""
-        tensors = {"inputs_embeds": x.contiguous()}
-        if attention_mask is not None:
-            tensors["attention_mask"] = attention_mask.contiguous()
-        if token_type_ids is not None:
-            tensors["token_type_ids"] = token_type_ids.contiguous()
+    def infer(self, inputs_embeds: torch.Tensor, session: str | None = None, last_only: bool = False,
+              top_k: int | None = None, key_id: str | None = None,
+              **plain: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Send what the device's request holds (permuted embeddings, plain inputs, key id); return outputs."""
+        tensors = {"inputs_embeds": inputs_embeds.contiguous(),
+                   **{k: v.contiguous() for k, v in plain.items() if v is not None}}
         meta = {"session": session, "last_only": bool(last_only), "top_k": int(top_k) if top_k else None,
                 "key_id": key_id}
         before = self.cloud.meter.snapshot()
@@ -99,11 +94,16 @@ class RemoteModelServer:
 
 
 class TimedDataOwner:
-    """Wraps a `stip.DataOwner` so each generation step's device phases are timed."""
+    """Wraps a `stip.DataOwner` so each request's device phases (embed, permute, recover) are timed.
+
+    `request` is the library's own `DataOwner.request` run on this wrapper: the library decides
+    what is sent, and its calls to `embed` / `permute` land on the timed methods below.
+    """
 
     def __init__(self, owner: Any) -> None:
         self._owner = owner
         self.steps: list[dict[str, float]] = []
+        self.last_embeddings: torch.Tensor | None = None  # plaintext, for the uplink dcor rows
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._owner, name)
@@ -111,12 +111,19 @@ class TimedDataOwner:
     def _add(self, key: str, seconds: float) -> None:
         self.steps[-1][key] = self.steps[-1].get(key, 0.0) + seconds
 
-    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+    def request(self, inputs: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
+        """The library's request builder, with this wrapper's timed embed and permute."""
+        import stip
+
+        return stip.DataOwner.request(self, inputs, **kwargs)
+
+    def embed(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
         """Embedding starts a new step."""
         self.steps.append({"start": time.perf_counter()})
         t = time.perf_counter()
-        out = self._owner.embed(inputs)
+        out = self._owner.embed(inputs, **device_inputs)
         self._add("device_embed", time.perf_counter() - t)
+        self.last_embeddings = out
         return out
 
     def permute(self, e: torch.Tensor) -> torch.Tensor:
@@ -128,9 +135,9 @@ class TimedDataOwner:
     def encode(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.permute(self.embed(inputs))
 
-    def decode(self, outputs: Any) -> Any:
+    def decode(self, outputs: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
-        out = self._owner.decode(outputs)
+        out = self._owner.decode(outputs, **kwargs)
         self._add("device_recover", time.perf_counter() - t)
         return out
 
@@ -169,6 +176,7 @@ class StipProtocol(SocketProtocol):
         self.plain_model = plain
         self.cloud_model = cloud_model
         self._sent: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._input_ids: torch.Tensor | None = None
         return {"checkpoint": str(ckpt), "head": model.extra["head"], "threads": self.cfg.get("cloud_threads")}
 
     def run(self, model: ModelSpec, network: Any, request: RunRequest) -> list[Row]:
@@ -187,24 +195,23 @@ class StipProtocol(SocketProtocol):
         return device_memory_rows(model, request.seed)
 
     def device_send(self, inputs: dict, sw: Stopwatch) -> tuple[dict, dict]:
-        """Embed then permute; mask and token types travel as they are (sequence order is not secret)."""
-        key = "pixel_values" if "pixel_values" in inputs else "input_ids"
+        """Send exactly what `DataOwner.request` builds (the family embeds, sends or refuses each input)."""
+        key = self.device.family.input_name
+        device = TimedDataOwner(self.device)
         with torch.no_grad():
-            with sw.phase("device_embed"):
-                e = self.device.embed(inputs[key])
-            with sw.phase("device_permute"):
-                x = self.device.permute(e)
-        self._sent = (e, x)
-        tensors = {"inputs_embeds": x.contiguous()}
-        for k in ("attention_mask", "token_type_ids"):
-            if k in inputs:
-                tensors[k] = inputs[k]
-        return tensors, {"top_k": None}
+            request = device.request(inputs[key], **{k: v for k, v in inputs.items() if k != key})
+        for phase in ("device_embed", "device_permute"):
+            sw.times[phase] = sw.times.get(phase, 0.0) + device.steps[-1][phase]
+        self._sent = (device.last_embeddings, request["inputs_embeds"])
+        self._input_ids = inputs.get("input_ids")  # a decoder classifier pools on the device
+        tensors = {k: v.contiguous() for k, v in request.items() if isinstance(v, torch.Tensor)}
+        meta = {k: v for k, v in request.items() if not isinstance(v, torch.Tensor)}
+        return tensors, {"top_k": None, **meta}
 
     def device_receive(self, tensors: dict, sw: Stopwatch) -> dict:
-        """Un-permute the outputs with pi_c / pi."""
+        """Un-permute the outputs with pi_c / pi (and pool a decoder classifier's scores)."""
         with torch.no_grad(), sw.phase("device_recover"):
-            return dict(self.device.decode(tensors))
+            return dict(self.device.decode(tensors, input_ids=self._input_ids))
 
     def privacy_rows(self, repeat: int) -> list[Row]:
         """dcor between the plaintext embeddings and what crossed the wire (both conventions)."""
