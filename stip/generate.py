@@ -1,7 +1,7 @@
 """Autoregressive generation under STIP: one round trip per token, token choice on the device."""
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 import torch
 
@@ -43,11 +43,13 @@ def generate(
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
     on_token: Callable[[int, torch.Tensor], None] | None = None,
+    device_inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Generate `max_new_tokens` tokens; the cloud keeps the KV cache, the device samples.
 
     `return_topk=k` asks the cloud for the top-k permuted logits only (lossless for greedy and
     for top-k sampling with top_k <= k). Rows are unpadded: all prompts have the same length.
+    `device_inputs` go with the prompt to the device's embedding only (LLaVA: pixel_values).
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
@@ -58,7 +60,7 @@ def generate(
     tokens = input_ids
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
     try:
-        x = device.encode(input_ids)
+        x = device.encode(input_ids, **(device_inputs or {}))
         for step in range(max_new_tokens):
             out = device.decode(server.infer(x, session=session, last_only=True, top_k=return_topk))
             if "topk_values" in out:

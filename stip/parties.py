@@ -99,9 +99,17 @@ class DataOwner:
         return owner
 
     @torch.no_grad()
-    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Plaintext embeddings (token ids, or pixel values for ViT); never leaves the device."""
-        return self.embedding(inputs)
+    def embed(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
+        """Plaintext embeddings (token ids, or pixel values for ViT); never leaves the device.
+
+        `device_inputs` are the further inputs the family embeds on the device
+        (`Family.device_inputs`: LLaVA's pixel_values, RoBERTa's token_type_ids).
+        """
+        unknown = sorted(set(device_inputs) - set(self.family.device_inputs))
+        if unknown:
+            raise StipInputError(f"the {self.family.name} device embeds no {unknown}; it takes "
+                                 f"{list(self.family.device_inputs) or 'no inputs besides ' + self.family.input_name}")
+        return self.embedding(inputs, **{k: v for k, v in device_inputs.items() if v is not None})
 
     def permute(self, embeddings: torch.Tensor) -> torch.Tensor:
         """x @ pi, as an index selection over the feature dimension."""
@@ -109,9 +117,9 @@ class DataOwner:
             raise StipInputError(f"embeddings have {embeddings.shape[-1]} features, pi expects {self.hidden_size}")
         return permute_features(embeddings, self.keys["pi"])
 
-    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+    def encode(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
         """Embed then permute: what the device sends to the cloud."""
-        return self.permute(self.embed(inputs))
+        return self.permute(self.embed(inputs, **device_inputs))
 
     def decode(self, outputs: Mapping[str, torch.Tensor] | torch.Tensor) -> Any:
         """Un-permute the cloud's outputs (a dict from ModelServer.infer, or one logits tensor)."""
