@@ -3,9 +3,10 @@
 A rule maps a parameter name (regex, `L` = layer index) to the feature space of each tensor
 dimension: `h` hidden (`pi`), `c` output (`pi_c`), and per layer `q`/`k` (`pi_i1`, Q and K),
 `v` (`pi_i2`, V), `o` (`pi_i2` as seen by the output projection), `f` (`pi_i3`, feed-forward
-hidden), `qkv` (GPT-2's fused Q|K|V), `gu` (Mixtral's fused gate|up per expert). `None`
-leaves a dimension alone. `DEVICE` marks the modules the data owner runs (the input
-embedding): the cloud copy is zeroed, since the cloud never needs them.
+hidden), `qkv` (fused Q|K|V: GPT-2, Phi-3), `gu` (fused gate|up: Mixtral per expert, Phi-3).
+`None` leaves a dimension alone. `DEVICE` marks the modules the data owner runs (the input
+embedding; all of RoBERTa's embeddings; LLaVA's vision tower and projector): the cloud copy is
+zeroed, since the cloud never needs them.
 Every parameter must match a rule; an unmatched one is an error, never a silently wrong model.
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import nn
+
+from .llava import LlavaDeviceInputs
 
 DEVICE = "device"
 Spaces = tuple  # tuple[str | None, ...] | DEVICE
@@ -102,11 +105,6 @@ def _roberta_passthrough(input_ids=None, token_type_ids=None, position_ids=None,
 def _roberta_prepare_server(model: nn.Module) -> None:
     """Bypass the (zeroed) RobertaEmbeddings module; the encoder and heads run unchanged."""
     _roberta_embedding(model).forward = _roberta_passthrough
-
-
-def _llava_device_module(model: nn.Module) -> nn.Module:
-    from .llava import LlavaDeviceInputs
-    return LlavaDeviceInputs(model)
 
 
 def _check_llava_text(config) -> None:
@@ -359,7 +357,7 @@ LLAVA = Family(
         (r"vision_tower\..+", DEVICE),
         (r"multi_modal_projector\..+", DEVICE),
     )),
-    device_module=_llava_device_module,
+    device_module=LlavaDeviceInputs,
     device_inputs=("pixel_values",),
     check_config=_check_llava_text,
     notes="Vision tower and projector run on the device, which scatters the projected image "
