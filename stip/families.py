@@ -269,9 +269,10 @@ _SEPARATE_QKV = [
     *_linear(rf"{_LAYER}\.self_attn\.v_proj", "v", "h"),
 ]
 _O_PROJ = _linear(rf"{_LAYER}\.self_attn\.o_proj", "h", "o")
-# Per-head q/k RMSNorm over head_dim (Qwen3, Gemma3): the same weight for every head, so it
-# needs no permutation only because RoPE fixes the within-head order of Q/K (identity). A
-# private within-head order (different per KV group) could not be applied to one shared weight.
+# Per-head q/k RMSNorm over head_dim (Qwen3, Gemma3): one weight shared by every head, so it
+# needs no permutation only because RoPE fixes the within-head order of Q/K (identity). Without
+# RoPE, the private within-head orders of keys.py (one per KV group) could not all be applied to
+# one shared weight: the order would have to be the same for every head, and the norms permuted by it.
 _QK_NORM = [(rf"{_LAYER}\.self_attn\.[qk]_norm\.weight", (None,))]
 # SwiGLU: gate AND up both get pi^T . pi_i3 (the paper's print omits it for the gate).
 _SWIGLU = [
