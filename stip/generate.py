@@ -1,7 +1,7 @@
 """Autoregressive generation under STIP: one round trip per token, token choice on the device."""
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 import torch
 
@@ -44,12 +44,14 @@ def generate(
     generator: torch.Generator | None = None,
     on_token: Callable[[int, torch.Tensor], None] | None = None,
     attention_mask: torch.Tensor | None = None,
+    device_inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Generate `max_new_tokens` tokens; the cloud keeps the KV cache, the device samples.
 
     `return_topk=k` asks the cloud for the top-k permuted logits only (lossless for greedy and
     for top-k sampling with top_k <= k). Prompts of different lengths: left-pad them and pass
     `attention_mask`, as for `model.generate` (the server derives position ids from it the same way).
+    `device_inputs` go with the prompt to the device's embedding only (LLaVA: pixel_values).
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
@@ -64,7 +66,7 @@ def generate(
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
     try:
         options = {"session": session, "last_only": True, "top_k": return_topk}
-        request = device.request(input_ids, attention_mask=attention_mask, **options)
+        request = device.request(input_ids, attention_mask=attention_mask, **(device_inputs or {}), **options)
         for step in range(max_new_tokens):
             out = device.decode(server.infer(request.pop("inputs_embeds"), **request))
             if "topk_values" in out:

@@ -116,21 +116,17 @@ class DataOwner:
     def embed(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
         """Plaintext embeddings (token ids, or pixel values for ViT); never leaves the device.
 
-        Float inputs are cast to the module's dtype, as ViTModel.forward does; each of the
-        family's `device_inputs` (GPT-2's token types) is embedded with the same module and added.
+        Float inputs are cast to the module's dtype, as ViTModel.forward does. `device_inputs`
+        are the further inputs the family embeds on the device (`Family.device_inputs`: GPT-2's
+        and RoBERTa's token_type_ids, LLaVA's pixel_values), passed to its device module.
         """
+        unknown = sorted(set(device_inputs) - set(self.family.device_inputs))
+        if unknown:
+            raise StipInputError(f"the {self.family.name} device embeds no {unknown}; it takes "
+                                 f"{list(self.family.device_inputs) or 'no inputs besides ' + self.family.input_name}")
         if inputs.is_floating_point() and self._float_dtype is not None:
             inputs = inputs.to(self._float_dtype)
-        embeddings = self.embedding(inputs)
-        for name, value in device_inputs.items():
-            if name not in self.family.device_inputs:
-                raise StipInputError(f"{self.family.name} models do not embed '{name}' on the device; "
-                                     f"build requests with DataOwner.request(), which routes every input")
-            if tuple(value.shape) != tuple(inputs.shape):
-                raise StipInputError(f"{name} has shape {tuple(value.shape)}, expected {tuple(inputs.shape)} "
-                                     "like the input ids")
-            embeddings = embeddings + self.embedding(value)
-        return embeddings
+        return self.embedding(inputs, **{k: v for k, v in device_inputs.items() if v is not None})
 
     def permute(self, embeddings: torch.Tensor) -> torch.Tensor:
         """x @ pi, as an index selection over the feature dimension."""
@@ -138,23 +134,20 @@ class DataOwner:
             raise StipInputError(f"embeddings have {embeddings.shape[-1]} features, pi expects {self.hidden_size}")
         return permute_features(embeddings, self.keys["pi"])
 
-    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Embed then permute the main input only (no token types): use request() for a whole call."""
-        return self.permute(self.embed(inputs))
+    def encode(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
+        """Embed then permute the main input (no mask, no clear inputs): use request() for a whole call."""
+        return self.permute(self.embed(inputs, **device_inputs))
 
-    def request(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, **options: Any) -> dict[str, Any]:
+    def request(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None, session: str | None = None,
+                last_only: bool = False, top_k: int | None = None,
+                **plain: torch.Tensor | None) -> dict[str, Any]:
         """Everything the cloud gets for one call: keyword arguments for ModelServer.infer.
 
-        The family routes each plain input: embedded on the device (GPT-2 token types), sent in
-        the clear (BERT token types, the attention mask), or refused. `options` (session,
-        last_only, top_k) pass through unchanged.
+        The family routes each plain input (`token_type_ids`, `pixel_values`, ...): embedded on
+        the device (GPT-2 and RoBERTa token types, LLaVA pixels), sent in the clear (BERT token
+        types, the attention mask), or refused. The device's key id goes with every call.
         """
-        stray = sorted(k for k, v in options.items() if isinstance(v, torch.Tensor))
-        if stray:  # a tensor among the call options would reach the cloud unexamined
-            raise StipInputError(f"{self.family.name} requests take no input {stray}; the inputs are "
-                                 "attention_mask and token_type_ids (where the family takes them)")
-        on_device, clear = self._route_inputs({"token_type_ids": token_type_ids})
+        on_device, clear = self._route_inputs(plain, tuple(inputs.shape[:2]))
         if self.pooling is not None:
             self.pooling.positions(inputs)  # refuse before sending what the device could not pool
         x = self.permute(self.embed(inputs, **on_device))
@@ -164,21 +157,25 @@ class DataOwner:
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(x.shape[:2]):
                 raise StipInputError(f"{name} has shape {tuple(getattr(value, 'shape', ()))}, expected "
                                      f"[batch, seq] = {list(x.shape[:2])} to match the inputs")
-        return {"inputs_embeds": x, **clear, "key_id": self.key_id, **options}
+        return {"inputs_embeds": x, **clear, "key_id": self.key_id, "session": session,
+                "last_only": last_only, "top_k": top_k}
 
-    def _route_inputs(self, named: Mapping[str, torch.Tensor | None]) -> tuple[dict, dict]:
+    def _route_inputs(self, named: Mapping[str, torch.Tensor | None],
+                      token_shape: tuple[int, ...]) -> tuple[dict, dict]:
         """Split plain inputs into (embedded on the device, sent in the clear); refuse the rest."""
         on_device: dict[str, torch.Tensor] = {}
         clear: dict[str, torch.Tensor] = {}
         for name, value in named.items():
             if value is None:
                 continue
-            if name in self.family.device_inputs:
-                on_device[name] = value
-            elif name in self.family.extra_inputs:
-                clear[name] = value
-            else:
+            if not isinstance(value, torch.Tensor):
+                raise StipInputError(f"input {name} must be a tensor, got {type(value).__name__}")
+            if name not in self.family.device_inputs + self.family.extra_inputs:
                 raise StipInputError(f"{self.family.name} models take no {name}; drop it from the request")
+            if name.endswith("_ids") and tuple(value.shape) != token_shape:
+                raise StipInputError(f"{name} has shape {tuple(value.shape)}, expected {token_shape} "
+                                     "like the input ids")
+            (on_device if name in self.family.device_inputs else clear)[name] = value
         return on_device, clear
 
     def decode(self, outputs: Mapping[str, torch.Tensor] | torch.Tensor,

@@ -36,6 +36,11 @@ def test_cloud_checkpoint_reloads_with_stock_class_and_hides_protected_tensors(f
         spaces, _ = developer.family.spaces_for(name)
         if spaces == DEVICE:
             assert not tensor.any(), f"{name} belongs on the device but reached the cloud"
+        elif all(space is None for space in spaces):  # in the clear by design (q/k norms); README says so
+            assert torch.equal(tensor, original[name]), name
+        elif spaces == ("k",) and developer.family.rope:
+            # a RoPE K bias moves by whole KV groups only: with 2 groups, unchanged half the time
+            assert torch.equal(tensor.sort().values, original[name].sort().values), name
         else:
             # a tied head is not stored in the plain checkpoint: compare it with the embedding it was
             plain = original[name] if name in original else model.get_input_embeddings().weight.detach()
@@ -44,8 +49,9 @@ def test_cloud_checkpoint_reloads_with_stock_class_and_hides_protected_tensors(f
     device = developer.data_owner()
     inputs = sample_inputs(model)
     main = inputs.pop(device.family.input_name)
-    expected = model(**{device.family.input_name: main}, **inputs)
-    out = device.decode(stip.ModelServer(reloaded).infer(device.encode(main), **inputs))
+    on_device = {k: inputs.pop(k) for k in device.family.device_inputs if k in inputs}
+    expected = model(**{device.family.input_name: main}, **on_device, **inputs)
+    out = device.decode(stip.ModelServer(reloaded).infer(device.encode(main, **on_device), **inputs))
     for name, value in out.items():
         assert torch.allclose(value, expected[name], rtol=1e-4, atol=1e-5), name
 

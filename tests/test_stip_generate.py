@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import stip
-from stip_models import sample_inputs, tiny_gpt2, tiny_llama, tiny_mixtral
+from stip_models import DECODERS, FACTORIES, sample_inputs, tiny_gpt2, tiny_llama, tiny_llava
 
 
 class CountingServer:
@@ -26,15 +26,16 @@ class CountingServer:
         return out
 
 
-def plaintext_greedy(model, ids, n):
-    return model.generate(ids, max_new_tokens=n, min_new_tokens=0, do_sample=False, eos_token_id=None,
-                          pad_token_id=0)
+def plaintext_greedy(model, ids, n, **inputs):
+    # an explicit all-ones mask: without it generate masks every prompt token equal to pad_token_id
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=0,
+                          do_sample=False, eos_token_id=None, pad_token_id=0, **inputs)
 
 
-@pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama, tiny_mixtral], ids=["gpt2", "llama", "mixtral"])
-def test_greedy_generation_matches_plaintext_generate(factory):
-    model = factory()
-    ids = sample_inputs(model, batch=2, seq=6)["input_ids"]
+@pytest.mark.parametrize("family", DECODERS)
+def test_greedy_generation_matches_plaintext_generate(family):
+    model = FACTORIES[family]()
+    ids = sample_inputs(model, batch=2, seq=6)["input_ids"]  # + 10 new tokens: past the sliding windows (5)
     developer = stip.ModelDeveloper(model, seed=0)
     server = CountingServer(stip.ModelServer(developer.cloud_model()))
     tokens = stip.generate(developer.data_owner(), server, ids, max_new_tokens=10)
@@ -80,3 +81,17 @@ def test_permuted_argmax_repeats_for_repeated_tokens():
     for i in range(len(plain)):
         for j in range(len(plain)):
             assert (plain[i] == plain[j]) == (permuted[i] == permuted[j])
+
+
+def test_llava_greedy_generation_from_image_and_text_matches_plaintext():
+    """The device runs the vision tower and projector; the cloud sees only permuted embeddings."""
+    model = tiny_llava()
+    inputs = sample_inputs(model, batch=2, seq=5)
+    developer = stip.ModelDeveloper(model, seed=0)
+    server = CountingServer(stip.ModelServer(developer.cloud_model()))
+    tokens = stip.generate(developer.data_owner(), server, inputs["input_ids"], max_new_tokens=8,
+                           device_inputs={"pixel_values": inputs["pixel_values"]})
+    assert torch.equal(tokens, plaintext_greedy(model, inputs["input_ids"], 8, pixel_values=inputs["pixel_values"]))
+    other_image = plaintext_greedy(model, inputs["input_ids"], 8, pixel_values=inputs["pixel_values"].flip(0))
+    assert not torch.equal(tokens, other_image), "the image must change the answer, or this test proves nothing"
+    assert server.calls == 8

@@ -108,4 +108,4 @@ def test_device_pools_and_the_server_returns_every_position():
     with pytest.raises(stip.StipInputError, match="server pooled itself"):
         device.decode({"logits": out["position_logits"][:, -1]}, input_ids=ids)
     with pytest.raises(stip.StipInputError, match="per-position scores"):
-        server.infer(**device.request(ids), last_only=True)
+        server.infer(**{**device.request(ids), "last_only": True})
