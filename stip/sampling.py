@@ -86,14 +86,18 @@ def _map(token_ids: torch.Tensor | None, positions: torch.Tensor) -> torch.Tenso
 
 def _greedy(scores: torch.Tensor, token_ids: torch.Tensor | None) -> torch.Tensor:
     """argmax with transformers' tie rule (lowest token id), checked only where positions are permuted."""
-    best, position = scores.max(dim=-1, keepdim=True)
+    best, position = scores.max(dim=-1, keepdim=True)  # the first maximum in column order
     if token_ids is None:
         return position
     tokens = _map(token_ids, position)
-    tied = scores == best
-    if int(tied.sum()) > scores.shape[0]:  # a tie at the maximum: the lowest token id wins
+    if scores.shape[0] == 1:  # one row: a tie can only sit after the first maximum
+        j = int(position)
+        tied = j + 1 < scores.shape[1] and scores[0, j + 1:].amax().item() == best.item()
+    else:
+        tied = int((scores == best).sum()) > scores.shape[0]
+    if tied:  # the lowest token id among the maxima wins, as in token order
         ids = token_ids.expand_as(scores)
-        tokens = torch.where(tied, ids, torch.iinfo(ids.dtype).max).amin(dim=-1, keepdim=True)
+        tokens = torch.where(scores == best, ids, torch.iinfo(ids.dtype).max).amin(dim=-1, keepdim=True)
     return tokens
 
 

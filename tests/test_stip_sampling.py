@@ -27,7 +27,8 @@ def test_permuted_choice_equals_transformers_sampler_on_plaintext(mode):
     sampling, vocab = MODES[mode], 211
     pi_c = torch.randperm(vocab, generator=torch.Generator().manual_seed(3))
     for seed in range(40):
-        logits = tied_logits(3, vocab, seed) if seed % 2 else torch.randn(3, vocab) * 3
+        batch = 1 if seed % 4 < 2 else 3  # one row takes its own tie check
+        logits = tied_logits(batch, vocab, seed) if seed % 2 else torch.randn(batch, vocab) * 3
         expected = reference_next_token(logits, sampling, torch.Generator().manual_seed(seed))
         plain = choose_tokens(logits, sampling, vocab, None, torch.Generator().manual_seed(seed))
         permuted = choose_tokens(logits[:, pi_c], sampling, vocab, pi_c, torch.Generator().manual_seed(seed))
@@ -57,6 +58,16 @@ def test_candidates_from_the_cloud_topk_give_the_same_tokens():
         assert torch.equal(got, reference_next_token(logits, sampling, torch.Generator().manual_seed(seed)))
     with pytest.raises(ValueError, match="exact only for greedy or top_k <= 8"):
         choose_tokens(values, Sampling(do_sample=True, top_k=9), vocab, pi_c[positions])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 576), (2, 64, 9001), (130, 8193)])
+def test_permute_features_equals_indexing_on_every_path(shape):
+    from stip.transform import permute_features
+
+    x = torch.randn(*shape)
+    index = torch.randperm(shape[-1])
+    assert torch.equal(permute_features(x, index), x[..., index])
+    assert torch.equal(permute_features(x.transpose(0, -2), index), x.transpose(0, -2)[..., index])
 
 
 @pytest.mark.parametrize("kwargs, message", [
