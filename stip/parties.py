@@ -155,7 +155,7 @@ class DataOwner:
         if logits.dim() != 2 or logits.shape[-1] != pi_c.numel():
             raise StipInputError(f"logits of shape {tuple(logits.shape)} do not fit a {pi_c.numel()}-token "
                                  "vocabulary: outputs of another model, or keys of another model")
-        return choose_tokens(logits, sampling, pi_c.numel(), pi_c, generator)
+        return choose_tokens(logits, sampling, pi_c.numel(), pi_c, generator, self._inverse["pi_c"])
 
     def _unpermute(self, value: torch.Tensor, key: str) -> torch.Tensor:
         inverse = self._inverse[key]

@@ -116,11 +116,13 @@ def choose_tokens(
     vocab_size: int,
     token_ids: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    inverse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The next token id per row [B, 1] from scores [B, n] whose column j scores token token_ids[.., j].
 
     `token_ids` is pi_c ([n] == [vocab_size]: a full permuted row), the candidates' ids [B, n]
-    (the cloud's top-k return), or None (plaintext logits in token-id order).
+    (the cloud's top-k return), or None (plaintext logits in token-id order). `inverse`
+    (argsort of pi_c) lets a whole row be un-permuted by a gather, cheaper than a scatter.
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be [batch, candidates], got shape {tuple(scores.shape)}")
@@ -139,6 +141,8 @@ def choose_tokens(
     if k is None or k >= n:  # every score is a candidate
         if token_ids is None and full_row:
             token_scores = scores
+        elif inverse is not None and full_row:
+            token_scores = scores.index_select(1, inverse)
         else:
             token_scores = scores.new_full((batch, vocab_size), float("-inf"))
             token_scores.scatter_(1, token_ids.expand(batch, n), scores)

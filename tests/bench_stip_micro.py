@@ -197,6 +197,27 @@ def test_device_cost_per_token_vs_plaintext(benchmark, smollm2_rows, mode):
            statistics.median(ratios) <= 1.05, ratios=ratios)
 
 
+def test_device_cost_per_token_greedy_vs_transformers_argmax(benchmark, smollm2_rows):
+    """Informational: STIP greedy device work against plaintext embed + transformers' own torch.argmax."""
+    embedding, device, plain, permuted = smollm2_rows
+    token = torch.tensor([[1234]])
+
+    def transformers_side():
+        embedding(token)
+        return plain.float().argmax(dim=-1)
+
+    def stip_side():
+        device.encode(token)
+        return device.next_token(permuted)
+
+    with torch.no_grad():
+        assert torch.equal(stip_side()[:, 0], transformers_side())
+        stip_s, base_s, ratios = paired(stip_side, transformers_side, rounds=1500)
+        benchmark.pedantic(stip_side, rounds=20)
+    record(benchmark, "device_per_token_greedy_vs_transformers_argmax_smollm2_135m", stip_s, base_s, "-", None,
+           ratios=ratios)
+
+
 def test_developer_cost_transform_vs_clone(benchmark, gpt2_124m, parties):
     developer = parties[0]
     state = gpt2_124m.state_dict()

@@ -32,8 +32,11 @@ def test_permuted_choice_equals_transformers_sampler_on_plaintext(mode):
         expected = reference_next_token(logits, sampling, torch.Generator().manual_seed(seed))
         plain = choose_tokens(logits, sampling, vocab, None, torch.Generator().manual_seed(seed))
         permuted = choose_tokens(logits[:, pi_c], sampling, vocab, pi_c, torch.Generator().manual_seed(seed))
+        gathered = choose_tokens(logits[:, pi_c], sampling, vocab, pi_c, torch.Generator().manual_seed(seed),
+                                 inverse=torch.argsort(pi_c))
         assert torch.equal(plain, expected), f"seed {seed}"
         assert torch.equal(permuted, expected), f"seed {seed}"
+        assert torch.equal(gathered, expected), f"seed {seed}"
 
 
 def test_ties_at_the_maximum_and_at_the_kth_score_follow_token_order():
