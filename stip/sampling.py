@@ -12,7 +12,11 @@ needs the candidates at their token ids. What crosses `pi_c` per row:
   since every token stays a candidate until top-p has sorted the row.
 
 The decisions replay transformers' `_sample` (float32 scores, TemperatureLogitsWarper,
-TopKLogitsWarper, TopPLogitsWarper, softmax, multinomial) bit for bit.
+TopKLogitsWarper, TopPLogitsWarper, softmax, multinomial) bit for bit. Measured per token on
+SmolLM2-135M (one row of 49,152 logits, tests/bench_stip_micro.py), STIP vs the same choice on
+plaintext logits: greedy 25 us vs 15 us (permuting the embedding, the tie check and the index
+map are the gap), top-k + top-p sampling 1.02x, full-vocabulary sampling 1.06x (one 49k-entry
+gather next to ~0.9 ms of torch.multinomial).
 """
 from __future__ import annotations
 
@@ -129,8 +133,9 @@ def choose_tokens(
     n = scores.shape[-1]
     full_row = n == vocab_size
     if not full_row and (sampling.do_sample and (sampling.k is None or sampling.k > n)):
-        raise ValueError(f"{n} candidate scores of a {vocab_size}-token vocabulary are exact only for greedy or "
-                         f"top_k <= {n} sampling (got top_k={sampling.top_k}); return more candidates or set top_k")
+        raise ValueError(f"{n} candidate scores of a {vocab_size}-token vocabulary are exact only for greedy "
+                         f"or top_k <= {n} sampling (got top_k={sampling.top_k}); return more candidates or "
+                         "set top_k")
     scores = scores.float()
     if not sampling.do_sample:
         return _greedy(scores, token_ids)

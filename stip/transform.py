@@ -47,12 +47,14 @@ def _rows_in_parallel(flat: torch.Tensor, index: torch.Tensor, threads: int) -> 
 def permute_features(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x @ P == x[..., index], as an index_select over the last dim (row blocks on threads when large).
 
-    Measured on GPT-2 logits [128, 50257] against a copy of the same tensor, 2 threads, shared
-    host (min of 40 interleaved runs): index_select on 2 threads 1.8x, index_select 3.0x,
-    gather 4.3x, advanced indexing 9x, take_along_dim 9x, torch.compile'd indexing no faster
-    than index_select (and 16 s to compile). A [1, 1, 576] embedding: index_select 2.8 us, gather 5 us.
+    Un-permuting GPT-2 logits [128, 50257] against a copy of the same tensor (bench_stip_micro,
+    2 threads on a shared 2-core host, medians over three runs): index_select on 2 threads
+    0.7-2.9x, gather 1.9-3.5x, index_select 1.7-3.6x, advanced indexing 2.9-6x, scatter by pi
+    4.6-4.8x, take_along_dim 18-24x; torch.compile'd indexing was no faster than index_select
+    (and took 16 s to compile). A [1, 1, 576] embedding: index_select 2.8 us, gather 5 us.
     """
-    if x.numel() < _THREADED_MIN_NUMEL or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
+    small = x.numel() < _THREADED_MIN_NUMEL
+    if small or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
         return x.index_select(-1, index)
     threads = min(torch.get_num_threads(), x.numel() // x.shape[-1])
     if threads < 2:

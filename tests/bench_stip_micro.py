@@ -48,8 +48,8 @@ def paired_medians(a, b, rounds: int) -> tuple[float, float]:
     return stip_s, base_s
 
 
-def record(benchmark, name: str, stip_s: float, base_s: float, target: str, met: bool | None, unit: str = "ms",
-           ratios: list[float] | None = None) -> None:
+def record(benchmark, name: str, stip_s: float, base_s: float, target: str, met: bool | None,
+           unit: str = "ms", ratios: list[float] | None = None) -> None:
     ratios = ratios or [stip_s / base_s]
     ratio = statistics.median(ratios)
     benchmark.extra_info.update({"ratio": ratio, "ratio_min": min(ratios), "ratio_max": max(ratios),
@@ -69,8 +69,8 @@ def record(benchmark, name: str, stip_s: float, base_s: float, target: str, met:
     with results.open("w" if fresh else "a", newline="") as fh:
         writer = csv.writer(fh)
         if fresh:
-            writer.writerow(["benchmark", "stip_median_s", "baseline_median_s", "ratio", "ratio_min", "ratio_max",
-                             "repeats", "target", "met", "torch_threads", "time"])
+            writer.writerow(["benchmark", "stip_median_s", "baseline_median_s", "ratio", "ratio_min",
+                             "ratio_max", "repeats", "target", "met", "torch_threads", "time"])
         writer.writerow([name, f"{stip_s:.6g}", f"{base_s:.6g}", f"{ratio:.4f}", f"{min(ratios):.4f}",
                          f"{max(ratios):.4f}", len(ratios), target, "" if met is None else met,
                          torch.get_num_threads(), time.strftime("%Y-%m-%dT%H:%M:%S")])
@@ -104,8 +104,8 @@ def test_device_cost_permute_and_recover_vs_copy(benchmark, gpt2_124m, parties):
 
     stip_s, base_s, ratios = paired(stip_side, copy_side, rounds=15)
     benchmark.pedantic(stip_side, rounds=20)
-    record(benchmark, "device_permute_recover_vs_copy", stip_s, base_s, "<= 1.5", statistics.median(ratios) <= 1.5,
-           ratios=ratios)
+    record(benchmark, "device_permute_recover_vs_copy", stip_s, base_s, "<= 1.5",
+           statistics.median(ratios) <= 1.5, ratios=ratios)
 
 
 def test_device_cost_unpermute_logits_vs_copy(benchmark, parties):
@@ -125,7 +125,7 @@ def test_device_cost_unpermute_logits_vs_copy(benchmark, parties):
 def _unpermute_primitives(index: torch.Tensor) -> dict:
     from stip.transform import _rows_in_parallel
 
-    threads = max(2, torch.get_num_threads())
+    threads, pi = max(2, torch.get_num_threads()), torch.argsort(index)
     return {
         "permute_features": lambda x: stip.transform.permute_features(x, index),
         "gather": lambda x: torch.gather(x, 1, index.expand(x.shape[0], -1)),
@@ -133,7 +133,7 @@ def _unpermute_primitives(index: torch.Tensor) -> dict:
         "index_select_threads": lambda x: _rows_in_parallel(x, index, threads),
         "advanced_indexing": lambda x: x[:, index],
         "take_along_dim": lambda x: torch.take_along_dim(x, index.expand(x.shape[0], -1), 1),
-        "scatter_by_pi": lambda x: torch.empty_like(x).scatter_(1, torch.argsort(index).expand(x.shape[0], -1), x),
+        "scatter_by_pi": lambda x: torch.empty_like(x).scatter_(1, pi.expand(x.shape[0], -1), x),
     }
 
 
@@ -214,8 +214,8 @@ def test_device_cost_per_token_greedy_vs_transformers_argmax(benchmark, smollm2_
         assert torch.equal(stip_side()[:, 0], transformers_side())
         stip_s, base_s, ratios = paired(stip_side, transformers_side, rounds=1500)
         benchmark.pedantic(stip_side, rounds=20)
-    record(benchmark, "device_per_token_greedy_vs_transformers_argmax_smollm2_135m", stip_s, base_s, "-", None,
-           ratios=ratios)
+    record(benchmark, "device_per_token_greedy_vs_transformers_argmax_smollm2_135m", stip_s, base_s, "-",
+           None, ratios=ratios)
 
 
 def test_developer_cost_transform_vs_clone(benchmark, gpt2_124m, parties):

@@ -148,6 +148,7 @@ def test_smollm2_sampling_equals_model_generate():
         torch.manual_seed(11)
         expected = model.generate(ids, max_new_tokens=8, do_sample=True, eos_token_id=None, pad_token_id=0,
                                   **{**PLAIN, **kwargs})
-        tokens = stip.generate(device, server, ids, 8, do_sample=True, generator=torch.Generator().manual_seed(11),
+        tokens = stip.generate(device, server, ids, 8, do_sample=True,
+                               generator=torch.Generator().manual_seed(11),
                                **{k: v for k, v in kwargs.items() if v != 0})
         assert torch.equal(tokens, expected), kwargs
