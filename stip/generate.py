@@ -36,8 +36,9 @@ def generate(
 
     The device chooses each token in the permuted vocabulary (DataOwner.next_token): greedy,
     temperature, top_k and top_p give exactly `model.generate`'s tokens, with `generator`
-    seeded as torch.manual_seed seeds the global one. `return_topk=k` asks the cloud for the
-    top-k permuted logits only (lossless for greedy and for top-k sampling with top_k <= k).
+    seeded as torch.manual_seed seeds the global one. Settings are explicit: transformers'
+    default top_k=50 and a model's generation_config are not read. `return_topk=k` asks the
+    cloud for the top-k permuted logits only (lossless for greedy and for top_k <= k sampling).
     Rows are unpadded: all prompts have the same length.
     """
     sampling = Sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
