@@ -33,8 +33,8 @@ test: install ## Run the fast test suite (not slow)
 test-all: install ## Run every test, slow ones included
 	$(PY) -m pytest -m "not benchmark" -q
 
-bench-micro: install ## STIP micro-benchmarks (pytest-benchmark ratios)
-	$(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider tests/bench_stip_micro.py
+bench-micro: install ## STIP micro-benchmarks (pytest-benchmark ratios, written to results/micro/)
+	STIP_MICRO_RESULTS=results/micro/stip_micro.csv $(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider tests/bench_stip_micro.py
 
 bench: bench-micro ## Reproduce the paper's figures and tables (quick profile)
 	$(PY) -m bench -m experiment=quick

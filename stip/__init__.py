@@ -5,14 +5,17 @@
     device = developer.data_owner()
     request = device.request(input_ids, attention_mask=attention_mask)  # what the cloud may see (+ key id)
     out = device.decode(server.infer(**request), input_ids=input_ids)
+    next_ids = device.next_token(server.infer(**device.request(input_ids, last_only=True)))
 """
 from .errors import StipInputError
 from .families import FAMILIES, UnsupportedModelError, get_family
 from .generate import generate
 from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE, KeyMismatchError, KeySet
 from .parties import DataOwner, ModelDeveloper, ModelServer
+from .sampling import Sampling
 
 __all__ = [
     "FAMILIES", "DEVELOPER_KEYS_FILE", "USER_KEYS_FILE", "DataOwner", "KeyMismatchError", "KeySet",
-    "ModelDeveloper", "ModelServer", "StipInputError", "UnsupportedModelError", "generate", "get_family",
+    "ModelDeveloper", "ModelServer", "Sampling", "StipInputError", "UnsupportedModelError", "generate",
+    "get_family",
 ]

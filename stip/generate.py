@@ -6,6 +6,7 @@ from typing import Callable, Mapping, Protocol
 import torch
 
 from .parties import DataOwner
+from .sampling import Sampling
 
 
 class InferenceServer(Protocol):
@@ -14,20 +15,6 @@ class InferenceServer(Protocol):
     def open_session(self) -> str: ...
     def close_session(self, session: str) -> None: ...
     def infer(self, inputs_embeds: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]: ...
-
-
-def _choose(scores: torch.Tensor, token_ids: torch.Tensor | None, do_sample: bool, top_k: int | None,
-            temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Pick the next token per row from (candidate) scores; token_ids maps candidates to ids."""
-    if do_sample:
-        if top_k:
-            kth = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        probs = torch.softmax(scores.float() / temperature, dim=-1)
-        choice = torch.multinomial(probs, 1, generator=generator)
-    else:
-        choice = scores.argmax(dim=-1, keepdim=True)
-    return choice if token_ids is None else token_ids.gather(-1, choice)
 
 
 @torch.no_grad()
@@ -39,6 +26,7 @@ def generate(
     do_sample: bool = False,
     top_k: int | None = None,
     temperature: float = 1.0,
+    top_p: float | None = None,
     return_topk: int | None = None,
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
@@ -48,11 +36,16 @@ def generate(
 ) -> torch.Tensor:
     """Generate `max_new_tokens` tokens; the cloud keeps the KV cache, the device samples.
 
-    `return_topk=k` asks the cloud for the top-k permuted logits only (lossless for greedy and
-    for top-k sampling with top_k <= k). Prompts of different lengths: left-pad them and pass
-    `attention_mask`, as for `model.generate` (the server derives position ids from it the same way).
-    `device_inputs` go with the prompt to the device's embedding only (LLaVA: pixel_values).
+    The device chooses each token in the permuted vocabulary (DataOwner.next_token): greedy,
+    temperature, top_k and top_p give exactly `model.generate`'s tokens, with `generator`
+    seeded as torch.manual_seed seeds the global one. Settings are explicit: transformers'
+    default top_k=50 and a model's generation_config are not read. `return_topk=k` asks the
+    cloud for the top-k permuted logits only (lossless for greedy and for top_k <= k sampling).
+    Prompts of different lengths: left-pad them and pass `attention_mask`, as for
+    `model.generate` (the server derives position ids from it the same way). `device_inputs`
+    go with the prompt to the device's embedding only (LLaVA: pixel_values).
     """
+    sampling = Sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
     if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
@@ -68,11 +61,8 @@ def generate(
         options = {"session": session, "last_only": True, "top_k": return_topk}
         request = device.request(input_ids, attention_mask=attention_mask, **(device_inputs or {}), **options)
         for step in range(max_new_tokens):
-            out = device.decode(server.infer(request.pop("inputs_embeds"), **request))
-            if "topk_values" in out:
-                next_ids = _choose(out["topk_values"], out["topk_indices"], do_sample, top_k, temperature, generator)
-            else:
-                next_ids = _choose(out["logits"], None, do_sample, top_k, temperature, generator)
+            out = server.infer(request.pop("inputs_embeds"), **request)
+            next_ids = device.next_token(out, sampling, generator)
             if eos_token_id is not None:
                 next_ids = torch.where(finished[:, None], torch.full_like(next_ids, eos_token_id), next_ids)
                 finished |= next_ids[:, 0] == eos_token_id

@@ -17,6 +17,7 @@ from .families import Family, get_family
 from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE, KeyMismatchError, KeySet
 from .keycheck import check_keys
 from .pooling import LastTokenPooling, last_token_pooling
+from .sampling import Sampling, choose_tokens
 from .tied import untie_parameters
 from .transform import generate_keys, output_dim, permute_features, transform_named_tensors
 
@@ -213,6 +214,36 @@ class DataOwner:
                                  "request's ids, decode(outputs, input_ids=ids)")
         outputs["logits"] = self.pooling.pool(outputs.pop("position_logits"), input_ids)
         return outputs
+
+    def next_token(
+        self,
+        outputs: Mapping[str, torch.Tensor] | torch.Tensor,
+        sampling: Sampling = Sampling(),
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Choose the next token ids [batch, 1] in the permuted vocabulary; only candidates cross pi_c.
+
+        `outputs` is ModelServer.infer's answer (permuted `logits`, or `topk_values`/`topk_indices`)
+        or a permuted logits tensor; for [batch, seq, vocab] logits the last position is used.
+        """
+        if "pi_c" not in self.keys:
+            raise StipInputError("next_token needs a model with an output vocabulary (key 'pi_c'); "
+                                 "this model has none: use decode()")
+        pi_c = self.keys["pi_c"]
+        if isinstance(outputs, torch.Tensor):
+            outputs = {"logits": outputs}
+        if "topk_values" in outputs:
+            ids = pi_c[outputs["topk_indices"]]
+            return choose_tokens(outputs["topk_values"], sampling, pi_c.numel(), ids, generator)
+        if "logits" not in outputs:
+            raise StipInputError(f"next_token needs 'logits' or 'topk_values', got {sorted(outputs)}")
+        logits = outputs["logits"]
+        if logits.dim() == 3:
+            logits = logits[:, -1]
+        if logits.dim() != 2 or logits.shape[-1] != pi_c.numel():
+            raise StipInputError(f"logits of shape {tuple(logits.shape)} do not fit a {pi_c.numel()}-token "
+                                 "vocabulary: outputs of another model, or keys of another model")
+        return choose_tokens(logits, sampling, pi_c.numel(), pi_c, generator, self._inverse["pi_c"])
 
     def _unpermute(self, value: torch.Tensor, key: str) -> torch.Tensor:
         inverse = self._inverse[key]

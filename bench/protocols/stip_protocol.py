@@ -132,12 +132,19 @@ class TimedDataOwner:
         self._add("device_permute", time.perf_counter() - t)
         return out
 
-    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.permute(self.embed(inputs))
+    def encode(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
+        return self.permute(self.embed(inputs, **device_inputs))
 
     def decode(self, outputs: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
         out = self._owner.decode(outputs, **kwargs)
+        self._add("device_recover", time.perf_counter() - t)
+        return out
+
+    def next_token(self, outputs: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Token choice in the permuted vocabulary: the generation step's `device_recover` phase."""
+        t = time.perf_counter()
+        out = self._owner.next_token(outputs, *args, **kwargs)
         self._add("device_recover", time.perf_counter() - t)
         return out
 
