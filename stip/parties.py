@@ -72,9 +72,13 @@ class ModelDeveloper:
                 targets[name].copy_(value)
         return cloud.eval()
 
-    def data_owner(self) -> "DataOwner":
-        """The package a registered user receives: embedding module, pi and pi_c only."""
-        return DataOwner.from_model(self.model, self.keys.user_keys())
+    def data_owner(self, noise_sigma: float = 0.0, noise_generator: torch.Generator | None = None) -> "DataOwner":
+        """The package a registered user receives: embedding module, pi and pi_c only.
+
+        `noise_sigma` > 0 turns on the noise defence (DataOwner's docstring); off by default.
+        """
+        return DataOwner.from_model(self.model, self.keys.user_keys(), noise_sigma=noise_sigma,
+                                    noise_generator=noise_generator)
 
     def save_keys(self, directory: str | os.PathLike) -> tuple[Path, Path]:
         """Write developer keys and user keys to separate owner-only (0600) files."""
@@ -86,10 +90,20 @@ class ModelDeveloper:
 
 
 class DataOwner:
-    """The user's device: embeds, permutes with `pi`, and un-permutes outputs with `pi_c`."""
+    """The user's device: embeds, permutes with `pi`, and un-permutes outputs with `pi_c`.
+
+    `noise_sigma` > 0 adds fresh N(0, sigma^2) noise to every permuted embedding it sends (the
+    defence "Hidden No More" suggests; it costs accuracy, see stip/attacks/frontier.py);
+    `noise_generator` seeds it for tests. Off (0.0) by default: outputs are then exact.
+    """
 
     def __init__(self, embedding: nn.Module, keys: KeySet, family: Family,
-                 pooling: LastTokenPooling | None = None) -> None:
+                 pooling: LastTokenPooling | None = None, noise_sigma: float = 0.0,
+                 noise_generator: torch.Generator | None = None) -> None:
+        if not noise_sigma >= 0.0:
+            raise StipInputError(f"noise_sigma must be >= 0 (0 turns the noise defence off), got {noise_sigma}")
+        self.noise_sigma = float(noise_sigma)
+        self.noise_generator = noise_generator
         self.embedding = embedding.eval()
         self.family = family
         self.keys = keys.user_keys()
@@ -104,14 +118,16 @@ class DataOwner:
         return self.keys.key_id
 
     @classmethod
-    def from_model(cls, model: nn.Module, keys: KeySet) -> "DataOwner":
+    def from_model(cls, model: nn.Module, keys: KeySet, noise_sigma: float = 0.0,
+                   noise_generator: torch.Generator | None = None) -> "DataOwner":
         """Extract the device-side module (input embedding, or ViTEmbeddings) from a model."""
         family = _family_of(model)
         shapes = {n: tuple(t.shape) for n, t in model.state_dict().items()}
         check_keys(keys, model.config.model_type, family.dims(model.config), output_dim(family, shapes),
                    user_only=True)
         embedding = copy.deepcopy(family.device_module(model))
-        return cls(embedding, keys, family, pooling=last_token_pooling(model))
+        return cls(embedding, keys, family, pooling=last_token_pooling(model), noise_sigma=noise_sigma,
+                   noise_generator=noise_generator)
 
     @torch.no_grad()
     def embed(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
@@ -136,8 +152,15 @@ class DataOwner:
         return permute_features(embeddings, self.keys["pi"])
 
     def encode(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
-        """Embed then permute the main input (no mask, no clear inputs): use request() for a whole call."""
-        return self.permute(self.embed(inputs, **device_inputs))
+        """Embed, permute and (if the defence is on) add noise: use request() for a whole call."""
+        return self._add_noise(self.permute(self.embed(inputs, **device_inputs)))
+
+    def _add_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """x + N(0, noise_sigma^2), fresh per call; x itself when the defence is off."""
+        if self.noise_sigma == 0.0:
+            return x
+        noise = torch.randn(x.shape, generator=self.noise_generator, dtype=torch.float32)
+        return x + (self.noise_sigma * noise).to(x.dtype)
 
     def request(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None, session: str | None = None,
                 last_only: bool = False, top_k: int | None = None,
@@ -151,7 +174,7 @@ class DataOwner:
         on_device, clear = self._route_inputs(plain, tuple(inputs.shape[:2]))
         if self.pooling is not None:
             self.pooling.positions(inputs)  # refuse before sending what the device could not pool
-        x = self.permute(self.embed(inputs, **on_device))
+        x = self._add_noise(self.permute(self.embed(inputs, **on_device)))
         if attention_mask is not None:
             clear["attention_mask"] = attention_mask
         for name, value in clear.items():

@@ -1,0 +1,78 @@
+"""The noise defence's frontier: attack success against accuracy loss over a range of sigma.
+
+Each sigma is given relative to the RMS of the public embedding table (sigma_rel) and applied
+as DataOwner(noise_sigma=sigma_rel * rms); accuracy is top-1 agreement of the decoded outputs
+with plaintext (Table 5's metric; for a model without logits, the cosine of the mean-pooled
+last hidden state with plaintext's).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..parties import DataOwner, ModelDeveloper, ModelServer
+from . import kpa, multiset
+from .rows import row, timer
+
+
+def embedding_rms(model: nn.Module) -> float:
+    """RMS of the public embedding table: the unit sigma_rel is measured in."""
+    return float(public_table(ModelDeveloper(model, seed=0).data_owner()).float().pow(2).mean().sqrt())
+
+
+@torch.no_grad()
+def public_table(device: DataOwner) -> torch.Tensor:
+    """[V, d]: the device module's output for every token id (the table scaled as the family embeds)."""
+    vocab = device.embedding.num_embeddings if hasattr(device.embedding, "num_embeddings") else None
+    if vocab is None:
+        vocab = next(m.num_embeddings for m in device.embedding.modules() if isinstance(m, nn.Embedding))
+    return device.embed(torch.arange(vocab)[None])[0]
+
+
+@torch.no_grad()
+def accuracy(plain_out: Any, decoded: dict[str, torch.Tensor]) -> tuple[str, float]:
+    """(metric name, value) of the noisy decoded outputs against plaintext."""
+    if "logits" in decoded:
+        agree = decoded["logits"].argmax(-1) == plain_out.logits.argmax(-1)
+        return "top1_agreement", float(agree.float().mean())
+    a, b = decoded["last_hidden_state"].mean(1), plain_out.last_hidden_state.mean(1)
+    return "pooled_cosine", float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
+
+
+@torch.no_grad()
+def noise_frontier(name: str, model: nn.Module, input_ids: torch.Tensor, sigmas_rel: Sequence[float],
+                   seed: int = 0, kpa_rows: int = 8) -> list[dict[str, Any]]:
+    """Rows per sigma: accuracy, multiset token recovery, and KPA (Hungarian) from `kpa_rows` rows."""
+    developer = ModelDeveloper(model, seed=seed)
+    server = ModelServer(developer.cloud_model())
+    family = developer.family.name
+    table = public_table(developer.data_owner())
+    rms = float(table.float().pow(2).mean().sqrt())
+    plain_out = model(input_ids=input_ids)
+    rows = []
+    for rel in sigmas_rel:
+        sigma = rel * rms
+        device = developer.data_owner(noise_sigma=sigma, noise_generator=torch.Generator().manual_seed(seed))
+        params = dict(sigma=sigma, sigma_rel=rel, defence="noise", d=device.hidden_size)
+        with timer() as t:
+            request = device.request(input_ids)
+            decoded = device.decode(server.infer(**request), input_ids=input_ids)
+        metric, value = accuracy(plain_out, decoded)
+        rows.append(row("noise_defence", name, family, "defence: device adds N(0, sigma^2) to permuted embeddings",
+                        metric, value, "fraction" if metric == "top1_agreement" else "cosine",
+                        input_ids.shape[0], t[0], **params))
+        wire = request["inputs_embeds"]
+        with timer() as t:
+            guesses = multiset.fingerprint_token_recovery(wire, table)
+        rows.append(row("multiset", name, family, multiset.ASSUMPTION, "token_recovery",
+                        float((guesses == input_ids).float().mean()), "fraction", input_ids.shape[0], t[0],
+                        **params))
+        plain = device.embed(input_ids).reshape(-1, device.hidden_size)[:kpa_rows]
+        with timer() as t:
+            pi = kpa.assignment_permutation(plain, wire.reshape(-1, device.hidden_size)[:kpa_rows])
+        rows.append(row("known_plaintext", name, family, kpa.ASSUMPTION, "pi_recovered",
+                        float((pi == device.keys["pi"]).float().mean()), "fraction", kpa_rows, t[0],
+                        n=kpa_rows, **params))
+    return rows
