@@ -11,7 +11,7 @@ from stip.attacks.frontier import noise_frontier
 from stip.attacks.rows import ROW_FIELDS
 from stip.attacks.theft import functional_theft
 from stip_models import (randomise_vectors, sample_inputs, tiny_bert, tiny_gpt2, tiny_llama, tiny_mixtral,
-                         tiny_qwen2, tiny_vit)
+                         tiny_qwen2, tiny_roberta, tiny_vit)
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -36,7 +36,7 @@ def test_known_plaintext_under_noise_needs_more_pairs():
     assert by_n[1] < 0.5 and by_n[16] == 1.0, by_n
 
 
-@pytest.mark.parametrize("make", [tiny_gpt2, tiny_bert, tiny_llama, tiny_mixtral, tiny_qwen2])
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_bert, tiny_llama, tiny_mixtral, tiny_qwen2, tiny_roberta])
 def test_multiset_matching_recovers_every_token_of_untouched_embeddings(make):
     model = make()
     ids = _ids(model)
@@ -151,11 +151,12 @@ def test_noise_defence_is_off_by_default_seeded_and_checked():
         developer.data_owner(noise_sigma=-1.0)
 
 
-def test_noise_frontier_trades_accuracy_for_attack_success():
-    rows = noise_frontier("tiny", tiny_llama(), _ids(tiny_llama()), sigmas_rel=(0.0, 3.0))
+def test_noise_stops_multiset_matching_but_not_decoding_with_the_pi_from_the_weights():
+    rows = noise_frontier("tiny", tiny_llama(), _ids(tiny_llama()), sigmas_rel=(0.0, 1.0))
     value = {(r["attack"], r["sigma_rel"]): r["value"] for r in rows}
     assert value[("noise_defence", 0.0)] == 1.0 and value[("multiset", 0.0)] == 1.0
-    assert value[("multiset", 3.0)] < 0.2
+    assert value[("multiset", 1.0)] < 0.2
+    assert value[("weight_alignment_nearest", 1.0)] == 1.0
     assert all(set(ROW_FIELDS) <= set(r) for r in rows)
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..parties import DataOwner, ModelDeveloper, ModelServer
-from . import kpa, multiset
+from . import baselines, kpa, multiset, weights
 from .rows import row, timer
 
 
@@ -24,11 +24,11 @@ def embedding_rms(model: nn.Module) -> float:
 
 @torch.no_grad()
 def public_table(device: DataOwner) -> torch.Tensor:
-    """[V, d]: the device module's output for every token id (the table scaled as the family embeds)."""
+    """[V, d]: the device module's output for every token id at the first position (scaled as the family embeds)."""
     vocab = device.embedding.num_embeddings if hasattr(device.embedding, "num_embeddings") else None
     if vocab is None:
         vocab = next(m.num_embeddings for m in device.embedding.modules() if isinstance(m, nn.Embedding))
-    return device.embed(torch.arange(vocab)[None])[0]
+    return device.embed(torch.arange(vocab)[:, None])[:, 0]  # each id at the first position
 
 
 @torch.no_grad()
@@ -44,9 +44,14 @@ def accuracy(plain_out: Any, decoded: dict[str, torch.Tensor]) -> tuple[str, flo
 @torch.no_grad()
 def noise_frontier(name: str, model: nn.Module, input_ids: torch.Tensor, sigmas_rel: Sequence[float],
                    seed: int = 0, kpa_rows: int = 8) -> list[dict[str, Any]]:
-    """Rows per sigma: accuracy, multiset token recovery, and KPA (Hungarian) from `kpa_rows` rows."""
+    """Rows per sigma: accuracy, multiset token recovery, KPA (Hungarian) from `kpa_rows` rows, and
+    nearest-token decoding with the `pi` that weight alignment recovers (noise never touches weights).
+    """
     developer = ModelDeveloper(model, seed=seed)
-    server = ModelServer(developer.cloud_model())
+    cloud = developer.cloud_model()
+    server = ModelServer(cloud)
+    with timer() as t_align:
+        aligned_pi = weights.recover_pi(developer.family, cloud.state_dict(), model.state_dict())
     family = developer.family.name
     table = public_table(developer.data_owner())
     rms = float(table.float().pow(2).mean().sqrt())
@@ -75,4 +80,12 @@ def noise_frontier(name: str, model: nn.Module, input_ids: torch.Tensor, sigmas_
         rows.append(row("known_plaintext", name, family, kpa.ASSUMPTION, "pi_recovered",
                         float((pi == device.keys["pi"]).float().mean()), "fraction", kpa_rows, t[0],
                         n=kpa_rows, **params))
+        with timer() as t:
+            plain_guess = torch.empty_like(wire)
+            plain_guess[..., aligned_pi] = wire
+            nearest = baselines.nearest_tokens(plain_guess, table)
+        rows.append(row("weight_alignment_nearest", name, family, weights.ASSUMPTION + "; then sees traffic",
+                        "token_recovery", float((nearest == input_ids).float().mean()), "fraction",
+                        input_ids.shape[0], t[0] + t_align[0],
+                        pi_recovered=float((aligned_pi == device.keys["pi"]).float().mean()), **params))
     return rows

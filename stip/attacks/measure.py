@@ -37,18 +37,23 @@ def _drifted(base: nn.Module, kind: str, size: float, ids: torch.Tensor | None, 
 def measure_multiset(name: str, base: nn.Module, ids: torch.Tensor, drifts: Sequence[float] = (0.0,),
                      drift_kind: str = "perturb", seed: int = 0) -> Rows:
     """Token recovery from permuted embeddings against the public (base) table, per weight drift."""
-    table = public_table(ModelDeveloper(base, seed=seed).data_owner())
+    public = ModelDeveloper(base, seed=seed).data_owner()
+    table = public_table(public)
+    by_position = multiset.adds_positions(public.embed)
     rows = []
     for size in drifts:
         tuned = _drifted(base, drift_kind, size, ids, seed)
         developer = ModelDeveloper(tuned, seed=seed)
         wire = developer.data_owner().encode(ids)
         with timer() as t:
-            guess = multiset.fingerprint_token_recovery(wire, table)
+            if by_position:
+                guess = multiset.recover_with_position_tables(wire, public.embed, table.shape[0])
+            else:
+                guess = multiset.fingerprint_token_recovery(wire, table)
         rows.append(row("multiset", name, developer.family.name, multiset.ASSUMPTION, "token_recovery",
                         _rate(guess, ids), "fraction", ids.shape[0], t[0], drift_kind=drift_kind,
                         drift=size, weight_change=drift.relative_weight_change(base, tuned),
-                        n_tokens=ids.numel(), d=table.shape[1]))
+                        n_tokens=ids.numel(), d=table.shape[1], position_tables=by_position))
     return rows
 
 
@@ -103,7 +108,9 @@ def measure_weights(name: str, base: nn.Module, ids: torch.Tensor, drifts: Seque
     """Key recovery by weight alignment per drift, and whether the recovered keys decode traffic."""
     rows = []
     base_sd = base.state_dict()
-    table = public_table(ModelDeveloper(base, seed=seed).data_owner())
+    public = ModelDeveloper(base, seed=seed).data_owner()
+    table = public_table(public)
+    by_position = multiset.adds_positions(public.embed)
     for size in drifts:
         tuned = _drifted(base, drift_kind, size, ids, seed)
         developer = ModelDeveloper(tuned, seed=seed)
@@ -127,7 +134,9 @@ def measure_weights(name: str, base: nn.Module, ids: torch.Tensor, drifts: Seque
         plain_guess[..., pi] = wire
         rows.append(row("weight_alignment", name, family.name, weights.ASSUMPTION + "; then decodes traffic",
                         "token_recovery_with_recovered_pi",
-                        _rate(baselines.nearest_tokens(plain_guess, table), ids), "fraction", ids.shape[0], t[0],
+                        _rate(multiset.recover_with_position_tables(plain_guess, public.embed, table.shape[0])
+                              if by_position else baselines.nearest_tokens(plain_guess, table), ids),
+                        "fraction", ids.shape[0], t[0],
                         **common))
         if "pi_c" in recovered:
             logits = cloud(inputs_embeds=wire).logits.argmax(-1)

@@ -33,6 +33,26 @@ def fingerprint_token_recovery(permuted: torch.Tensor, embedding_table: torch.Te
 
 
 @torch.no_grad()
+def recover_with_position_tables(permuted: torch.Tensor, device_embed, vocab: int) -> torch.Tensor:
+    """Multiset matching where the device module adds positions (RoBERTa): one table per position.
+
+    `device_embed` maps ids [n, seq] to embeddings (the public device module); the table for
+    position t embeds each id repeated t + 1 times and keeps the last row.
+    """
+    guesses = []
+    for t in range(permuted.shape[1]):
+        table = device_embed(torch.arange(vocab)[:, None].expand(vocab, t + 1))[:, -1]
+        guesses.append(fingerprint_token_recovery(permuted[:, t], table))
+    return torch.stack(guesses, dim=1)
+
+
+def adds_positions(device_embed, token: int = 3) -> bool:
+    """Whether the device module's output depends on the position (the same id twice differs)."""
+    rows = device_embed(torch.tensor([[token, token]]))[0]
+    return not torch.equal(rows[0], rows[1])
+
+
+@torch.no_grad()
 def vit_patch_recovery(permuted: torch.Tensor, vit_embeddings: nn.Module,
                        patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ViT analogue: the CLS row (cls + pos[0]) is known plaintext, so it gives `pi`; then

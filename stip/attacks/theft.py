@@ -18,9 +18,13 @@ def functional_theft(plain_model: nn.Module, cloud_model: nn.Module, user: DataO
                      input_ids: torch.Tensor) -> dict[str, float]:
     """Run the stolen function (user package + cloud weights) and compare with the original model.
 
-    Returns max |logit difference| and the top-1 agreement with the original.
+    Returns max |difference| of the logits (or, without a head, the last hidden state) and,
+    with logits, the top-1 agreement with the original.
     """
-    stolen = user.decode(ModelServer(cloud_model).infer(**user.request(input_ids)))["logits"]
-    original = plain_model(input_ids=input_ids).logits
-    return {"max_abs_error": float((stolen - original).abs().max()),
-            "top1_agreement": float((stolen.argmax(-1) == original.argmax(-1)).float().mean())}
+    decoded = user.decode(ModelServer(cloud_model).infer(**user.request(input_ids)), input_ids=input_ids)
+    name = "logits" if "logits" in decoded else "last_hidden_state"
+    stolen, original = decoded[name], getattr(plain_model(input_ids=input_ids), name)
+    result = {"max_abs_error": float((stolen - original).abs().max())}
+    if name == "logits":
+        result["top1_agreement"] = float((stolen.argmax(-1) == original.argmax(-1)).float().mean())
+    return result
