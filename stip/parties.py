@@ -72,7 +72,8 @@ class ModelDeveloper:
                 targets[name].copy_(value)
         return cloud.eval()
 
-    def data_owner(self, noise_sigma: float = 0.0, noise_generator: torch.Generator | None = None) -> "DataOwner":
+    def data_owner(self, noise_sigma: float = 0.0,
+                   noise_generator: torch.Generator | None = None) -> "DataOwner":
         """The package a registered user receives: embedding module, pi and pi_c only.
 
         `noise_sigma` > 0 turns on the noise defence (DataOwner's docstring); off by default.

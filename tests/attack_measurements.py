@@ -61,9 +61,11 @@ def tiny_rows() -> list[dict]:
         rows += measure.measure_multiset(name, model, ids, drifts=(0.0, 0.05, 0.2))
         rows += measure.measure_weights(name, model, ids, drifts=(0.0, 0.2))
     vit = stip_models.tiny_vit()
-    rows += measure.measure_vit_patches("tiny_vit", vit, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rows += measure.measure_vit_patches("tiny_vit", vit, images)
     mixtral = stip_models.tiny_mixtral()
-    rows += measure.measure_moe("tiny_mixtral", mixtral, torch.randint(2, 89, (1, 16), generator=torch.Generator().manual_seed(0)))
+    ids = torch.randint(2, 89, (1, 16), generator=torch.Generator().manual_seed(0))
+    rows += measure.measure_moe("tiny_mixtral", mixtral, ids)
     return rows
 
 
@@ -101,7 +103,8 @@ def smollm2_rows() -> list[dict]:
     rows = measure.measure_multiset(name, model, ids, drifts=(0.0, 0.01, 0.05, 0.1))
     rows += measure.measure_multiset(name, model, ids, drifts=(3,), drift_kind="finetune")
     rows += measure.measure_hidden(name, model, short, layers=(1, 8, 16, 24, 29), candidates=candidates)
-    rows += measure.measure_hidden(name, model, short, layers=(1, 16), drifts=(0.01, 0.05), candidates=candidates)
+    rows += measure.measure_hidden(name, model, short, layers=(1, 16), drifts=(0.01, 0.05),
+                                   candidates=candidates)
     rows += measure.measure_hidden(name, model, short, layers=(1, 16), drifts=(3,), drift_kind="finetune",
                                    candidates=candidates)
     rows += measure.measure_weights(name, model, ids, drifts=(0.0, 0.05))
@@ -131,7 +134,7 @@ def main(parts: list[str]) -> list[dict]:
     table = pd.DataFrame(rows).drop(columns=["assumption"]).dropna(axis=1, how="all")
     with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_rows", 2000,
                            "display.float_format", "{:.4g}".format):
-        print(table.fillna("").to_string(index=False))
+        print(table.astype(object).fillna("").to_string(index=False))
     return rows
 
 

@@ -26,7 +26,8 @@ def test_known_plaintext_pair_recovers_pi():
     device = stip.ModelDeveloper(model, seed=0).data_owner()
     ids = sample_inputs(model, batch=1, seq=4)["input_ids"]
     plain = device.embed(ids)
-    assert torch.equal(known := kpa.known_plaintext_permutation(plain, device.permute(plain)), device.keys["pi"])
+    known = kpa.known_plaintext_permutation(plain, device.permute(plain))
+    assert torch.equal(known, device.keys["pi"])
     assert torch.equal(kpa.assignment_permutation(plain[:, :1], device.permute(plain)[:, :1]), known)
 
 
@@ -58,7 +59,7 @@ def test_multiset_matching_fails_under_large_fresh_noise_and_on_a_projection():
 
 def test_vit_cls_row_gives_pi_and_the_patch_projection_gives_pixels():
     cfg = ViTConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=96,
-                    image_size=16, patch_size=4, num_labels=3)  # 3*4*4 = 48 <= 64: the projection is invertible
+                    image_size=16, patch_size=4, num_labels=3)  # 3*4*4 = 48 <= 64: an invertible projection
     torch.manual_seed(0)
     vit = randomise_vectors(ViTForImageClassification(cfg))
     with torch.no_grad():
@@ -67,7 +68,8 @@ def test_vit_cls_row_gives_pi_and_the_patch_projection_gives_pixels():
     rows = measure.measure_vit_patches("tiny", vit, torch.randn(1, 3, 16, 16, generator=GEN))
     values = {r["metric"]: r["value"] for r in rows}
     assert values["pi_recovered"] == 1.0 and values["pixel_relative_error"] < 1e-3, values
-    coarse = {r["metric"]: r["value"] for r in measure.measure_vit_patches("tiny", tiny_vit(), torch.randn(1, 3, 32, 32))}
+    coarse = {r["metric"]: r["value"]
+              for r in measure.measure_vit_patches("tiny", tiny_vit(), torch.randn(1, 3, 32, 32))}
     assert coarse["pi_recovered"] == 1.0  # 192 pixels per 64 features: pixels only partly recovered
 
 
@@ -75,7 +77,8 @@ def test_hidden_state_matching_recovers_tokens_at_a_hidden_layer_and_fails_with_
     model = tiny_llama()
     ids = _ids(model, 1, 8)
     developer = stip.ModelDeveloper(model, seed=0)
-    observed = hidden.states_at(developer.cloud_model(), 1, inputs_embeds=developer.data_owner().encode(ids))[0]
+    wire = developer.data_owner().encode(ids)
+    observed = hidden.states_at(developer.cloud_model(), 1, inputs_embeds=wire)[0]
     assert torch.equal(hidden.hidden_state_token_recovery(observed, model, 1), ids[0])
     foreign = tiny_llama(seed=5)
     assert (hidden.hidden_state_token_recovery(observed, foreign, 1) == ids[0]).float().mean() < 0.3
@@ -91,7 +94,8 @@ def test_weight_alignment_recovers_every_key_of_a_drifted_model_and_decodes_traf
 
 def test_weight_alignment_against_an_unrelated_base_recovers_little():
     developer = stip.ModelDeveloper(tiny_llama(), seed=0)
-    pi = weights.recover_pi(developer.family, developer.cloud_model().state_dict(), tiny_llama(seed=7).state_dict())
+    foreign = tiny_llama(seed=7).state_dict()
+    pi = weights.recover_pi(developer.family, developer.cloud_model().state_dict(), foreign)
     assert (pi == developer.keys["pi"]).float().mean() < 0.2
 
 
@@ -101,7 +105,8 @@ def test_frequency_analysis_maps_indices_when_traffic_follows_public_frequencies
     tokens = torch.multinomial(zipf, 20000, replacement=True, generator=GEN)
     pi_c = torch.randperm(50, generator=GEN)
     observed = torch.argsort(pi_c)[tokens]  # the permuted index j with pi_c[j] = token
-    result = frequency.frequency_recovery(observed, tokens, frequency.frequency_mapping(observed, reference, 50))
+    guess = frequency.frequency_mapping(observed, reference, 50)
+    result = frequency.frequency_recovery(observed, tokens, guess)
     assert result["positions_recovered"] > 0.5
     uniform = torch.randint(0, 50, (20000,), generator=GEN)
     flat = frequency.frequency_recovery(observed, tokens, frequency.frequency_mapping(observed, uniform, 50))
@@ -143,7 +148,8 @@ def test_noise_defence_is_off_by_default_seeded_and_checked():
     ids = _ids(model)
     plain = developer.data_owner()
     assert torch.equal(plain.encode(ids), plain.permute(plain.embed(ids)))
-    noisy = [developer.data_owner(noise_sigma=0.1, noise_generator=torch.Generator().manual_seed(3)) for _ in "ab"]
+    noisy = [developer.data_owner(noise_sigma=0.1, noise_generator=torch.Generator().manual_seed(3))
+             for _ in "ab"]
     first, second = (d.request(ids)["inputs_embeds"] for d in noisy)
     assert torch.equal(first, second) and not torch.equal(first, plain.encode(ids))
     assert torch.allclose((first - plain.encode(ids)).std(), torch.tensor(0.1), rtol=0.2)

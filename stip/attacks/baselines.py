@@ -29,7 +29,8 @@ def projection_known_plaintext(plain: torch.Tensor, projected: torch.Tensor) -> 
     return torch.linalg.lstsq(x, y, driver="gelsd").solution.float()
 
 
-def nearest_tokens(plain_guess: torch.Tensor, embedding_table: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def nearest_tokens(plain_guess: torch.Tensor, embedding_table: torch.Tensor,
+                   chunk: int = 4096) -> torch.Tensor:
     """Token ids whose table rows are nearest to each guessed plaintext embedding row."""
     rows = plain_guess.reshape(-1, plain_guess.shape[-1]).float()
     best_dist = torch.full((rows.shape[0],), float("inf"))

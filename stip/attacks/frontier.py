@@ -16,6 +16,8 @@ from ..parties import DataOwner, ModelDeveloper, ModelServer
 from . import baselines, kpa, multiset, weights
 from .rows import row, timer
 
+DEFENCE = "defence: the device adds fresh N(0, sigma^2) noise to the permuted embeddings"
+
 
 def embedding_rms(model: nn.Module) -> float:
     """RMS of the public embedding table: the unit sigma_rel is measured in."""
@@ -24,7 +26,7 @@ def embedding_rms(model: nn.Module) -> float:
 
 @torch.no_grad()
 def public_table(device: DataOwner) -> torch.Tensor:
-    """[V, d]: the device module's output for every token id at the first position (scaled as the family embeds)."""
+    """[V, d]: the device module's output for each token id at the first position (scaled as it embeds)."""
     vocab = device.embedding.num_embeddings if hasattr(device.embedding, "num_embeddings") else None
     if vocab is None:
         vocab = next(m.num_embeddings for m in device.embedding.modules() if isinstance(m, nn.Embedding))
@@ -65,7 +67,7 @@ def noise_frontier(name: str, model: nn.Module, input_ids: torch.Tensor, sigmas_
             request = device.request(input_ids)
             decoded = device.decode(server.infer(**request), input_ids=input_ids)
         metric, value = accuracy(plain_out, decoded)
-        rows.append(row("noise_defence", name, family, "defence: device adds N(0, sigma^2) to permuted embeddings",
+        rows.append(row("noise_defence", name, family, DEFENCE,
                         metric, value, "fraction" if metric == "top1_agreement" else "cosine",
                         input_ids.shape[0], t[0], **params))
         wire = request["inputs_embeds"]

@@ -16,6 +16,7 @@ from .frontier import public_table
 from .rows import row, timer
 
 Rows = list[dict[str, Any]]
+DECODES = weights.ASSUMPTION + "; then decodes traffic with the recovered keys"
 
 
 def _rate(guess: torch.Tensor, truth: torch.Tensor) -> float:
@@ -84,7 +85,7 @@ def measure_hidden(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequen
                    candidates: torch.Tensor | None = None, seed: int = 0) -> Rows:
     """Hidden-state vocabulary matching on one sequence per layer and drift (candidates: a row parameter)."""
     rows = []
-    n_cand = int(candidates.numel()) if candidates is not None else int(base.get_input_embeddings().weight.shape[0])
+    n_cand = int((candidates if candidates is not None else base.get_input_embeddings().weight).shape[0])
     for size in drifts:
         tuned = _drifted(base, drift_kind, size, ids, seed)
         developer = ModelDeveloper(tuned, seed=seed)
@@ -116,7 +117,8 @@ def measure_weights(name: str, base: nn.Module, ids: torch.Tensor, drifts: Seque
         developer = ModelDeveloper(tuned, seed=seed)
         cloud = developer.cloud_model()
         family = developer.family
-        common = dict(drift_kind=drift_kind, drift=size, weight_change=drift.relative_weight_change(base, tuned))
+        common = dict(drift_kind=drift_kind, drift=size,
+                      weight_change=drift.relative_weight_change(base, tuned))
         with timer() as t:
             cloud_sd = cloud.state_dict()
             pi = weights.recover_pi(family, cloud_sd, base_sd)
@@ -126,13 +128,14 @@ def measure_weights(name: str, base: nn.Module, ids: torch.Tensor, drifts: Seque
             rows.append(row("weight_alignment", name, family.name, weights.ASSUMPTION, "key_recovered", value,
                             "fraction", 0, t[0], key=key, **common))
         layer_keys = [v for k, v in fractions.items() if k.startswith("layers.")]
-        rows.append(row("weight_alignment", name, family.name, weights.ASSUMPTION, "layer_keys_mean_recovered",
+        rows.append(row("weight_alignment", name, family.name, weights.ASSUMPTION,
+                        "layer_keys_mean_recovered",
                         sum(layer_keys) / max(1, len(layer_keys)), "fraction", 0, t[0], **common))
         device = developer.data_owner()
         wire = device.encode(ids)
         plain_guess = torch.empty_like(wire)
         plain_guess[..., pi] = wire
-        rows.append(row("weight_alignment", name, family.name, weights.ASSUMPTION + "; then decodes traffic",
+        rows.append(row("weight_alignment", name, family.name, DECODES,
                         "token_recovery_with_recovered_pi",
                         _rate(multiset.recover_with_position_tables(plain_guess, public.embed, table.shape[0])
                               if by_position else baselines.nearest_tokens(plain_guess, table), ids),
@@ -141,7 +144,7 @@ def measure_weights(name: str, base: nn.Module, ids: torch.Tensor, drifts: Seque
         if "pi_c" in recovered:
             logits = cloud(inputs_embeds=wire).logits.argmax(-1)
             truth = tuned(input_ids=ids).logits.argmax(-1)
-            rows.append(row("weight_alignment", name, family.name, weights.ASSUMPTION + "; then decodes traffic",
+            rows.append(row("weight_alignment", name, family.name, DECODES,
                             "argmax_decoded_with_recovered_pi_c", _rate(recovered["pi_c"][0][logits], truth),
                             "fraction", ids.shape[0], t[0], **common))
     return rows
@@ -154,7 +157,8 @@ def measure_kpa(name: str, model: nn.Module, ids: torch.Tensor, ns: Sequence[int
     developer = ModelDeveloper(model, seed=seed)
     clean = developer.data_owner()
     rms = float(public_table(clean).float().pow(2).mean().sqrt())
-    device = developer.data_owner(noise_sigma=sigma_rel * rms, noise_generator=torch.Generator().manual_seed(seed))
+    device = developer.data_owner(noise_sigma=sigma_rel * rms,
+                                  noise_generator=torch.Generator().manual_seed(seed))
     plain = clean.embed(ids).reshape(-1, clean.hidden_size)
     wire = device.encode(ids).reshape(-1, clean.hidden_size)
     rows = []
@@ -182,7 +186,8 @@ def measure_frequency(name: str, base: nn.Module, user_chunks: Sequence[torch.Te
         reference = frequency.argmax_indices(base, reference_chunks)
         guess = frequency.frequency_mapping(observed, reference, device.keys["pi_c"].numel())
     result = frequency.frequency_recovery(observed, device.keys["pi_c"][observed], guess)
-    common = dict(corpus=corpus, n_positions=int(observed.numel()), reference_positions=int(reference.numel()))
+    common = dict(corpus=corpus, n_positions=int(observed.numel()),
+                  reference_positions=int(reference.numel()))
     return [row("output_frequency", name, developer.family.name, frequency.ASSUMPTION, metric, value,
                 "count" if metric == "distinct_indices" else "fraction", len(user_chunks), t[0], **common)
             for metric, value in result.items()]
@@ -217,7 +222,8 @@ def measure_theft(name: str, model: nn.Module, ids: torch.Tensor, seed: int = 0)
 
 
 @torch.no_grad()
-def measure_projection(name: str, model: nn.Module, ids: torch.Tensor, ns: Sequence[int], seed: int = 0) -> Rows:
+def measure_projection(name: str, model: nn.Module, ids: torch.Tensor, ns: Sequence[int],
+                       seed: int = 0) -> Rows:
     """Random projection baseline: multiset matching (ciphertext only) and least-squares KPA vs n."""
     table = public_table(ModelDeveloper(model, seed=seed).data_owner())
     d = table.shape[1]
@@ -227,7 +233,8 @@ def measure_projection(name: str, model: nn.Module, ids: torch.Tensor, ns: Seque
     family = ModelDeveloper(model, seed=seed).family.name
     with timer() as t:
         guess = multiset.fingerprint_token_recovery(wire, table)
-    rows = [row("projection_multiset", name, family, baselines.PROJECTION_MULTISET_ASSUMPTION, "token_recovery",
+    rows = [row("projection_multiset", name, family, baselines.PROJECTION_MULTISET_ASSUMPTION,
+                "token_recovery",
                 _rate(guess, ids), "fraction", ids.shape[0], t[0], d=d, baseline="random_projection")]
     gen = torch.Generator().manual_seed(seed)
     for n in ns:
@@ -246,7 +253,7 @@ def measure_split(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequenc
                   candidates: torch.Tensor | None = None) -> Rows:
     """Model split baseline: invert the device's clear layer-l activations by vocabulary matching."""
     family = ModelDeveloper(base, seed=0).family.name
-    n_cand = int(candidates.numel()) if candidates is not None else int(base.get_input_embeddings().weight.shape[0])
+    n_cand = int((candidates if candidates is not None else base.get_input_embeddings().weight).shape[0])
     rows = []
     for layer in layers:
         activations = hidden.states_at(base, layer, input_ids=ids[:1])[0]

@@ -11,8 +11,9 @@ ROW_FIELDS = ("attack", "model", "family", "assumption", "metric", "value", "uni
 def row(attack: str, model: str, family: str, assumption: str, metric: str, value: float, unit: str,
         n_queries: int, seconds: float, **params: Any) -> dict[str, Any]:
     """A result row: the fixed fields first, then the attack's parameters (layer, sigma, n, ...)."""
-    return {"attack": attack, "model": model, "family": family, "assumption": assumption, "metric": metric,
-            "value": float(value), "unit": unit, "n_queries": int(n_queries), "seconds": float(seconds), **params}
+    return {"attack": attack, "model": model, "family": family, "assumption": assumption,
+            "metric": metric, "value": float(value), "unit": unit, "n_queries": int(n_queries),
+            "seconds": float(seconds), **params}
 
 
 @contextmanager

@@ -22,11 +22,12 @@ ASSUMPTION = "cloud holds its transformed weights and the public base weights; n
 
 
 def _assign(cloud: torch.Tensor, base: torch.Tensor, hungarian_limit: int, chunk: int = 512) -> torch.Tensor:
-    """index[i] = the base row matched to cloud row i: Hungarian up to `hungarian_limit` rows, else nearest."""
+    """index[i] = the base row matched to cloud row i: Hungarian up to hungarian_limit rows, else nearest."""
     if cloud.shape[0] <= hungarian_limit:
         _, cols = linear_sum_assignment(torch.cdist(cloud.double(), base.double()).numpy())
         return torch.as_tensor(cols, dtype=torch.long)
-    return torch.cat([torch.cdist(cloud[i:i + chunk], base).argmin(dim=-1) for i in range(0, cloud.shape[0], chunk)])
+    blocks = [torch.cdist(cloud[i:i + chunk], base).argmin(dim=-1) for i in range(0, cloud.shape[0], chunk)]
+    return torch.cat(blocks)
 
 
 def _quantiles(t: torch.Tensor, dim: int, n: int) -> torch.Tensor:
