@@ -8,6 +8,7 @@ at even positions (sorted by name) are the users' traffic, the others the attack
 """
 from __future__ import annotations
 
+import logging
 import sys
 import sysconfig
 from pathlib import Path
@@ -63,6 +64,13 @@ def tiny_rows() -> list[dict]:
     vit = stip_models.tiny_vit()
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     rows += measure.measure_vit_patches("tiny_vit", vit, images)
+    from transformers import ViTConfig, ViTForImageClassification
+    torch.manual_seed(0)  # ViT-Base/16 shapes (768 features per 3*16*16 = 768 pixels), one layer, random weights
+    base16 = ViTForImageClassification(ViTConfig(num_hidden_layers=1)).eval()
+    with torch.no_grad():
+        base16.vit.embeddings.cls_token.normal_(std=0.02)
+        base16.vit.embeddings.position_embeddings.normal_(std=0.02)
+    rows += measure.measure_vit_patches("vit-base16-1layer", base16, torch.randn(1, 3, 224, 224))
     mixtral = stip_models.tiny_mixtral()
     ids = torch.randint(2, 89, (1, 16), generator=torch.Generator().manual_seed(0))
     rows += measure.measure_moe("tiny_mixtral", mixtral, ids)
@@ -124,10 +132,12 @@ def smollm2_rows() -> list[dict]:
 PARTS = {"tiny": tiny_rows, "minilm": minilm_rows, "smollm2": smollm2_rows}
 
 
+
 def main(parts: list[str]) -> list[dict]:
     import pandas as pd
 
     torch.set_num_threads(2)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # one line per row as it comes
     rows = []
     for part in parts:
         rows += PARTS[part]()

@@ -6,7 +6,7 @@ from transformers import AutoModel, AutoTokenizer, ViTConfig, ViTForImageClassif
 import stip
 from bench.models import minilm_path
 from stip.attacks import baselines, frequency, hidden, kpa, measure, moe, multiset, weights
-from stip.attacks.drift import perturbed_copy
+from stip.attacks.drift import finetuned_copy, perturbed_copy, relative_weight_change
 from stip.attacks.frontier import noise_frontier
 from stip.attacks.rows import ROW_FIELDS
 from stip.attacks.theft import functional_theft
@@ -182,3 +182,10 @@ def test_value_multiset_fingerprint_recovers_real_minilm_tokens():
     guesses = multiset.fingerprint_token_recovery(wire, model.get_input_embeddings().weight.detach())
     rate = (guesses == ids).float().mean().item()
     assert rate == 1.0, f"recovered {rate:.0%} of tokens"
+
+
+def test_finetuned_copy_drifts_even_under_no_grad():
+    model = tiny_llama()
+    with torch.no_grad():
+        tuned = finetuned_copy(model, _ids(model), steps=2, lr=1e-3)
+    assert relative_weight_change(model, tuned) > 0 and relative_weight_change(model, model) == 0

@@ -33,10 +33,11 @@ def finetuned_copy(model: nn.Module, input_ids: torch.Tensor, steps: int, lr: fl
     torch.manual_seed(seed)
     out = copy.deepcopy(model).train()
     opt = torch.optim.Adam(out.parameters(), lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        out(input_ids=input_ids, labels=input_ids).loss.backward()
-        opt.step()
+    with torch.enable_grad():  # callers may measure under no_grad
+        for _ in range(steps):
+            opt.zero_grad()
+            out(input_ids=input_ids, labels=input_ids).loss.backward()
+            opt.step()
     return out.eval()
 
 
