@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 
+EXACT = "donot_use_mm_for_euclid_dist"  # cdist's matrix-product shortcut rounds near-equal values apart
 ASSUMPTION = "cloud knows n plaintext embedding rows and sees their permuted rows"
 
 
@@ -18,12 +19,12 @@ def known_plaintext_permutation(plain: torch.Tensor, permuted: torch.Tensor) -> 
     """
     a = plain.reshape(-1, plain.shape[-1]).T.float()  # [d, n] columns of x
     b = permuted.reshape(-1, permuted.shape[-1]).T.float()
-    return torch.cdist(b, a).argmin(dim=-1)
+    return torch.cdist(b, a, compute_mode=EXACT).argmin(dim=-1)
 
 
 def assignment_permutation(plain: torch.Tensor, permuted: torch.Tensor) -> torch.Tensor:
     """Like known_plaintext_permutation but a one-to-one (Hungarian) column assignment: robust to noise."""
     a = plain.reshape(-1, plain.shape[-1]).T.double()
     b = permuted.reshape(-1, permuted.shape[-1]).T.double()
-    _, cols = linear_sum_assignment(torch.cdist(b, a).numpy())
+    _, cols = linear_sum_assignment(torch.cdist(b, a, compute_mode=EXACT).numpy())
     return torch.as_tensor(cols, dtype=torch.long)
