@@ -17,7 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from bench.api import NetworkProfile, RunRequest
+from protocols.contract import RunRequest
+from transport.link import network_profile
 from bench.results import (
     REPORT, ROWS, atomic_write_json, atomic_write_parquet, provenance, read_report, run_id, to_frame,
 )
@@ -46,15 +47,6 @@ def _absolute(path: str) -> Path:
         return Path(path).resolve()
 
 
-def network_profile(cfg: Mapping[str, Any]) -> NetworkProfile:
-    """NetworkProfile from a network config."""
-    keys = ("name", "bandwidth_bps", "rtt_s", "source", "assumed")
-    missing = [k for k in ("name", "rtt_s") if k not in cfg]
-    if missing:
-        raise ValueError(f"network config lacks {missing}; see configs/network/*.yaml")
-    return NetworkProfile(**{k: cfg[k] for k in keys if k in cfg})
-
-
 def run_key(cfg: Mapping[str, Any]) -> dict:
     """What defines a run (and its id): experiment, model, protocol, network and workload."""
     return {k: cfg.get(k) for k in ("experiment_name", "model", "protocol", "network", "run")}
@@ -77,7 +69,7 @@ def make_protocol(protocol_cfg: Mapping[str, Any]) -> Any:
 
 def run(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """Run one configuration; skip it if already done (unless force); record failures instead of raising."""
-    from bench.models import build_spec
+    from protocols.models import build_spec
 
     c = _plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     rid = run_id(run_key(c))

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from bench.api import Row
+from protocols.contract import Row
 
 log = logging.getLogger(__name__)
 

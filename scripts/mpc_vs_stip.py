@@ -21,9 +21,9 @@ from omegaconf import OmegaConf
 
 from baselines.mpc.approximations import MPC_FAMILIES
 from baselines.mpc.session import run_mpc_forward
-from bench.api import NetworkProfile
-from bench.app import network_profile
-from bench.models import build_spec
+from protocols.contract import NetworkProfile
+from transport.link import network_profile
+from protocols.models import build_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -158,7 +158,7 @@ SAMPLINGS = {
 
 @pytest.fixture(scope="module")
 def smollm2_rows():
-    from bench.models import load_smollm2
+    from protocols.models import load_smollm2
 
     model, tokenizer = load_smollm2()
     ids = torch.tensor([[504, 3575, 282, 4649, 314]]) if tokenizer is None else \

@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from bench.app import CONFIG_DIR, run
-from bench.protocols.full_cloud import FullCloudProtocol
+from baselines.full_cloud import FullCloudProtocol
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 TOY = ["run.repeats=1", "run.warmup=0", "run.batch_size=1", "run.seq_len=8",

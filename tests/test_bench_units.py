@@ -9,9 +9,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from bench.api import ModelSpec, NetworkProfile, Row, RunRequest
+from protocols.contract import ModelSpec, NetworkProfile, Row, RunRequest
 from bench.app import CONFIG_DIR
-from bench.models import build_spec, fits_on_host
+from protocols.models import build_spec, fits_on_host
 from bench.results import COLUMNS, atomic_write_json, atomic_write_parquet, run_id, to_frame
 
 
@@ -44,7 +44,7 @@ def test_bad_dtype_names_choices():
 
 
 def test_shape_only_rows_for_models_that_do_not_fit():
-    from bench.protocols.stip_protocol import StipProtocol
+    from protocols.stip_protocol import StipProtocol
 
     spec = build_spec(model_cfg("llama2-70b"))
     req = RunRequest(batch_size=1, seq_len=128, repeats=1, warmup=0, seed=0, task="forward")
@@ -67,7 +67,7 @@ def test_tidy_rows_schema_and_atomic_writes(tmp_path):
 
 
 def test_dcor_conventions():
-    from bench.privacy import dcor_both, dcor_samples
+    from protocols.privacy import dcor_both, dcor_samples
 
     x = torch.randn(300, 128, generator=torch.Generator().manual_seed(0))
     perm = x[:, torch.randperm(128)]
@@ -79,7 +79,7 @@ def test_dcor_conventions():
 
 
 def test_embedding_memory_matches_shapes():
-    from bench.memory import embedding_shape_bytes, materialized_embedding, module_bytes
+    from protocols.memory import embedding_shape_bytes, materialized_embedding, module_bytes
 
     for name in ("bert-tiny", "gpt2-124m", "vit-base", "llama2-70b"):
         spec = build_spec(model_cfg(name))

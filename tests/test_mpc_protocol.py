@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import BertConfig, BertModel
 
-from bench.api import MPC_PHASES, ModelSpec, NetworkProfile, Row, RunRequest
+from protocols.contract import MPC_PHASES, ModelSpec, NetworkProfile, Row, RunRequest
 from baselines.mpc.protocol import MpcProtocol
 from baselines.mpc.session import MpcResult, RunStats, merge_parties
 

@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import stip
-from bench.models import minilm_path
+from protocols.models import minilm_path
 from stip.attacks import fingerprint_token_recovery, known_plaintext_permutation
 from stip_models import sample_inputs, tiny_gpt2
 

@@ -1,6 +1,6 @@
-"""`protocol=mpc`: the two-party CrypTen baseline as a `bench.api.Protocol` returning tidy rows.
+"""`protocol=mpc`: the two-party CrypTen baseline as a `protocols.contract.Protocol` returning tidy rows.
 
-Rows (phase = operator class of `bench.api.MPC_PHASES`, or `total`), all with `approx=<name>`:
+Rows (phase = operator class of `protocols.contract.MPC_PHASES`, or `total`), all with `approx=<name>`:
 - `latency` (s): measured compute time of the slower party, both parties on this host (loopback link).
 - `rounds` (count): communication rounds (the larger per-party count; each collective is one round).
 - `bytes` (B): bytes on the wire, half the sum of CrypTen's per-party counts (a transfer counts at both ends).
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from bench.api import ModelSpec, NetworkProfile, Protocol, Row, RunRequest
+from protocols.contract import ModelSpec, NetworkProfile, Protocol, Row, RunRequest
 from baselines.mpc.approximations import get_approximation
 from baselines.mpc.forward import EMBEDDING_MODES
 from baselines.mpc.launcher import PROVIDERS

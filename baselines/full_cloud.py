@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from bench.api import ModelSpec, Row, RunRequest
-from bench.protocols import Stopwatch, configure_threads, load_for_cloud, output_bytes, payload_bytes, shape_bytes
-from bench.protocols.base import SocketProtocol
+from protocols.contract import ModelSpec, Row, RunRequest
+from protocols.common import Stopwatch, configure_threads, load_for_cloud, output_bytes, payload_bytes, shape_bytes
+from protocols.base import SocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,11 @@ class FullCloudProtocol(SocketProtocol):
     """No privacy: raw inputs up, plaintext outputs down."""
 
     name = "full_cloud"
-    factory = "bench.protocols.full_cloud:make_cloud_handler"
+    factory = "baselines.full_cloud:make_cloud_handler"
 
     def prepare(self, model: ModelSpec, request: RunRequest) -> dict:
         """Save the plain model as the cloud's checkpoint; the device keeps nothing but inputs."""
-        from bench.protocols import workdir
+        from protocols.common import workdir
 
         self.plain_model = model.build()
         ckpt = workdir(request) / "cloud_checkpoint"

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.api import ModelSpec, Row, RunRequest
-from bench.memory import embedding_module, module_bytes
-from bench.protocols import Stopwatch, configure_threads, load_for_cloud, output_bytes, shape_bytes, spec_dtype
-from bench.protocols.base import SocketProtocol
+from protocols.contract import ModelSpec, Row, RunRequest
+from protocols.memory import embedding_module, module_bytes
+from protocols.common import Stopwatch, configure_threads, load_for_cloud, output_bytes, shape_bytes, spec_dtype
+from protocols.base import SocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,11 @@ class ModelSplitProtocol(SocketProtocol):
     """Plain hidden states after k device layers go up; plain outputs come down."""
 
     name = "model_split"
-    factory = "bench.protocols.model_split:make_cloud_handler"
+    factory = "baselines.model_split:make_cloud_handler"
 
     def prepare(self, model: ModelSpec, request: RunRequest) -> dict:
         """Save the plain model for the cloud; the device hooks its own copy at layer k."""
-        from bench.protocols import workdir
+        from protocols.common import workdir
 
         self.plain_model = model.build()
         layers = transformer_layers(self.plain_model)

@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 import torch
 
-from bench.api import ModelSpec, NetworkProfile, Protocol, Row, RunRequest
-from bench.protocols import (
+from protocols.contract import ModelSpec, NetworkProfile, Protocol, Row, RunRequest
+from protocols.common import (
     Stopwatch, accuracy_rows, cloud_process, output_tensor, payload_bytes, phase_rows, traffic_rows,
 )
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class SocketProtocol(Protocol):
-    """A protocol whose cloud runs in its own process behind `bench.runtime.CloudProcess`."""
+    """A protocol whose cloud runs in its own process behind `transport.CloudProcess`."""
 
     factory: str = ""  # "module:function" of the cloud handler factory
 

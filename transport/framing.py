@@ -1,4 +1,4 @@
-"""Moving whole wire frames (stip.wire) over a stream socket, counting bytes as they cross it.
+"""Moving whole wire frames (transport.wire) over a stream socket, counting bytes as they cross it.
 
 The prefix is read and validated first, so an oversized declared length is refused before any
 large buffer is allocated. Byte counts are reported through `on_bytes` per chunk, so a meter sees
@@ -10,7 +10,7 @@ import socket
 import time
 from typing import Callable
 
-from stip.wire import FRAME_PREFIX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, decode_prefix
+from transport.wire import FRAME_PREFIX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, decode_prefix
 
 ByteCounter = Callable[[int], None]
 _CHUNK = 1 << 20
@@ -69,7 +69,7 @@ def recv_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, 
 
     `deadline` (time.monotonic) bounds the whole frame; `frame_timeout_s` bounds the rest of a
     frame once its first byte arrived (a server waits idle for requests, not for stalled peers).
-    Raises ConnectionClosed, TruncatedFrame, TimeoutError, or stip.wire.WireError for a bad prefix.
+    Raises ConnectionClosed, TruncatedFrame, TimeoutError, or transport.wire.WireError for a bad prefix.
     """
     prefix = bytearray(FRAME_PREFIX_BYTES)
     view = memoryview(prefix)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from bench.api import ModelSpec
+from protocols.contract import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import logging
 
 import torch
 
-from bench.api import ModelSpec, NetworkProfile, Protocol, Row, RunRequest
-from bench.memory import materialized_embedding
-from bench.privacy import dcor_both, dcor_parameters
+from protocols.contract import ModelSpec, NetworkProfile, Protocol, Row, RunRequest
+from protocols.memory import materialized_embedding
+from protocols.privacy import dcor_both, dcor_parameters
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Tiny cloud handlers for tests and smoke runs of the runtime (no model needed).
 
-Use as ``CloudProcess("bench.runtime.testing:make_echo_handler")``.
+Use as ``CloudProcess("transport.testing:make_echo_handler")``.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class EchoHandler:
 
 
 def make_echo_handler(scale: float = 1.0) -> EchoHandler:
-    """Factory for `CloudProcess`: ``"bench.runtime.testing:make_echo_handler"``."""
+    """Factory for `CloudProcess`: ``"transport.testing:make_echo_handler"``."""
     return EchoHandler(scale=scale)
 
 

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from bench.api import ModelSpec, Row, RunRequest
-from bench.memory import embedding_module, module_bytes
-from bench.privacy import dcor_both, dcor_parameters
-from bench.protocols import (
+from protocols.contract import ModelSpec, Row, RunRequest
+from protocols.memory import embedding_module, module_bytes
+from protocols.privacy import dcor_both, dcor_parameters
+from protocols.common import (
     Stopwatch, configure_threads, load_for_cloud, output_bytes, payload_bytes, shape_bytes, spec_dtype,
 )
-from bench.protocols.base import SocketProtocol, mean_steps
+from protocols.base import SocketProtocol, mean_steps
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +165,13 @@ class StipProtocol(SocketProtocol):
     """STIP: permuted embeddings up, permuted outputs down; the cloud never sees pi or pi_c."""
 
     name = "stip"
-    factory = "bench.protocols.stip_protocol:make_cloud_handler"
+    factory = "protocols.stip_protocol:make_cloud_handler"
 
     def prepare(self, model: ModelSpec, request: RunRequest) -> dict:
         """Transform the model, save the cloud's checkpoint in the run folder, keep the device's part."""
         import stip
 
-        from bench.protocols import workdir
+        from protocols.common import workdir
 
         plain = model.build()
         developer = stip.ModelDeveloper(plain, seed=request.seed)
@@ -197,7 +197,7 @@ class StipProtocol(SocketProtocol):
 
     def memory_rows(self, model: ModelSpec, request: RunRequest) -> list[Row]:
         """The device's footprint (Fig. 8): embedding module materialised and measured, tokenizer RSS."""
-        from bench.memory import device_memory_rows
+        from protocols.memory import device_memory_rows
 
         return device_memory_rows(model, request.seed)
 

@@ -1,6 +1,6 @@
 """The contract between the runner and every protocol: plug-ins implement `Protocol`.
 
-A protocol never imports the rest of bench/ except this module; the runner never knows a
+Protocols import this layer, stip/ and transport/, never bench/; the runner never knows a
 protocol's internals. Protocols are selected by `_target_` in configs/protocol/*.yaml.
 """
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from transport.link import NetworkProfile
 
 # Phase names shared by every protocol (ARCHITECTURE.md).
 STIP_PHASES = ("device_embed", "device_permute", "uplink", "cloud_compute", "downlink", "device_recover")
@@ -27,25 +29,6 @@ METRIC_UNITS = {
     "top1_agreement": "ratio",
     "cosine_similarity": "ratio",
 }
-
-
-@dataclass(frozen=True)
-class NetworkProfile:
-    """A link as data; modelled time = rounds x RTT + bytes / bandwidth (per direction)."""
-
-    name: str
-    bandwidth_bps: float | None  # None: no link (same host, nothing modelled)
-    rtt_s: float
-    source: str = ""
-    assumed: bool = False  # True where the source gives no bandwidth and we chose one
-
-    def transfer_time(self, n_bytes: float) -> float:
-        """Serialisation time of `n_bytes` on this link (one direction)."""
-        return 0.0 if not self.bandwidth_bps else 8.0 * n_bytes / self.bandwidth_bps
-
-    def time(self, rounds: float, n_bytes: float) -> float:
-        """Modelled link time of `rounds` round trips carrying `n_bytes` in total."""
-        return rounds * self.rtt_s + self.transfer_time(n_bytes)
 
 
 @dataclass

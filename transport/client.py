@@ -1,6 +1,6 @@
 """The device side of the runtime: spawn the cloud process, call it, time and meter each call.
 
-`CloudProcess` starts ``python -m bench.runtime`` (the server in cloud.py) in its own session,
+`CloudProcess` starts ``python -m transport`` (the server in cloud.py) in its own session,
 waits for it to report its port, and keeps one TCP connection to it. Each `call` goes through
 the emulated uplink, waits for the reply within a timeout and splits the measured round trip
 into ``uplink`` (push through the emulated link), ``cloud_compute`` (handler time reported by
@@ -30,12 +30,12 @@ from typing import Any, Mapping
 
 import torch
 
-from bench.api import NetworkProfile
-from bench.runtime.cloud import RUNTIME_META_KEY
-from bench.runtime.framing import recv_frame
-from bench.runtime.link import EmulatedLink, profile_to_dict
-from bench.runtime.meter import DOWN, UP, TrafficMeter
-from stip.wire import (DEFAULT_MAX_MESSAGE_BYTES, KIND_ERROR, Message, WireError, decode_body, encode_message,
+from transport.link import NetworkProfile
+from transport.cloud import RUNTIME_META_KEY
+from transport.framing import recv_frame
+from transport.link import EmulatedLink, profile_to_dict
+from transport.meter import DOWN, UP, TrafficMeter
+from transport.wire import (DEFAULT_MAX_MESSAGE_BYTES, KIND_ERROR, Message, WireError, decode_body, encode_message,
                        expected_payload_bytes)
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class CloudProcess:
         try:
             with open(self.log_path, "ab") as log_file:
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "bench.runtime", "--ready-fd", str(ready_w)],
+                    [sys.executable, "-m", "transport", "--ready-fd", str(ready_w)],
                     stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                     pass_fds=(ready_w,), start_new_session=True)
         finally:
@@ -284,7 +284,7 @@ class CloudProcess:
              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Run ``handler.<method>(tensors, **meta)`` in the cloud; returns (tensors, meta).
 
-        Raises stip.wire.WireError (a ValueError) for a request that cannot be encoded,
+        Raises transport.wire.WireError (a ValueError) for a request that cannot be encoded,
         CloudError for an error reply, CloudUnavailable if the process is gone, CloudTimeout if
         no reply arrives within `timeout_s` (default: the instance's timeout_s). Thread-safe:
         concurrent calls are serialised.

@@ -1,6 +1,6 @@
 """Device-cloud protocols run over the socket runtime; shared timing, traffic and accuracy helpers.
 
-Each protocol module holds a `bench.api.Protocol` subclass (selected by `_target_` in
+Each protocol module holds a `protocols.contract.Protocol` subclass (selected by `_target_` in
 configs/protocol/*.yaml) and the factory of its cloud handler (imported in the cloud process).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from bench.api import ModelSpec, NetworkProfile, Row, RunRequest
+from protocols.contract import ModelSpec, NetworkProfile, Row, RunRequest
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Stopwatch:
 
 def load_for_cloud(checkpoint: str, head: str) -> torch.nn.Module:
     """Load a saved checkpoint in the cloud process with the stock transformers auto class."""
-    from bench.models import auto_class
+    from protocols.models import auto_class
 
     return auto_class(head).from_pretrained(checkpoint).eval()
 
@@ -100,7 +100,7 @@ def phase_rows(times: Mapping[str, float], repeat: int, per: float = 1.0) -> lis
 def payload_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
     """Bytes of tensor data a message carries, from shapes and dtypes (the wire module's definition)."""
     try:
-        from stip.wire import expected_payload_bytes
+        from transport.wire import expected_payload_bytes
     except ImportError:  # pragma: no cover - wire format module not present yet
         return int(sum(t.numel() * t.element_size() for t in tensors.values()))
     return int(expected_payload_bytes(tensors))
@@ -116,7 +116,7 @@ def shape_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
 
 def cloud_process(factory: str, kwargs: dict, network: NetworkProfile, request: RunRequest):
     """Start the cloud party as a separate OS process behind the socket runtime."""
-    from bench.runtime import CloudProcess
+    from transport import CloudProcess
 
     timeout = float(request.options.get("cloud_timeout_s", 120))
     return CloudProcess(factory, kwargs, network=network, timeout_s=timeout)
@@ -124,7 +124,7 @@ def cloud_process(factory: str, kwargs: dict, network: NetworkProfile, request: 
 
 def spec_dtype(model: ModelSpec) -> torch.dtype:
     """The model's torch dtype from its spec."""
-    from bench.models import DTYPES
+    from protocols.models import DTYPES
 
     return DTYPES[model.extra.get("dtype", "float32")]
 

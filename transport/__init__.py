@@ -5,12 +5,12 @@
         cloud.last_timing      # {"uplink": s, "cloud_compute": s, "downlink": s}
         cloud.meter.snapshot() # bytes/messages/link time per direction
 
-Modules: stip.wire (frame format), framing (frames over sockets), link (NetworkProfile emulation),
+Modules: transport.wire (frame format), framing (frames over sockets), link (NetworkProfile emulation),
 meter (traffic counters), cloud (server process), client (CloudProcess), testing (echo handler).
 """
-from bench.runtime.client import CallRecord, CloudError, CloudProcess, CloudTimeout, CloudUnavailable
-from bench.runtime.link import EmulatedLink
-from bench.runtime.meter import TrafficMeter
+from transport.client import CallRecord, CloudError, CloudProcess, CloudTimeout, CloudUnavailable
+from transport.link import EmulatedLink
+from transport.meter import TrafficMeter
 
 __all__ = ["CallRecord", "CloudError", "CloudProcess", "CloudTimeout", "CloudUnavailable", "EmulatedLink",
            "TrafficMeter"]

@@ -78,7 +78,7 @@ def tokenizer_bytes(load: Callable[[], Any]) -> int | None:
 
 def materialized_embedding(spec: Any, seed: int = 0) -> nn.Module:
     """The model's embedding stage as real CPU tensors, without building the rest (works for 70B shapes)."""
-    from bench.models import DTYPES, auto_class
+    from protocols.models import DTYPES, auto_class
 
     if spec.extra.get("weights", "random") != "random":  # real weights: small models, build them
         return embedding_module(spec.build())
@@ -112,7 +112,7 @@ def tokenizer_bytes_subprocess(model_cfg: dict, timeout_s: float = 120.0) -> int
 
     if not model_cfg.get("tokenizer"):
         return None
-    proc = subprocess.run([sys.executable, "-m", "bench.memory", json.dumps(model_cfg)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "protocols.memory", json.dumps(model_cfg)], capture_output=True,
                           text=True, timeout=timeout_s, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
         log.warning("tokenizer memory of %s not measured: %s", model_cfg.get("name"), proc.stderr[-500:])
@@ -123,7 +123,7 @@ def tokenizer_bytes_subprocess(model_cfg: dict, timeout_s: float = 120.0) -> int
 
 def device_memory_rows(spec: Any, seed: int = 0) -> list:
     """Fig. 8 rows: measured embedding-module bytes and tokenizer RSS growth (when a tokenizer exists)."""
-    from bench.api import Row
+    from protocols.contract import Row
 
     emb = materialized_embedding(spec, seed)
     rows = [Row("device_embedding", "memory", float(module_bytes(emb)))]
@@ -142,7 +142,7 @@ def _main() -> None:
     from transformers import AutoTokenizer, ViTImageProcessor  # noqa: F401
     from transformers.tokenization_utils_tokenizers import PreTrainedTokenizerFast  # noqa: F401
 
-    from bench.models import load_tokenizer
+    from protocols.models import load_tokenizer
 
     cfg = json.loads(sys.argv[1])
     tok, delta = measure_rss_delta(lambda: load_tokenizer(cfg))

@@ -1,6 +1,6 @@
-"""The cloud process: a TCP server that runs a handler object on requests in stip.wire frames.
+"""The cloud process: a TCP server that runs a handler object on requests in transport.wire frames.
 
-Started by `bench.runtime.client.CloudProcess` as ``python -m bench.runtime --ready-fd N``.
+Started by `transport.client.CloudProcess` as ``python -m transport --ready-fd N``.
 Its configuration arrives as the first line of stdin (JSON: factory, kwargs, network, host, port,
 max_message_bytes, frame_timeout_s, sys_path, log_level); it then builds the handler with
 ``factory(**kwargs)`` ("pkg.module:function"), binds the socket and writes one JSON line to fd N:
@@ -28,9 +28,9 @@ import time
 import traceback
 from typing import Any, Callable
 
-from bench.runtime.framing import ConnectionClosed, TruncatedFrame, recv_frame
-from bench.runtime.link import EmulatedLink, profile_from_dict
-from stip.wire import (DEFAULT_MAX_MESSAGE_BYTES, KIND_ERROR, KIND_RESULT, MessageTooLarge, WireError,
+from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
+from transport.link import EmulatedLink, profile_from_dict
+from transport.wire import (DEFAULT_MAX_MESSAGE_BYTES, KIND_ERROR, KIND_RESULT, MessageTooLarge, WireError,
                        decode_body, encode_message)
 
 log = logging.getLogger(__name__)

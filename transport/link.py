@@ -12,10 +12,38 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from bench.api import NetworkProfile
-from bench.runtime.framing import ByteCounter, send_bytes
+from transport.framing import ByteCounter, send_bytes
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    """A link as data; modelled time = rounds x RTT + bytes / bandwidth (per direction)."""
+
+    name: str
+    bandwidth_bps: float | None  # None: no link (same host, nothing modelled)
+    rtt_s: float
+    source: str = ""
+    assumed: bool = False  # True where the source gives no bandwidth and we chose one
+
+    def transfer_time(self, n_bytes: float) -> float:
+        """Serialisation time of `n_bytes` on this link (one direction)."""
+        return 0.0 if not self.bandwidth_bps else 8.0 * n_bytes / self.bandwidth_bps
+
+    def time(self, rounds: float, n_bytes: float) -> float:
+        """Modelled link time of `rounds` round trips carrying `n_bytes` in total."""
+        return rounds * self.rtt_s + self.transfer_time(n_bytes)
+
+
+def network_profile(cfg: Mapping[str, Any]) -> NetworkProfile:
+    """NetworkProfile from a network config mapping (configs/network/*.yaml)."""
+    keys = ("name", "bandwidth_bps", "rtt_s", "source", "assumed")
+    missing = [k for k in ("name", "rtt_s") if k not in cfg]
+    if missing:
+        raise ValueError(f"network config lacks {missing}; see configs/network/*.yaml")
+    return NetworkProfile(**{k: cfg[k] for k in keys if k in cfg})
+
 
 NO_NETWORK = NetworkProfile(name="none", bandwidth_bps=None, rtt_s=0.0, source="no emulation")
 
