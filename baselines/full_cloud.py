@@ -11,16 +11,21 @@ from typing import Any
 
 import torch
 
+from protocols.accuracy import token_agreement_row
+from protocols.base import CloudHandler, SocketProtocol
+from protocols.common import (
+    Stopwatch, configure_threads, greedy_tokens, load_for_cloud, output_bytes, payload_bytes, shape_bytes,
+)
 from protocols.contract import ModelSpec, Row, RunRequest
-from protocols.common import Stopwatch, configure_threads, load_for_cloud, output_bytes, payload_bytes, shape_bytes
-from protocols.base import SocketProtocol
+from transport import CloudProcess
+from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
 
 INPUT_KEYS = ("input_ids", "pixel_values", "attention_mask", "token_type_ids")
 
 
-class FullCloudHandler:
+class FullCloudHandler(CloudHandler):
     """Plain model in the cloud process."""
 
     def __init__(self, checkpoint: str, head: str, threads: int | None = None) -> None:
@@ -33,24 +38,15 @@ class FullCloudHandler:
         if unknown or not ({"input_ids", "pixel_values"} & set(tensors)):
             raise ValueError(f"infer takes input_ids or pixel_values (+ masks); got {sorted(tensors)}")
         with torch.no_grad():
-            out = self.model(**tensors)
-        return {k: v.contiguous() for k, v in out.items() if isinstance(v, torch.Tensor)}, {}
+            return self.reply(self.model(**tensors))
 
     def generate(self, tensors: dict[str, torch.Tensor], max_new_tokens: int = 1, **_: Any) -> tuple[dict, dict]:
         """Greedy generation on the cloud with its KV cache; returns tokens and each step's compute time."""
-        ids = tensors["input_ids"]
-        steps, tokens = [], []
-        with torch.no_grad():
-            t = time.perf_counter()
-            out = self.model(input_ids=ids, use_cache=True)
-            for _ in range(int(max_new_tokens)):
-                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                tokens.append(nxt)
-                steps.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                if len(tokens) < int(max_new_tokens):
-                    out = self.model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
-        return {"tokens": torch.cat(tokens, dim=1), "step_times": torch.tensor(steps, dtype=torch.float64)}, {}
+        marks = [time.perf_counter()]
+        tokens = greedy_tokens(self.model, tensors["input_ids"], int(max_new_tokens),
+                               on_token=lambda step: marks.append(time.perf_counter()))
+        steps = [b - a for a, b in zip(marks, marks[1:])]
+        return {"tokens": tokens, "step_times": torch.tensor(steps, dtype=torch.float64)}, {}
 
 
 def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None) -> FullCloudHandler:
@@ -61,17 +57,14 @@ def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None) -
 class FullCloudProtocol(SocketProtocol):
     """No privacy: raw inputs up, plaintext outputs down."""
 
-    name = "full_cloud"
     factory = "baselines.full_cloud:make_cloud_handler"
 
     def prepare(self, model: ModelSpec, request: RunRequest) -> dict:
         """Save the plain model as the cloud's checkpoint; the device keeps nothing but inputs."""
-        from protocols.common import workdir
-
         self.plain_model = model.build()
-        ckpt = workdir(request) / "cloud_checkpoint"
+        ckpt = request.workdir / "cloud_checkpoint"
         self.plain_model.save_pretrained(ckpt)
-        return {"checkpoint": str(ckpt), "head": model.extra["head"], "threads": self.cfg.get("cloud_threads")}
+        return {"checkpoint": str(ckpt), "head": model.head, "threads": self.cfg.cloud_threads}
 
     def device_send(self, inputs: dict, sw: Stopwatch) -> tuple[dict, dict]:
         """Raw inputs, as they are."""
@@ -91,13 +84,13 @@ class FullCloudProtocol(SocketProtocol):
             up = shape_bytes((b, s), torch.int64) * (3 if model.model_type == "bert" else 2)
         return up, output_bytes(model, request)
 
-    def generate(self, cloud: Any, model: ModelSpec, request: RunRequest) -> list[Row]:
+    def generate(self, cloud: CloudProcess, model: ModelSpec, network: NetworkProfile,
+                 request: RunRequest) -> list[Row]:
         """One request; the cloud generates all tokens itself (no per-token round trip)."""
         n = int(request.max_new_tokens)
         rows: list[Row] = []
-        for i in range(request.warmup + request.repeats):
-            repeat = i - request.warmup
-            ids = model.make_inputs(request.batch_size, request.seq_len, request.seed + i)["input_ids"]
+        for repeat, seed in request.repeats_with_warmup():
+            ids = model.make_inputs(request.batch_size, request.seq_len, seed)["input_ids"]
             before = cloud.meter.snapshot()
             start = time.perf_counter()
             out, _ = cloud.call("generate", {"input_ids": ids}, {"max_new_tokens": n})
@@ -106,19 +99,27 @@ class FullCloudProtocol(SocketProtocol):
                 continue
             delta = cloud.meter.delta(before, cloud.meter.snapshot())
             steps = out["step_times"].tolist()
-            rows.append(Row("prefill", "latency", steps[0], repeat=repeat, seq_len=request.seq_len))
+            rows.append(Row("prefill", "latency", steps[0], "socket", repeat=repeat, seq_len=request.seq_len))
             for j, t in enumerate(steps[1:], start=1):
-                rows.append(Row("token", "latency", t, repeat=repeat, seq_len=request.seq_len + j))
+                rows.append(Row("token", "latency", t, "socket", repeat=repeat, seq_len=request.seq_len + j))
             decode = steps[1:] or steps
-            rows.append(Row("per_token", "latency", sum(decode) / len(decode), repeat=repeat))
-            rows.append(Row("cloud_compute", "latency", sum(decode) / len(decode), repeat=repeat))
+            rows.append(Row("per_token", "latency", sum(decode) / len(decode), "socket", repeat=repeat))
+            rows.append(Row("cloud_compute", "latency", sum(decode) / len(decode), "socket", repeat=repeat))
             for k in ("uplink", "downlink"):
-                rows.append(Row(k, "latency", cloud.last_timing[k], repeat=repeat))
-            rows.append(Row("uplink", "bytes", delta["bytes_up"], repeat=repeat))
-            rows.append(Row("downlink", "bytes", delta["bytes_down"], repeat=repeat))
-            rows.append(Row("uplink_expected", "bytes", payload_bytes({"input_ids": ids}), repeat=repeat))
-            rows.append(Row("downlink_expected", "bytes", payload_bytes(out), repeat=repeat))
-            rows.append(Row("generate", "latency", total, repeat=repeat))
-            rows.append(Row("generate", "rounds", 1.0, repeat=repeat))
-            rows.append(Row("generate", "throughput", request.batch_size * n / total, repeat=repeat))
+                rows.append(Row(k, "latency", cloud.last_timing[k], "socket", repeat=repeat))
+            rows.append(Row("uplink", "bytes", delta["bytes_up"], "socket", repeat=repeat))
+            rows.append(Row("downlink", "bytes", delta["bytes_down"], "socket", repeat=repeat))
+            rows.append(Row("uplink", "bytes", payload_bytes({"input_ids": ids}), "shapes", repeat=repeat))
+            rows.append(Row("downlink", "bytes", payload_bytes(out), "shapes", repeat=repeat))
+            rows.append(Row("generate", "latency", total, "socket", repeat=repeat))
+            compute = total - cloud.last_timing["uplink"] - cloud.last_timing["downlink"]
+            n_bytes = delta["bytes_up"] + delta["bytes_down"]
+            rows.append(Row("generate", "latency", compute + network.time(1, n_bytes), "modelled", repeat=repeat))
+            rows.append(Row("generate", "bytes", n_bytes, "socket", repeat=repeat))
+            rows.append(Row("generate", "rounds", min(delta["messages_up"], delta["messages_down"]), "socket",
+                            repeat=repeat))
+            rows.append(Row("generate", "throughput", request.batch_size * n / total, "socket", repeat=repeat))
+            if repeat == 0:
+                rows.append(token_agreement_row(out["tokens"], greedy_tokens(self.plain_model, ids, n), repeat,
+                                                "host"))
         return rows

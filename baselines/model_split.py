@@ -7,17 +7,30 @@ the hidden states, and the cloud's first k layers are replaced by pass-throughs.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from protocols.contract import ModelSpec, Row, RunRequest
+from protocols.base import CloudHandler, SocketConfig, SocketProtocol
+from protocols.common import Stopwatch, configure_threads, load_for_cloud, output_bytes, shape_bytes
+from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
 from protocols.memory import embedding_module, module_bytes
-from protocols.common import Stopwatch, configure_threads, load_for_cloud, output_bytes, shape_bytes, spec_dtype
-from protocols.base import SocketProtocol
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSplitConfig(SocketConfig):
+    """`protocol=model_split` (configs/protocol/model_split.yaml)."""
+
+    device_layers: int = 1  # k: transformer layers run on the device (the paper's Fig. 9 sweeps 0..20)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.device_layers < 0:
+            raise ValueError(f"protocol.device_layers={self.device_layers} must be >= 0")
 
 
 class _Captured(Exception):
@@ -63,7 +76,7 @@ def check_split(k: int, n_layers: int) -> int:
     return int(k)
 
 
-class SplitCloudHandler:
+class SplitCloudHandler(CloudHandler):
     """The cloud's part: layers k.. and the head; layers ..k are pass-throughs."""
 
     def __init__(self, checkpoint: str, head: str, device_layers: int, threads: int | None = None) -> None:
@@ -97,7 +110,7 @@ class SplitCloudHandler:
         with torch.no_grad():
             out = self.model(**kwargs)
         self._inject = None
-        return {k: v.contiguous() for k, v in out.items() if isinstance(v, torch.Tensor)}, {}
+        return self.reply(out)
 
 
 def make_cloud_handler(checkpoint: str, head: str, device_layers: int, threads: int | None = None) -> SplitCloudHandler:
@@ -108,23 +121,21 @@ def make_cloud_handler(checkpoint: str, head: str, device_layers: int, threads: 
 class ModelSplitProtocol(SocketProtocol):
     """Plain hidden states after k device layers go up; plain outputs come down."""
 
-    name = "model_split"
-    factory = "baselines.model_split:make_cloud_handler"
+    config_class: ClassVar[type[ProtocolConfig]] = ModelSplitConfig
+    factory: ClassVar[str] = "baselines.model_split:make_cloud_handler"
 
     def prepare(self, model: ModelSpec, request: RunRequest) -> dict:
         """Save the plain model for the cloud; the device hooks its own copy at layer k."""
-        from protocols.common import workdir
-
         self.plain_model = model.build()
         layers = transformer_layers(self.plain_model)
-        self.k = check_split(self.cfg.get("device_layers", 1), len(layers))
+        self.k = check_split(self.cfg.device_layers, len(layers))
         self._hook = layers[self.k].register_forward_pre_hook(self._capture, with_kwargs=True)
-        ckpt = workdir(request) / "cloud_checkpoint"
+        ckpt = request.workdir / "cloud_checkpoint"
         self.plain_model.save_pretrained(ckpt)
         self.device_bytes = module_bytes(embedding_module(self.plain_model)) + sum(
             module_bytes(layers[i]) for i in range(self.k))
-        return {"checkpoint": str(ckpt), "head": model.extra["head"], "device_layers": self.k,
-                "threads": self.cfg.get("cloud_threads")}
+        return {"checkpoint": str(ckpt), "head": model.head, "device_layers": self.k,
+                "threads": self.cfg.cloud_threads}
 
     @staticmethod
     def _capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -158,15 +169,14 @@ class ModelSplitProtocol(SocketProtocol):
         return tensors
 
     def extra_rows(self, model: ModelSpec, request: RunRequest) -> list[Row]:
-        """Measured device memory: embedding plus the k device layers."""
-        return [Row("device_embedding", "memory", float(module_bytes(embedding_module(self.plain_model)))),
-                Row("device_model", "memory", float(self.device_bytes)),
-                Row("split", "device_layers", float(self.k), unit="count")]
+        """Measured device memory: embedding plus the k device layers (k itself is a runs-table column)."""
+        return [Row("device_embedding", "memory", module_bytes(embedding_module(self.plain_model)), "host"),
+                Row("device_model", "memory", self.device_bytes, "host")]
 
     def expected_bytes(self, model: ModelSpec, request: RunRequest) -> tuple[int, int]:
         """Up: hidden states (+ mask); down: full outputs."""
-        b, t = request.batch_size, model.extra["tokens_per_sample"](request.seq_len)
-        up = shape_bytes((b, t, model.extra["hidden_size"]), spec_dtype(model))
+        b, t = request.batch_size, model.tokens_per_sample(request.seq_len)
+        up = shape_bytes((b, t, model.hidden_size), model.torch_dtype)
         if model.model_type != "vit":
             up += shape_bytes((b, request.seq_len), torch.int64)
         return up, output_bytes(model, request)

@@ -1,21 +1,43 @@
 """Random-projection privacy baseline (the paper's Fig. 6): a dense Gaussian matrix instead of a permutation.
 
-Privacy only, no serving: it measures dcor (both conventions) between embeddings and their random
-projection, and between original and projected weights. The same rows are produced for a seeded
-random permutation of the same data (approx = "permutation"), so both bars of Fig. 6 come from one
-run and one data draw. Works for every model size: only the embedding stage is materialised.
+Privacy only, no serving: it measures dcor (both conventions) between embeddings and their transform
+(`transform: random_projection`, or a seeded random permutation of the same data, `transform: permutation`),
+and between original and projected weights. The data draw depends only on the seed, so both bars of
+Fig. 6 come from the same data. Works for every model size: only the embedding stage is materialised.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from protocols.contract import ModelSpec, NetworkProfile, Protocol, Row, RunRequest
+from protocols.contract import ModelSpec, Protocol, ProtocolConfig, Row, RunRequest
 from protocols.memory import materialized_embedding
 from protocols.privacy import dcor_both, dcor_parameters
+from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
+TRANSFORMS = ("random_projection", "permutation")
+
+
+@dataclass
+class RandomProjectionConfig(ProtocolConfig):
+    """`protocol=random_projection` (configs/protocol/random_projection.yaml)."""
+
+    transform: str = "random_projection"  # random_projection | permutation
+    dcor_vectors: int = 16
+    dcor_samples: int = 256
+    param_dcor: bool = False  # parameter dcor rows (Fig. 6a; random_projection only)
+    param_tensors: int = 8  # weight matrices compared for the parameter dcor
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"protocol.transform={self.transform!r}; choose one of {list(TRANSFORMS)}")
+        for name in ("dcor_vectors", "dcor_samples", "param_tensors"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"protocol.{name}={getattr(self, name)} must be >= 1")
 
 
 def projection(d: int, seed: int) -> torch.Tensor:
@@ -41,24 +63,23 @@ def embeddings(model: ModelSpec, request: RunRequest) -> torch.Tensor:
 
 
 class RandomProjectionProtocol(Protocol):
-    """dcor of random projection vs permutation on the same embeddings and weights."""
+    """dcor of a random projection (or a permutation) of the embeddings and weights."""
 
-    name = "random_projection"
+    config_class: ClassVar[type[ProtocolConfig]] = RandomProjectionConfig
+    parallel_safe: ClassVar[bool] = True
 
     def run(self, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:
-        """One dcor row per convention and transform; parameter dcor when the model fits here."""
+        """One dcor row per convention; parameter dcor when asked and the model fits here."""
         e = embeddings(model, request)
         d = e.shape[-1]
-        transforms = {
-            "random_projection": lambda x: x @ projection(d, request.seed),
-            "permutation": lambda x: x[..., permutation(d, request.seed)],
-        }
-        rows: list[Row] = []
-        nv, ns = int(self.cfg.get("dcor_vectors", 16)), int(self.cfg.get("dcor_samples", 256))
-        for approx, f in transforms.items():
-            for metric, v in dcor_both(e, f(e), seed=request.seed, n_vectors=nv, n_samples=ns).items():
-                rows.append(Row("embeddings", metric, v, approx=approx))
-        if request.options.get("param_dcor") and model.extra.get("fits_on_host", True):
+        if self.cfg.transform == "random_projection":
+            moved = e @ projection(d, request.seed)
+        else:
+            moved = e[..., permutation(d, request.seed)]
+        vals = dcor_both(e, moved, seed=request.seed, n_vectors=self.cfg.dcor_vectors,
+                         n_samples=self.cfg.dcor_samples)
+        rows = [Row("embeddings", metric, v, "host") for metric, v in vals.items()]
+        if self.cfg.param_dcor and self.cfg.transform == "random_projection" and model.fits_on_host:
             rows += self.parameter_rows(model, request, d)
         return rows
 
@@ -67,9 +88,8 @@ class RandomProjectionProtocol(Protocol):
         plain = model.build()
         r = projection(d, request.seed + 1)
         rows: list[Row] = []
-        n = 0
         for name, w in plain.state_dict().items():
-            if n >= int(self.cfg.get("param_tensors", 8)) or w.ndim != 2 or "emb" in name or "wte" in name:
+            if len(rows) >= self.cfg.param_tensors or w.ndim != 2 or "emb" in name or "wte" in name:
                 continue
             w = w.float()
             if w.shape[1] == d:
@@ -78,7 +98,6 @@ class RandomProjectionProtocol(Protocol):
                 moved = r.T @ w
             else:
                 continue
-            rows.append(Row("parameters", "dcor", dcor_parameters(w, moved, seed=request.seed), repeat=n,
-                            approx="random_projection"))
-            n += 1
+            rows.append(Row("parameters", "dcor", dcor_parameters(w, moved, seed=request.seed), "host",
+                            repeat=len(rows)))
         return rows

@@ -22,12 +22,12 @@ log = logging.getLogger(__name__)
 
 COLUMNS = [
     "run_id", "experiment", "protocol", "approx", "model", "n_params", "network", "batch_size",
-    "seq_len", "phase", "metric", "value", "unit", "seed", "repeat",
+    "seq_len", "phase", "metric", "source", "value", "unit", "seed", "repeat",
 ]
 DTYPES = {
     "run_id": "string", "experiment": "string", "protocol": "string", "approx": "string",
     "model": "string", "n_params": "Int64", "network": "string", "batch_size": "Int64",
-    "seq_len": "Int64", "phase": "string", "metric": "string", "value": "float64",
+    "seq_len": "Int64", "phase": "string", "metric": "string", "source": "string", "value": "float64",
     "unit": "string", "seed": "Int64", "repeat": "Int64",
 }
 PROVENANCE_PACKAGES = (
@@ -46,13 +46,7 @@ def run_id(key: Mapping[str, Any]) -> str:
 
 def to_frame(rows: Iterable[Row], context: Mapping[str, Any]) -> pd.DataFrame:
     """Protocol rows plus the runner's context -> the typed tidy table."""
-    records = []
-    for r in rows:
-        rec = {**context, **{k: v for k, v in asdict(r).items() if v is not None}}
-        for k in ("batch_size", "seq_len", "approx"):
-            if getattr(r, k) is None:
-                rec[k] = context.get(k)
-        records.append(rec)
+    records = [{**context, **{k: v for k, v in asdict(r).items() if v is not None}} for r in rows]
     return typed(pd.DataFrame.from_records(records, columns=COLUMNS))
 
 
@@ -62,6 +56,12 @@ def typed(df: pd.DataFrame) -> pd.DataFrame:
         if col not in df:
             df[col] = None
     return df[COLUMNS].astype(DTYPES)
+
+
+def with_runs(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Rows with the runs table's link and protocol-parameter columns (bandwidth_bps, rtt_s, protocol.*)."""
+    cols = ["run_id"] + [c for c in runs.columns if c in ("bandwidth_bps", "rtt_s") or c.startswith("protocol.")]
+    return rows.merge(runs[cols].drop_duplicates("run_id"), on="run_id", how="left")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -2,8 +2,9 @@
 
 Layering: stip/ and transport/ below, baselines/ and bench/ above; nothing here imports bench/.
 """
-from protocols.contract import METRIC_UNITS, MPC_PHASES, STIP_PHASES, ModelSpec, Protocol, Row, RunRequest
+from protocols.contract import ModelSpec, Protocol, ProtocolConfig, Row, RunRequest, typed_config
+from protocols.vocabulary import METRICS, MPC_PHASES, PHASES, SOURCES, STIP_PHASES
 from transport.link import NetworkProfile
 
-__all__ = ["METRIC_UNITS", "MPC_PHASES", "STIP_PHASES", "ModelSpec", "NetworkProfile", "Protocol", "Row",
-           "RunRequest"]
+__all__ = ["METRICS", "MPC_PHASES", "PHASES", "SOURCES", "STIP_PHASES", "ModelSpec", "NetworkProfile",
+           "Protocol", "ProtocolConfig", "Row", "RunRequest", "typed_config"]

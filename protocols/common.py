@@ -1,4 +1,4 @@
-"""Device-cloud protocols run over the socket runtime; shared timing, traffic and accuracy helpers.
+"""Helpers every device-cloud protocol shares: phase timer, cloud loading, traffic rows, shape bytes.
 
 Each protocol module holds a `protocols.contract.Protocol` subclass (selected by `_target_` in
 configs/protocol/*.yaml) and the factory of its cloud handler (imported in the cloud process).
@@ -8,12 +8,15 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from protocols.contract import ModelSpec, NetworkProfile, Row, RunRequest
+from protocols.contract import ModelSpec, Row, RunRequest
+from protocols.models import auto_class
+from transport import CloudProcess
+from transport.link import NetworkProfile
+from transport.wire import expected_payload_bytes
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +33,15 @@ class Stopwatch:
         try:
             yield
         finally:
-            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add time measured elsewhere (a wrapped party, the cloud's report) to `name`."""
+        self.times[name] = self.times.get(name, 0.0) + seconds
 
 
 def load_for_cloud(checkpoint: str, head: str) -> torch.nn.Module:
     """Load a saved checkpoint in the cloud process with the stock transformers auto class."""
-    from protocols.models import auto_class
-
     return auto_class(head).from_pretrained(checkpoint).eval()
 
 
@@ -46,63 +51,13 @@ def configure_threads(n: int | None) -> None:
         torch.set_num_threads(int(n))
 
 
-def workdir(request: RunRequest) -> Path:
-    """The run's private folder for checkpoints (the runner passes it in options)."""
-    path = Path(request.options.get("workdir") or Path.cwd() / "outputs" / "scratch")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def output_tensor(outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The tensor accuracy is judged on: logits if present, else the last hidden state."""
-    for key in ("logits", "last_hidden_state"):
-        if key in outputs and outputs[key] is not None:
-            return outputs[key]
-    raise KeyError(f"no logits or last_hidden_state in outputs {sorted(outputs)}")
-
-
-def accuracy_rows(ref: torch.Tensor, got: torch.Tensor, repeat: int) -> list[Row]:
-    """max/sum-of-abs error against the plaintext model, and top-1 agreement along the last axis."""
-    ref, got = ref.detach().float(), got.detach().float()
-    if ref.shape != got.shape:
-        raise ValueError(f"output shape {tuple(got.shape)} differs from plaintext {tuple(ref.shape)}")
-    diff = (ref - got).abs()
-    rows = [
-        Row("output", "max_abs_error", float(diff.max()), repeat=repeat),
-        # The paper's Table 5 "sum of absolute differences": summed over the output vector, averaged over positions.
-        Row("output", "sum_abs_error", float(diff.sum(-1).mean()), repeat=repeat),
-        Row("output", "top1_agreement", float((ref.argmax(-1) == got.argmax(-1)).float().mean()), repeat=repeat),
-    ]
-    return rows
-
-
-def traffic_rows(delta: Mapping[str, float], expected_up: int, expected_down: int, repeat: int,
-                 per: float = 1.0) -> list[Row]:
-    """Socket-counted bytes/messages, shape-expected payload bytes and modelled link time for one request."""
-    return [
-        Row("uplink", "bytes", delta["bytes_up"] / per, repeat=repeat),
-        Row("downlink", "bytes", delta["bytes_down"] / per, repeat=repeat),
-        Row("uplink_expected", "bytes", expected_up / per, repeat=repeat),
-        Row("downlink_expected", "bytes", expected_down / per, repeat=repeat),
-        Row("uplink", "messages", delta["messages_up"] / per, repeat=repeat),
-        Row("downlink", "messages", delta["messages_down"] / per, repeat=repeat),
-        Row("total", "rounds", min(delta["messages_up"], delta["messages_down"]) / per, repeat=repeat),
-        Row("uplink_modelled", "latency", delta["link_time_up"] / per, repeat=repeat),
-        Row("downlink_modelled", "latency", delta["link_time_down"] / per, repeat=repeat),
-    ]
-
-
-def phase_rows(times: Mapping[str, float], repeat: int, per: float = 1.0) -> list[Row]:
-    """Latency rows for each measured phase (divided by `per`, e.g. the number of generated tokens)."""
-    return [Row(name, "latency", t / per, repeat=repeat) for name, t in times.items()]
+def cloud_process(factory: str, kwargs: dict, network: NetworkProfile, request: RunRequest) -> CloudProcess:
+    """Start the cloud party as a separate OS process behind the socket transport."""
+    return CloudProcess(factory, kwargs, network=network, timeout_s=request.cloud_timeout_s)
 
 
 def payload_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
     """Bytes of tensor data a message carries, from shapes and dtypes (the wire module's definition)."""
-    try:
-        from transport.wire import expected_payload_bytes
-    except ImportError:  # pragma: no cover - wire format module not present yet
-        return int(sum(t.numel() * t.element_size() for t in tensors.values()))
     return int(expected_payload_bytes(tensors))
 
 
@@ -114,29 +69,54 @@ def shape_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return n * torch.empty((), dtype=dtype).element_size()
 
 
-def cloud_process(factory: str, kwargs: dict, network: NetworkProfile, request: RunRequest):
-    """Start the cloud party as a separate OS process behind the socket runtime."""
-    from transport import CloudProcess
-
-    timeout = float(request.options.get("cloud_timeout_s", 120))
-    return CloudProcess(factory, kwargs, network=network, timeout_s=timeout)
-
-
-def spec_dtype(model: ModelSpec) -> torch.dtype:
-    """The model's torch dtype from its spec."""
-    from protocols.models import DTYPES
-
-    return DTYPES[model.extra.get("dtype", "float32")]
-
-
 def output_bytes(model: ModelSpec, request: RunRequest) -> int:
     """Payload bytes of the model's full outputs for one forward request, from shapes."""
-    dtype = spec_dtype(model)
-    b, t = request.batch_size, model.extra["tokens_per_sample"](request.seq_len)
-    h = model.extra["hidden_size"]
-    head = model.extra["head"]
-    if head == "causal_lm":
-        return shape_bytes((b, t, model.extra["vocab_size"]), dtype)
-    if head == "image_classification":
-        return shape_bytes((b, model.extra["num_labels"]), dtype)
-    return shape_bytes((b, t, h), dtype) + shape_bytes((b, h), dtype)
+    b, t, h = request.batch_size, model.tokens_per_sample(request.seq_len), model.hidden_size
+    if model.head == "causal_lm":
+        return shape_bytes((b, t, model.vocab_size), model.torch_dtype)
+    if model.head == "image_classification":
+        return shape_bytes((b, model.num_labels), model.torch_dtype)
+    return shape_bytes((b, t, h), model.torch_dtype) + shape_bytes((b, h), model.torch_dtype)
+
+
+def traffic_rows(delta: Mapping[str, float], expected_up: int, expected_down: int, phase: str,
+                 repeat: int) -> list[Row]:
+    """One request's traffic: socket bytes per direction and in total (both sides' sends), request-reply
+    rounds, messages, shape-derived payload bytes and the link time the profile models per direction."""
+    rounds = min(delta["messages_up"], delta["messages_down"])
+    return [
+        Row("uplink", "bytes", delta["bytes_up"], "socket", repeat=repeat),
+        Row("downlink", "bytes", delta["bytes_down"], "socket", repeat=repeat),
+        Row(phase, "bytes", delta["bytes_up"] + delta["bytes_down"], "socket", repeat=repeat),
+        Row("uplink", "bytes", expected_up, "shapes", repeat=repeat),
+        Row("downlink", "bytes", expected_down, "shapes", repeat=repeat),
+        Row("uplink", "messages", delta["messages_up"], "socket", repeat=repeat),
+        Row("downlink", "messages", delta["messages_down"], "socket", repeat=repeat),
+        Row(phase, "rounds", rounds, "socket", repeat=repeat),
+        Row("uplink", "latency", delta["link_time_up"], "modelled", repeat=repeat),
+        Row("downlink", "latency", delta["link_time_down"], "modelled", repeat=repeat),
+    ]
+
+
+def modelled_total(compute_s: float, delta: Mapping[str, float], network: NetworkProfile, phase: str,
+                   repeat: int) -> Row:
+    """End-to-end latency on the profile: measured compute + rounds x RTT + bytes / bandwidth (one formula)."""
+    rounds = min(delta["messages_up"], delta["messages_down"])
+    return Row(phase, "latency", compute_s + network.time(rounds, delta["bytes_up"] + delta["bytes_down"]),
+               "modelled", repeat=repeat)
+
+
+def greedy_tokens(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
+                  on_token: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Greedy tokens of a plaintext causal LM with its own KV cache; `on_token(step)` after each choice."""
+    with torch.no_grad():
+        out = model(input_ids=input_ids, use_cache=True)
+        tokens = []
+        for step in range(max_new_tokens):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(nxt)
+            if on_token is not None:
+                on_token(step)
+            if step + 1 < max_new_tokens:
+                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+    return torch.cat(tokens, dim=1)

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
+import subprocess
+import sys
 from typing import Any, Callable
 
+import psutil
 import torch
 from torch import nn
+
+from protocols.contract import ModelSpec, Row
+from protocols.models import auto_class, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +61,6 @@ def embedding_shape_bytes(config: Any, dtype: torch.dtype, model_type: str) -> i
 
 def rss_bytes() -> int:
     """Resident set size of this process."""
-    import psutil
-
     return psutil.Process(os.getpid()).memory_info().rss
 
 
@@ -68,22 +73,12 @@ def measure_rss_delta(load: Callable[[], Any]) -> tuple[Any, int]:
     return obj, max(rss_bytes() - before, 0)
 
 
-def tokenizer_bytes(load: Callable[[], Any]) -> int | None:
-    """Measured RSS growth of loading the tokenizer, or None when no tokenizer is available offline."""
-    tok, delta = measure_rss_delta(load)
-    if tok is None:
-        return None
-    return delta
-
-
-def materialized_embedding(spec: Any, seed: int = 0) -> nn.Module:
+def materialized_embedding(spec: ModelSpec, seed: int = 0) -> nn.Module:
     """The model's embedding stage as real CPU tensors, without building the rest (works for 70B shapes)."""
-    from protocols.models import DTYPES, auto_class
-
-    if spec.extra.get("weights", "random") != "random":  # real weights: small models, build them
+    if spec.weights != "random":  # real weights: small models, build them
         return embedding_module(spec.build())
     with torch.device("meta"):
-        model = auto_class(spec.extra["head"]).from_config(spec.config)
+        model = auto_class(spec.head).from_config(spec.config)
     emb = embedding_module(model)
     emb.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
@@ -101,51 +96,41 @@ def materialized_embedding(spec: Any, seed: int = 0) -> nn.Module:
                 b.zero_()
             else:
                 b.copy_(torch.arange(b.shape[-1]).expand_as(b) if b.ndim else b.zero_())
-    return emb.to(DTYPES[spec.extra.get("dtype", "float32")])
+    return emb.to(spec.torch_dtype)
 
 
-def tokenizer_bytes_subprocess(model_cfg: dict, timeout_s: float = 120.0) -> int | None:
-    """RSS growth of loading the model's tokenizer, measured in a fresh process (no caches shared)."""
-    import json
-    import subprocess
-    import sys
-
-    if not model_cfg.get("tokenizer"):
+def tokenizer_bytes_subprocess(kind: str | None, image_size: int = 224, timeout_s: float = 120.0) -> int | None:
+    """RSS growth of loading the tokenizer `kind`, measured in a fresh process (no caches shared)."""
+    if not kind:
         return None
-    proc = subprocess.run([sys.executable, "-m", "protocols.memory", json.dumps(model_cfg)], capture_output=True,
-                          text=True, timeout=timeout_s, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run([sys.executable, "-m", "protocols.memory", json.dumps([kind, image_size])],
+                          capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
-        log.warning("tokenizer memory of %s not measured: %s", model_cfg.get("name"), proc.stderr[-500:])
+        log.warning("tokenizer memory of %s not measured: %s", kind, proc.stderr[-500:])
         return None
     value = json.loads(proc.stdout.strip().splitlines()[-1])["tokenizer_bytes"]
     return None if value is None else int(value)
 
 
-def device_memory_rows(spec: Any, seed: int = 0) -> list:
+def device_memory_rows(spec: ModelSpec, seed: int = 0) -> list[Row]:
     """Fig. 8 rows: measured embedding-module bytes and tokenizer RSS growth (when a tokenizer exists)."""
-    from protocols.contract import Row
-
     emb = materialized_embedding(spec, seed)
-    rows = [Row("device_embedding", "memory", float(module_bytes(emb)))]
-    tok = tokenizer_bytes_subprocess(spec.extra["cfg"])
+    rows = [Row("device_embedding", "memory", module_bytes(emb), "host")]
+    size = int(getattr(spec.config, "image_size", 224) or 224)
+    tok = tokenizer_bytes_subprocess(spec.tokenizer, size)
     if tok is not None:
-        rows.append(Row("device_tokenizer", "memory", float(tok)))
+        rows.append(Row("device_tokenizer", "memory", tok, "host"))
     return rows
 
 
 def _main() -> None:
     """Child process of tokenizer_bytes_subprocess: load the tokenizer, print the RSS growth as JSON."""
-    import json
-    import sys
-
     # Import the loaders (and the libraries behind them) before the baseline: count the tokenizer, not code.
     from transformers import AutoTokenizer, ViTImageProcessor  # noqa: F401
     from transformers.tokenization_utils_tokenizers import PreTrainedTokenizerFast  # noqa: F401
 
-    from protocols.models import load_tokenizer
-
-    cfg = json.loads(sys.argv[1])
-    tok, delta = measure_rss_delta(lambda: load_tokenizer(cfg))
+    kind, image_size = json.loads(sys.argv[1])
+    tok, delta = measure_rss_delta(lambda: load_tokenizer(kind, image_size))
     print(json.dumps({"tokenizer_bytes": None if tok is None else delta}))
 
 

@@ -1,8 +1,8 @@
-"""Model specs from configs/model/*.yaml: published shapes with random weights, or the two real-weight models.
+"""Model specs from model config mappings: published shapes with random weights, or the two real-weight models.
 
 Every architecture is built from the published config values kept in the yaml (no hub access);
 `n_layers` and `dtype` overrides let big shapes run at CPU size, and models that do not fit this
-host still give exact shape-derived figures (traffic, embedding memory) through `ModelSpec.extra`.
+host still give exact shape-derived figures (traffic, embedding memory) from the typed ModelSpec.
 """
 from __future__ import annotations
 
@@ -154,24 +154,18 @@ def load_smollm2() -> tuple[Any, Any | None]:
     return model, tokenizer
 
 
-def load_tokenizer(cfg: Mapping[str, Any]) -> Any | None:
+def load_tokenizer(kind: str | None, image_size: int = 224) -> Any | None:
     """The device-side tokenizer or image processor when one is available offline, else None."""
-    kind = cfg.get("tokenizer")
+    from transformers import AutoTokenizer, ViTImageProcessor
+
     try:
         if kind == "minilm":
-            from transformers import AutoTokenizer
-
             return AutoTokenizer.from_pretrained(minilm_path())
         if kind == "smollm2":
-            from transformers import AutoTokenizer
-
             return AutoTokenizer.from_pretrained(smollm2_path())
         if kind == "vit_image_processor":
-            from transformers import ViTImageProcessor
-
-            size = int((cfg.get("config") or {}).get("image_size", 224))
-            return ViTImageProcessor(size={"height": size, "width": size})
-    except Exception as e:  # noqa: BLE001
+            return ViTImageProcessor(size={"height": image_size, "width": image_size})
+    except Exception as e:  # noqa: BLE001 - an unavailable tokenizer is reported, not fatal
         log.warning("tokenizer %s not loadable: %s", kind, e)
     return None
 
@@ -212,49 +206,23 @@ def _make_inputs(cfg: Mapping[str, Any], config: Any):
     return make
 
 
-def tokens_per_sample(cfg: Mapping[str, Any], config: Any, seq_len: int) -> int:
-    """Sequence length the model really processes: seq_len for text, patches + CLS for ViT."""
-    if cfg["model_type"] == "vit":
-        return (config.image_size // config.patch_size) ** 2 + 1
-    return seq_len
-
-
 def build_spec(cfg: Mapping[str, Any], seed: int = 0) -> ModelSpec:
-    """A ModelSpec from a model config; `extra` carries the shape facts every protocol may need."""
-    from omegaconf import DictConfig, OmegaConf
-
-    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    """A typed ModelSpec from a model config mapping (configs/model/*.yaml)."""
+    cfg = dict(cfg)
     if cfg.get("model_type") is None:
-        raise ValueError(f"model config {cfg.get('name')!r} has no model_type")
+        raise ValueError(f"model config {cfg.get('name')!r} has no model_type; see configs/model/*.yaml")
     config = hf_config(cfg)
     n_params = count_params(cfg)
     dtype = cfg.get("dtype", "float32")
     fits = fits_on_host(n_params, dtype)
-    extra = {
-        "cfg": cfg,
-        "dtype": dtype,
-        "head": cfg.get("head", "causal_lm"),
-        "weights": cfg.get("weights", "random"),
-        "hidden_size": config.hidden_size,
-        "vocab_size": getattr(config, "vocab_size", None),
-        "num_labels": getattr(config, "num_labels", None),
-        "n_layers": config.num_hidden_layers,
-        "fits_on_host": fits,
-        "source": cfg.get("source", ""),
-        "tokens_per_sample": lambda seq_len: tokens_per_sample(cfg, config, seq_len),
-        "load_tokenizer": lambda: load_tokenizer(cfg),
-    }
     if not fits:
         log.warning(
             "model %s (%d params, %s) does not fit this host; only shape-derived figures will be produced",
             cfg["name"], n_params, dtype,
         )
     return ModelSpec(
-        name=cfg["name"],
-        model_type=cfg["model_type"],
-        build=lambda: _build(cfg, seed),
-        make_inputs=_make_inputs(cfg, config),
-        n_params=n_params,
-        config=config,
-        extra=extra,
+        name=cfg["name"], model_type=cfg["model_type"], build=lambda: _build(cfg, seed),
+        make_inputs=_make_inputs(cfg, config), config=config, head=cfg.get("head", "causal_lm"), dtype=dtype,
+        weights=cfg.get("weights", "random"), n_params=n_params, fits_on_host=fits, tokenizer=cfg.get("tokenizer"),
+        source=cfg.get("source", ""),
     )

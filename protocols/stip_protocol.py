@@ -8,30 +8,54 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
-from protocols.contract import ModelSpec, Row, RunRequest
-from protocols.memory import embedding_module, module_bytes
-from protocols.privacy import dcor_both, dcor_parameters
+import stip
+from protocols.accuracy import token_agreement_row
+from protocols.base import CloudHandler, SocketConfig, SocketProtocol
 from protocols.common import (
-    Stopwatch, configure_threads, load_for_cloud, output_bytes, payload_bytes, shape_bytes, spec_dtype,
+    Stopwatch, configure_threads, greedy_tokens, load_for_cloud, output_bytes, payload_bytes, shape_bytes,
 )
-from protocols.base import SocketProtocol, mean_steps
+from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
+from protocols.memory import device_memory_rows, embedding_module, module_bytes
+from protocols.privacy import dcor_both, dcor_parameters
+from protocols.vocabulary import STIP_PHASES
+from transport import CloudProcess
+from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
+RETURN_MODES = ("full", "topk")
 
-DEVICE_KEYS = ("device_embed", "device_permute", "uplink", "cloud_compute", "downlink", "device_recover")
+
+@dataclass
+class StipConfig(SocketConfig):
+    """`protocol=stip` (configs/protocol/stip.yaml)."""
+
+    return_mode: str = "full"  # generation: full permuted logits per token, or the top-k only
+    top_k: int = 5  # k of return_mode=topk
+    log_dcor: bool = True  # dcor rows between plaintext embeddings and the uplink tensor
+    dcor_vectors: int = 16  # vectors averaged in the per-vector convention
+    dcor_samples: int = 256  # rows kept in the sample-wise convention
+    param_dcor: bool = False  # parameter dcor rows (Fig. 6a)
+    param_tensors: int = 8  # weight matrices compared for the parameter dcor
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.return_mode not in RETURN_MODES:
+            raise ValueError(f"protocol.return_mode={self.return_mode!r}; choose one of {list(RETURN_MODES)}")
+        for name in ("top_k", "dcor_vectors", "dcor_samples", "param_tensors"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"protocol.{name}={getattr(self, name)} must be >= 1")
 
 
-class StipCloudHandler:
+class StipCloudHandler(CloudHandler):
     """The model server in the cloud process: transformed weights only, one KV cache per session."""
 
     def __init__(self, checkpoint: str, head: str, threads: int | None = None) -> None:
-        import stip
-
         configure_threads(threads)
         self.server = stip.ModelServer(load_for_cloud(checkpoint, head))
 
@@ -42,7 +66,7 @@ class StipCloudHandler:
         if "inputs_embeds" not in tensors:
             raise ValueError(f"infer needs an 'inputs_embeds' tensor, got {sorted(tensors)}")
         out = self.server.infer(**tensors, session=session, last_only=bool(last_only), top_k=top_k, key_id=key_id)
-        return {k: v.contiguous() for k, v in out.items() if isinstance(v, torch.Tensor)}, {}
+        return self.reply(out)
 
     def open_session(self, tensors: dict, **_: Any) -> tuple[dict, dict]:
         """Start a generation session (KV cache kept here)."""
@@ -63,17 +87,23 @@ def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None) -
 class RemoteModelServer:
     """A `stip.ModelServer` look-alike whose every call crosses the socket; records per-call timings."""
 
-    def __init__(self, cloud: Any) -> None:
+    def __init__(self, cloud: CloudProcess) -> None:
         self.cloud = cloud
-        self.calls: list[dict[str, float]] = []
+        self.calls: list[dict[str, float]] = []  # infer calls: link/compute timings, socket and shape bytes
+        self.link_s = 0.0  # measured uplink + downlink time of every call (sessions included)
+
+    def _call(self, op: str, tensors: dict, meta: dict) -> tuple[dict, dict]:
+        out = self.cloud.call(op, tensors, meta)
+        self.link_s += self.cloud.last_timing["uplink"] + self.cloud.last_timing["downlink"]
+        return out
 
     def open_session(self) -> str:
         """Open a KV-cache session on the cloud."""
-        return self.cloud.call("open_session", {}, {})[1]["session"]
+        return self._call("open_session", {}, {})[1]["session"]
 
     def close_session(self, session: str) -> None:
         """Close a session on the cloud."""
-        self.cloud.call("close_session", {}, {"session": session})
+        self._call("close_session", {}, {"session": session})
 
     def infer(self, inputs_embeds: torch.Tensor, session: str | None = None, last_only: bool = False,
               top_k: int | None = None, key_id: str | None = None,
@@ -84,12 +114,12 @@ class RemoteModelServer:
         meta = {"session": session, "last_only": bool(last_only), "top_k": int(top_k) if top_k else None,
                 "key_id": key_id}
         before = self.cloud.meter.snapshot()
-        out, _ = self.cloud.call("infer", tensors, meta)
+        out, _ = self._call("infer", tensors, meta)
         delta = self.cloud.meter.delta(before, self.cloud.meter.snapshot())
-        self.calls.append({**{k: v for k, v in self.cloud.last_timing.items()},
-                           "bytes_up": delta["bytes_up"], "bytes_down": delta["bytes_down"],
-                           "link_time_up": delta["link_time_up"], "link_time_down": delta["link_time_down"],
-                           "expected_up": payload_bytes(tensors), "expected_down": payload_bytes(out)})
+        self.calls.append({**self.cloud.last_timing, "bytes_up": delta["bytes_up"],
+                           "bytes_down": delta["bytes_down"], "link_time_up": delta["link_time_up"],
+                           "link_time_down": delta["link_time_down"], "expected_up": payload_bytes(tensors),
+                           "expected_down": payload_bytes(out)})
         return out
 
 
@@ -113,8 +143,6 @@ class TimedDataOwner:
 
     def request(self, inputs: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
         """The library's request builder, with this wrapper's timed embed and permute."""
-        import stip
-
         return stip.DataOwner.request(self, inputs, **kwargs)
 
     def embed(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
@@ -149,34 +177,18 @@ class TimedDataOwner:
         return out
 
 
-def greedy_reference(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-    """Greedy tokens of the plaintext model with its own KV cache (the accuracy reference)."""
-    with torch.no_grad():
-        out = model(input_ids=input_ids, use_cache=True)
-        tokens = []
-        for _ in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            tokens.append(nxt)
-            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
-    return torch.cat(tokens, dim=1)
-
-
 class StipProtocol(SocketProtocol):
     """STIP: permuted embeddings up, permuted outputs down; the cloud never sees pi or pi_c."""
 
-    name = "stip"
-    factory = "protocols.stip_protocol:make_cloud_handler"
+    config_class: ClassVar[type[ProtocolConfig]] = StipConfig
+    factory: ClassVar[str] = "protocols.stip_protocol:make_cloud_handler"
 
     def prepare(self, model: ModelSpec, request: RunRequest) -> dict:
         """Transform the model, save the cloud's checkpoint in the run folder, keep the device's part."""
-        import stip
-
-        from protocols.common import workdir
-
         plain = model.build()
         developer = stip.ModelDeveloper(plain, seed=request.seed)
         cloud_model = developer.cloud_model()
-        ckpt = workdir(request) / "cloud_checkpoint"
+        ckpt = request.workdir / "cloud_checkpoint"
         cloud_model.save_pretrained(ckpt)
         self.developer = developer
         self.device = developer.data_owner()
@@ -184,21 +196,10 @@ class StipProtocol(SocketProtocol):
         self.cloud_model = cloud_model
         self._sent: tuple[torch.Tensor, torch.Tensor] | None = None
         self._input_ids: torch.Tensor | None = None
-        return {"checkpoint": str(ckpt), "head": model.extra["head"], "threads": self.cfg.get("cloud_threads")}
-
-    def run(self, model: ModelSpec, network: Any, request: RunRequest) -> list[Row]:
-        """As every socket protocol; generation rows are labelled with the return mode (approx column)."""
-        rows = super().run(model, network, request)
-        if request.task == "generate":
-            top_k = request.options.get("top_k") if request.options.get("return") == "topk" else None
-            for r in rows:
-                r.approx = r.approx or (f"return_topk{top_k}" if top_k else "return_full")
-        return rows
+        return {"checkpoint": str(ckpt), "head": model.head, "threads": self.cfg.cloud_threads}
 
     def memory_rows(self, model: ModelSpec, request: RunRequest) -> list[Row]:
         """The device's footprint (Fig. 8): embedding module materialised and measured, tokenizer RSS."""
-        from protocols.memory import device_memory_rows
-
         return device_memory_rows(model, request.seed)
 
     def device_send(self, inputs: dict, sw: Stopwatch) -> tuple[dict, dict]:
@@ -208,7 +209,7 @@ class StipProtocol(SocketProtocol):
         with torch.no_grad():
             request = device.request(inputs[key], **{k: v for k, v in inputs.items() if k != key})
         for phase in ("device_embed", "device_permute"):
-            sw.times[phase] = sw.times.get(phase, 0.0) + device.steps[-1][phase]
+            sw.add(phase, device.steps[-1][phase])
         self._sent = (device.last_embeddings, request["inputs_embeds"])
         self._input_ids = inputs.get("input_ids")  # a decoder classifier pools on the device
         tensors = {k: v.contiguous() for k, v in request.items() if isinstance(v, torch.Tensor)}
@@ -222,46 +223,38 @@ class StipProtocol(SocketProtocol):
 
     def privacy_rows(self, repeat: int) -> list[Row]:
         """dcor between the plaintext embeddings and what crossed the wire (both conventions)."""
-        if self._sent is None or repeat != 0 or not self.cfg.get("log_dcor", True):
+        if self._sent is None or repeat != 0 or not self.cfg.log_dcor:
             return []
         e, x = self._sent
-        vals = dcor_both(e, x, seed=repeat, n_vectors=int(self.cfg.get("dcor_vectors", 16)),
-                         n_samples=int(self.cfg.get("dcor_samples", 256)))
-        return [Row("uplink", metric, v, repeat=repeat) for metric, v in vals.items()]
+        vals = dcor_both(e, x, seed=repeat, n_vectors=self.cfg.dcor_vectors, n_samples=self.cfg.dcor_samples)
+        return [Row("embeddings", metric, v, "host", repeat=repeat) for metric, v in vals.items()]
 
     def extra_rows(self, model: ModelSpec, request: RunRequest) -> list[Row]:
         """Measured on-device memory (embedding module) and, on request, parameter dcor (Fig. 6a)."""
-        rows = [Row("device_embedding", "memory", module_bytes(embedding_module(self.plain_model)))]
-        if request.options.get("param_dcor"):
+        rows = [Row("device_embedding", "memory", module_bytes(embedding_module(self.plain_model)), "host")]
+        if self.cfg.param_dcor:
             rows += parameter_dcor_rows(self.plain_model.state_dict(), self.cloud_model.state_dict(),
-                                        int(request.options.get("param_dcor_max", 8)), request.seed)
+                                        self.cfg.param_tensors, request.seed)
         return rows
 
     def expected_bytes(self, model: ModelSpec, request: RunRequest) -> tuple[int, int]:
         """Up: permuted embeddings (+ mask); down: full logits or hidden states."""
-        dtype = spec_dtype(model)
-        b, t = request.batch_size, model.extra["tokens_per_sample"](request.seq_len)
-        h = model.extra["hidden_size"]
-        up = shape_bytes((b, t, h), dtype)
+        b, t = request.batch_size, model.tokens_per_sample(request.seq_len)
+        up = shape_bytes((b, t, model.hidden_size), model.torch_dtype)
         if model.model_type != "vit":
             up += shape_bytes((b, t), torch.int64) * (2 if model.model_type == "bert" else 1)
-        down = output_bytes(model, request)
-        return up, down
+        return up, output_bytes(model, request)
 
-    def generate(self, cloud: Any, model: ModelSpec, request: RunRequest) -> list[Row]:
+    def generate(self, cloud: CloudProcess, model: ModelSpec, network: NetworkProfile,
+                 request: RunRequest) -> list[Row]:
         """Greedy generation with one round trip per token; per-token latency and breakdown rows."""
-        import stip
-
-        if model.extra["head"] != "causal_lm":
-            raise ValueError(f"task generate needs a causal LM; model {model.name!r} has head {model.extra['head']!r}")
-        top_k = request.options.get("top_k") if request.options.get("return") == "topk" else None
+        if model.head != "causal_lm":
+            raise ValueError(f"task generate needs a causal LM; model {model.name!r} has head {model.head!r}")
+        top_k = self.cfg.top_k if self.cfg.return_mode == "topk" else None
         n = int(request.max_new_tokens)
-        if n < 1:
-            raise ValueError("task generate needs run.max_new_tokens >= 1")
         rows: list[Row] = []
-        for i in range(request.warmup + request.repeats):
-            repeat = i - request.warmup
-            ids = model.make_inputs(request.batch_size, request.seq_len, request.seed + i)["input_ids"]
+        for repeat, seed in request.repeats_with_warmup():
+            ids = model.make_inputs(request.batch_size, request.seq_len, seed)["input_ids"]
             device, server = TimedDataOwner(self.device), RemoteModelServer(cloud)
             token_times: list[float] = []
             bar = tqdm(total=n, desc=f"generate {model.name}", unit="tok", leave=False, disable=n < 16)
@@ -270,6 +263,7 @@ class StipProtocol(SocketProtocol):
                 token_times.append(time.perf_counter())
                 bar.update(1)
 
+            before = cloud.meter.snapshot()
             start = time.perf_counter()
             with torch.no_grad():
                 tokens = stip.generate(device, server, ids, n, do_sample=False, return_topk=top_k, on_token=on_token)
@@ -277,24 +271,47 @@ class StipProtocol(SocketProtocol):
             bar.close()
             if repeat < 0:
                 continue
+            delta = cloud.meter.delta(before, cloud.meter.snapshot())
             rows += generation_rows(device.steps, server.calls, token_times, start, end, request, repeat)
-            if top_k:
-                vocab = model.extra["vocab_size"]
-                full = shape_bytes((request.batch_size, 1, vocab), spec_dtype(model))
-                rows.append(Row("downlink_full_expected", "bytes", full, repeat=repeat))
+            rows += generation_totals(end - start, end - start - server.link_s, delta, network, request, repeat)
             if repeat == 0:
-                ref = greedy_reference(self.plain_model, ids, n)
-                new = torch.as_tensor(tokens)[:, -n:] if torch.as_tensor(tokens).shape[-1] >= n else tokens
-                rows.append(Row("output", "top1_agreement", float((new == ref).float().mean()), repeat=repeat))
+                reference = greedy_tokens(self.plain_model, ids, n)
+                rows.append(token_agreement_row(torch.as_tensor(tokens)[:, -n:], reference, repeat, "host"))
         return rows
+
+
+def generation_totals(wall_s: float, compute_s: float, delta: dict, network: NetworkProfile, request: RunRequest,
+                      repeat: int) -> list[Row]:
+    """Phase `generate`: the whole request's latency (socket and modelled), bytes both sides sent, rounds."""
+    rounds = min(delta["messages_up"], delta["messages_down"])
+    n_bytes = delta["bytes_up"] + delta["bytes_down"]
+    return [
+        Row("generate", "latency", wall_s, "socket", repeat=repeat),
+        Row("generate", "latency", compute_s + network.time(rounds, n_bytes), "modelled", repeat=repeat),
+        Row("generate", "bytes", n_bytes, "socket", repeat=repeat),
+        Row("generate", "rounds", rounds, "socket", repeat=repeat),
+        Row("generate", "throughput", request.batch_size * request.max_new_tokens / wall_s, "socket",
+            repeat=repeat),
+    ]
+
+
+def mean_steps(steps: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, float]:
+    """Mean per step of each key present in the steps."""
+    out: dict[str, float] = {}
+    for k in keys:
+        vals = [s[k] for s in steps if k in s]
+        if vals:
+            out[k] = sum(vals) / len(vals)
+    return out
 
 
 def generation_rows(steps: list[dict], calls: list[dict], token_times: list[float], start: float, end: float,
                     request: RunRequest, repeat: int) -> list[Row]:
-    """Per-token latency (phase `token`, seq_len = context length), mean breakdown of decode steps, totals.
+    """Per-token latency (phase `token`, seq_len = context length) and the mean breakdown of decode steps.
 
     Token i's latency runs from token i-1's choice to token i's (prefill: from the first embedding);
-    the phase breakdown pairs the i-th device encode with the i-th cloud call.
+    the phase breakdown pairs the i-th device encode with the i-th cloud call; per-call traffic rows
+    (uplink, downlink) are means over decode calls.
     """
     rows: list[Row] = []
     steps = [{**step, **call} for step, call in zip(steps, calls)]  # a trailing encode with no call is dropped
@@ -303,28 +320,26 @@ def generation_rows(steps: list[dict], calls: list[dict], token_times: list[floa
     for i, step in enumerate(steps[: len(token_times)]):
         step["total"] = bounds[i + 1] - bounds[i]
     if token_times:
-        rows.append(Row("prefill", "latency", token_times[0] - first, repeat=repeat, seq_len=request.seq_len))
+        rows.append(Row("prefill", "latency", token_times[0] - first, "socket", repeat=repeat,
+                        seq_len=request.seq_len))
     for i in range(1, len(token_times)):
-        rows.append(Row("token", "latency", token_times[i] - token_times[i - 1], repeat=repeat,
+        rows.append(Row("token", "latency", token_times[i] - token_times[i - 1], "socket", repeat=repeat,
                         seq_len=request.seq_len + i))
-    n = len(token_times)
     decode = steps[1:] or steps
-    means = mean_steps(decode, DEVICE_KEYS + ("total", "bytes_up", "bytes_down", "link_time_up",
+    means = mean_steps(decode, STIP_PHASES + ("total", "bytes_up", "bytes_down", "link_time_up",
                                               "link_time_down", "expected_up", "expected_down"))
-    for k in DEVICE_KEYS:
+    for k in STIP_PHASES:
         if k in means:
-            rows.append(Row(k, "latency", means[k], repeat=repeat))
-    rows.append(Row("per_token", "latency", means.get("total", 0.0), repeat=repeat))
-    for k, phase in (("bytes_up", "uplink"), ("bytes_down", "downlink"), ("expected_up", "uplink_expected"),
-                     ("expected_down", "downlink_expected")):
-        if k in means:
-            rows.append(Row(phase, "bytes", means[k], repeat=repeat))
-    for k, phase in (("link_time_up", "uplink_modelled"), ("link_time_down", "downlink_modelled")):
-        if k in means:
-            rows.append(Row(phase, "latency", means[k], repeat=repeat))
-    rows.append(Row("generate", "latency", end - start, repeat=repeat))
-    rows.append(Row("generate", "rounds", float(len(calls)), repeat=repeat))
-    rows.append(Row("generate", "throughput", request.batch_size * n / (end - start), repeat=repeat))
+            rows.append(Row(k, "latency", means[k], "socket" if k in ("uplink", "cloud_compute", "downlink")
+                            else "host", repeat=repeat))
+    rows.append(Row("per_token", "latency", means.get("total", 0.0), "socket", repeat=repeat))
+    for key, phase, source in (("bytes_up", "uplink", "socket"), ("bytes_down", "downlink", "socket"),
+                               ("expected_up", "uplink", "shapes"), ("expected_down", "downlink", "shapes")):
+        if key in means:
+            rows.append(Row(phase, "bytes", means[key], source, repeat=repeat))
+    for key, phase in (("link_time_up", "uplink"), ("link_time_down", "downlink")):
+        if key in means:
+            rows.append(Row(phase, "latency", means[key], "modelled", repeat=repeat))
     return rows
 
 
@@ -334,5 +349,6 @@ def parameter_dcor_rows(original: dict, transformed: dict, max_tensors: int, see
     names = [k for k, v in original.items() if v.ndim == 2 and k in transformed
              and transformed[k].shape == v.shape and "embed" not in k and "wte" not in k and "wpe" not in k]
     for j, name in enumerate(names[:max_tensors]):
-        rows.append(Row("parameters", "dcor", dcor_parameters(original[name], transformed[name], seed=seed), repeat=j))
+        rows.append(Row("parameters", "dcor", dcor_parameters(original[name], transformed[name], seed=seed), "host",
+                        repeat=j))
     return rows

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from protocols.contract import NetworkProfile
+from transport.link import NetworkProfile
 from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
 from transport.link import EmulatedLink, profile_from_dict, profile_to_dict, sleep_until
 from transport.meter import TrafficMeter
