@@ -36,11 +36,13 @@ test-all: install ## Run every test, slow ones included
 bench-micro: install ## STIP micro-benchmarks (pytest-benchmark ratios, written to results/micro/)
 	STIP_MICRO_RESULTS=results/micro/stip_micro.csv $(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider tests/bench_stip_micro.py
 
-bench: bench-micro ## Reproduce the paper's figures and tables (quick profile)
+bench: bench-micro ## Reproduce the paper's figures and tables (quick profile, STIP vs MPC, BERT-base MPC)
 	$(PY) -m bench -m experiment=quick
 	$(PY) -m bench -m experiment=quick_generate
+	$(PY) -m bench -m experiment=mpc_vs_stip
+	$(PY) -m bench -m experiment=mpc_vs_stip_stip
+	$(PY) -m bench experiment=mpc_bert_base
 	$(PY) -m bench.aggregate --plots
-	$(PY) scripts/mpc_vs_stip.py --model bert-tiny --seq-len 32 --networks lan,wan,wired,wireless
 
 bench-all: install ## Every paper figure/table experiment (slow: hours on 2 cores)
 	for e in fig6_dcor fig6a_param_dcor table5_accuracy fig7a_throughput fig7c_generation fig7d_breakdown \

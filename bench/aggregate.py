@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.analysis import latency_table, markdown
 from bench.results import (
-    REPORT, ROWS, atomic_write_csv, atomic_write_json, atomic_write_parquet, typed, with_runs,
+    REPORT, ROWS, atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_parquet, typed, with_runs,
 )
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,14 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
         atomic_write_parquet(out / "runs.parquet", runs)
         joined = with_runs(df, runs)
         summary = headline(joined) if not df.empty else {}
+        table = latency_table(joined) if not df.empty else pd.DataFrame()
+        if not table.empty:
+            atomic_write_csv(out / "latency_table.csv", table)
+            atomic_write_bytes(out / "latency_table.md", (
+                f"# {exp}: modelled end-to-end latency per request (`python -m bench.aggregate`)\n\n"
+                "latency = measured compute + rounds x RTT + bytes / bandwidth of the run's network "
+                "(protocols/vocabulary.py); over_fastest = latency / the fastest protocol's on that network.\n\n"
+                + markdown(table)).encode())
         if summary:
             atomic_write_json(out / "summary.json", summary)
             log.info("%s headline numbers:\n%s", exp, json.dumps(summary, indent=2))

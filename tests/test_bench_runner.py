@@ -15,7 +15,9 @@ from hydra import compose, initialize_config_dir
 from baselines.full_cloud import FullCloudProtocol
 from bench.app import CONFIG_DIR, run
 
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+MPC_EXPERIMENTS = {"mpc_vs_stip", "mpc_bert_base"}  # two CrypTen party processes per run: slow
+EXPERIMENTS = [pytest.param(e, marks=pytest.mark.slow) if e in MPC_EXPERIMENTS else e
+               for e in sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))]
 TOY = ["run.repeats=1", "run.warmup=0", "run.batch_size=1", "run.seq_len=8",
        "run.max_new_tokens=2", "cloud_timeout_s=60"]
 STIP_PHASES = {"device_embed", "device_permute", "uplink", "cloud_compute", "downlink", "device_recover"}
