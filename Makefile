@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all bench bench-micro bench-all clean
+.PHONY: help install lint test test-all bench bench-micro bench-all clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install everything (torch==2.13.0 first)
+
+lint: install ## ruff check (config in pyproject.toml)
+	$(VENV)/bin/ruff check .
 
 test: install ## Run the fast test suite (not slow)
 	$(PY) -m pytest -m "not slow and not benchmark" -q

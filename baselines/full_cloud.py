@@ -14,7 +14,13 @@ import torch
 from protocols.accuracy import token_agreement_row
 from protocols.base import CloudHandler, SocketProtocol
 from protocols.common import (
-    Stopwatch, configure_threads, greedy_tokens, load_for_cloud, output_bytes, payload_bytes, shape_bytes,
+    Stopwatch,
+    configure_threads,
+    greedy_tokens,
+    load_for_cloud,
+    output_bytes,
+    payload_bytes,
+    shape_bytes,
 )
 from protocols.contract import ModelSpec, Row, RunRequest
 from transport import CloudProcess

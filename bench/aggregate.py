@@ -13,7 +13,14 @@ import pandas as pd
 
 from bench.analysis import latency_table, markdown
 from bench.results import (
-    REPORT, ROWS, atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_parquet, typed, with_runs,
+    REPORT,
+    ROWS,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_parquet,
+    typed,
+    with_runs,
 )
 
 log = logging.getLogger(__name__)
@@ -164,7 +171,7 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
             atomic_write_json(out / "summary.json", summary)
             log.info("%s headline numbers:\n%s", exp, json.dumps(summary, indent=2))
         if plots and not df.empty:
-            from bench.plots import plot_experiment  # matplotlib only when figures are asked for
+            from bench.plots import plot_experiment  # noqa: PLC0415 - matplotlib only when figures are asked for
 
             plot_experiment(joined, out)
         written.append(out)

@@ -20,7 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bench.results import (
-    REPORT, ROWS, atomic_write_json, atomic_write_parquet, provenance, read_report, run_id, to_frame,
+    REPORT,
+    ROWS,
+    atomic_write_json,
+    atomic_write_parquet,
+    provenance,
+    read_report,
+    run_id,
+    to_frame,
 )
 from protocols.contract import Protocol, RunRequest
 from protocols.models import build_spec

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
+import psutil
+import torch
 
 from protocols.contract import Row
 
@@ -137,9 +139,6 @@ def library_versions() -> dict[str, str | None]:
 
 def host_info() -> dict[str, Any]:
     """The machine a result was measured on."""
-    import psutil
-    import torch
-
     return {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),

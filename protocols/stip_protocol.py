@@ -18,7 +18,13 @@ import stip
 from protocols.accuracy import token_agreement_row
 from protocols.base import CloudHandler, SocketConfig, SocketProtocol
 from protocols.common import (
-    Stopwatch, configure_threads, greedy_tokens, load_for_cloud, output_bytes, payload_bytes, shape_bytes,
+    Stopwatch,
+    configure_threads,
+    greedy_tokens,
+    load_for_cloud,
+    output_bytes,
+    payload_bytes,
+    shape_bytes,
 )
 from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
 from protocols.memory import device_memory_rows, embedding_module, module_bytes
@@ -259,7 +265,7 @@ class StipProtocol(SocketProtocol):
             token_times: list[float] = []
             bar = tqdm(total=n, desc=f"generate {model.name}", unit="tok", leave=False, disable=n < 16)
 
-            def on_token(step: int, ids: torch.Tensor) -> None:
+            def on_token(step: int, ids: torch.Tensor, token_times: list[float] = token_times, bar: tqdm = bar) -> None:
                 token_times.append(time.perf_counter())
                 bar.update(1)
 

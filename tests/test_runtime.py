@@ -19,9 +19,9 @@ import psutil
 import pytest
 import torch
 
-from transport.link import NetworkProfile
 from transport import CloudError, CloudProcess, CloudTimeout, CloudUnavailable
 from transport.framing import ConnectionClosed, recv_frame
+from transport.link import NetworkProfile
 from transport.wire import MAGIC, decode_body, encode_message, expected_payload_bytes, frame_overhead_bytes
 
 pytestmark = pytest.mark.timeout(60)

@@ -24,19 +24,26 @@ import tempfile
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from transport.link import NetworkProfile
 from transport.cloud import RUNTIME_META_KEY
 from transport.framing import recv_frame
-from transport.link import EmulatedLink, profile_to_dict
+from transport.link import EmulatedLink, NetworkProfile, profile_to_dict
 from transport.meter import DOWN, UP, TrafficMeter
-from transport.wire import (DEFAULT_MAX_MESSAGE_BYTES, KIND_ERROR, Message, WireError, decode_body, encode_message,
-                       expected_payload_bytes)
+from transport.processes import signal_tree
+from transport.wire import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    KIND_ERROR,
+    Message,
+    WireError,
+    decode_body,
+    encode_message,
+    expected_payload_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +94,7 @@ class CallRecord:
 
 
 def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    signal_tree(pid, signal.SIGKILL)
 
 
 class CloudProcess:
@@ -133,7 +137,6 @@ class CloudProcess:
         self.meter = TrafficMeter()
         self.last_timing: dict[str, float] = {}
         self.last_call: CallRecord | None = None
-        self.calls: list[CallRecord] = []  # every call's record, reply tensors dropped
         self._call_lock = threading.Lock()  # one request in flight per connection
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
@@ -349,7 +352,6 @@ class CloudProcess:
             link_time_up=self.link.one_way_time(len(frame)), link_time_down=link_down,
             request_overhead_bytes=len(frame) - request_payload, reply=reply)
         self.last_call, self.last_timing = record, record.timing
-        self.calls.append(replace(record, reply=None))
         if reply.kind == KIND_ERROR:
             raise CloudError(f"cloud {self.factory!r} refused {method!r}: {reply.error}",
                              error_type=reply.meta.get("error_type"),

@@ -17,10 +17,10 @@ prefix, oversized declared length, peer gone mid-frame) is that one connection c
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
+import pkgutil
 import socket
 import sys
 import threading
@@ -30,8 +30,15 @@ from typing import Any, Callable
 
 from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
 from transport.link import EmulatedLink, profile_from_dict
-from transport.wire import (DEFAULT_MAX_MESSAGE_BYTES, KIND_ERROR, KIND_RESULT, MessageTooLarge, WireError,
-                       decode_body, encode_message)
+from transport.wire import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    KIND_ERROR,
+    KIND_RESULT,
+    MessageTooLarge,
+    WireError,
+    decode_body,
+    encode_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +56,14 @@ BAD_REPLY = "BadReply"
 
 
 def load_factory(path: str) -> Callable[..., Any]:
-    """Resolve "pkg.module:function" to the callable; errors name the bad part."""
+    """Resolve "pkg.module:function" to the callable (pkgutil.resolve_name); errors name the bad part."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"handler factory {path!r} must look like 'pkg.module:function'")
-    module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"handler factory {path!r}: module {module_name!r} has no {attr!r}") from None
+    try:
+        obj = pkgutil.resolve_name(path)
+    except AttributeError:
+        raise ValueError(f"handler factory {path!r}: module {module_name!r} has no {attr!r}") from None
     if not callable(obj):
         raise ValueError(f"handler factory {path!r} is a {type(obj).__name__}, not callable")
     return obj

@@ -10,7 +10,7 @@ import socket
 import time
 from typing import Callable
 
-from transport.wire import FRAME_PREFIX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, decode_prefix
+from transport.wire import DEFAULT_MAX_MESSAGE_BYTES, FRAME_PREFIX_BYTES, decode_prefix
 
 ByteCounter = Callable[[int], None]
 _CHUNK = 1 << 20

@@ -19,6 +19,7 @@ import traceback
 from typing import Any, Callable
 
 from baselines.mpc.compat import import_crypten
+from transport.processes import signal_tree
 
 log = logging.getLogger(__name__)
 PROVIDERS = ("TFP", "TTP")
@@ -64,7 +65,7 @@ def _party_main(fn: PartyFn, rank: int, world_size: int, rendezvous: str, provid
         results.put((rank, "ok", out))
     except BaseException:  # noqa: BLE001  (report everything to the parent, then exit non-zero)
         results.put((rank, "error", traceback.format_exc()))
-        raise SystemExit(1)
+        raise SystemExit(1) from None
 
 
 def _reseed(crypten: Any, seed: int, rank: int, world_size: int) -> None:
@@ -89,13 +90,7 @@ def _kill(proc: mp.Process) -> None:
     for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
         if not proc.is_alive():
             break
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):  # its group is not set up yet: signal the process
-            try:
-                os.kill(proc.pid, sig)
-            except ProcessLookupError:
-                pass
+        signal_tree(proc.pid, sig)
         proc.join(wait_s)
     proc.join(0.1)
 
@@ -136,7 +131,8 @@ def run_parties(fn: PartyFn, payload: Any = None, *, world_size: int = 2, provid
                         rank, status, value = results.get(timeout=1.0)
                     except queue_mod.Empty:
                         codes = {i: procs[i].exitcode for i in dead}
-                        raise MpcRunError(f"MPC party/parties {dead} died without a result (exit codes {codes})")
+                        raise MpcRunError(
+                            f"MPC party/parties {dead} died without a result (exit codes {codes})") from None
                 else:
                     continue
             got[rank] = (status, value)

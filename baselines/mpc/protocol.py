@@ -109,6 +109,7 @@ class MpcProtocol(Protocol):
                          Row(phase, "rounds", st["rounds"], "engine", rep),
                          Row(phase, "bytes", st["bytes"], "engine", rep)]
                 if self.provider == "TTP":
-                    rows += [Row(phase, m, st[m], "engine", rep) for m in ("preprocessing_rounds", "preprocessing_bytes")]
+                    rows += [Row(phase, m, st[m], "engine", rep)
+                             for m in ("preprocessing_rounds", "preprocessing_bytes")]
         rows += accuracy_rows(result.output, reference, mask, 0, "engine")
         return rows
