@@ -15,6 +15,7 @@ from bench.analysis import latency_table, markdown
 from bench.results import (
     REPORT,
     ROWS,
+    RunReport,
     atomic_write_bytes,
     atomic_write_csv,
     atomic_write_json,
@@ -30,22 +31,20 @@ RUN_COLUMNS = ["run_id", "experiment", "status", "error", "model", "protocol", "
 PARAM_PREFIX = "protocol."  # protocol parameters from the resolved config: protocol.<key> columns
 
 
-def _run_record(report: dict) -> dict:
-    """One line of the runs table from a report.json: what ran, on which link, with which protocol parameters."""
-    cfg = report.get("config", {})
+def _run_record(report: RunReport) -> dict:
+    """One line of the runs table from a report: what ran, on which link, with which protocol parameters."""
+    cfg = report.config
     network = cfg.get("network") or {}
     protocol = cfg.get("protocol") or {}
     params = {f"{PARAM_PREFIX}{k}": (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
               for k, v in protocol.items() if k not in ("_target_", "name")}
     return {
-        "run_id": report.get("run_id"), "experiment": report.get("experiment"), "status": report.get("status"),
-        "error": report.get("error"), "model": (cfg.get("model") or {}).get("name"),
-        "protocol": protocol.get("name"), "network": network.get("name"),
-        "bandwidth_bps": network.get("bandwidth_bps"), "rtt_s": network.get("rtt_s"),
-        "task": (cfg.get("run") or {}).get("task"), "measured": report.get("measured"),
-        "fits_on_host": report.get("fits_on_host"), "n_rows": report.get("n_rows"),
-        "git_sha": (report.get("provenance") or {}).get("git_sha"), "started": report.get("started"),
-        "duration_s": report.get("duration_s"), **params,
+        "run_id": report.run_id, "experiment": report.experiment, "status": report.status, "error": report.error,
+        "model": (cfg.get("model") or {}).get("name"), "protocol": protocol.get("name"),
+        "network": network.get("name"), "bandwidth_bps": network.get("bandwidth_bps"), "rtt_s": network.get("rtt_s"),
+        "task": (cfg.get("run") or {}).get("task"), "measured": report.measured, "fits_on_host": report.fits_on_host,
+        "n_rows": report.n_rows, "git_sha": report.provenance.get("git_sha"), "started": report.started,
+        "duration_s": report.duration_s, **params,
     }
 
 
@@ -54,15 +53,14 @@ def collect(runs_root: Path, experiment: str | None = None) -> tuple[dict[str, p
     rows: dict[str, list[pd.DataFrame]] = {}
     runs: dict[str, list[dict]] = {}
     for report_path in sorted(runs_root.glob(f"{experiment or '*'}/*/{REPORT}")):
-        try:
-            report = json.loads(report_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            log.warning("skipping unreadable %s: %s", report_path, e)
+        report = RunReport.from_json(report_path.parent)
+        if report is None:
+            log.warning("skipping unreadable %s", report_path)
             continue
-        exp = str(report.get("experiment") or report_path.parent.parent.name)
+        exp = str(report.experiment or report_path.parent.parent.name)
         runs.setdefault(exp, []).append(_run_record(report))
         rows_path = report_path.parent / ROWS
-        if report.get("status") == "ok" and rows_path.exists():
+        if report.status == "ok" and rows_path.exists():
             rows.setdefault(exp, []).append(pd.read_parquet(rows_path))
     tables = {e: typed(pd.concat(dfs, ignore_index=True)) for e, dfs in rows.items()}
     run_tables = {e: _runs_frame(r) for e, r in runs.items()}

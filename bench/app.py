@@ -19,16 +19,7 @@ from hydra.utils import get_class, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bench.results import (
-    REPORT,
-    ROWS,
-    atomic_write_json,
-    atomic_write_parquet,
-    provenance,
-    read_report,
-    run_id,
-    to_frame,
-)
+from bench.results import ROWS, RunReport, atomic_write_parquet, provenance, run_id, to_frame
 from protocols.contract import Protocol, RunRequest
 from protocols.models import build_spec
 from transport.link import network_profile
@@ -76,23 +67,22 @@ def make_protocol(protocol_cfg: Mapping[str, Any]) -> Protocol:
     return protocol_class(protocol_cfg)(dict(protocol_cfg))
 
 
-def run(cfg: DictConfig | Mapping[str, Any]) -> dict:
+def run(cfg: DictConfig | Mapping[str, Any]) -> RunReport:
     """Run one configuration; skip it if already done (unless force); record failures instead of raising."""
     c = _plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     rid = run_id(run_key(c))
     out = run_dir_of(c)
-    previous = read_report(out)
-    if previous and previous.get("status") == "ok" and not c.get("force", False):
+    previous = RunReport.from_json(out)
+    if previous and previous.status == "ok" and not c.get("force", False):
         log.info("run %s (%s) already done: skipped; pass force=true to redo", rid, out)
-        return {**previous, "skipped": True}
+        previous.skipped = True
+        return previous
     out.mkdir(parents=True, exist_ok=True)
     (out / ROWS).unlink(missing_ok=True)  # never leave rows of an older run beside a new report
     work = out / "work"
-    report: dict[str, Any] = {
-        "run_id": rid, "experiment": c["experiment_name"], "status": "running", "config": c,
-        "provenance": provenance(), "started": datetime.now(timezone.utc).isoformat(),
-    }
-    atomic_write_json(out / REPORT, report)
+    report = RunReport(run_id=rid, experiment=c["experiment_name"], config=c, provenance=provenance(),
+                       started=datetime.now(timezone.utc).isoformat())
+    report.save_json(out)
     t0 = time.perf_counter()
     try:
         spec = build_spec(c["model"], seed=int(c["run"]["seed"]))
@@ -112,16 +102,16 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict:
         if df.empty:
             raise RuntimeError(f"protocol {context['protocol']!r} returned no rows")
         atomic_write_parquet(out / ROWS, df)
-        report.update(status="ok", n_rows=len(df), n_params=spec.n_params,
-                      measured=spec.fits_on_host and request.task != "shapes", fits_on_host=spec.fits_on_host)
+        report.status, report.n_rows, report.n_params = "ok", len(df), spec.n_params
+        report.measured, report.fits_on_host = spec.fits_on_host and request.task != "shapes", spec.fits_on_host
     except Exception as e:  # noqa: BLE001 - a failed run is a result; the sweep goes on
         log.error("run %s failed: %s: %s", rid, type(e).__name__, e)
-        report.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        report.status, report.error, report.traceback = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
     finally:
         if not c.get("keep_checkpoints", False):
             shutil.rmtree(work, ignore_errors=True)
-    report.update(finished=datetime.now(timezone.utc).isoformat(), duration_s=time.perf_counter() - t0)
-    atomic_write_json(out / REPORT, report)
+    report.finished, report.duration_s = datetime.now(timezone.utc).isoformat(), time.perf_counter() - t0
+    report.save_json(out)
     return report
 
 
@@ -156,5 +146,5 @@ def main(cfg: DictConfig) -> float | None:
         job = HydraConfig.get().job.num if HydraConfig.initialized() else None
     except Exception:  # noqa: BLE001
         job = None
-    log.info("job %s: run %s %s", job, report["run_id"], report["status"])
+    log.info("job %s: run %s %s", job, report.run_id, report.status)
     return None

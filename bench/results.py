@@ -9,7 +9,7 @@ import platform
 import socket
 import subprocess
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -104,12 +104,41 @@ def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
     atomic_write_bytes(path, df.to_csv(index=False).encode())
 
 
-def read_report(run_dir: Path) -> dict | None:
-    """The run's report, or None when absent or unreadable (then the run is redone)."""
-    try:
-        return json.loads((run_dir / REPORT).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+@dataclass
+class RunReport:
+    """What one run was and how it ended: <run folder>/report.json beside rows.parquet."""
+
+    run_id: str
+    experiment: str
+    config: dict
+    status: str = "running"  # running | ok | failed
+    provenance: dict = field(default_factory=dict)
+    started: str | None = None
+    finished: str | None = None
+    duration_s: float | None = None
+    n_rows: int | None = None
+    n_params: int | None = None
+    measured: bool | None = None  # False: shape-derived figures only (the model does not fit this host)
+    fits_on_host: bool | None = None
+    error: str | None = None
+    traceback: str | None = None
+    skipped: bool = False  # this call found it done and ran nothing (never saved as such)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save_json(self, run_dir: Path) -> None:
+        """Write report.json atomically (without the `skipped` flag of this call)."""
+        atomic_write_json(run_dir / REPORT, {k: v for k, v in self.to_dict().items() if k != "skipped"})
+
+    @classmethod
+    def from_json(cls, run_dir: Path) -> RunReport | None:
+        """The run's report, or None when absent or unreadable (then the run is redone)."""
+        try:
+            data = json.loads((run_dir / REPORT).read_text())
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (OSError, json.JSONDecodeError, TypeError):
+            return None
 
 
 def git_sha(cwd: Path | None = None) -> str | None:

@@ -6,39 +6,18 @@ configs/protocol/*.yaml) and the factory of its cloud handler (imported in the c
 from __future__ import annotations
 
 import logging
-import time
-from contextlib import contextmanager
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 import torch
 
 from protocols.contract import ModelSpec, Row, RunRequest
 from protocols.models import auto_class
+from protocols.timing import Stopwatch  # noqa: F401 - the phase timer, for plug-ins importing helpers here
 from transport import CloudProcess
 from transport.link import NetworkProfile
 from transport.wire import expected_payload_bytes
 
 log = logging.getLogger(__name__)
-
-class Stopwatch:
-    """Named wall-clock phases of one request, measured with perf_counter."""
-
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time the block and add it to `name` (phases may repeat within a request)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(name, time.perf_counter() - start)
-
-    def add(self, name: str, seconds: float) -> None:
-        """Add time measured elsewhere (a wrapped party, the cloud's report) to `name`."""
-        self.times[name] = self.times.get(name, 0.0) + seconds
-
 
 def load_for_cloud(checkpoint: str, head: str) -> torch.nn.Module:
     """Load a saved checkpoint in the cloud process with the stock transformers auto class."""

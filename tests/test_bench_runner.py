@@ -29,7 +29,7 @@ def make_cfg(tmp_path, *overrides):
 
 
 def rows_of(report):
-    folder = Path(report["config"]["output_root"]) / report["experiment"] / report["run_id"]
+    folder = Path(report.config["output_root"]) / report.experiment / report.run_id
     return pd.read_parquet(folder / "rows.parquet")
 
 
@@ -41,7 +41,7 @@ def value(df, phase, metric, source=None):
 def test_stip_forward_rows_traffic_and_resume(tmp_path):
     cfg = make_cfg(tmp_path, "model=bert-tiny", "protocol=stip", "network=lan", "run.repeats=2", "run.seq_len=16")
     report = run(cfg)
-    assert report["status"] == "ok", report.get("error")
+    assert report.status == "ok", report.error
     df = rows_of(report)
     assert STIP_PHASES <= set(df[df.metric == "latency"].phase)
     assert set(df.repeat) == {0, 1}
@@ -60,17 +60,17 @@ def test_stip_forward_rows_traffic_and_resume(tmp_path):
     assert value(df, "uplink", "latency", "modelled").iloc[0] == pytest.approx(0.0004 + 8 * up_bytes / 3e9, rel=1e-6)
     # resume: a finished run is skipped; force reruns it
     again = run(cfg)
-    assert again.get("skipped") is True and again["run_id"] == report["run_id"]
+    assert again.skipped is True and again.run_id == report.run_id
     forced = run(make_cfg(tmp_path, "model=bert-tiny", "protocol=stip", "network=lan", "run.repeats=2",
                           "run.seq_len=16", "force=true"))
-    assert forced["status"] == "ok" and not forced.get("skipped")
+    assert forced.status == "ok" and not forced.skipped
 
 
 def test_failed_run_is_recorded_not_raised(tmp_path):
     report = run(make_cfg(tmp_path, "model=bert-tiny", "protocol=model_split", "protocol.device_layers=7"))
-    assert report["status"] == "failed"
-    assert "device_layers=7" in report["error"] and "0..1" in report["error"]
-    folder = tmp_path / "runs" / "adhoc" / report["run_id"]
+    assert report.status == "failed"
+    assert "device_layers=7" in report.error and "0..1" in report.error
+    folder = tmp_path / "runs" / "adhoc" / report.run_id
     assert (folder / "report.json").exists() and not (folder / "rows.parquet").exists()
 
 
@@ -87,8 +87,8 @@ def test_cloud_death_fails_the_run_fast(tmp_path):
                    "protocol._target_=test_bench_runner.KillingProtocol", "cloud_timeout_s=20")
     start = time.monotonic()
     report = run(cfg)
-    assert report["status"] == "failed"
-    assert "Cloud" in report["error"]
+    assert report.status == "failed"
+    assert "Cloud" in report.error
     assert time.monotonic() - start < 60
 
 
@@ -110,7 +110,7 @@ def test_stip_generation_topk_saves_downlink(tmp_path):
 def test_every_experiment_runs_at_toy_size(tmp_path, experiment):
     layers = 2 if experiment == "fig9_model_split" else 1  # model_split's default k = 1 needs 2 layers
     report = run(make_cfg(tmp_path, f"experiment={experiment}", f"model.n_layers={layers}", *TOY))
-    assert report["status"] == "ok", report.get("error")
+    assert report.status == "ok", report.error
     assert len(rows_of(report)) > 0
 
 
@@ -134,4 +134,4 @@ def test_cli_sweep_survives_a_failed_run_and_aggregates(tmp_path):
 
 def test_unknown_protocol_key_fails_the_run_naming_it(tmp_path):
     report = run(make_cfg(tmp_path, "model=bert-tiny", "protocol=full_cloud", "++protocol.device_layers=3"))
-    assert report["status"] == "failed" and "device_layers" in report["error"]
+    assert report.status == "failed" and "device_layers" in report.error

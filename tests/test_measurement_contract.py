@@ -26,8 +26,8 @@ def rows_for(tmp_path: Path, protocol: str) -> pd.DataFrame:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"output_root={tmp_path / 'runs'}", f"protocol={protocol}", *TINY, *LINK])
     report = run(cfg)
-    assert report["status"] == "ok", report.get("error")
-    return pd.read_parquet(tmp_path / "runs" / report["experiment"] / report["run_id"] / "rows.parquet")
+    assert report.status == "ok", report.error
+    return pd.read_parquet(tmp_path / "runs" / report.experiment / report.run_id / "rows.parquet")
 
 
 def one(df: pd.DataFrame, phase: str, metric: str, source: str, repeat: int = 0) -> float:
