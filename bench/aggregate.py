@@ -27,7 +27,7 @@ from bench.results import (
 log = logging.getLogger(__name__)
 
 RUN_COLUMNS = ["run_id", "experiment", "status", "error", "model", "protocol", "network", "bandwidth_bps", "rtt_s",
-               "task", "measured", "fits_on_host", "n_rows", "git_sha", "started", "duration_s"]
+               "reference_protocol", "task", "measured", "fits_on_host", "n_rows", "git_sha", "started", "duration_s"]
 PARAM_PREFIX = "protocol."  # protocol parameters from the resolved config: protocol.<key> columns
 
 
@@ -42,6 +42,7 @@ def _run_record(report: RunReport) -> dict:
         "run_id": report.run_id, "experiment": report.experiment, "status": report.status, "error": report.error,
         "model": (cfg.get("model") or {}).get("name"), "protocol": protocol.get("name"),
         "network": network.get("name"), "bandwidth_bps": network.get("bandwidth_bps"), "rtt_s": network.get("rtt_s"),
+        "reference_protocol": cfg.get("reference_protocol"),
         "task": (cfg.get("run") or {}).get("task"), "measured": report.measured, "fits_on_host": report.fits_on_host,
         "n_rows": report.n_rows, "git_sha": report.provenance.get("git_sha"), "started": report.started,
         "duration_s": report.duration_s, **params,
@@ -93,16 +94,26 @@ def headline(df: pd.DataFrame) -> dict:
     out: dict = {}
     df = df[df.source.isin(["socket", "host", "engine"])]
     fwd = df[~df.run_id.isin(df[df.phase == "generate"].run_id)]
-    for net in sorted(fwd.network.dropna().unique()):
-        s = _med(fwd, protocol="stip", network=net, phase="cloud_compute", metric="latency")
-        f = _med(fwd, protocol="full_cloud", network=net, phase="cloud_compute", metric="latency")
-        if s and f:
-            out[f"cloud_compute_ratio_stip_over_full_cloud[{net}]"] = {"stip_s": s, "full_cloud_s": f, "ratio": s / f}
-    s = _med(fwd, protocol="stip", phase="cloud_compute", metric="latency")
-    f = _med(fwd, protocol="full_cloud", phase="cloud_compute", metric="latency")
-    if s and f:  # pooled over networks: the link does not change cloud compute, more repeats damp host noise
-        out["cloud_compute_ratio_stip_over_full_cloud[all networks]"] = {"stip_s": s, "full_cloud_s": f, "ratio": s / f}
-    gen = df[df.run_id.isin(df[df.phase == "generate"].run_id) & (df.protocol == "stip")]
+    refs = df["reference_protocol"].dropna().unique() if "reference_protocol" in df else []
+    ref = str(refs[0]) if len(refs) == 1 else None  # the run config's efficiency reference
+    others = sorted(p for p in fwd.protocol.dropna().unique() if p != ref) if ref else []
+    for p in others:
+        for net in [*sorted(fwd.network.dropna().unique()), None]:
+            where = {} if net is None else {"network": net}
+            s = _med(fwd, protocol=p, phase="cloud_compute", metric="latency", **where)
+            f = _med(fwd, protocol=ref, phase="cloud_compute", metric="latency", **where)
+            if s and f:  # [all networks]: the link does not change cloud compute, more repeats damp host noise
+                out[f"cloud_compute_ratio_{p}_over_{ref}[{net or 'all networks'}]"] = {
+                    f"{p}_s": s, f"{ref}_s": f, "ratio": s / f}
+    gen_all = df[df.run_id.isin(df[df.phase == "generate"].run_id)]
+    for p in sorted(gen_all.protocol.dropna().unique()):
+        out.update(_generation_headline(p, gen_all[gen_all.protocol == p]))
+    return out
+
+
+def _generation_headline(protocol: str, gen: pd.DataFrame) -> dict:
+    """Per-token link cost (against the run with no link) and the top-k downlink saving of one protocol."""
+    out: dict = {}
     gen = gen.assign(mode=_return_label(gen))
     for approx in sorted(gen["mode"].dropna().unique()):
         g = gen[gen["mode"] == approx]
@@ -120,7 +131,7 @@ def headline(df: pd.DataFrame) -> dict:
             # between runs; the difference to the no-link run is reported too.
             link = (_med(g, network=net, phase="uplink", metric="latency") or 0) + (
                 _med(g, network=net, phase="downlink", metric="latency") or 0)
-            out[f"stip_extra_per_token[{net},{approx}]"] = {
+            out[f"{protocol}_extra_per_token[{net},{approx}]"] = {
                 "per_token_s": per_token, "per_token_no_link_s": base, "extra_vs_no_link_run_s": per_token - base,
                 "link_time_measured_s": link, "link_physical_cost_s": physical,
                 "link_measured_over_physical": link / physical,
@@ -134,7 +145,7 @@ def headline(df: pd.DataFrame) -> dict:
             d_full = _med(full, network=net, phase="downlink", metric="bytes")
             d_topk = _med(t, network=net, phase="downlink", metric="bytes")
             if d_full and d_topk is not None:
-                out[f"topk_downlink_saving[{net},{approx}]"] = {
+                out[f"{protocol}_topk_downlink_saving[{net},{approx}]"] = {
                     "downlink_bytes_per_token_full": d_full, "downlink_bytes_per_token_topk": d_topk,
                     "saved_bytes_per_token": d_full - d_topk, "saving_fraction": 1 - d_topk / d_full,
                     "model": ",".join(sorted(t.model.dropna().unique())),

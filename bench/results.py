@@ -62,7 +62,8 @@ def typed(df: pd.DataFrame) -> pd.DataFrame:
 
 def with_runs(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Rows with the runs table's link and protocol-parameter columns (bandwidth_bps, rtt_s, protocol.*)."""
-    cols = ["run_id"] + [c for c in runs.columns if c in ("bandwidth_bps", "rtt_s") or c.startswith("protocol.")]
+    cols = ["run_id"] + [c for c in runs.columns
+                         if c in ("bandwidth_bps", "rtt_s", "reference_protocol") or c.startswith("protocol.")]
     return rows.merge(runs[cols].drop_duplicates("run_id"), on="run_id", how="left")
 
 

@@ -147,3 +147,14 @@ def test_every_figure_function_draws_from_synthetic_rows(tmp_path):
     for fig in plots.FIGURES:
         paths = fig(df, tmp_path)
         assert paths and all(p.exists() for p in paths), fig.__name__
+
+
+def test_headline_ratio_is_taken_against_the_configured_reference():
+    from bench.aggregate import headline
+
+    recs = [{"run_id": f"{p}{i}", "protocol": p, "network": "lan", "phase": "cloud_compute", "metric": "latency",
+             "source": "socket", "value": v * (1 + 0.01 * i), "model": "m", "reference_protocol": "b"}
+            for p, v in (("a", 2.0), ("b", 1.0)) for i in range(3)]
+    out = headline(pd.DataFrame(recs))
+    assert out["cloud_compute_ratio_a_over_b[lan]"]["ratio"] == pytest.approx(2.0)
+    assert "cloud_compute_ratio_a_over_b[all networks]" in out and not any("_over_a" in k for k in out)
