@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from baselines.reported import ReportedValue
     from stip.families import Dims
 
 MIB = 2**20
@@ -106,6 +107,10 @@ def key_space(dims: "Dims", out_dim: int | None) -> KeySpace:
                     attention, ffn, total)
 
 
+# The paper's models that ship shapes in configs/model (Tab. 5 order; LLaVA-13b has no config here).
+PAPER_MODELS = ("gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1.5b", "llama2-7b", "llama2-13b", "llama2-70b",
+                "vit-base", "vit-large", "vit-huge", "bert-tiny", "bert-medium", "bert-base", "bert-large",
+                "mixtral-8x7b")
 OUTPUT_SIZE = {"causal_lm": "vocab_size", "image_classification": "num_labels"}  # head kind -> config field
 
 
@@ -128,3 +133,55 @@ def model_key_space(name: str, config_dir: Path | None = None) -> KeySpace:
     dims = get_family(spec["model_type"]).dims(config)
     out_field = OUTPUT_SIZE.get(spec.get("head", ""))
     return key_space(dims, getattr(config, out_field) if out_field else None)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One piece of the paper's arithmetic, recomputed from its printed numbers, for the report to state."""
+
+    id: str
+    statement: str
+    value: float
+    unit: str
+    from_ids: tuple[str, ...]
+
+
+def paper_readings(values: "list[ReportedValue]") -> list[Reading]:
+    """The readings the report must state, each computed from the reported entries it names."""
+    v = {r.id: r for r in values}
+
+    def n(key: str) -> float:
+        if key not in v:
+            raise KeyError(f"reported entry '{key}' is missing from configs/reported; the reading needs it")
+        return v[key].number()
+
+    ratio = n("fig7a-stip-gpt2-124m-throughput") / n("fig7a-ciphergpt-throughput")
+    compute = n("fig7c-slope-full-cloud")
+    up = tokens_for_traffic(n("traffic-stip-uplink"), 768)
+    down = tokens_for_traffic(n("traffic-stip-downlink"), 50257)
+    return [
+        Reading("throughput-ratio", f"45,366 / 6.7e-4 = {ratio:.2g}, not the printed "
+                f"{n('fig7b-throughput-improvement'):.2g}", ratio, "x",
+                ("fig7a-stip-gpt2-124m-throughput", "fig7a-ciphergpt-throughput", "fig7b-throughput-improvement")),
+        Reading("ciphergpt-throughput-is-latency", "6.7e-4 token/s is one token per "
+                f"{1 / n('fig7a-ciphergpt-throughput') / 60:.1f} min, the '> 25 min' per token inverted",
+                1 / n("fig7a-ciphergpt-throughput"), "s", ("fig7a-ciphergpt-throughput", "fig2-ciphergpt-latency")),
+        Reading("param-fold", f"70e9 / 336e6 = {n('fig7b-stip-max-params') / n('fig7b-baseline-max-params'):.1f}",
+                n("fig7b-stip-max-params") / n("fig7b-baseline-max-params"), "x",
+                ("fig7b-stip-max-params", "fig7b-baseline-max-params", "fig7b-param-scale-fold")),
+        *(Reading(f"slope-{net}", f"{compute:g} + 2 x {n(f'fig7c-latency-{net}'):g} = "
+                  f"{compute + 2 * n(f'fig7c-latency-{net}'):g} ms (one-way reading) vs printed "
+                  f"{n(f'fig7c-slope-stip-{net}'):g}; as RTT {compute + n(f'fig7c-latency-{net}'):g}",
+                  compute + 2 * n(f"fig7c-latency-{net}"), "ms/token",
+                  ("fig7c-slope-full-cloud", f"fig7c-latency-{net}", f"fig7c-slope-stip-{net}"))
+          for net in ("wired", "wireless")),
+        Reading("uplink-tokens", f"5.8 MiB / (768 x 4 B) = {up:.0f} tokens (GPT-2 has 1,024 positions)", up, "count",
+                ("traffic-stip-uplink",)),
+        Reading("downlink-rows", f"7.5 MiB / (50,257 x 4 B) = {down:.1f} rows of logits", down, "count",
+                ("traffic-stip-downlink",)),
+        Reading("ciphergpt-traffic-gib", f"95,151 MiB = {n('traffic-ciphergpt') / 1024:.1f} GiB (printed '90 GiB')",
+                n("traffic-ciphergpt") / 1024, "GiB", ("traffic-ciphergpt", "fig2-ciphergpt-traffic")),
+        Reading("llama2-70b-embedding", f"32,000 x 8,192 is {table_mib(32000, 8192, 4):.0f} MiB fp32, "
+                f"{table_mib(32000, 8192, 2):.0f} MiB fp16; printed {n('fig8-embedding-llama2-70b'):g} MiB",
+                table_mib(32000, 8192, 4), "MiB", ("fig8-embedding-llama2-70b",)),
+    ]

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from baselines.paper_readings import (
-    key_space, log10_factorial, model_key_space, per_token_latency_s, slope_readings_ms, table_mib,
+    key_space, log10_factorial, model_key_space, paper_readings, per_token_latency_s, slope_readings_ms, table_mib,
     tokens_for_traffic,
 )
 from stip.families import Dims
@@ -84,3 +84,35 @@ def test_model_key_space_refuses_shapeless_configs():
         model_key_space("smollm2-135m")
     with pytest.raises(FileNotFoundError, match="choose one of"):
         model_key_space("gpt5")
+
+
+def test_paper_readings_from_the_reported_values():
+    from baselines.reported import load_reported
+
+    readings = {r.id: r for r in paper_readings(load_reported())}
+    assert readings["throughput-ratio"].value == pytest.approx(6.77e7, rel=1e-3)
+    assert "6.8e+07" in readings["throughput-ratio"].statement and "6.7e+06" in readings["throughput-ratio"].statement
+    assert readings["slope-wired"].value == 32 and readings["slope-wireless"].value == 512
+    assert readings["uplink-tokens"].value == pytest.approx(1980, abs=1)
+    assert readings["param-fold"].value == pytest.approx(208.33, abs=0.01)
+    assert readings["llama2-70b-embedding"].value == 1000
+    for reading in readings.values():
+        assert reading.from_ids and reading.statement
+
+
+def test_paper_readings_name_a_missing_entry():
+    from baselines.reported import load_reported
+
+    values = [v for v in load_reported() if v.id != "traffic-ciphergpt"]
+    with pytest.raises(KeyError, match="traffic-ciphergpt"):
+        paper_readings(values)
+
+
+def test_every_paper_model_has_a_key_space():
+    from baselines.paper_readings import PAPER_MODELS
+
+    spaces = {name: model_key_space(name) for name in PAPER_MODELS}
+    assert all(s.pi > 200 and s.total > s.pi for s in spaces.values())  # bert-tiny: 128! ~ 10^216
+    rope = [n for n in PAPER_MODELS if n.startswith(("llama2", "mixtral"))]
+    assert all(spaces[n].qk < 50 for n in rope)  # only whole heads move under RoPE
+    assert all(spaces[n].qk > 100 for n in PAPER_MODELS if n not in rope)
