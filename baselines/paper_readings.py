@@ -116,10 +116,10 @@ OUTPUT_SIZE = {"causal_lm": "vocab_size", "image_classification": "num_labels"} 
 
 def model_key_space(name: str, config_dir: Path | None = None) -> KeySpace:
     """Key space of a configs/model/<name>.yaml built from its published config values."""
-    import yaml
-    from transformers import AutoConfig
+    import yaml  # noqa: PLC0415 - key spaces only: the readings stay importable without transformers
+    from transformers import AutoConfig  # noqa: PLC0415
 
-    from stip.families import get_family
+    from stip.families import get_family  # noqa: PLC0415
 
     path = (config_dir or MODEL_CONFIG_DIR) / f"{name}.yaml"
     if not path.is_file():

@@ -159,7 +159,8 @@ def _entry(raw: Any, path: Path, artifacts: Mapping[str, Artifact], texts: Mappi
 def _artifacts(doc: Mapping[str, Any], path: Path) -> dict[str, Artifact]:
     out: dict[str, Artifact] = {}
     for raw in doc.get("artifacts") or []:
-        if not isinstance(raw, dict) or not raw.get("id") or not raw.get("title") or not isinstance(raw.get("row"), int):
+        if (not isinstance(raw, dict) or not raw.get("id") or not raw.get("title")
+                or not isinstance(raw.get("row"), int)):
             raise ReportedValueError(f"{path}: artifact {raw!r}: needs id, row (an integer) and title")
         if raw["id"] in out:
             raise ReportedValueError(f"{path}: artifact '{raw['id']}' is declared twice; ids must be unique")
