@@ -14,6 +14,7 @@ import torch
 from protocols.contract import ModelSpec, Row, RunRequest
 from protocols.common import Stopwatch, configure_threads, load_for_cloud, output_bytes, payload_bytes, shape_bytes
 from protocols.base import SocketProtocol
+from transport import checks
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ INPUT_KEYS = ("input_ids", "pixel_values", "attention_mask", "token_type_ids")
 
 class FullCloudHandler:
     """Plain model in the cloud process."""
+
+    remote_methods = ("infer", "generate")
 
     def __init__(self, checkpoint: str, head: str, threads: int | None = None) -> None:
         configure_threads(threads)
@@ -32,13 +35,18 @@ class FullCloudHandler:
         unknown = sorted(set(tensors) - set(INPUT_KEYS))
         if unknown or not ({"input_ids", "pixel_values"} & set(tensors)):
             raise ValueError(f"infer takes input_ids or pixel_values (+ masks); got {sorted(tensors)}")
+        _check_inputs(tensors)
         with torch.no_grad():
             out = self.model(**tensors)
         return {k: v.contiguous() for k, v in out.items() if isinstance(v, torch.Tensor)}, {}
 
     def generate(self, tensors: dict[str, torch.Tensor], max_new_tokens: int = 1, **_: Any) -> tuple[dict, dict]:
         """Greedy generation on the cloud with its KV cache; returns tokens and each step's compute time."""
-        ids = tensors["input_ids"]
+        from transport.cloud import CallCancelled, cancelled
+
+        checks.only(tensors, ("input_ids",))
+        ids = checks.integer("input_ids", tensors["input_ids"])
+        max_new_tokens = checks.meta_int("max_new_tokens", max_new_tokens, maximum=1 << 16)
         steps, tokens = [], []
         with torch.no_grad():
             t = time.perf_counter()
@@ -48,9 +56,22 @@ class FullCloudHandler:
                 tokens.append(nxt)
                 steps.append(time.perf_counter() - t)
                 t = time.perf_counter()
+                if cancelled():  # the device gave up: free the cloud for the next client
+                    raise CallCancelled(f"client left after {len(tokens)} of {max_new_tokens} tokens")
                 if len(tokens) < int(max_new_tokens):
                     out = self.model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
         return {"tokens": torch.cat(tokens, dim=1), "step_times": torch.tensor(steps, dtype=torch.float64)}, {}
+
+
+def _check_inputs(tensors: dict[str, torch.Tensor]) -> None:
+    """Token ids and masks must be integer tensors of one shape; pixels finite."""
+    if "pixel_values" in tensors:
+        checks.finite("pixel_values", tensors["pixel_values"])
+    if "input_ids" in tensors:
+        ids = checks.integer("input_ids", tensors["input_ids"])
+        for name in ("attention_mask", "token_type_ids"):
+            if name in tensors:
+                checks.integer(name, tensors[name], tuple(ids.shape))
 
 
 def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None) -> FullCloudHandler:

@@ -66,6 +66,8 @@ def check_split(k: int, n_layers: int) -> int:
 class SplitCloudHandler:
     """The cloud's part: layers k.. and the head; layers ..k are pass-throughs."""
 
+    remote_methods = ("infer",)
+
     def __init__(self, checkpoint: str, head: str, device_layers: int, threads: int | None = None) -> None:
         configure_threads(threads)
         self.model = load_for_cloud(checkpoint, head)
@@ -84,6 +86,12 @@ class SplitCloudHandler:
         hidden = tensors.get("hidden_states")
         if hidden is None or hidden.ndim != 3:
             raise ValueError(f"infer needs a 3-D 'hidden_states' tensor, got {sorted(tensors)}")
+        from transport import checks
+
+        checks.only(tensors, ("hidden_states", "attention_mask"))
+        checks.finite("hidden_states", hidden)
+        if "attention_mask" in tensors:
+            checks.integer("attention_mask", tensors["attention_mask"], tuple(hidden.shape[:2]))
         self._inject = hidden
         cfg = self.model.config
         kwargs: dict[str, Any] = {}

@@ -27,7 +27,13 @@ DEVICE_KEYS = ("device_embed", "device_permute", "uplink", "cloud_compute", "dow
 
 
 class StipCloudHandler:
-    """The model server in the cloud process: transformed weights only, one KV cache per session."""
+    """The model server in the cloud process: transformed weights only, one KV cache per session.
+
+    Sessions belong to the connection that opened them (`transport.cloud.current_caller`) and are
+    dropped when it closes, when unused for the server's session_ttl_s, and capped per connection.
+    """
+
+    remote_methods = ("infer", "open_session", "close_session")
 
     def __init__(self, checkpoint: str, head: str, threads: int | None = None) -> None:
         import stip
@@ -35,23 +41,46 @@ class StipCloudHandler:
         configure_threads(threads)
         self.server = stip.ModelServer(load_for_cloud(checkpoint, head))
 
+    def apply_limits(self, limits: Any) -> None:
+        """Take the session limits of the serving transport (transport.limits.ServerLimits)."""
+        self.server.session_ttl_s = limits.session_ttl_s
+        self.server.max_sessions_per_owner = limits.max_sessions_per_connection
+
+    def connection_closed(self, caller: str) -> None:
+        """A client left: its sessions go with it."""
+        self.server.close_owner_sessions(caller)
+
     def infer(self, tensors: dict[str, torch.Tensor], session: str | None = None, last_only: bool = False,
               top_k: int | None = None, key_id: str | None = None, **_: Any) -> tuple[dict, dict]:
         """One forward pass in permuted space; every tensor that came goes to the server, which judges it
         (and refuses a device whose key id is not the checkpoint's)."""
+        from transport import checks
+        from transport.cloud import current_caller
+
         if "inputs_embeds" not in tensors:
             raise ValueError(f"infer needs an 'inputs_embeds' tensor, got {sorted(tensors)}")
-        out = self.server.infer(**tensors, session=session, last_only=bool(last_only), top_k=top_k, key_id=key_id)
+        checks.finite("inputs_embeds", tensors["inputs_embeds"])
+        last_only = checks.meta_bool("last_only", last_only)
+        top_k = checks.meta_int("top_k", top_k, optional=True)
+        key_id = checks.meta_str("key_id", key_id, optional=True)
+        if checks.meta_str("session", session, optional=True) is not None:
+            self.server.check_session(session, current_caller())
+        out = self.server.infer(**tensors, session=session, last_only=last_only, top_k=top_k, key_id=key_id)
         return {k: v.contiguous() for k, v in out.items() if isinstance(v, torch.Tensor)}, {}
 
     def open_session(self, tensors: dict, **_: Any) -> tuple[dict, dict]:
-        """Start a generation session (KV cache kept here)."""
-        return {}, {"session": self.server.open_session()}
+        """Start a generation session (KV cache kept here), bound to the asking connection."""
+        from transport.cloud import current_caller
+
+        return {}, {"session": self.server.open_session(current_caller())}
 
     def close_session(self, tensors: dict, session: str | None = None, **_: Any) -> tuple[dict, dict]:
-        """Drop a session's KV cache."""
-        if session is not None:
-            self.server.close_session(session)
+        """Drop a session's KV cache (only the connection that opened it may)."""
+        from transport import checks
+        from transport.cloud import current_caller
+
+        if checks.meta_str("session", session, optional=True) is not None:
+            self.server.close_session(session, current_caller())
         return {}, {}
 
 
