@@ -265,7 +265,12 @@ class CloudServer:
             raise
 
     def close(self) -> None:
+        """Stop accepting (wakes a blocked accept()); connections being served finish on their own."""
         self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._sock.close()
 
     def _send(self, conn: socket.socket, frame: bytes | bytearray) -> None:
