@@ -22,8 +22,7 @@ import psutil
 import pytest
 import torch
 
-from transport import CloudError, CloudProcess, RemoteCloud, ServerLimits
-from transport import checks
+from transport import CloudError, CloudProcess, RemoteCloud, ServerLimits, checks
 from transport.cloud import CloudServer, redact
 from transport.framing import ConnectionClosed, recv_frame
 from transport.testing import EchoHandler

@@ -13,8 +13,16 @@ meter (traffic counters), limits (ServerLimits), cloud (server process), client 
 RemoteCloud), serve (the standalone server command), checks (request validation for handlers),
 testing (echo handler).
 """
-from transport.client import (CallRecord, CloudClient, CloudError, CloudProcess, CloudTimeout, CloudUnavailable,
-                              RemoteCloud, parse_address)
+from transport.client import (
+                              CallRecord,
+                              CloudClient,
+                              CloudError,
+                              CloudProcess,
+                              CloudTimeout,
+                              CloudUnavailable,
+                              RemoteCloud,
+                              parse_address,
+)
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink
 from transport.meter import TrafficMeter

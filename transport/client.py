@@ -36,8 +36,15 @@ from transport.framing import recv_frame
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, NetworkProfile, profile_to_dict
 from transport.meter import DOWN, UP, TrafficMeter
-from transport.wire import (DEFAULT_MAX_MESSAGE_BYTES, KIND_ERROR, Message, WireError, decode_body, encode_message,
-                            expected_payload_bytes)
+from transport.wire import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    KIND_ERROR,
+    Message,
+    WireError,
+    decode_body,
+    encode_message,
+    expected_payload_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +130,11 @@ class CloudClient:
         self._call_lock = threading.Lock()  # one request in flight per connection
         self._sock: socket.socket | None = None
 
-    def __enter__(self) -> "CloudClient":
+    def __enter__(self) -> CloudClient:
         self.start()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @property
@@ -144,7 +151,7 @@ class CloudClient:
         """How error messages name this cloud."""
         return f"cloud {self.host}:{self.port}"
 
-    def start(self) -> "CloudClient":
+    def start(self) -> CloudClient:
         """Make the server reachable (spawn it, or connect to it)."""
         self._connect()
         return self
@@ -333,7 +340,7 @@ class CloudProcess(CloudClient):
             raise CloudUnavailable(f"cloud process {self.factory!r} is not running; "
                                    "use `with CloudProcess(...) as cloud:`")
 
-    def start(self) -> "CloudProcess":
+    def start(self) -> CloudProcess:
         """Spawn the cloud process and wait until it listens (or raise CloudUnavailable)."""
         if self._proc is not None:
             raise RuntimeError(f"cloud process {self.factory!r} already started (pid {self.pid})")
@@ -470,7 +477,7 @@ class RemoteCloud(CloudClient):
     def describe(self) -> str:
         return f"remote cloud {self.host}:{self.port}"
 
-    def start(self) -> "RemoteCloud":
+    def start(self) -> RemoteCloud:
         """Connect (TLS handshake and token check included), or raise CloudUnavailable naming the address."""
         try:
             self._connect()

@@ -40,8 +40,7 @@ from typing import Any, Callable
 from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, profile_from_dict
-from transport.wire import (KIND_ERROR, KIND_RESULT, MessageTooLarge, WireError,
-                            decode_body, encode_message)
+from transport.wire import KIND_ERROR, KIND_RESULT, MessageTooLarge, WireError, decode_body, encode_message
 
 log = logging.getLogger(__name__)
 

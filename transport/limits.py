@@ -48,7 +48,7 @@ class ServerLimits:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "ServerLimits":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ServerLimits:
         """Inverse of to_dict; unknown keys are refused by name."""
         data = dict(data or {})
         known = {f.name for f in fields(cls)}
