@@ -42,9 +42,13 @@ class StipCloudHandler:
         self.server = stip.ModelServer(load_for_cloud(checkpoint, head))
 
     def apply_limits(self, limits: Any) -> None:
-        """Take the session limits of the serving transport (transport.limits.ServerLimits)."""
+        """Take the session limits of the serving transport (transport.limits.ServerLimits).
+
+        The global cap leaves room for every connection's own sessions, so no client can lock others out.
+        """
         self.server.session_ttl_s = limits.session_ttl_s
         self.server.max_sessions_per_owner = limits.max_sessions_per_connection
+        self.server.max_sessions = limits.max_connections * limits.max_sessions_per_connection
 
     def connection_closed(self, caller: str) -> None:
         """A client left: its sessions go with it."""
