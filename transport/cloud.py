@@ -149,6 +149,7 @@ class _CallWatcher:
         self._lock = threading.Lock()
         self._watched: dict[socket.socket, threading.Event] = {}
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def watch(self, conn: socket.socket) -> threading.Event:
         event = threading.Event()
@@ -163,9 +164,11 @@ class _CallWatcher:
         with self._lock:
             self._watched.pop(conn, None)
 
+    def stop(self) -> None:
+        self._stop.set()
+
     def _run(self) -> None:
-        while True:
-            time.sleep(_WATCH_INTERVAL_S)
+        while not self._stop.wait(_WATCH_INTERVAL_S):
             with self._lock:
                 items = list(self._watched.items())
             for conn, event in items:
@@ -266,6 +269,7 @@ class CloudServer:
     def close(self) -> None:
         """Stop accepting (wakes a blocked accept()); connections being served finish on their own."""
         self._closed = True
+        self._watcher.stop()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
