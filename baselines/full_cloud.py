@@ -23,7 +23,8 @@ from protocols.common import (
     shape_bytes,
 )
 from protocols.contract import ModelSpec, Row, RunRequest
-from transport import CloudProcess
+from transport import CloudProcess, checks
+from transport.cloud import CallCancelled, cancelled
 from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ INPUT_KEYS = ("input_ids", "pixel_values", "attention_mask", "token_type_ids")
 class FullCloudHandler(CloudHandler):
     """Plain model in the cloud process."""
 
+    remote_methods = ("infer", "generate")
+
     def __init__(self, checkpoint: str, head: str, threads: int | None = None) -> None:
         configure_threads(threads)
         self.model = load_for_cloud(checkpoint, head)
@@ -43,16 +46,36 @@ class FullCloudHandler(CloudHandler):
         unknown = sorted(set(tensors) - set(INPUT_KEYS))
         if unknown or not ({"input_ids", "pixel_values"} & set(tensors)):
             raise ValueError(f"infer takes input_ids or pixel_values (+ masks); got {sorted(tensors)}")
+        _check_inputs(tensors)
         with torch.no_grad():
             return self.reply(self.model(**tensors))
 
     def generate(self, tensors: dict[str, torch.Tensor], max_new_tokens: int = 1, **_: Any) -> tuple[dict, dict]:
         """Greedy generation on the cloud with its KV cache; returns tokens and each step's compute time."""
+        checks.only(tensors, ("input_ids",))
+        ids = checks.integer("input_ids", tensors["input_ids"])
+        max_new_tokens = checks.meta_int("max_new_tokens", max_new_tokens, maximum=1 << 16)
         marks = [time.perf_counter()]
-        tokens = greedy_tokens(self.model, tensors["input_ids"], int(max_new_tokens),
-                               on_token=lambda step: marks.append(time.perf_counter()))
+
+        def on_token(step: int) -> None:
+            marks.append(time.perf_counter())
+            if cancelled():  # the device gave up: free the cloud for the next client
+                raise CallCancelled(f"client left after {step + 1} of {max_new_tokens} tokens")
+
+        tokens = greedy_tokens(self.model, ids, int(max_new_tokens), on_token=on_token)
         steps = [b - a for a, b in zip(marks, marks[1:])]
         return {"tokens": tokens, "step_times": torch.tensor(steps, dtype=torch.float64)}, {}
+
+
+def _check_inputs(tensors: dict[str, torch.Tensor]) -> None:
+    """Token ids and masks must be integer tensors of one shape; pixels finite."""
+    if "pixel_values" in tensors:
+        checks.finite("pixel_values", tensors["pixel_values"])
+    if "input_ids" in tensors:
+        ids = checks.integer("input_ids", tensors["input_ids"])
+        for name in ("attention_mask", "token_type_ids"):
+            if name in tensors:
+                checks.integer(name, tensors[name], tuple(ids.shape))
 
 
 def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None) -> FullCloudHandler:

@@ -17,6 +17,7 @@ from protocols.base import CloudHandler, SocketConfig, SocketProtocol
 from protocols.common import Stopwatch, configure_threads, load_for_cloud, output_bytes, shape_bytes
 from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
 from protocols.memory import embedding_module, module_bytes
+from transport import checks
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def check_split(k: int, n_layers: int) -> int:
 class SplitCloudHandler(CloudHandler):
     """The cloud's part: layers k.. and the head; layers ..k are pass-throughs."""
 
+    remote_methods = ("infer",)
+
     def __init__(self, checkpoint: str, head: str, device_layers: int, threads: int | None = None) -> None:
         configure_threads(threads)
         self.model = load_for_cloud(checkpoint, head)
@@ -97,6 +100,10 @@ class SplitCloudHandler(CloudHandler):
         hidden = tensors.get("hidden_states")
         if hidden is None or hidden.ndim != 3:
             raise ValueError(f"infer needs a 3-D 'hidden_states' tensor, got {sorted(tensors)}")
+        checks.only(tensors, ("hidden_states", "attention_mask"))
+        checks.finite("hidden_states", hidden)
+        if "attention_mask" in tensors:
+            checks.integer("attention_mask", tensors["attention_mask"], tuple(hidden.shape[:2]))
         self._inject = hidden
         cfg = self.model.config
         kwargs: dict[str, Any] = {}

@@ -30,7 +30,8 @@ from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
 from protocols.memory import device_memory_rows, embedding_module, module_bytes
 from protocols.privacy import dcor_both, dcor_parameters
 from protocols.vocabulary import STIP_PHASES
-from transport import CloudProcess
+from transport import CloudProcess, checks
+from transport.cloud import current_caller
 from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,30 @@ class StipConfig(SocketConfig):
 
 
 class StipCloudHandler(CloudHandler):
-    """The model server in the cloud process: transformed weights only, one KV cache per session."""
+    """The model server in the cloud process: transformed weights only, one KV cache per session.
+
+    Sessions belong to the connection that opened them (`transport.cloud.current_caller`) and are
+    dropped when it closes, when unused for the server's session_ttl_s, and capped per connection.
+    """
+
+    remote_methods = ("infer", "open_session", "close_session")
 
     def __init__(self, checkpoint: str, head: str, threads: int | None = None) -> None:
         configure_threads(threads)
         self.server = stip.ModelServer(load_for_cloud(checkpoint, head))
+
+    def apply_limits(self, limits: Any) -> None:
+        """Take the session limits of the serving transport (transport.limits.ServerLimits).
+
+        The global cap leaves room for every connection's own sessions, so no client can lock others out.
+        """
+        self.server.session_ttl_s = limits.session_ttl_s
+        self.server.max_sessions_per_owner = limits.max_sessions_per_connection
+        self.server.max_sessions = limits.max_connections * limits.max_sessions_per_connection
+
+    def connection_closed(self, caller: str) -> None:
+        """A client left: its sessions go with it."""
+        self.server.close_owner_sessions(caller)
 
     def infer(self, tensors: dict[str, torch.Tensor], session: str | None = None, last_only: bool = False,
               top_k: int | None = None, key_id: str | None = None, **_: Any) -> tuple[dict, dict]:
@@ -71,17 +91,23 @@ class StipCloudHandler(CloudHandler):
         (and refuses a device whose key id is not the checkpoint's)."""
         if "inputs_embeds" not in tensors:
             raise ValueError(f"infer needs an 'inputs_embeds' tensor, got {sorted(tensors)}")
-        out = self.server.infer(**tensors, session=session, last_only=bool(last_only), top_k=top_k, key_id=key_id)
+        checks.finite("inputs_embeds", tensors["inputs_embeds"])
+        last_only = checks.meta_bool("last_only", last_only)
+        top_k = checks.meta_int("top_k", top_k, optional=True)
+        key_id = checks.meta_str("key_id", key_id, optional=True)
+        if checks.meta_str("session", session, optional=True) is not None:
+            self.server.check_session(session, current_caller())
+        out = self.server.infer(**tensors, session=session, last_only=last_only, top_k=top_k, key_id=key_id)
         return self.reply(out)
 
     def open_session(self, tensors: dict, **_: Any) -> tuple[dict, dict]:
-        """Start a generation session (KV cache kept here)."""
-        return {}, {"session": self.server.open_session()}
+        """Start a generation session (KV cache kept here), bound to the asking connection."""
+        return {}, {"session": self.server.open_session(current_caller())}
 
     def close_session(self, tensors: dict, session: str | None = None, **_: Any) -> tuple[dict, dict]:
-        """Drop a session's KV cache."""
-        if session is not None:
-            self.server.close_session(session)
+        """Drop a session's KV cache (only the connection that opened it may)."""
+        if checks.meta_str("session", session, optional=True) is not None:
+            self.server.close_session(session, current_caller())
         return {}, {}
 
 

@@ -5,6 +5,7 @@ import copy
 import inspect
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
@@ -269,7 +270,8 @@ class ModelServer:
     scores (`position_logits`): pooling needs the token ids, which only the device has.
     """
 
-    def __init__(self, cloud_model: nn.Module, max_sessions: int = 256) -> None:
+    def __init__(self, cloud_model: nn.Module, max_sessions: int = 256, *, session_ttl_s: float | None = None,
+                 max_sessions_per_owner: int | None = None) -> None:
         self.model = cloud_model.eval()
         self.family = _family_of(cloud_model)
         if self.family.prepare_server is not None:
@@ -279,19 +281,63 @@ class ModelServer:
         self.pools_last_token = last_token_pooling(cloud_model) is not None
         self._takes_position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
         self.max_sessions = max_sessions
+        self.session_ttl_s = session_ttl_s  # a session unused this long is dropped (None: kept until closed)
+        self.max_sessions_per_owner = max_sessions_per_owner  # None: only max_sessions bounds an owner
         self._sessions: dict[str, dict] = {}
+        self._session_owner: dict[str, tuple[str | None, float]] = {}  # id -> (owner, last used, monotonic)
 
-    def open_session(self) -> str:
-        """Start a generation session; the server keeps its KV cache until closed."""
+    def open_session(self, owner: str | None = None) -> str:
+        """Start a generation session; the server keeps its KV cache until closed or unused for session_ttl_s.
+
+        `owner` (e.g. the connection that asks) binds the session: another owner can neither use nor close it.
+        """
+        self.expire_sessions()
         if len(self._sessions) >= self.max_sessions:
             raise RuntimeError(f"too many open sessions ({self.max_sessions}); close finished ones")
+        held = sum(1 for o, _ in self._session_owner.values() if o == owner)
+        if owner is not None and self.max_sessions_per_owner is not None and held >= self.max_sessions_per_owner:
+            raise RuntimeError(f"this client holds {held} open sessions (max_sessions_per_owner="
+                               f"{self.max_sessions_per_owner}); close finished ones")
         session = uuid.uuid4().hex
         self._sessions[session] = {"cache": None, "mask": None, "length": 0, "batch": None,
                                    "last_position": None}
+        self._session_owner[session] = (owner, time.monotonic())
         return session
 
-    def close_session(self, session: str) -> None:
+    def close_session(self, session: str, owner: str | None = None) -> None:
+        """Drop a session's KV cache (unknown ids are ignored; another owner's session is refused)."""
+        if session in self._sessions:
+            self.check_session(session, owner)
         self._sessions.pop(session, None)
+        self._session_owner.pop(session, None)
+
+    def check_session(self, session: str, owner: str | None = None) -> None:
+        """Refuse a session id that is unknown, expired or another owner's; mark it used."""
+        self.expire_sessions()
+        if session not in self._sessions:
+            raise StipInputError(f"unknown session '{session}'; open one with open_session()")
+        if self._session_owner[session][0] != owner:
+            raise StipInputError(f"session '{session}' belongs to another client; open your own with open_session()")
+        self._session_owner[session] = (owner, time.monotonic())
+
+    def expire_sessions(self) -> list[str]:
+        """Drop sessions unused for session_ttl_s; returns their ids."""
+        if self.session_ttl_s is None:
+            return []
+        cutoff = time.monotonic() - self.session_ttl_s
+        stale = [s for s, (_, used) in self._session_owner.items() if used < cutoff]
+        for s in stale:
+            self._sessions.pop(s, None)
+            self._session_owner.pop(s, None)
+        return stale
+
+    def close_owner_sessions(self, owner: str) -> int:
+        """Drop every session of `owner` (its connection closed); returns how many."""
+        mine = [s for s, (o, _) in self._session_owner.items() if o == owner]
+        for s in mine:
+            self._sessions.pop(s, None)
+            self._session_owner.pop(s, None)
+        return len(mine)
 
     def check_key_id(self, key_id: str | None) -> None:
         """Raise KeyMismatchError if the device's key id is not the one this cloud model was made with."""

@@ -12,9 +12,13 @@ from typing import Any
 
 import torch
 
+from transport.cloud import CallCancelled, cancelled
+
 
 class EchoHandler:
     """Methods that exercise the runtime: echo, arithmetic, failure, delay, child processes."""
+
+    remote_methods = ("echo", "scale_add", "zeros", "fail", "sleep", "pid", "spawn_child", "bad_result")
 
     def __init__(self, scale: float = 1.0) -> None:
         self.scale = scale
@@ -37,8 +41,12 @@ class EchoHandler:
         raise RuntimeError(message)
 
     def sleep(self, tensors: dict[str, torch.Tensor], seconds: float = 1.0) -> tuple[dict, dict]:
-        """Block for `seconds` (timeouts, killing the cloud mid-call)."""
-        time.sleep(seconds)
+        """Block for `seconds` (timeouts, killing the cloud mid-call); stops early if the client leaves."""
+        deadline = time.monotonic() + float(seconds)
+        while (left := deadline - time.monotonic()) > 0:
+            if cancelled():
+                raise CallCancelled(f"client left after {float(seconds) - left:.2f} s of sleep({seconds})")
+            time.sleep(min(left, 0.02))
         return {}, {"slept": seconds}
 
     def pid(self, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:

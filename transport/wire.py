@@ -177,7 +177,8 @@ def encode_error(error: str, meta: Mapping[str, Any] | None = None) -> bytearray
     return encode_message(KIND_ERROR, None, meta, error=error)
 
 
-def decode_prefix(prefix: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tuple[int, int]:
+def decode_prefix(prefix: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                  max_header_bytes: int = MAX_HEADER_BYTES) -> tuple[int, int]:
     """Validate the 16-byte prefix and return (H, B); raises before anything large is read."""
     if len(prefix) != FRAME_PREFIX_BYTES:
         raise WireError(f"frame prefix must be {FRAME_PREFIX_BYTES} B, got {len(prefix)} B")
@@ -187,9 +188,9 @@ def decode_prefix(prefix: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> 
                         "(or a stream out of sync)")
     if header_len == 0:
         raise WireError("declared JSON header length is 0; a frame always has a header")
-    if header_len > MAX_HEADER_BYTES:
+    if header_len > min(max_header_bytes, MAX_HEADER_BYTES):
         raise MessageTooLarge(f"declared JSON header length {header_len} B exceeds "
-                              f"{MAX_HEADER_BYTES} B")
+                              f"{min(max_header_bytes, MAX_HEADER_BYTES)} B")
     if body_len < SAFETENSORS_LEN_BYTES:
         raise WireError(f"declared body length {body_len} B is shorter than the "
                         f"{SAFETENSORS_LEN_BYTES} B safetensors length field")
@@ -205,6 +206,8 @@ def decode_body(header: bytes, body: bytes | bytearray | memoryview) -> Message:
         obj = json.loads(header.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise WireError(f"JSON header is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError:  # json's own depth limit: a hostile header, refused like any bad one
+        raise WireError("JSON header is nested too deeply") from None
     if not isinstance(obj, dict):
         raise WireError(f"JSON header must be an object, got {type(obj).__name__}")
     kind, meta, error = obj.get("kind"), obj.get("meta", {}), obj.get("error")
