@@ -1,22 +1,22 @@
 """The cloud process: a TCP server that runs a handler object on requests in transport.wire frames.
 
-Started by `transport.client.CloudProcess` as ``python -m transport --ready-fd N``.
-Its configuration arrives as the first line of stdin (JSON: factory, kwargs, network, host, port,
-limits (transport.limits.ServerLimits), sys_path, log_level); it then builds the handler with
+Started by `transport.client.CloudProcess` as ``python -m transport --ready-fd N``. Its
+configuration arrives as the first line of stdin (JSON: factory, kwargs, network, host, port, limits
+(transport.limits.ServerLimits), sys_path, log_level); it then builds the handler with
 ``factory(**kwargs)`` ("pkg.module:function"), binds the socket and writes one JSON line to fd N:
 ``{"ready": true, "port": P, "pid": ...}`` or ``{"ready": false, "error": "..."}``. It exits when
 stdin reaches EOF, i.e. when the parent closes it or dies, so it never outlives its device.
 
 A request of kind ``m`` calls ``handler.m(tensors, **meta) -> (tensors, meta)`` if ``m`` is in the
-handler's allow-list ``remote_methods``; handler calls are serialised by a lock (a call whose
-client left before it ran is skipped; one running can poll `cancelled()`) and timed
-(``cloud_compute``, returned in the reply meta under RUNTIME_META_KEY). Replies go through the
-emulated downlink. Anything wrong - bad frame, unknown method, handler exception, unencodable
-result - is answered with an error frame whose meta carries ``error_type`` and a short message (no traceback, no absolute path: those go to the server's log
-under the reply's ``error_id``); the server keeps serving. Resources a client can take are bounded
-by `transport.limits.ServerLimits` (frame and header size, connections, idle time, sessions).
-Only when the stream cannot be trusted any more (bad prefix, oversized declared length, peer gone
-mid-frame) is that one connection closed.
+handler's allow-list ``remote_methods``; handler calls are serialised by a lock (a call whose client
+left before it ran is skipped; one running can poll `cancelled()`) and timed (``cloud_compute``,
+returned in the reply meta under RUNTIME_META_KEY). Replies go through the emulated downlink.
+Anything wrong - bad frame, unknown method, handler exception, unencodable result - is answered with
+an error frame whose meta carries ``error_type`` and a short message (no traceback, no absolute
+path: those go to the server's log under the reply's ``error_id``); the server keeps serving.
+Resources a client can take are bounded by `transport.limits.ServerLimits` (frame and header size,
+connections, idle time, sessions). Only when the stream cannot be trusted any more (bad prefix,
+oversized declared length, peer gone mid-frame) is that one connection closed.
 """
 from __future__ import annotations
 
