@@ -8,9 +8,7 @@ import torch
 
 from .parties import DataOwner
 from .sampling import Sampling
-from .speculation import Drafter, GenerationStats, accepted_length
-
-SPECULATION_TOPK = 2  # per drafted position: the argmax, and the runner-up to see a tie at the top
+from .speculation import SPECULATION_TOPK, Drafter, GenerationStats, check_speculation, generate_speculative
 
 
 class InferenceServer(Protocol):
@@ -67,8 +65,8 @@ def generate(
         raise ValueError(f"return_topk={return_topk} is lossless only for greedy or top_k <= {return_topk} "
                          f"sampling (got do_sample=True, top_k={top_k}); raise return_topk or set top_k")
     if speculate is not None:
-        _check_speculation(speculate, input_ids, sampling, return_topk)
-        return _generate_speculative(device, server, input_ids, max_new_tokens, speculate,
+        check_speculation(speculate, input_ids, sampling, return_topk)
+        return generate_speculative(device, server, input_ids, max_new_tokens, speculate,
                                      return_topk or SPECULATION_TOPK, eos_token_id, on_token, attention_mask,
                                      device_inputs, stats)
     session = server.open_session()
@@ -95,81 +93,3 @@ def generate(
         server.close_session(session)
     return tokens
 
-
-def _check_speculation(speculate: Drafter, input_ids: torch.Tensor, sampling: Sampling,
-                       return_topk: int | None) -> None:
-    """Speculation here is greedy and for one sequence; refuse anything else by name."""
-    if not isinstance(speculate, Drafter):
-        raise TypeError(f"speculate must be a drafter with propose(tokens, limit) (e.g. stip.PromptLookup()), "
-                        f"got {type(speculate).__name__}")
-    if sampling.do_sample:
-        raise ValueError("speculate is greedy only (accepting a draft needs greedy's deterministic choice); "
-                         "set do_sample=False, or generate without speculate to sample")
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"speculate takes one sequence (batch 1; rows would accept different lengths), got "
-                         f"input_ids of shape {tuple(input_ids.shape)}; generate each prompt on its own")
-    if return_topk is not None and (isinstance(return_topk, bool) or not isinstance(return_topk, int)
-                                    or return_topk < 1):
-        raise ValueError(f"return_topk must be an int >= 1, got {return_topk!r}")
-
-
-def _drafts(speculate: Drafter, tokens: torch.Tensor, limit: int, eos_token_id: int | None) -> torch.Tensor:
-    """The drafter's proposal, at most `limit` long and cut before an EOS (as transformers' prompt lookup)."""
-    drafts = speculate.propose(tokens, limit).reshape(-1).to(tokens.dtype)[:max(limit, 0)]
-    if eos_token_id is not None:
-        eos = (drafts == eos_token_id).nonzero()
-        if eos.numel():
-            drafts = drafts[:int(eos[0, 0])]
-    return drafts
-
-
-def _choose_greedy(device: DataOwner, out: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy token after every returned position [m], and whether its top-k leaves the choice open [m]."""
-    if "topk_values" not in out:
-        raise ValueError(f"a speculative step expects the cloud's top-k, got {sorted(out)}")
-    values, indices = out["topk_values"][0], out["topk_indices"][0]  # [m, k]
-    chosen = device.next_token({"topk_values": values, "topk_indices": indices})[:, 0]
-    open_tie = (values[:, -1] == values[:, 0]) if values.shape[-1] > 1 else torch.zeros_like(chosen, dtype=torch.bool)
-    return chosen, open_tie
-
-
-def _generate_speculative(
-    device: DataOwner, server: InferenceServer, input_ids: torch.Tensor, max_new_tokens: int,
-    speculate: Drafter, top_k: int, eos_token_id: int | None,
-    on_token: Callable[[int, torch.Tensor], None] | None, attention_mask: torch.Tensor | None,
-    device_inputs: Mapping[str, torch.Tensor] | None, stats: GenerationStats | None,
-) -> torch.Tensor:
-    """Draft, verify in one round trip, keep the greedy prefix + one token, crop the cloud's cache."""
-    tokens, remaining = input_ids, max_new_tokens
-    # device inputs (LLaVA's image) embed with the prompt only: drafting starts after it
-    drafts = _drafts(speculate, tokens, remaining - 1 if not device_inputs else 0, eos_token_id)
-    mask = None if attention_mask is None else torch.cat(
-        [attention_mask, attention_mask.new_ones(1, drafts.numel())], dim=-1)
-    session = server.open_session()
-    try:
-        request = device.request(torch.cat([input_ids, drafts[None]], dim=-1), attention_mask=mask,
-                                 session=session, top_k=top_k, last_n=drafts.numel() + 1, **(device_inputs or {}))
-        while remaining > 0:
-            out = server.infer(request.pop("inputs_embeds"), **request)
-            chosen, open_tie = _choose_greedy(device, out)
-            n = accepted_length(drafts, chosen)
-            if bool(open_tie[:n + 1].any()):
-                raise ValueError(f"the top {top_k} scores at a drafted position are all tied, so greedy's "
-                                 "lowest-token-id rule may need a candidate the cloud did not return; raise "
-                                 "return_topk")
-            new = torch.cat([drafts[:n], chosen[n:n + 1]])
-            for i, token in enumerate(new):
-                if on_token is not None:
-                    on_token(max_new_tokens - remaining + i, token.view(1, 1))
-            tokens = torch.cat([tokens, new[None]], dim=-1)
-            remaining -= new.numel()
-            if stats is not None:
-                stats.record(drafted=drafts.numel(), accepted=n, new_tokens=new.numel())
-            if remaining == 0 or (eos_token_id is not None and int(new[-1]) == eos_token_id):
-                break
-            drafts = _drafts(speculate, tokens, remaining - 1, eos_token_id)
-            request = device.request(torch.cat([new[-1:], drafts])[None], session=session, top_k=top_k,
-                                     last_n=drafts.numel() + 1, cache_length=tokens.shape[1] - 1)
-    finally:
-        server.close_session(session)
-    return tokens
