@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import stip
-from bench.models import load_smollm2
+from protocols.models import load_smollm2
 from stip.prompts import prompt_suite
 
 NEW_TOKENS = 64
