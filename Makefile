@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all bench bench-micro bench-all clean
+.PHONY: help install lint test test-all bench bench-micro bench-all clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP) ## Create .venv and install everything (torch==2.13.0 first)
 
+lint: install ## ruff check (config in pyproject.toml)
+	$(VENV)/bin/ruff check .
+
 test: install ## Run the fast test suite (not slow)
 	$(PY) -m pytest -m "not slow and not benchmark" -q
 
@@ -36,11 +39,13 @@ test-all: install ## Run every test, slow ones included
 bench-micro: install ## STIP micro-benchmarks (pytest-benchmark ratios, written to results/micro/)
 	STIP_MICRO_RESULTS=results/micro/stip_micro.csv $(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider tests/bench_stip_micro.py
 
-bench: bench-micro ## Reproduce the paper's figures and tables (quick profile)
+bench: bench-micro ## Reproduce the paper's figures and tables (quick profile, STIP vs MPC, BERT-base MPC)
 	$(PY) -m bench -m experiment=quick
 	$(PY) -m bench -m experiment=quick_generate
+	$(PY) -m bench -m experiment=mpc_vs_stip
+	$(PY) -m bench -m experiment=mpc_vs_stip_stip
+	$(PY) -m bench experiment=mpc_bert_base
 	$(PY) -m bench.aggregate --plots
-	$(PY) scripts/mpc_vs_stip.py --model bert-tiny --seq-len 32 --networks lan,wan,wired,wireless
 
 bench-all: install ## Every paper figure/table experiment (slow: hours on 2 cores)
 	for e in fig6_dcor fig6a_param_dcor table5_accuracy fig7a_throughput fig7c_generation fig7d_breakdown \

@@ -11,25 +11,41 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.results import REPORT, ROWS, atomic_write_csv, atomic_write_json, atomic_write_parquet, typed
+from bench.analysis import latency_table, markdown
+from bench.results import (
+    REPORT,
+    ROWS,
+    RunReport,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_parquet,
+    typed,
+    with_runs,
+)
 
 log = logging.getLogger(__name__)
 
-RUN_COLUMNS = ["run_id", "experiment", "status", "error", "model", "protocol", "network", "task",
-               "measured", "fits_on_host", "n_rows", "git_sha", "started", "duration_s"]
+RUN_COLUMNS = ["run_id", "experiment", "status", "error", "model", "protocol", "network", "bandwidth_bps", "rtt_s",
+               "reference_protocol", "task", "measured", "fits_on_host", "n_rows", "git_sha", "started", "duration_s"]
+PARAM_PREFIX = "protocol."  # protocol parameters from the resolved config: protocol.<key> columns
 
 
-def _run_record(report: dict) -> dict:
-    """One line of the runs table from a report.json."""
-    cfg = report.get("config", {})
+def _run_record(report: RunReport) -> dict:
+    """One line of the runs table from a report: what ran, on which link, with which protocol parameters."""
+    cfg = report.config
+    network = cfg.get("network") or {}
+    protocol = cfg.get("protocol") or {}
+    params = {f"{PARAM_PREFIX}{k}": (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+              for k, v in protocol.items() if k not in ("_target_", "name")}
     return {
-        "run_id": report.get("run_id"), "experiment": report.get("experiment"), "status": report.get("status"),
-        "error": report.get("error"), "model": (cfg.get("model") or {}).get("name"),
-        "protocol": (cfg.get("protocol") or {}).get("name"), "network": (cfg.get("network") or {}).get("name"),
-        "task": (cfg.get("run") or {}).get("task"), "measured": report.get("measured"),
-        "fits_on_host": report.get("fits_on_host"), "n_rows": report.get("n_rows"),
-        "git_sha": (report.get("provenance") or {}).get("git_sha"), "started": report.get("started"),
-        "duration_s": report.get("duration_s"),
+        "run_id": report.run_id, "experiment": report.experiment, "status": report.status, "error": report.error,
+        "model": (cfg.get("model") or {}).get("name"), "protocol": protocol.get("name"),
+        "network": network.get("name"), "bandwidth_bps": network.get("bandwidth_bps"), "rtt_s": network.get("rtt_s"),
+        "reference_protocol": cfg.get("reference_protocol"),
+        "task": (cfg.get("run") or {}).get("task"), "measured": report.measured, "fits_on_host": report.fits_on_host,
+        "n_rows": report.n_rows, "git_sha": report.provenance.get("git_sha"), "started": report.started,
+        "duration_s": report.duration_s, **params,
     }
 
 
@@ -38,28 +54,24 @@ def collect(runs_root: Path, experiment: str | None = None) -> tuple[dict[str, p
     rows: dict[str, list[pd.DataFrame]] = {}
     runs: dict[str, list[dict]] = {}
     for report_path in sorted(runs_root.glob(f"{experiment or '*'}/*/{REPORT}")):
-        try:
-            report = json.loads(report_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            log.warning("skipping unreadable %s: %s", report_path, e)
+        report = RunReport.from_json(report_path.parent)
+        if report is None:
+            log.warning("skipping unreadable %s", report_path)
             continue
-        exp = str(report.get("experiment") or report_path.parent.parent.name)
+        exp = str(report.experiment or report_path.parent.parent.name)
         runs.setdefault(exp, []).append(_run_record(report))
         rows_path = report_path.parent / ROWS
-        if report.get("status") == "ok" and rows_path.exists():
+        if report.status == "ok" and rows_path.exists():
             rows.setdefault(exp, []).append(pd.read_parquet(rows_path))
     tables = {e: typed(pd.concat(dfs, ignore_index=True)) for e, dfs in rows.items()}
-    run_tables = {e: pd.DataFrame.from_records(r, columns=RUN_COLUMNS) for e, r in runs.items()}
+    run_tables = {e: _runs_frame(r) for e, r in runs.items()}
     return tables, run_tables
 
 
-def _network(name: str) -> dict:
-    """A network profile's values from configs/network/<name>.yaml."""
-    from omegaconf import OmegaConf
-
-    from bench.app import CONFIG_DIR
-
-    return OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "network" / f"{name}.yaml"))
+def _runs_frame(records: list[dict]) -> pd.DataFrame:
+    """The runs table: fixed columns first, then the protocol parameters that any run has."""
+    extra = sorted({k for r in records for k in r} - set(RUN_COLUMNS))
+    return pd.DataFrame.from_records(records, columns=RUN_COLUMNS + extra)
 
 
 def _med(df: pd.DataFrame, **eq: object) -> float | None:
@@ -70,50 +82,70 @@ def _med(df: pd.DataFrame, **eq: object) -> float | None:
     return float(m["value"].median()) if len(m) else None
 
 
+def _return_label(g: pd.DataFrame) -> pd.Series:
+    """return_full / return_topk<k> from the runs' protocol parameters (generation)."""
+    mode = g.get("protocol.return_mode", pd.Series("full", index=g.index)).fillna("full")
+    k = g.get("protocol.top_k", pd.Series(0, index=g.index)).fillna(0).astype(int).astype(str)
+    return ("return_" + mode).where(mode != "topk", "return_topk" + k)
+
+
 def headline(df: pd.DataFrame) -> dict:
-    """The issue's headline numbers, computed from whatever the table holds (medians over repeats)."""
+    """Headline numbers from rows joined with the runs table (medians over repeats; measured, not modelled)."""
     out: dict = {}
+    df = df[df.source.isin(["socket", "host", "engine"])]
     fwd = df[~df.run_id.isin(df[df.phase == "generate"].run_id)]
-    for net in sorted(fwd.network.dropna().unique()):
-        s = _med(fwd, protocol="stip", network=net, phase="cloud_compute", metric="latency")
-        f = _med(fwd, protocol="full_cloud", network=net, phase="cloud_compute", metric="latency")
-        if s and f:
-            out[f"cloud_compute_ratio_stip_over_full_cloud[{net}]"] = {"stip_s": s, "full_cloud_s": f, "ratio": s / f}
-    s = _med(fwd, protocol="stip", phase="cloud_compute", metric="latency")
-    f = _med(fwd, protocol="full_cloud", phase="cloud_compute", metric="latency")
-    if s and f:  # pooled over networks: the link does not change cloud compute, more repeats damp host noise
-        out["cloud_compute_ratio_stip_over_full_cloud[all networks]"] = {"stip_s": s, "full_cloud_s": f, "ratio": s / f}
-    gen = df[df.run_id.isin(df[df.phase == "generate"].run_id) & (df.protocol == "stip")]
-    for approx in sorted(gen.approx.dropna().unique()):
-        g = gen[gen.approx == approx]
+    refs = df["reference_protocol"].dropna().unique() if "reference_protocol" in df else []
+    ref = str(refs[0]) if len(refs) == 1 else None  # the run config's efficiency reference
+    others = sorted(p for p in fwd.protocol.dropna().unique() if p != ref) if ref else []
+    for p in others:
+        for net in [*sorted(fwd.network.dropna().unique()), None]:
+            where = {} if net is None else {"network": net}
+            s = _med(fwd, protocol=p, phase="cloud_compute", metric="latency", **where)
+            f = _med(fwd, protocol=ref, phase="cloud_compute", metric="latency", **where)
+            if s and f:  # [all networks]: the link does not change cloud compute, more repeats damp host noise
+                out[f"cloud_compute_ratio_{p}_over_{ref}[{net or 'all networks'}]"] = {
+                    f"{p}_s": s, f"{ref}_s": f, "ratio": s / f}
+    gen_all = df[df.run_id.isin(df[df.phase == "generate"].run_id)]
+    for p in sorted(gen_all.protocol.dropna().unique()):
+        out.update(_generation_headline(p, gen_all[gen_all.protocol == p]))
+    return out
+
+
+def _generation_headline(protocol: str, gen: pd.DataFrame) -> dict:
+    """Per-token link cost (against the run with no link) and the top-k downlink saving of one protocol."""
+    out: dict = {}
+    gen = gen.assign(mode=_return_label(gen))
+    for approx in sorted(gen["mode"].dropna().unique()):
+        g = gen[gen["mode"] == approx]
         base = _med(g, network="none", phase="per_token", metric="latency")
         for net in sorted(set(g.network.dropna()) - {"none"}):
             per_token = _med(g, network=net, phase="per_token", metric="latency")
             if base is None or per_token is None:
                 continue
-            prof = _network(net)
+            prof = g[g.network == net].iloc[0]
             n_bytes = (_med(g, network=net, phase="uplink", metric="bytes") or 0) + (
                 _med(g, network=net, phase="downlink", metric="bytes") or 0)
-            physical = prof["rtt_s"] + (8 * n_bytes / prof["bandwidth_bps"] if prof.get("bandwidth_bps") else 0.0)
+            bandwidth = None if pd.isna(prof["bandwidth_bps"]) else float(prof["bandwidth_bps"])
+            physical = float(prof["rtt_s"]) + (8 * n_bytes / bandwidth if bandwidth else 0.0)
             # Link time measured inside the same run (uplink + downlink per token): immune to compute drift
             # between runs; the difference to the no-link run is reported too.
             link = (_med(g, network=net, phase="uplink", metric="latency") or 0) + (
                 _med(g, network=net, phase="downlink", metric="latency") or 0)
-            out[f"stip_extra_per_token[{net},{approx}]"] = {
+            out[f"{protocol}_extra_per_token[{net},{approx}]"] = {
                 "per_token_s": per_token, "per_token_no_link_s": base, "extra_vs_no_link_run_s": per_token - base,
                 "link_time_measured_s": link, "link_physical_cost_s": physical,
                 "link_measured_over_physical": link / physical,
                 "extra_vs_no_link_over_physical": (per_token - base) / physical,
-                "bytes_per_token": n_bytes, "rtt_s": prof["rtt_s"], "bandwidth_bps": prof.get("bandwidth_bps"),
+                "bytes_per_token": n_bytes, "rtt_s": float(prof["rtt_s"]), "bandwidth_bps": bandwidth,
             }
-    full = gen[gen.approx == "return_full"]
-    for approx in sorted(a for a in gen.approx.dropna().unique() if str(a).startswith("return_topk")):
-        t = gen[gen.approx == approx]
+    full = gen[gen["mode"] == "return_full"]
+    for approx in sorted(a for a in gen["mode"].dropna().unique() if str(a).startswith("return_topk")):
+        t = gen[gen["mode"] == approx]
         for net in sorted(set(t.network.dropna()) & set(full.network.dropna())):
             d_full = _med(full, network=net, phase="downlink", metric="bytes")
             d_topk = _med(t, network=net, phase="downlink", metric="bytes")
             if d_full and d_topk is not None:
-                out[f"topk_downlink_saving[{net},{approx}]"] = {
+                out[f"{protocol}_topk_downlink_saving[{net},{approx}]"] = {
                     "downlink_bytes_per_token_full": d_full, "downlink_bytes_per_token_topk": d_topk,
                     "saved_bytes_per_token": d_full - d_topk, "saving_fraction": 1 - d_topk / d_full,
                     "model": ",".join(sorted(t.model.dropna().unique())),
@@ -133,14 +165,24 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
         atomic_write_csv(out / "runs.csv", runs)
         n_failed = int((runs["status"] != "ok").sum())
         log.info("%s: %d rows from %d runs (%d not ok) -> %s", exp, len(df), len(runs), n_failed, out)
-        summary = headline(df) if not df.empty else {}
+        atomic_write_parquet(out / "runs.parquet", runs)
+        joined = with_runs(df, runs)
+        summary = headline(joined) if not df.empty else {}
+        table = latency_table(joined) if not df.empty else pd.DataFrame()
+        if not table.empty:
+            atomic_write_csv(out / "latency_table.csv", table)
+            atomic_write_bytes(out / "latency_table.md", (
+                f"# {exp}: modelled end-to-end latency per request (`python -m bench.aggregate`)\n\n"
+                "latency = measured compute + rounds x RTT + bytes / bandwidth of the run's network "
+                "(protocols/vocabulary.py); over_fastest = latency / the fastest protocol's on that network.\n\n"
+                + markdown(table)).encode())
         if summary:
             atomic_write_json(out / "summary.json", summary)
             log.info("%s headline numbers:\n%s", exp, json.dumps(summary, indent=2))
         if plots and not df.empty:
-            from bench.plots import plot_experiment
+            from bench.plots import plot_experiment  # noqa: PLC0415 - matplotlib only when figures are asked for
 
-            plot_experiment(df, out)
+            plot_experiment(joined, out)
         written.append(out)
     if not written:
         log.warning("no runs under %s", runs_root)

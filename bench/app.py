@@ -15,17 +15,17 @@ from typing import Any, Mapping
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.utils import get_class, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
-from bench.api import NetworkProfile, RunRequest
-from bench.results import (
-    REPORT, ROWS, atomic_write_json, atomic_write_parquet, provenance, read_report, run_id, to_frame,
-)
+from bench.results import ROWS, RunReport, atomic_write_parquet, provenance, run_id, to_frame
+from protocols.contract import Protocol, RunRequest
+from protocols.models import build_spec
+from transport.link import network_profile
 
 log = logging.getLogger(__name__)
 
-# Protocols whose runs may share the host in parallel (plaintext compute; MPC timings would interfere).
-PARALLEL_SAFE = {"stip", "full_cloud", "model_split", "random_projection"}
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
@@ -39,20 +39,9 @@ def _plain(cfg: Any) -> Any:
 def _absolute(path: str) -> Path:
     """Paths in configs are relative to where the user launched, even inside Hydra jobs."""
     try:
-        from hydra.utils import to_absolute_path
-
         return Path(to_absolute_path(path))
     except ValueError:  # not inside a Hydra job
         return Path(path).resolve()
-
-
-def network_profile(cfg: Mapping[str, Any]) -> NetworkProfile:
-    """NetworkProfile from a network config."""
-    keys = ("name", "bandwidth_bps", "rtt_s", "source", "assumed")
-    missing = [k for k in ("name", "rtt_s") if k not in cfg]
-    if missing:
-        raise ValueError(f"network config lacks {missing}; see configs/network/*.yaml")
-    return NetworkProfile(**{k: cfg[k] for k in keys if k in cfg})
 
 
 def run_key(cfg: Mapping[str, Any]) -> dict:
@@ -65,50 +54,47 @@ def run_dir_of(cfg: Mapping[str, Any]) -> Path:
     return _absolute(cfg["output_root"]) / str(cfg["experiment_name"]) / run_id(run_key(cfg))
 
 
-def make_protocol(protocol_cfg: Mapping[str, Any]) -> Any:
-    """Instantiate a protocol plug-in from its `_target_` class path (the runner knows nothing else)."""
-    pcfg = dict(protocol_cfg)
-    target = pcfg.pop("_target_", None)
+def protocol_class(protocol_cfg: Mapping[str, Any]) -> type[Protocol]:
+    """The plug-in class its config's `_target_` names (the runner knows nothing else of a protocol)."""
+    target = protocol_cfg.get("_target_")
     if not target:
-        raise ValueError(f"protocol config {pcfg.get('name')!r} has no _target_; see configs/protocol/*.yaml")
-    cls = hydra.utils.get_class(target)
-    return cls(pcfg)
+        raise ValueError(f"protocol config {protocol_cfg.get('name')!r} has no _target_; see configs/protocol/*.yaml")
+    return get_class(target)
 
 
-def run(cfg: DictConfig | Mapping[str, Any]) -> dict:
+def make_protocol(protocol_cfg: Mapping[str, Any]) -> Protocol:
+    """Instantiate a protocol with its typed config, validated once by the config's dataclass."""
+    return protocol_class(protocol_cfg)(dict(protocol_cfg))
+
+
+def run(cfg: DictConfig | Mapping[str, Any]) -> RunReport:
     """Run one configuration; skip it if already done (unless force); record failures instead of raising."""
-    from bench.models import build_spec
-
     c = _plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     rid = run_id(run_key(c))
     out = run_dir_of(c)
-    previous = read_report(out)
-    if previous and previous.get("status") == "ok" and not c.get("force", False):
+    previous = RunReport.from_json(out)
+    if previous and previous.status == "ok" and not c.get("force", False):
         log.info("run %s (%s) already done: skipped; pass force=true to redo", rid, out)
-        return {**previous, "skipped": True}
+        previous.skipped = True
+        return previous
     out.mkdir(parents=True, exist_ok=True)
     (out / ROWS).unlink(missing_ok=True)  # never leave rows of an older run beside a new report
     work = out / "work"
-    report: dict[str, Any] = {
-        "run_id": rid, "experiment": c["experiment_name"], "status": "running", "config": c,
-        "provenance": provenance(), "started": datetime.now(timezone.utc).isoformat(),
-    }
-    atomic_write_json(out / REPORT, report)
+    report = RunReport(run_id=rid, experiment=c["experiment_name"], config=c, provenance=provenance(),
+                       started=datetime.now(timezone.utc).isoformat())
+    report.save_json(out)
     t0 = time.perf_counter()
     try:
         spec = build_spec(c["model"], seed=int(c["run"]["seed"]))
         protocol = make_protocol(c["protocol"])
         network = network_profile(c["network"])
-        r = dict(c["run"])
-        options = {**(r.pop("options", None) or {}), "workdir": str(work),
-                   "cloud_timeout_s": float(c.get("cloud_timeout_s", 120))}
-        request = RunRequest(**r, options=options)
-        log.info("run %s: model=%s protocol=%s network=%s task=%s", rid, spec.name,
-                 getattr(protocol, "name", type(protocol).__name__), network.name, request.task)
+        request = RunRequest(**c["run"], workdir=work, cloud_timeout_s=float(c.get("cloud_timeout_s", 120)))
+        log.info("run %s: model=%s protocol=%s network=%s task=%s", rid, spec.name, protocol.name, network.name,
+                 request.task)
         rows = protocol.run(spec, network, request)
         context = {
-            "run_id": rid, "experiment": c["experiment_name"], "protocol": c["protocol"].get("name"),
-            "approx": c["protocol"].get("approx"), "model": spec.name, "n_params": spec.n_params,
+            "run_id": rid, "experiment": c["experiment_name"], "protocol": protocol.name,
+            "approx": protocol.approx_name(), "model": spec.name, "n_params": spec.n_params,
             "network": network.name, "batch_size": request.batch_size, "seq_len": request.seq_len,
             "seed": request.seed,
         }
@@ -116,17 +102,16 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict:
         if df.empty:
             raise RuntimeError(f"protocol {context['protocol']!r} returned no rows")
         atomic_write_parquet(out / ROWS, df)
-        report.update(status="ok", n_rows=len(df), n_params=spec.n_params,
-                      measured=bool(spec.extra.get("fits_on_host", True)) and request.task != "shapes",
-                      fits_on_host=bool(spec.extra.get("fits_on_host", True)))
+        report.status, report.n_rows, report.n_params = "ok", len(df), spec.n_params
+        report.measured, report.fits_on_host = spec.fits_on_host and request.task != "shapes", spec.fits_on_host
     except Exception as e:  # noqa: BLE001 - a failed run is a result; the sweep goes on
         log.error("run %s failed: %s: %s", rid, type(e).__name__, e)
-        report.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        report.status, report.error, report.traceback = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
     finally:
         if not c.get("keep_checkpoints", False):
             shutil.rmtree(work, ignore_errors=True)
-    report.update(finished=datetime.now(timezone.utc).isoformat(), duration_s=time.perf_counter() - t0)
-    atomic_write_json(out / REPORT, report)
+    report.finished, report.duration_s = datetime.now(timezone.utc).isoformat(), time.perf_counter() - t0
+    report.save_json(out)
     return report
 
 
@@ -137,8 +122,6 @@ class SweepProgress(Callback):
         self.bar = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from tqdm import tqdm
-
         self.bar = tqdm(desc="sweep", unit="run")
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -155,13 +138,13 @@ def main(cfg: DictConfig) -> float | None:
     """CLI: one run per Hydra job; the returned status keeps multirun going on failure."""
     logging.getLogger().setLevel(cfg.get("log_level", "INFO"))
     launcher = str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
-    if "Joblib" in launcher and cfg.protocol.get("name") not in PARALLEL_SAFE:
-        raise ValueError(f"protocol {cfg.protocol.get('name')!r} must not run under the parallel joblib launcher "
-                         f"(its timings interfere); use it only for {sorted(PARALLEL_SAFE)} or drop hydra/launcher")
+    if "Joblib" in launcher and not protocol_class(cfg.protocol).parallel_safe:
+        raise ValueError(f"protocol {cfg.protocol.get('name')!r} is not parallel_safe (its timings interfere with "
+                         "other runs); run it without hydra/launcher=local_parallel")
     report = run(cfg)
     try:
         job = HydraConfig.get().job.num if HydraConfig.initialized() else None
     except Exception:  # noqa: BLE001
         job = None
-    log.info("job %s: run %s %s", job, report["run_id"], report["status"])
+    log.info("job %s: run %s %s", job, report.run_id, report.status)
     return None

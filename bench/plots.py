@@ -1,8 +1,8 @@
 """Figures from the tidy tables, one function per paper figure, each saved as PNG and PDF.
 
-Every function takes the rows DataFrame and an output folder, draws medians over repeats (with
-min-max whiskers where repeats exist) and returns the written paths; it returns [] when the
-table holds nothing for that figure.
+Every function takes the rows DataFrame joined with the runs table (`bench.results.with_runs`: protocol
+parameters as `protocol.<key>` columns) and an output folder, draws medians over repeats and returns the
+written paths; it returns [] when the table holds nothing for that figure.
 """
 from __future__ import annotations
 
@@ -15,9 +15,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-log = logging.getLogger(__name__)
+from protocols.vocabulary import STIP_PHASES  # noqa: E402
 
-STIP_PHASES = ("device_embed", "device_permute", "uplink", "cloud_compute", "downlink", "device_recover")
+log = logging.getLogger(__name__)
+MEASURED = ("socket", "host", "engine")  # what a figure of measured time draws (not modelled, not shapes)
+
+
+def _param(df: pd.DataFrame, key: str) -> pd.Series:
+    """A protocol-parameter column (protocol.<key>), empty where no run has it."""
+    return df.get(f"protocol.{key}", pd.Series(pd.NA, index=df.index, dtype="object"))
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
@@ -41,7 +47,7 @@ def fig6_dcor(df: pd.DataFrame, out: Path) -> list[Path]:
     d = df[(df.phase == "embeddings") & df.metric.isin(["dcor", "dcor_samples"])]
     if d.empty:
         return []
-    d = d.assign(label=d.approx.fillna(d.protocol))
+    d = d.assign(label=_param(d, "transform").fillna(d.protocol))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
     for ax, metric in zip(axes, ["dcor", "dcor_samples"]):
         m = _median(d[d.metric == metric], ["label", "model", "n_params"])
@@ -61,7 +67,7 @@ def fig6a_param_dcor(df: pd.DataFrame, out: Path) -> list[Path]:
     d = df[(df.phase == "parameters") & (df.metric == "dcor")]
     if d.empty:
         return []
-    d = d.assign(label=d.approx.fillna(d.protocol))
+    d = d.assign(label=_param(d, "transform").fillna(d.protocol))
     fig, ax = plt.subplots(figsize=(5, 3.5))
     labels = sorted(d.label.unique())
     ax.boxplot([d[d.label == lab]["value"] for lab in labels], tick_labels=labels)
@@ -84,7 +90,7 @@ def table5_accuracy(df: pd.DataFrame, out: Path) -> list[Path]:
 
 def fig7a_throughput(df: pd.DataFrame, out: Path) -> list[Path]:
     """Fig. 7(a): end-to-end forward throughput (tokens/s) vs parameter count, per protocol and network."""
-    d = df[(df.phase == "total") & (df.metric == "throughput")]
+    d = df[(df.phase == "total") & (df.metric == "throughput") & df.source.isin(MEASURED)]
     if d.empty:
         return []
     m = _median(d, ["protocol", "network", "model", "n_params"])
@@ -106,7 +112,8 @@ def fig7c_generation(df: pd.DataFrame, out: Path) -> list[Path]:
     if d.empty:
         return []
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    d = d.assign(label=d.protocol + " / " + d.network + d.approx.fillna("").map(lambda a: f" ({a})" if a else ""))
+    mode = _param(d, "return_mode").fillna("").astype(str)
+    d = d.assign(label=d.protocol + " / " + d.network + mode.map(lambda a: f" (return {a})" if a else ""))
     for label, g in d.groupby("label"):
         per_step = g.groupby("seq_len")["value"].median().sort_index()
         ax.plot(range(1, len(per_step) + 1), per_step.cumsum().values, marker=".", label=label)
@@ -118,7 +125,7 @@ def fig7c_generation(df: pd.DataFrame, out: Path) -> list[Path]:
 
 def fig7d_breakdown(df: pd.DataFrame, out: Path) -> list[Path]:
     """Fig. 7(d): stacked per-request latency by phase, per protocol and network (forward passes)."""
-    d = df[df.phase.isin(STIP_PHASES) & (df.metric == "latency") & ~df.phase.isin(["token"])]
+    d = df[df.phase.isin(STIP_PHASES) & (df.metric == "latency") & df.source.isin(MEASURED)]
     d = d[~d.run_id.isin(df[df.phase == "generate"].run_id)]
     if d.empty:
         return []
@@ -149,8 +156,8 @@ def fig8_memory(df: pd.DataFrame, out: Path) -> list[Path]:
 
 def fig9_model_split(df: pd.DataFrame, out: Path) -> list[Path]:
     """Fig. 9: end-to-end latency vs the number of on-device layers (model split)."""
-    k = df[(df.phase == "split") & (df.metric == "device_layers")][["run_id", "value"]].rename(columns={"value": "k"})
-    d = df[(df.phase == "total") & (df.metric == "latency")].merge(k, on="run_id")
+    d = df[(df.phase == "total") & (df.metric == "latency") & (df.source == "socket")]
+    d = d.assign(k=_param(d, "device_layers")).dropna(subset=["k"])
     if d.empty:
         return []
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -9,25 +9,27 @@ import platform
 import socket
 import subprocess
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
+import psutil
+import torch
 
-from bench.api import Row
+from protocols.contract import Row
 
 log = logging.getLogger(__name__)
 
 COLUMNS = [
     "run_id", "experiment", "protocol", "approx", "model", "n_params", "network", "batch_size",
-    "seq_len", "phase", "metric", "value", "unit", "seed", "repeat",
+    "seq_len", "phase", "metric", "source", "value", "unit", "seed", "repeat",
 ]
 DTYPES = {
     "run_id": "string", "experiment": "string", "protocol": "string", "approx": "string",
     "model": "string", "n_params": "Int64", "network": "string", "batch_size": "Int64",
-    "seq_len": "Int64", "phase": "string", "metric": "string", "value": "float64",
+    "seq_len": "Int64", "phase": "string", "metric": "string", "source": "string", "value": "float64",
     "unit": "string", "seed": "Int64", "repeat": "Int64",
 }
 PROVENANCE_PACKAGES = (
@@ -46,13 +48,7 @@ def run_id(key: Mapping[str, Any]) -> str:
 
 def to_frame(rows: Iterable[Row], context: Mapping[str, Any]) -> pd.DataFrame:
     """Protocol rows plus the runner's context -> the typed tidy table."""
-    records = []
-    for r in rows:
-        rec = {**context, **{k: v for k, v in asdict(r).items() if v is not None}}
-        for k in ("batch_size", "seq_len", "approx"):
-            if getattr(r, k) is None:
-                rec[k] = context.get(k)
-        records.append(rec)
+    records = [{**context, **{k: v for k, v in asdict(r).items() if v is not None}} for r in rows]
     return typed(pd.DataFrame.from_records(records, columns=COLUMNS))
 
 
@@ -62,6 +58,13 @@ def typed(df: pd.DataFrame) -> pd.DataFrame:
         if col not in df:
             df[col] = None
     return df[COLUMNS].astype(DTYPES)
+
+
+def with_runs(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Rows with the runs table's link and protocol-parameter columns (bandwidth_bps, rtt_s, protocol.*)."""
+    cols = ["run_id"] + [c for c in runs.columns
+                         if c in ("bandwidth_bps", "rtt_s", "reference_protocol") or c.startswith("protocol.")]
+    return rows.merge(runs[cols].drop_duplicates("run_id"), on="run_id", how="left")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -102,12 +105,41 @@ def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
     atomic_write_bytes(path, df.to_csv(index=False).encode())
 
 
-def read_report(run_dir: Path) -> dict | None:
-    """The run's report, or None when absent or unreadable (then the run is redone)."""
-    try:
-        return json.loads((run_dir / REPORT).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+@dataclass
+class RunReport:
+    """What one run was and how it ended: <run folder>/report.json beside rows.parquet."""
+
+    run_id: str
+    experiment: str
+    config: dict
+    status: str = "running"  # running | ok | failed
+    provenance: dict = field(default_factory=dict)
+    started: str | None = None
+    finished: str | None = None
+    duration_s: float | None = None
+    n_rows: int | None = None
+    n_params: int | None = None
+    measured: bool | None = None  # False: shape-derived figures only (the model does not fit this host)
+    fits_on_host: bool | None = None
+    error: str | None = None
+    traceback: str | None = None
+    skipped: bool = False  # this call found it done and ran nothing (never saved as such)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save_json(self, run_dir: Path) -> None:
+        """Write report.json atomically (without the `skipped` flag of this call)."""
+        atomic_write_json(run_dir / REPORT, {k: v for k, v in self.to_dict().items() if k != "skipped"})
+
+    @classmethod
+    def from_json(cls, run_dir: Path) -> RunReport | None:
+        """The run's report, or None when absent or unreadable (then the run is redone)."""
+        try:
+            data = json.loads((run_dir / REPORT).read_text())
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (OSError, json.JSONDecodeError, TypeError):
+            return None
 
 
 def git_sha(cwd: Path | None = None) -> str | None:
@@ -137,9 +169,6 @@ def library_versions() -> dict[str, str | None]:
 
 def host_info() -> dict[str, Any]:
     """The machine a result was measured on."""
-    import psutil
-    import torch
-
     return {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),

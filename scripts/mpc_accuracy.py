@@ -78,7 +78,7 @@ def load_minilm() -> tuple[Any, Any]:
 def load_smollm2() -> tuple[Any, Any]:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from bench.models import smollm2_path  # the runner's cached float32 conversion of the GGUF
+    from protocols.models import smollm2_path  # the runner's cached float32 conversion of the GGUF
 
     path = smollm2_path()
     return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)

@@ -1,4 +1,5 @@
-"""Autoregressive generation under STIP: one round trip per token, token choice on the device."""
+"""Autoregressive generation under STIP: token choice on the device, one round trip per token or
+(with `speculate`) per accepted run of drafted tokens."""
 from __future__ import annotations
 
 from typing import Callable, Mapping, Protocol
@@ -7,6 +8,7 @@ import torch
 
 from .parties import DataOwner
 from .sampling import Sampling
+from .speculation import SPECULATION_TOPK, Drafter, GenerationStats, check_speculation, generate_speculative
 
 
 class InferenceServer(Protocol):
@@ -33,6 +35,8 @@ def generate(
     on_token: Callable[[int, torch.Tensor], None] | None = None,
     attention_mask: torch.Tensor | None = None,
     device_inputs: Mapping[str, torch.Tensor] | None = None,
+    speculate: Drafter | None = None,
+    stats: GenerationStats | None = None,
 ) -> torch.Tensor:
     """Generate `max_new_tokens` tokens; the cloud keeps the KV cache, the device samples.
 
@@ -44,6 +48,12 @@ def generate(
     Prompts of different lengths: left-pad them and pass `attention_mask`, as for
     `model.generate` (the server derives position ids from it the same way). `device_inputs`
     go with the prompt to the device's embedding only (LLaVA: pixel_values).
+
+    `speculate` (e.g. stip.PromptLookup(num_tokens=8)) drafts tokens on the device and sends
+    them with the last token in one request; the cloud returns the top-`return_topk` (default
+    2) permuted scores at each position and keeps the accepted prefix of its cache. Greedy
+    only, batch 1; the tokens are exactly those without it. `stats` (a GenerationStats) is
+    filled with round trips and drafted/accepted lengths. `on_token(i, ids)` runs per token.
     """
     sampling = Sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
     if input_ids.dim() != 2:
@@ -54,6 +64,11 @@ def generate(
     if return_topk and do_sample and not (top_k and top_k <= return_topk):
         raise ValueError(f"return_topk={return_topk} is lossless only for greedy or top_k <= {return_topk} "
                          f"sampling (got do_sample=True, top_k={top_k}); raise return_topk or set top_k")
+    if speculate is not None:
+        check_speculation(speculate, input_ids, sampling, return_topk)
+        return generate_speculative(device, server, input_ids, max_new_tokens, speculate,
+                                     return_topk or SPECULATION_TOPK, eos_token_id, on_token, attention_mask,
+                                     device_inputs, stats)
     session = server.open_session()
     tokens = input_ids
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
@@ -67,6 +82,8 @@ def generate(
                 next_ids = torch.where(finished[:, None], torch.full_like(next_ids, eos_token_id), next_ids)
                 finished |= next_ids[:, 0] == eos_token_id
             tokens = torch.cat([tokens, next_ids], dim=-1)
+            if stats is not None:
+                stats.record(drafted=0, accepted=0, new_tokens=1)
             if on_token is not None:
                 on_token(step, next_ids)
             if step + 1 == max_new_tokens or (eos_token_id is not None and bool(finished.all())):
@@ -75,3 +92,4 @@ def generate(
     finally:
         server.close_session(session)
     return tokens
+

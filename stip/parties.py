@@ -5,12 +5,14 @@ import copy
 import inspect
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .errors import StipInputError
 from .families import Family, get_family
@@ -164,13 +166,14 @@ class DataOwner:
         return x + (self.noise_sigma * noise).to(x.dtype)
 
     def request(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None, session: str | None = None,
-                last_only: bool = False, top_k: int | None = None,
-                **plain: torch.Tensor | None) -> dict[str, Any]:
+                last_only: bool = False, top_k: int | None = None, last_n: int | None = None,
+                cache_length: int | None = None, **plain: torch.Tensor | None) -> dict[str, Any]:
         """Everything the cloud gets for one call: keyword arguments for ModelServer.infer.
 
         The family routes each plain input (`token_type_ids`, `pixel_values`, ...): embedded on
         the device (GPT-2 and RoBERTa token types, LLaVA pixels), sent in the clear (BERT token
         types, the attention mask), or refused. The device's key id goes with every call.
+        `last_n` and `cache_length` (speculation, see ModelServer.infer) are sent only when set.
         """
         on_device, clear = self._route_inputs(plain, tuple(inputs.shape[:2]))
         if self.pooling is not None:
@@ -182,8 +185,9 @@ class DataOwner:
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(x.shape[:2]):
                 raise StipInputError(f"{name} has shape {tuple(getattr(value, 'shape', ()))}, expected "
                                      f"[batch, seq] = {list(x.shape[:2])} to match the inputs")
+        speculation = {k: v for k, v in (("last_n", last_n), ("cache_length", cache_length)) if v is not None}
         return {"inputs_embeds": x, **clear, "key_id": self.key_id, "session": session,
-                "last_only": last_only, "top_k": top_k}
+                "last_only": last_only, "top_k": top_k, **speculation}
 
     def _route_inputs(self, named: Mapping[str, torch.Tensor | None],
                       token_shape: tuple[int, ...]) -> tuple[dict, dict]:
@@ -277,6 +281,26 @@ class DataOwner:
         return permute_features(value, inverse)
 
 
+def _check_last_n(last_n: int | None, last_only: bool, seq: int) -> None:
+    """`last_n` must be a positive int no larger than the request, and not combined with last_only."""
+    if last_n is None:
+        return
+    if isinstance(last_n, bool) or not isinstance(last_n, int) or not 1 <= last_n <= seq:
+        raise StipInputError(f"last_n={last_n!r} must be an int in [1, {seq}] (the request's length)")
+    if last_only:
+        raise StipInputError("last_only and last_n both choose the returned positions; pass one of them")
+
+
+def _check_croppable(cache: Any, family: str) -> None:
+    """Refuse a roll-back that could not be exact: every layer must keep the states it would drop."""
+    for i, layer in enumerate(getattr(cache, "layers", [None])):
+        exact = isinstance(layer, DynamicLayer) and (not layer.is_sliding or getattr(layer, "record_past", False))
+        if not exact:
+            raise StipInputError(f"the {family} KV cache layer {i} ({type(layer).__name__}) cannot be rolled "
+                                 "back exactly (only full layers and sliding-window layers that record their "
+                                 "past can); generate without speculate for this model")
+
+
 def _float_input_dtype(module: nn.Module) -> torch.dtype | None:
     """The dtype float inputs are cast to: ViTModel.forward casts pixel_values to its patch projection's."""
     for name, param in module.named_parameters():
@@ -293,7 +317,8 @@ class ModelServer:
     scores (`position_logits`): pooling needs the token ids, which only the device has.
     """
 
-    def __init__(self, cloud_model: nn.Module, max_sessions: int = 256) -> None:
+    def __init__(self, cloud_model: nn.Module, max_sessions: int = 256, *, session_ttl_s: float | None = None,
+                 max_sessions_per_owner: int | None = None) -> None:
         self.model = cloud_model.eval()
         self.family = _family_of(cloud_model)
         if self.family.prepare_server is not None:
@@ -303,19 +328,63 @@ class ModelServer:
         self.pools_last_token = last_token_pooling(cloud_model) is not None
         self._takes_position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
         self.max_sessions = max_sessions
+        self.session_ttl_s = session_ttl_s  # a session unused this long is dropped (None: kept until closed)
+        self.max_sessions_per_owner = max_sessions_per_owner  # None: only max_sessions bounds an owner
         self._sessions: dict[str, dict] = {}
+        self._session_owner: dict[str, tuple[str | None, float]] = {}  # id -> (owner, last used, monotonic)
 
-    def open_session(self) -> str:
-        """Start a generation session; the server keeps its KV cache until closed."""
+    def open_session(self, owner: str | None = None) -> str:
+        """Start a generation session; the server keeps its KV cache until closed or unused for session_ttl_s.
+
+        `owner` (e.g. the connection that asks) binds the session: another owner can neither use nor close it.
+        """
+        self.expire_sessions()
         if len(self._sessions) >= self.max_sessions:
             raise RuntimeError(f"too many open sessions ({self.max_sessions}); close finished ones")
+        held = sum(1 for o, _ in self._session_owner.values() if o == owner)
+        if owner is not None and self.max_sessions_per_owner is not None and held >= self.max_sessions_per_owner:
+            raise RuntimeError(f"this client holds {held} open sessions (max_sessions_per_owner="
+                               f"{self.max_sessions_per_owner}); close finished ones")
         session = uuid.uuid4().hex
-        self._sessions[session] = {"cache": None, "mask": None, "length": 0, "batch": None,
+        self._sessions[session] = {"cache": None, "mask": None, "length": 0, "step": 0, "batch": None,
                                    "last_position": None}
+        self._session_owner[session] = (owner, time.monotonic())
         return session
 
-    def close_session(self, session: str) -> None:
+    def close_session(self, session: str, owner: str | None = None) -> None:
+        """Drop a session's KV cache (unknown ids are ignored; another owner's session is refused)."""
+        if session in self._sessions:
+            self.check_session(session, owner)
         self._sessions.pop(session, None)
+        self._session_owner.pop(session, None)
+
+    def check_session(self, session: str, owner: str | None = None) -> None:
+        """Refuse a session id that is unknown, expired or another owner's; mark it used."""
+        self.expire_sessions()
+        if session not in self._sessions:
+            raise StipInputError(f"unknown session '{session}'; open one with open_session()")
+        if self._session_owner[session][0] != owner:
+            raise StipInputError(f"session '{session}' belongs to another client; open your own with open_session()")
+        self._session_owner[session] = (owner, time.monotonic())
+
+    def expire_sessions(self) -> list[str]:
+        """Drop sessions unused for session_ttl_s; returns their ids."""
+        if self.session_ttl_s is None:
+            return []
+        cutoff = time.monotonic() - self.session_ttl_s
+        stale = [s for s, (_, used) in self._session_owner.items() if used < cutoff]
+        for s in stale:
+            self._sessions.pop(s, None)
+            self._session_owner.pop(s, None)
+        return stale
+
+    def close_owner_sessions(self, owner: str) -> int:
+        """Drop every session of `owner` (its connection closed); returns how many."""
+        mine = [s for s, (o, _) in self._session_owner.items() if o == owner]
+        for s in mine:
+            self._sessions.pop(s, None)
+            self._session_owner.pop(s, None)
+        return len(mine)
 
     def check_key_id(self, key_id: str | None) -> None:
         """Raise KeyMismatchError if the device's key id is not the one this cloud model was made with."""
@@ -350,7 +419,7 @@ class ModelServer:
                                  f"{list(shape)} to match inputs_embeds{hint}")
 
     def _session_inputs(self, session: str, attention_mask: torch.Tensor | None,
-                        shape: tuple[int, int]) -> dict[str, Any]:
+                        shape: tuple[int, int], cache_length: int | None = None) -> dict[str, Any]:
         """Cache, full mask and position ids of a session step, as model.generate builds them.
 
         generate derives position ids from the mask (cumsum - 1, pads at 0) at the prompt, then
@@ -363,6 +432,10 @@ class ModelServer:
         batch, seq = shape
         if state["batch"] is not None and batch != state["batch"]:
             raise StipInputError(f"session '{session}' has batch {state['batch']}, this request has {batch}")
+        self._roll_back(session, cache_length)
+        if state["cache"] is None:  # recording past states lets sliding-window layers be cropped exactly
+            state["cache"] = DynamicCache(config=self.model.config)
+            state["cache"].activate_past_recording()
         kwargs: dict[str, Any] = {"past_key_values": state["cache"], "use_cache": True}
         if attention_mask is None and state["mask"] is None:
             return kwargs
@@ -380,11 +453,43 @@ class ModelServer:
             kwargs["position_ids"] = positions
         return kwargs
 
+    def _roll_back(self, session: str, cache_length: int | None) -> None:
+        """Keep the first `cache_length` cached tokens (the device's accepted drafts), crop the rest.
+
+        Called before every step: `crop(0)` also trims sliding-window layers, which record their
+        past so that drafts the device rejects can be removed exactly (as assisted decoding does).
+        """
+        state = self._sessions[session]
+        cache = state["cache"]
+        if cache_length is None:
+            drop = 0
+        else:
+            low, high = state["length"] - state["step"] + 1, state["length"]
+            if isinstance(cache_length, bool) or not isinstance(cache_length, int) or state["step"] == 0 \
+                    or not low <= cache_length <= high:
+                allowed = f"an int in [{low}, {high}]" if state["step"] else "none before the first step"
+                raise StipInputError(f"cache_length={cache_length!r} does not fit session '{session}': it holds "
+                                     f"{high} tokens, {state['step']} of them from the last request; a roll-back "
+                                     f"may only drop that request's drafts and keep its first token, so "
+                                     f"cache_length must be {allowed}")
+            drop = high - cache_length
+        if cache is None:
+            return
+        if drop:
+            _check_croppable(cache, self.family.name)
+        cache.crop(-drop)
+        if drop:
+            mask, last = state["mask"], state["last_position"]
+            state.update(length=cache_length, step=state["step"] - drop,
+                         mask=None if mask is None else mask[:, :cache_length],
+                         last_position=None if last is None else last - drop)
+
     def _end_step(self, session: str, kwargs: Mapping[str, Any], cache: Any, shape: tuple[int, int]) -> None:
         state = self._sessions[session]
         positions = kwargs.get("position_ids")
         state.update(cache=cache, mask=kwargs.get("attention_mask"), length=state["length"] + shape[1],
-                     batch=shape[0], last_position=None if positions is None else positions[:, -1:])
+                     step=shape[1], batch=shape[0],
+                     last_position=None if positions is None else positions[:, -1:])
 
     @torch.no_grad()
     def infer(
@@ -396,6 +501,8 @@ class ModelServer:
         last_only: bool = False,
         top_k: int | None = None,
         key_id: str | None = None,
+        last_n: int | None = None,
+        cache_length: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Forward permuted embeddings; outputs stay permuted (logits by pi_c, hidden by pi).
 
@@ -403,27 +510,35 @@ class ModelServer:
         embedded on the device). In a session, `attention_mask` covers the new tokens only.
         `key_id` (the device's `DataOwner.key_id`) makes the server refuse a request encoded with
         other keys than its weights were transformed with (e.g. a stale checkpoint).
+        Speculation (stip.generate(..., speculate=...)): `last_n` returns the last n positions
+        ([batch, n, ...], with `top_k` [batch, n, k]); `cache_length` first crops the session's
+        cache to that many tokens, dropping the drafts of the last request the device rejected.
         """
         self.check_key_id(key_id)
         self._check(inputs_embeds)
         shape = (int(inputs_embeds.shape[0]), int(inputs_embeds.shape[1]))
+        _check_last_n(last_n, last_only, shape[1])
+        if cache_length is not None and session is None:
+            raise StipInputError(f"cache_length={cache_length!r} crops a session's KV cache; pass the session")
         plain = {k: v for k, v in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids))
                  if v is not None}
         for name, value in plain.items():
             self._check_plain(name, value, shape, session)
-        if self.pools_last_token and (session is not None or last_only or top_k):
+        if self.pools_last_token and (session is not None or last_only or top_k or last_n):
             raise StipInputError("a decoder classifier returns per-position scores for the device to pool; "
-                                 "session, last_only and top_k do not apply")
+                                 "session, last_only, last_n and top_k do not apply")
         x = inputs_embeds.to(self.model.dtype)
         kwargs: dict[str, Any] = {k: v for k, v in plain.items() if k != "attention_mask"}
         if session is not None:
-            kwargs.update(self._session_inputs(session, attention_mask, shape))
+            kwargs.update(self._session_inputs(session, attention_mask, shape, cache_length))
         elif attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         result, cache = self._forward(x, kwargs)
         if session is not None:
             self._end_step(session, kwargs, cache, shape)
-        if last_only or top_k:
+        if last_n:
+            result = {k: v[:, -last_n:] if v.dim() == 3 else v for k, v in result.items()}
+        elif last_only or top_k:
             result = {k: v[:, -1] if v.dim() == 3 else v for k, v in result.items()}
         if top_k:
             if "logits" not in result:

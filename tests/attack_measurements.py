@@ -80,7 +80,7 @@ def tiny_rows() -> list[dict]:
 def minilm_rows() -> list[dict]:
     from transformers import AutoModel, AutoTokenizer
 
-    from bench.models import minilm_path
+    from protocols.models import minilm_path
     tok = AutoTokenizer.from_pretrained(minilm_path())
     model = AutoModel.from_pretrained(minilm_path()).eval()
     ids = tok(SENTENCES, padding=True, return_tensors="pt")["input_ids"]
@@ -97,7 +97,7 @@ def minilm_rows() -> list[dict]:
 def smollm2_rows() -> list[dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench.models import smollm2_path
+    from protocols.models import smollm2_path
     tok = AutoTokenizer.from_pretrained(smollm2_path())
     model = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval()
     name = "smollm2-135m"

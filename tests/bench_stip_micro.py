@@ -158,7 +158,7 @@ SAMPLINGS = {
 
 @pytest.fixture(scope="module")
 def smollm2_rows():
-    from bench.models import load_smollm2
+    from protocols.models import load_smollm2
 
     model, tokenizer = load_smollm2()
     ids = torch.tensor([[504, 3575, 282, 4649, 314]]) if tokenizer is None else \
@@ -173,8 +173,8 @@ def smollm2_rows():
 
 @pytest.mark.parametrize("mode", SAMPLINGS)
 def test_device_cost_per_token_vs_plaintext(benchmark, smollm2_rows, mode):
-    """Device work per generated token on SmolLM2-135M: embed + permute + choose + map one index,
-    against plaintext embed + the same choice on plaintext logits (one row of real logits)."""
+    """Device work per generated token on SmolLM2-135M: build the request (embed + permute) + choose
+    + map one index, against plaintext embed + the same choice on plaintext logits (one row of real logits)."""
     embedding, device, plain, permuted = smollm2_rows
     sampling, vocab, token = SAMPLINGS[mode], plain.shape[-1], torch.tensor([[1234]])
     plain_gen, stip_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
@@ -184,7 +184,7 @@ def test_device_cost_per_token_vs_plaintext(benchmark, smollm2_rows, mode):
         return choose_tokens(plain, sampling, vocab, None, plain_gen)
 
     def stip_side():
-        device.encode(token)
+        device.request(token, session="s", last_only=True)  # what stip.generate sends per token
         return device.next_token(permuted, sampling, stip_gen)
 
     rounds = 1500 if mode == "greedy" else 40
@@ -207,7 +207,7 @@ def test_device_cost_per_token_greedy_vs_transformers_argmax(benchmark, smollm2_
         return plain.float().argmax(dim=-1)
 
     def stip_side():
-        device.encode(token)
+        device.request(token, session="s", last_only=True)  # what stip.generate sends per token
         return device.next_token(permuted)
 
     with torch.no_grad():

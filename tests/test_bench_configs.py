@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from bench.app import CONFIG_DIR, network_profile
+from bench.app import CONFIG_DIR
+from transport.link import network_profile
 
 ROOT = Path(CONFIG_DIR)
 GROUPS = ("model", "protocol", "network", "experiment")

@@ -12,10 +12,12 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from baselines.full_cloud import FullCloudProtocol
 from bench.app import CONFIG_DIR, run
-from bench.protocols.full_cloud import FullCloudProtocol
 
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+MPC_EXPERIMENTS = {"mpc_vs_stip", "mpc_bert_base"}  # two CrypTen party processes per run: slow
+EXPERIMENTS = [pytest.param(e, marks=pytest.mark.slow) if e in MPC_EXPERIMENTS else e
+               for e in sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))]
 TOY = ["run.repeats=1", "run.warmup=0", "run.batch_size=1", "run.seq_len=8",
        "run.max_new_tokens=2", "cloud_timeout_s=60"]
 STIP_PHASES = {"device_embed", "device_permute", "uplink", "cloud_compute", "downlink", "device_recover"}
@@ -27,55 +29,57 @@ def make_cfg(tmp_path, *overrides):
 
 
 def rows_of(report):
-    folder = Path(report["config"]["output_root"]) / report["experiment"] / report["run_id"]
+    folder = Path(report.config["output_root"]) / report.experiment / report.run_id
     return pd.read_parquet(folder / "rows.parquet")
 
 
-def value(df, phase, metric):
-    return df[(df.phase == phase) & (df.metric == metric)]["value"]
+def value(df, phase, metric, source=None):
+    m = df[(df.phase == phase) & (df.metric == metric)]
+    return (m if source is None else m[m.source == source])["value"]
 
 
 def test_stip_forward_rows_traffic_and_resume(tmp_path):
     cfg = make_cfg(tmp_path, "model=bert-tiny", "protocol=stip", "network=lan", "run.repeats=2", "run.seq_len=16")
     report = run(cfg)
-    assert report["status"] == "ok", report.get("error")
+    assert report.status == "ok", report.error
     df = rows_of(report)
     assert STIP_PHASES <= set(df[df.metric == "latency"].phase)
     assert set(df.repeat) == {0, 1}
     # bytes counted at the socket = payload expected from shapes + framing (header JSON + safetensors header)
     for direction in ("uplink", "downlink"):
-        socket, expected = value(df, direction, "bytes").to_numpy(), value(df, f"{direction}_expected", "bytes").to_numpy()
+        socket = value(df, direction, "bytes", "socket").to_numpy()
+        expected = value(df, direction, "bytes", "shapes").to_numpy()
         assert ((socket - expected) > 0).all() and ((socket - expected) < 1024).all(), direction
     assert value(df, "output", "top1_agreement").iloc[0] == 1.0
     assert value(df, "output", "max_abs_error").iloc[0] < 1e-3
-    assert value(df, "uplink", "dcor_samples").iloc[0] == pytest.approx(1.0, abs=1e-6)
-    assert 0 < value(df, "uplink", "dcor").iloc[0] < 0.5
+    assert value(df, "embeddings", "dcor_samples").iloc[0] == pytest.approx(1.0, abs=1e-6)
+    assert 0 < value(df, "embeddings", "dcor").iloc[0] < 0.5
     assert value(df, "device_embedding", "memory").iloc[0] > 0
     # the link model: modelled uplink time = rtt/2 + 8 bytes / bandwidth, kept apart from measured time
-    up_bytes = value(df, "uplink", "bytes").iloc[0]
-    assert value(df, "uplink_modelled", "latency").iloc[0] == pytest.approx(0.0004 + 8 * up_bytes / 3e9, rel=1e-6)
+    up_bytes = value(df, "uplink", "bytes", "socket").iloc[0]
+    assert value(df, "uplink", "latency", "modelled").iloc[0] == pytest.approx(0.0004 + 8 * up_bytes / 3e9, rel=1e-6)
     # resume: a finished run is skipped; force reruns it
     again = run(cfg)
-    assert again.get("skipped") is True and again["run_id"] == report["run_id"]
+    assert again.skipped is True and again.run_id == report.run_id
     forced = run(make_cfg(tmp_path, "model=bert-tiny", "protocol=stip", "network=lan", "run.repeats=2",
                           "run.seq_len=16", "force=true"))
-    assert forced["status"] == "ok" and not forced.get("skipped")
+    assert forced.status == "ok" and not forced.skipped
 
 
 def test_failed_run_is_recorded_not_raised(tmp_path):
     report = run(make_cfg(tmp_path, "model=bert-tiny", "protocol=model_split", "protocol.device_layers=7"))
-    assert report["status"] == "failed"
-    assert "device_layers=7" in report["error"] and "0..1" in report["error"]
-    folder = tmp_path / "runs" / "adhoc" / report["run_id"]
+    assert report.status == "failed"
+    assert "device_layers=7" in report.error and "0..1" in report.error
+    folder = tmp_path / "runs" / "adhoc" / report.run_id
     assert (folder / "report.json").exists() and not (folder / "rows.parquet").exists()
 
 
 class KillingProtocol(FullCloudProtocol):
     """Full-cloud whose cloud process is killed before the first request."""
 
-    def forward(self, cloud, model, request):
+    def forward(self, cloud, model, network, request):
         os.kill(cloud.pid, signal.SIGKILL)
-        return super().forward(cloud, model, request)
+        return super().forward(cloud, model, network, request)
 
 
 def test_cloud_death_fails_the_run_fast(tmp_path):
@@ -83,36 +87,37 @@ def test_cloud_death_fails_the_run_fast(tmp_path):
                    "protocol._target_=test_bench_runner.KillingProtocol", "cloud_timeout_s=20")
     start = time.monotonic()
     report = run(cfg)
-    assert report["status"] == "failed"
-    assert "Cloud" in report["error"]
+    assert report.status == "failed"
+    assert "Cloud" in report.error
     assert time.monotonic() - start < 60
 
 
 def test_stip_generation_topk_saves_downlink(tmp_path):
     base = ["model=gpt2-124m", "model.n_layers=1", "protocol=stip", "run.task=generate", "run.max_new_tokens=3",
             "run.repeats=1", "run.warmup=0", "run.seq_len=8"]
-    full = rows_of(run(make_cfg(tmp_path, *base, "+run.options.return=full")))
-    topk = rows_of(run(make_cfg(tmp_path, *base, "+run.options.return=topk", "+run.options.top_k=5")))
+    full = rows_of(run(make_cfg(tmp_path, *base, "protocol.return_mode=full")))
+    topk = rows_of(run(make_cfg(tmp_path, *base, "protocol.return_mode=topk", "protocol.top_k=5")))
     assert value(full, "output", "top1_agreement").iloc[0] == 1.0
     assert value(topk, "output", "top1_agreement").iloc[0] == 1.0
-    assert len(value(full, "token", "latency")) == 2 and value(full, "generate", "rounds").iloc[0] == 3
-    assert value(topk, "downlink", "bytes").iloc[0] < value(full, "downlink", "bytes").iloc[0] / 100
-    assert value(topk, "downlink_full_expected", "bytes").iloc[0] == 50257 * 4
-    assert set(topk.approx) == {"return_topk5"}
+    # rounds: every request-reply exchange at the socket (open session, 3 tokens, close session)
+    assert len(value(full, "token", "latency")) == 2 and value(full, "generate", "rounds").iloc[0] == 5
+    assert value(topk, "downlink", "bytes", "socket").iloc[0] < value(full, "downlink", "bytes", "socket").iloc[0] / 100
+    assert value(full, "downlink", "bytes", "shapes").iloc[0] == 50257 * 4  # a decode step's full logits
+    assert topk.approx.isna().all()  # the return mode is a protocol parameter (runs table), not an approximation
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_at_toy_size(tmp_path, experiment):
     layers = 2 if experiment == "fig9_model_split" else 1  # model_split's default k = 1 needs 2 layers
     report = run(make_cfg(tmp_path, f"experiment={experiment}", f"model.n_layers={layers}", *TOY))
-    assert report["status"] == "ok", report.get("error")
+    assert report.status == "ok", report.error
     assert len(rows_of(report)) > 0
 
 
 def test_cli_sweep_survives_a_failed_run_and_aggregates(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "bench", "-m", "model=bert-tiny", "protocol=full_cloud,model_split",
-           "++protocol.device_layers=7", "run.repeats=1", "run.warmup=0", "run.seq_len=8",
+    cmd = [sys.executable, "-m", "bench", "-m", "model=bert-tiny", "protocol=model_split",
+           "protocol.device_layers=0,7", "run.repeats=1", "run.warmup=0", "run.seq_len=8",
            f"output_root={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'multirun'}", "experiment_name=sweep"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(CONFIG_DIR).parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -122,4 +127,11 @@ def test_cli_sweep_survives_a_failed_run_and_aggregates(tmp_path):
     runs = pd.read_csv(tmp_path / "results" / "sweep" / "runs.csv")
     assert sorted(runs.status) == ["failed", "ok"]
     rows = pd.read_parquet(tmp_path / "results" / "sweep" / "rows.parquet")
-    assert set(rows.protocol) == {"full_cloud"}
+    assert set(rows.protocol) == {"model_split"}
+    assert sorted(runs["protocol.device_layers"]) == [0, 7]  # protocol parameters are runs-table columns
+    assert set(runs.rtt_s) == {0.0}
+
+
+def test_unknown_protocol_key_fails_the_run_naming_it(tmp_path):
+    report = run(make_cfg(tmp_path, "model=bert-tiny", "protocol=full_cloud", "++protocol.device_layers=3"))
+    assert report.status == "failed" and "device_layers" in report.error

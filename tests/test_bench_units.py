@@ -9,10 +9,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from bench.api import ModelSpec, NetworkProfile, Row, RunRequest
 from bench.app import CONFIG_DIR
-from bench.models import build_spec, fits_on_host
 from bench.results import COLUMNS, atomic_write_json, atomic_write_parquet, run_id, to_frame
+from protocols.contract import Row, RunRequest
+from protocols.models import build_spec, fits_on_host
+from transport.link import NetworkProfile
 
 
 def model_cfg(name: str, **over):
@@ -29,7 +30,7 @@ def test_published_shapes_give_published_parameter_counts(name, n):
 
 def test_layer_override_and_fit_check():
     spec = build_spec(model_cfg("llama2-70b"))
-    assert not spec.extra["fits_on_host"] and not fits_on_host(spec.n_params, "float32")
+    assert not spec.fits_on_host and not fits_on_host(spec.n_params, "float32")
     small = build_spec(model_cfg("gpt2-124m", n_layers=1))
     assert small.config.num_hidden_layers == 1 and small.n_params < 124_439_808
     model = small.build()
@@ -44,21 +45,24 @@ def test_bad_dtype_names_choices():
 
 
 def test_shape_only_rows_for_models_that_do_not_fit():
-    from bench.protocols.stip_protocol import StipProtocol
+    from protocols.stip_protocol import StipProtocol
 
     spec = build_spec(model_cfg("llama2-70b"))
     req = RunRequest(batch_size=1, seq_len=128, repeats=1, warmup=0, seed=0, task="forward")
-    rows = {(r.phase, r.metric): r.value for r in StipProtocol({}).run(spec, NetworkProfile("none", None, 0.0), req)}
-    assert rows[("uplink_expected", "bytes")] == 128 * 8192 * 4 + 128 * 8
-    assert rows[("downlink_expected", "bytes")] == 128 * 32000 * 4
+    got = StipProtocol({}).run(spec, NetworkProfile("none", None, 0.0), req)
+    assert {r.source for r in got} == {"shapes"}
+    rows = {(r.phase, r.metric): r.value for r in got}
+    assert rows[("uplink", "bytes")] == 128 * 8192 * 4 + 128 * 8
+    assert rows[("downlink", "bytes")] == 128 * 32000 * 4
+    assert rows[("total", "bytes")] == rows[("uplink", "bytes")] + rows[("downlink", "bytes")]
 
 
 def test_tidy_rows_schema_and_atomic_writes(tmp_path):
     ctx = {"run_id": "r", "experiment": "e", "protocol": "p", "approx": None, "model": "m", "n_params": 1,
            "network": "none", "batch_size": 1, "seq_len": 4, "seed": 0}
-    df = to_frame([Row("uplink", "bytes", 10.0), Row("total", "latency", 0.1, repeat=2, approx="x")], ctx)
+    df = to_frame([Row("uplink", "bytes", 10.0, "socket"), Row("total", "latency", 0.1, "modelled", repeat=2)], ctx)
     assert list(df.columns) == COLUMNS
-    assert df.loc[0, "unit"] == "B" and df.loc[1, "unit"] == "s" and df.loc[1, "approx"] == "x"
+    assert df.loc[0, "unit"] == "B" and df.loc[1, "unit"] == "s" and df.loc[1, "source"] == "modelled"
     atomic_write_parquet(tmp_path / "rows.parquet", df)
     atomic_write_json(tmp_path / "report.json", {"a": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "rows.parquet"]  # no temp left
@@ -67,7 +71,7 @@ def test_tidy_rows_schema_and_atomic_writes(tmp_path):
 
 
 def test_dcor_conventions():
-    from bench.privacy import dcor_both, dcor_samples
+    from protocols.privacy import dcor_both, dcor_samples
 
     x = torch.randn(300, 128, generator=torch.Generator().manual_seed(0))
     perm = x[:, torch.randperm(128)]
@@ -79,7 +83,7 @@ def test_dcor_conventions():
 
 
 def test_embedding_memory_matches_shapes():
-    from bench.memory import embedding_shape_bytes, materialized_embedding, module_bytes
+    from protocols.memory import embedding_shape_bytes, materialized_embedding, module_bytes
 
     for name in ("bert-tiny", "gpt2-124m", "vit-base", "llama2-70b"):
         spec = build_spec(model_cfg(name))
@@ -95,7 +99,7 @@ def _fake_run(root, exp, rid, status, n=3):
     if status == "ok":
         ctx = {"run_id": rid, "experiment": exp, "protocol": "stip", "approx": None, "model": "m", "n_params": 5,
                "network": "none", "batch_size": 1, "seq_len": 4, "seed": 0}
-        rows = [Row(p, "latency", 0.01 * (i + 1), repeat=i) for i in range(n) for p in
+        rows = [Row(p, "latency", 0.01 * (i + 1), "host", repeat=i) for i in range(n) for p in
                 ("device_embed", "device_permute", "uplink", "cloud_compute", "downlink", "device_recover")]
         atomic_write_parquet(run / "rows.parquet", to_frame(rows, ctx))
 
@@ -118,26 +122,39 @@ def test_every_figure_function_draws_from_synthetic_rows(tmp_path):
 
     rng = np.random.default_rng(0)
     recs = []
-    def add(run, phase, metric, value, **kw):
+
+    def add(run, phase, metric, value, source="socket", **kw):
         recs.append({"run_id": run, "experiment": "x", "protocol": kw.get("protocol", "stip"),
-                     "approx": kw.get("approx"), "model": kw.get("model", "m"), "n_params": kw.get("n", 10),
+                     "approx": None, "model": kw.get("model", "m"), "n_params": kw.get("n", 10),
                      "network": "wired", "batch_size": 1, "seq_len": kw.get("seq_len", 4), "phase": phase,
-                     "metric": metric, "value": value, "unit": "", "seed": 0, "repeat": 0})
+                     "metric": metric, "source": source, "value": value, "unit": "", "seed": 0, "repeat": 0,
+                     "protocol.transform": kw.get("transform"), "protocol.device_layers": kw.get("k"),
+                     "protocol.return_mode": kw.get("mode")})
     for i, (model, n) in enumerate([("a", 10), ("b", 100)]):
-        add(f"r{i}", "embeddings", "dcor", rng.random(), model=model, n=n, approx="permutation")
-        add(f"r{i}", "embeddings", "dcor_samples", 1.0, model=model, n=n, approx="permutation")
-        add(f"r{i}", "parameters", "dcor", rng.random(), model=model, n=n)
-        add(f"r{i}", "output", "top1_agreement", 1.0, model=model, n=n)
-        add(f"r{i}", "total", "throughput", 100.0, model=model, n=n)
-        add(f"r{i}", "total", "latency", 0.1, model=model, n=n)
-        add(f"r{i}", "split", "device_layers", float(i), model=model, n=n)
-        add(f"r{i}", "device_embedding", "memory", 1e6, model=model, n=n)
+        add(f"r{i}", "embeddings", "dcor", rng.random(), "host", model=model, n=n, transform="permutation")
+        add(f"r{i}", "embeddings", "dcor_samples", 1.0, "host", model=model, n=n, transform="permutation")
+        add(f"r{i}", "parameters", "dcor", rng.random(), "host", model=model, n=n)
+        add(f"r{i}", "output", "top1_agreement", 1.0, "host", model=model, n=n)
+        add(f"r{i}", "total", "throughput", 100.0, model=model, n=n, k=i)
+        add(f"r{i}", "total", "latency", 0.1, model=model, n=n, k=i)
+        add(f"r{i}", "device_embedding", "memory", 1e6, "host", model=model, n=n)
         add(f"r{i}", "cloud_compute", "latency", 0.05, model=model, n=n)
     for j in range(3):
-        add("g", "token", "latency", 0.03, seq_len=5 + j)
-    add("g", "prefill", "latency", 0.1)
-    add("g", "generate", "latency", 0.2)
+        add("g", "token", "latency", 0.03, seq_len=5 + j, mode="topk")
+    add("g", "prefill", "latency", 0.1, mode="topk")
+    add("g", "generate", "latency", 0.2, mode="topk")
     df = pd.DataFrame(recs)
     for fig in plots.FIGURES:
         paths = fig(df, tmp_path)
         assert paths and all(p.exists() for p in paths), fig.__name__
+
+
+def test_headline_ratio_is_taken_against_the_configured_reference():
+    from bench.aggregate import headline
+
+    recs = [{"run_id": f"{p}{i}", "protocol": p, "network": "lan", "phase": "cloud_compute", "metric": "latency",
+             "source": "socket", "value": v * (1 + 0.01 * i), "model": "m", "reference_protocol": "b"}
+            for p, v in (("a", 2.0), ("b", 1.0)) for i in range(3)]
+    out = headline(pd.DataFrame(recs))
+    assert out["cloud_compute_ratio_a_over_b[lan]"]["ratio"] == pytest.approx(2.0)
+    assert "cloud_compute_ratio_a_over_b[all networks]" in out and not any("_over_a" in k for k in out)

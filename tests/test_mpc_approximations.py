@@ -6,9 +6,18 @@ import math
 import pytest
 import torch
 
-from baselines.mpc.approximations import (FAMILIES, MPC_FAMILIES, PLAIN, exp_limit, exp_nimbus, exp_puma,
-                                          get_approximation, inv_sqrt_nr, inv_sqrt_range_reduced,
-                                          reciprocal_positive)
+from baselines.mpc.approximations import (
+    FAMILIES,
+    MPC_FAMILIES,
+    PLAIN,
+    exp_limit,
+    exp_nimbus,
+    exp_puma,
+    get_approximation,
+    inv_sqrt_nr,
+    inv_sqrt_range_reduced,
+    reciprocal_positive,
+)
 
 GRID = torch.linspace(-8.0, 8.0, 32001, dtype=torch.float64)
 GELU = torch.nn.functional.gelu(GRID)

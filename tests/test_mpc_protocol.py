@@ -9,9 +9,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import BertConfig, BertModel
 
-from bench.api import MPC_PHASES, ModelSpec, NetworkProfile, Row, RunRequest
 from baselines.mpc.protocol import MpcProtocol
 from baselines.mpc.session import MpcResult, RunStats, merge_parties
+from protocols.contract import ModelSpec, Row, RunRequest
+from protocols.vocabulary import MPC_PHASES
+from transport.link import NetworkProfile
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "protocol" / "mpc.yaml"
 LAN = NetworkProfile("lan", bandwidth_bps=3e9, rtt_s=0.8e-3, source="Nimbus appendix")
@@ -27,6 +29,7 @@ def test_config_instantiates_the_protocol_like_the_runner_does() -> None:
     cls = hydra.utils.get_class(cfg._target_)
     proto = cls(OmegaConf.to_container(cfg))
     assert isinstance(proto, MpcProtocol) and proto.approx.name == "puma" and proto.provider == "TFP"
+    assert proto.parallel_safe is False and proto.approx_name() == "puma"
 
 
 @pytest.mark.parametrize("bad, match", [({"approx": "bolt"}, "choices"), ({"embedding": "cloud"}, "embedding"),
@@ -36,7 +39,9 @@ def test_bad_config_values_are_named(bad: dict, match: str) -> None:
         MpcProtocol({"approx": "puma", **bad})
 
 
-def test_rows_carry_per_party_wire_and_modelled_time() -> None:
+def test_rows_obey_the_one_vocabulary() -> None:
+    """latency at total = engine compute + rounds x RTT + critical-path bytes / bandwidth (modelled, labelled);
+    bytes = both parties' sends (CrypTen's per-party sent+received, halved); rounds = the larger party count."""
     phase = merge_parties(_party(1.0, 10, 4e6), _party(1.5, 10, 4e6))
     assert phase["bytes"] == 4e6 and phase["latency"] == 1.5
     result = MpcResult(output=torch.zeros(1, 3, 4), output_name="last_hidden_state",
@@ -47,13 +52,14 @@ def test_rows_carry_per_party_wire_and_modelled_time() -> None:
     proto = MpcProtocol({"approx": "puma"})
     req = RunRequest(batch_size=1, seq_len=3, repeats=2, warmup=1, seed=0, task="forward")
     rows = proto.rows(result, ref, torch.ones(1, 3), LAN, req)
-    assert all(isinstance(r, Row) and r.approx == "puma" and r.unit for r in rows)
+    assert all(isinstance(r, Row) and r.unit for r in rows)
     assert {r.repeat for r in rows if r.metric == "latency"} == {0, 1}  # warm-up run dropped
-    got = {(r.phase, r.metric): r.value for r in rows if r.repeat == 0}
-    assert got[("linear", "bytes_party0")] == 4e6
-    assert got[("total", "latency_modelled")] == pytest.approx(1.5 + 10 * 0.8e-3 + 8 * 2e6 / 3e9)
-    assert got[("total", "max_abs_error")] == 1.0 and got[("total", "top1_agreement")] == 0.0
-    assert got[("total", "embedding_on_device")] == 0.0
+    got = {(r.phase, r.metric, r.source): r.value for r in rows if r.repeat == 0}
+    assert got[("total", "bytes", "engine")] == 4e6 and got[("total", "rounds", "engine")] == 10
+    assert got[("compute", "latency", "engine")] == 1.5
+    assert got[("total", "latency", "modelled")] == pytest.approx(1.5 + LAN.time(10, 4e6 / 2))
+    assert ("total", "latency", "engine") not in got  # phase total is end to end only
+    assert got[("output", "max_abs_error", "engine")] == 1.0 and got[("output", "top1_agreement", "engine")] == 0.0
 
 
 @pytest.mark.slow
@@ -72,10 +78,9 @@ def test_protocol_run_end_to_end_on_tiny_bert() -> None:
     req = RunRequest(batch_size=1, seq_len=6, repeats=1, warmup=0, seed=0, task="forward")
     rows = MpcProtocol({"approx": "puma", "provider": "TTP", "embedding": "device"}).run(spec, LAN, req)
     phases = {r.phase for r in rows}
-    assert phases <= set(MPC_PHASES) | {"total"} and "attention_softmax" in phases
+    assert phases <= set(MPC_PHASES) | {"total", "compute", "output"} and "attention_softmax" in phases
     got = {(r.phase, r.metric): r.value for r in rows}
     assert got[("total", "bytes")] > 0 and got[("total", "preprocessing_bytes")] > 0
-    assert got[("total", "top1_agreement")] > 0.8
-    assert all(r.approx == "puma+embedding=device" for r in rows)
+    assert got[("output", "top1_agreement")] > 0.8
     with pytest.raises(ValueError, match="generate"):
         MpcProtocol({}).run(spec, LAN, RunRequest(1, 6, 1, 0, 0, task="generate"))

@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM)
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from baselines.mpc.approximations import get_approximation
 from baselines.mpc.forward import extract_weights, simulate

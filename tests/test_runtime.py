@@ -19,14 +19,14 @@ import psutil
 import pytest
 import torch
 
-from bench.api import NetworkProfile
-from bench.runtime import CloudError, CloudProcess, CloudTimeout, CloudUnavailable
-from bench.runtime.framing import ConnectionClosed, recv_frame
-from stip.wire import MAGIC, decode_body, encode_message, expected_payload_bytes, frame_overhead_bytes
+from transport import CloudError, CloudProcess, CloudTimeout, CloudUnavailable
+from transport.framing import ConnectionClosed, recv_frame
+from transport.link import NetworkProfile
+from transport.wire import MAGIC, decode_body, encode_message, expected_payload_bytes, frame_overhead_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
-ECHO = "bench.runtime.testing:make_echo_handler"
+ECHO = "transport.testing:make_echo_handler"
 PROFILE = NetworkProfile("test_20ms_10mbit", bandwidth_bps=10e6, rtt_s=0.020, source="test")
 MARGIN_S = 5.0  # slack for process teardown in "returns within the timeout" checks
 
@@ -79,7 +79,7 @@ def test_round_trip_bit_exact_across_dtypes(cloud):
 
 
 def test_socket_bytes_equal_expected_payload_plus_framing(cloud):
-    """bytes at the socket = payload from shapes + 24 + H + S per message (see stip.wire)."""
+    """bytes at the socket = payload from shapes + 24 + H + S per message (see transport.wire)."""
     tensors = {"hidden": torch.randn(1, 32, 64), "mask": torch.ones(1, 32, dtype=torch.int64)}
     meta = {"session": None}
     frame = encode_message("echo", tensors, meta)
@@ -182,7 +182,8 @@ def test_handler_exception_is_reported_and_server_keeps_serving(cloud):
     with pytest.raises(CloudError, match="RuntimeError: disk on fire") as info:
         cloud.call("fail", None, {"message": "disk on fire"})
     assert info.value.error_type == "HandlerError"
-    assert "Traceback" in info.value.remote_traceback
+    assert info.value.remote_traceback is None  # the traceback stays in the server's log
+    assert "Traceback" in cloud._log_tail() and "error " in str(info.value)
     with pytest.raises(CloudError, match="expected \\(dict\\[str, Tensor\\], dict\\)"):
         cloud.call("bad_result")
     with pytest.raises(CloudError, match="unexpected keyword argument 'bogus'"):
@@ -201,7 +202,7 @@ def test_oversized_request_is_refused_before_sending():
 
 def test_bad_factory_arguments_fail_fast():
     with pytest.raises(ValueError, match="'pkg.module:function'"):
-        CloudProcess("bench.runtime.testing.make_echo_handler")
+        CloudProcess("transport.testing.make_echo_handler")
     with pytest.raises(ValueError, match="JSON-able"):
         CloudProcess(ECHO, {"t": torch.ones(1)})
 
@@ -209,7 +210,7 @@ def test_bad_factory_arguments_fail_fast():
 def test_failing_factory_raises_with_its_error_and_leaves_no_process():
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with pytest.raises(CloudUnavailable, match="FileNotFoundError: no weights here") as info:
-        with CloudProcess("bench.runtime.testing:make_broken_handler", {"message": "no weights here"},
+        with CloudProcess("transport.testing:make_broken_handler", {"message": "no weights here"},
                           timeout_s=30):
             pass
     assert "make_broken_handler" in info.value.remote_traceback
@@ -246,7 +247,7 @@ def test_cloud_exits_when_its_parent_dies_without_closing(tmp_path):
     """The child watches its stdin: a device that crashes (no __exit__) leaves no cloud behind."""
     log_path = str(tmp_path / "cloud.log")
     script = ("import os, sys\n"
-              "from bench.runtime import CloudProcess\n"
+              "from transport import CloudProcess\n"
               f"cloud = CloudProcess({ECHO!r}, timeout_s=30, log_path={log_path!r}).start()\n"
               "print(cloud.pid, flush=True)\n"
               "os._exit(0)\n")

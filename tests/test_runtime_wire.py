@@ -9,13 +9,21 @@ import time
 import pytest
 import torch
 
-from bench.api import NetworkProfile
-from bench.runtime.framing import ConnectionClosed, TruncatedFrame, recv_frame
-from bench.runtime.link import EmulatedLink, profile_from_dict, profile_to_dict, sleep_until
-from bench.runtime.meter import TrafficMeter
-from stip.wire import (FRAME_PREFIX_BYTES, MAGIC, MAX_HEADER_BYTES, SAFETENSORS_LEN_BYTES, MessageTooLarge,
-                       WireError, decode_message, encode_message, expected_payload_bytes,
-                       frame_overhead_bytes)
+from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
+from transport.link import EmulatedLink, NetworkProfile, profile_from_dict, profile_to_dict, sleep_until
+from transport.meter import TrafficMeter
+from transport.wire import (
+    FRAME_PREFIX_BYTES,
+    MAGIC,
+    MAX_HEADER_BYTES,
+    SAFETENSORS_LEN_BYTES,
+    MessageTooLarge,
+    WireError,
+    decode_message,
+    encode_message,
+    expected_payload_bytes,
+    frame_overhead_bytes,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

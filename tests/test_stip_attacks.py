@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, ViTConfig, ViTForImageClassification
 
 import stip
-from bench.models import minilm_path
+from protocols.models import minilm_path
 from stip.attacks import baselines, frequency, hidden, kpa, measure, moe, multiset, weights
 from stip.attacks.drift import finetuned_copy, perturbed_copy, relative_weight_change
 from stip.attacks.frontier import noise_frontier

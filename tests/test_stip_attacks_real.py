@@ -23,7 +23,7 @@ def test_minilm_falls_to_multiset_matching_weight_alignment_and_known_plaintext(
 def test_smollm2_tokens_and_keys_fall_without_any_key():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench.models import smollm2_path
+    from protocols.models import smollm2_path
     tok = AutoTokenizer.from_pretrained(smollm2_path())
     model = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval()
     ids = tok(SENTENCES[1], return_tensors="pt")["input_ids"]

@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import stip
-from bench.models import load_smollm2, minilm_path
+from protocols.models import load_smollm2, minilm_path
 
 SENTENCES = ["Secure inference keeps the prompt private.", "The capital of France is Paris.",
              "Permutations preserve the value multiset of every row."]

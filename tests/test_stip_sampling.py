@@ -138,7 +138,7 @@ def test_generate_with_cloud_topk_sampling_equals_model_generate():
 
 @pytest.mark.slow
 def test_smollm2_sampling_equals_model_generate():
-    from bench.models import load_smollm2
+    from protocols.models import load_smollm2
 
     model, tokenizer = load_smollm2()
     ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]

@@ -4,25 +4,41 @@ Each run gets its own `file://` rendezvous in a new temporary directory (paralle
 party is forked into its own process group (so a kill reaches anything it started), and the parent kills
 and reaps every party on success, on a party's exception, and on timeout. Parties hand back plain
 Python/numpy values only (torch tensors do not travel well through multiprocessing queues).
+
+No party outlives the runner, however it ends: each party asks the kernel for SIGTERM when its
+parent dies (prctl PR_SET_PDEATHSIG on Linux) and runs a watchdog thread on the parent's pid
+(everywhere), either of which removes the rendezvous folder and kills the party's group; a
+SIGTERM to the runner kills and reaps the parties before the runner dies. Gloo is bound to the
+loopback interface: local parties never listen on a LAN address.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing as mp
 import os
 import queue as queue_mod
 import shutil
 import signal
+import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Any, Callable
 
+import psutil
+
 from baselines.mpc.compat import import_crypten
+from transport.processes import signal_tree
 
 log = logging.getLogger(__name__)
 PROVIDERS = ("TFP", "TTP")
 PartyFn = Callable[[int, Any, Any], Any]  # (rank, crypten module, payload) -> plain result
+RENDEZVOUS_PREFIX = "mpc-rdv-"
+_PR_SET_PDEATHSIG = 1
+_WATCHDOG_INTERVAL_S = 0.2
 
 
 class MpcRunError(RuntimeError):
@@ -33,12 +49,49 @@ class MpcTimeout(MpcRunError):
     """The run did not finish within its time limit; every party was killed."""
 
 
+def loopback_interface() -> str:
+    """Name of the network interface holding 127.0.0.1 ("lo" on Linux, "lo0" on macOS)."""
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address == "127.0.0.1" for a in addrs):
+            return name
+    raise RuntimeError("no network interface holds 127.0.0.1; local MPC parties need a loopback interface")
+
+
+def _die_with_parent(parent_pid: int, tmpdir: str) -> None:
+    """Make this party end (and clean the rendezvous up) as soon as the runner `parent_pid` is gone."""
+    def leave(*_: Any) -> None:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        try:
+            os.killpg(0, signal.SIGKILL)  # the party and anything it started
+        finally:
+            os._exit(1)
+
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); relying on the watchdog", ctypes.get_errno())
+    signal.signal(signal.SIGTERM, leave)
+    if os.getppid() != parent_pid:  # the runner died before the signal was armed
+        leave()
+
+    def watchdog() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_WATCHDOG_INTERVAL_S)
+        leave()
+
+    threading.Thread(target=watchdog, daemon=True, name="mpc-parent-watchdog").start()
+
+
 def _party_main(fn: PartyFn, rank: int, world_size: int, rendezvous: str, provider: str,
-                payload: Any, results: Any, threads: int, seed: int | None) -> None:
+                payload: Any, results: Any, threads: int, seed: int | None, parent_pid: int = 0,
+                tmpdir: str = "") -> None:
     """Body of one party process: own process group, CrypTen init from the environment, run, report."""
     os.setpgid(0, 0)
+    if parent_pid:
+        _die_with_parent(parent_pid, tmpdir)
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "RENDEZVOUS": rendezvous,
-                       "DISTRIBUTED_BACKEND": "gloo"})
+                       "DISTRIBUTED_BACKEND": "gloo", "MASTER_ADDR": "127.0.0.1",
+                       "GLOO_SOCKET_IFNAME": loopback_interface()})
     try:
         import torch  # noqa: PLC0415
 
@@ -64,7 +117,7 @@ def _party_main(fn: PartyFn, rank: int, world_size: int, rendezvous: str, provid
         results.put((rank, "ok", out))
     except BaseException:  # noqa: BLE001  (report everything to the parent, then exit non-zero)
         results.put((rank, "error", traceback.format_exc()))
-        raise SystemExit(1)
+        raise SystemExit(1) from None
 
 
 def _reseed(crypten: Any, seed: int, rank: int, world_size: int) -> None:
@@ -89,13 +142,7 @@ def _kill(proc: mp.Process) -> None:
     for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
         if not proc.is_alive():
             break
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):  # its group is not set up yet: signal the process
-            try:
-                os.kill(proc.pid, sig)
-            except ProcessLookupError:
-                pass
+        signal_tree(proc.pid, sig)
         proc.join(wait_s)
     proc.join(0.1)
 
@@ -111,15 +158,17 @@ def run_parties(fn: PartyFn, payload: Any = None, *, world_size: int = 2, provid
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choices: {list(PROVIDERS)}")
     ctx = mp.get_context("fork")  # parties inherit the model and the function: nothing to pickle
-    tmpdir = tempfile.mkdtemp(prefix="mpc-rdv-")
+    tmpdir = tempfile.mkdtemp(prefix=RENDEZVOUS_PREFIX)
     rendezvous = f"file://{os.path.join(tmpdir, 'rendezvous')}"
     results = ctx.Queue()
     n_procs = world_size + (1 if provider == "TTP" else 0)
     procs = [ctx.Process(target=_party_main, name=f"mpc-party-{r}",
-                         args=(fn, r, world_size, rendezvous, provider, payload, results, threads_per_party, seed))
+                         args=(fn, r, world_size, rendezvous, provider, payload, results, threads_per_party, seed,
+                               os.getpid(), tmpdir))
              for r in range(n_procs)]
     got: dict[int, tuple[str, Any]] = {}
     deadline = time.monotonic() + timeout_s
+    restore = _kill_parties_on_sigterm(procs, tmpdir)
     try:
         for p in procs:
             p.start()
@@ -136,7 +185,8 @@ def run_parties(fn: PartyFn, payload: Any = None, *, world_size: int = 2, provid
                         rank, status, value = results.get(timeout=1.0)
                     except queue_mod.Empty:
                         codes = {i: procs[i].exitcode for i in dead}
-                        raise MpcRunError(f"MPC party/parties {dead} died without a result (exit codes {codes})")
+                        raise MpcRunError(
+                            f"MPC party/parties {dead} died without a result (exit codes {codes})") from None
                 else:
                     continue
             got[rank] = (status, value)
@@ -151,3 +201,37 @@ def run_parties(fn: PartyFn, payload: Any = None, *, world_size: int = 2, provid
         results.close()
         results.join_thread()
         shutil.rmtree(tmpdir, ignore_errors=True)
+        restore()
+
+
+def _kill_parties_on_sigterm(procs: list[mp.Process], tmpdir: str) -> Callable[[], None]:
+    """While parties run, a SIGTERM to the runner kills their groups (psutil), removes the rendezvous
+    folder, then lets the previous handler (default: die) act. Returns the function that uninstalls it."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers live in the main thread; the parties' own watch still holds
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None:  # installed outside Python: treat as the default action
+        previous = signal.SIG_DFL
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        parties = [psutil.Process(p.pid) for p in procs if p.pid is not None and p.is_alive()]
+        for party in parties:
+            try:
+                members = [party] + party.children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            for member in members:
+                try:
+                    member.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        psutil.wait_procs(parties, timeout=5)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)  # the default action, now that the parties are gone
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -7,9 +7,10 @@ are metered apart (`preprocessing_*`) and subtracted from the online numbers of 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+from protocols.timing import Stopwatch
 
 CommReader = Callable[[], tuple[float, float]]  # -> (rounds, bytes) so far, this party
 
@@ -26,39 +27,19 @@ class PhaseStats:
     calls: int = 0
 
 
-class Meter:
-    """Accumulates `PhaseStats` per phase name; phases do not nest."""
+class Meter(Stopwatch):
+    """The phase timer with this party's CrypTen counters hooked in; online traffic excludes preprocessing."""
 
     def __init__(self, comm: CommReader | None = None) -> None:
         self._comm = comm or (lambda: (0.0, 0.0))
-        self.phases: dict[str, PhaseStats] = {}
-        self._active: str | None = None
         self._pre_rounds = 0.0  # preprocessing counted so far (TTP requests)
         self._pre_bytes = 0.0
+        super().__init__(counters=self._counters_now)
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Charge the time and traffic of the enclosed block to `name`."""
-        if self._active is not None:
-            raise RuntimeError(f"phase {name!r} opened inside phase {self._active!r}; phases do not nest")
-        self._active = name
-        r0, b0 = self._comm()
-        p_r0, p_b0 = self._pre_rounds, self._pre_bytes
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            dt = time.perf_counter() - t0
-            r1, b1 = self._comm()
-            pr, pb = self._pre_rounds - p_r0, self._pre_bytes - p_b0
-            st = self.phases.setdefault(name, PhaseStats())
-            st.seconds += dt
-            st.rounds += (r1 - r0) - pr
-            st.bytes += (b1 - b0) - pb
-            st.preprocessing_rounds += pr
-            st.preprocessing_bytes += pb
-            st.calls += 1
-            self._active = None
+    def _counters_now(self) -> dict[str, float]:
+        rounds, n_bytes = self._comm()
+        return {"rounds": rounds - self._pre_rounds, "bytes": n_bytes - self._pre_bytes,
+                "preprocessing_rounds": self._pre_rounds, "preprocessing_bytes": self._pre_bytes}
 
     def add_preprocessing(self, rounds: float, n_bytes: float) -> None:
         """Record traffic spent on preprocessing (called by the TTP request hook)."""
@@ -67,18 +48,18 @@ class Meter:
 
     def snapshot(self) -> dict[str, float]:
         """Counters now (time, online + preprocessing traffic), to measure a span across phases."""
-        rounds, n_bytes = self._comm()
-        return {"seconds": time.perf_counter(), "rounds": rounds - self._pre_rounds,
-                "bytes": n_bytes - self._pre_bytes, "preprocessing_rounds": self._pre_rounds,
-                "preprocessing_bytes": self._pre_bytes}
+        return {"seconds": time.perf_counter(), **self._counters_now()}
 
     @staticmethod
     def span(start: dict[str, float], end: dict[str, float]) -> dict[str, float]:
         """What was spent between two snapshots."""
         return {k: end[k] - start[k] for k in start}
 
-    def reset(self) -> None:
-        self.phases.clear()
+    @property
+    def phases(self) -> dict[str, PhaseStats]:
+        """Per phase: seconds, online and preprocessing traffic, calls."""
+        return {name: PhaseStats(seconds=self.times[name], calls=self.calls.get(name, 0),
+                                 **self.counts.get(name, {})) for name in self.times}
 
     def as_dict(self) -> dict[str, dict[str, float]]:
         """Plain values (what a party process can hand back)."""

@@ -1,0 +1,101 @@
+"""Helpers every device-cloud protocol shares: phase timer, cloud loading, traffic rows, shape bytes.
+
+Each protocol module holds a `protocols.contract.Protocol` subclass (selected by `_target_` in
+configs/protocol/*.yaml) and the factory of its cloud handler (imported in the cloud process).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Mapping
+
+import torch
+
+from protocols.contract import ModelSpec, Row, RunRequest
+from protocols.models import auto_class
+from protocols.timing import Stopwatch  # noqa: F401 - the phase timer, for plug-ins importing helpers here
+from transport import CloudProcess
+from transport.link import NetworkProfile
+from transport.wire import expected_payload_bytes
+
+log = logging.getLogger(__name__)
+
+def load_for_cloud(checkpoint: str, head: str) -> torch.nn.Module:
+    """Load a saved checkpoint in the cloud process with the stock transformers auto class."""
+    return auto_class(head).from_pretrained(checkpoint).eval()
+
+
+def configure_threads(n: int | None) -> None:
+    """Pin torch's intra-op threads so device and cloud processes do not fight over cores."""
+    if n:
+        torch.set_num_threads(int(n))
+
+
+def cloud_process(factory: str, kwargs: dict, network: NetworkProfile, request: RunRequest) -> CloudProcess:
+    """Start the cloud party as a separate OS process behind the socket transport."""
+    return CloudProcess(factory, kwargs, network=network, timeout_s=request.cloud_timeout_s)
+
+
+def payload_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """Bytes of tensor data a message carries, from shapes and dtypes (the wire module's definition)."""
+    return int(expected_payload_bytes(tensors))
+
+
+def shape_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes of a tensor of this shape and dtype, without allocating it."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+def output_bytes(model: ModelSpec, request: RunRequest) -> int:
+    """Payload bytes of the model's full outputs for one forward request, from shapes."""
+    b, t, h = request.batch_size, model.tokens_per_sample(request.seq_len), model.hidden_size
+    if model.head == "causal_lm":
+        return shape_bytes((b, t, model.vocab_size), model.torch_dtype)
+    if model.head == "image_classification":
+        return shape_bytes((b, model.num_labels), model.torch_dtype)
+    return shape_bytes((b, t, h), model.torch_dtype) + shape_bytes((b, h), model.torch_dtype)
+
+
+def traffic_rows(delta: Mapping[str, float], expected_up: int, expected_down: int, phase: str,
+                 repeat: int) -> list[Row]:
+    """One request's traffic: socket bytes per direction and in total (both sides' sends), request-reply
+    rounds, messages, shape-derived payload bytes and the link time the profile models per direction."""
+    rounds = min(delta["messages_up"], delta["messages_down"])
+    return [
+        Row("uplink", "bytes", delta["bytes_up"], "socket", repeat=repeat),
+        Row("downlink", "bytes", delta["bytes_down"], "socket", repeat=repeat),
+        Row(phase, "bytes", delta["bytes_up"] + delta["bytes_down"], "socket", repeat=repeat),
+        Row("uplink", "bytes", expected_up, "shapes", repeat=repeat),
+        Row("downlink", "bytes", expected_down, "shapes", repeat=repeat),
+        Row("uplink", "messages", delta["messages_up"], "socket", repeat=repeat),
+        Row("downlink", "messages", delta["messages_down"], "socket", repeat=repeat),
+        Row(phase, "rounds", rounds, "socket", repeat=repeat),
+        Row("uplink", "latency", delta["link_time_up"], "modelled", repeat=repeat),
+        Row("downlink", "latency", delta["link_time_down"], "modelled", repeat=repeat),
+    ]
+
+
+def modelled_total(compute_s: float, delta: Mapping[str, float], network: NetworkProfile, phase: str,
+                   repeat: int) -> Row:
+    """End-to-end latency on the profile: measured compute + rounds x RTT + bytes / bandwidth (one formula)."""
+    rounds = min(delta["messages_up"], delta["messages_down"])
+    return Row(phase, "latency", compute_s + network.time(rounds, delta["bytes_up"] + delta["bytes_down"]),
+               "modelled", repeat=repeat)
+
+
+def greedy_tokens(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
+                  on_token: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Greedy tokens of a plaintext causal LM with its own KV cache; `on_token(step)` after each choice."""
+    with torch.no_grad():
+        out = model(input_ids=input_ids, use_cache=True)
+        tokens = []
+        for step in range(max_new_tokens):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(nxt)
+            if on_token is not None:
+                on_token(step)
+            if step + 1 < max_new_tokens:
+                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+    return torch.cat(tokens, dim=1)

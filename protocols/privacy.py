@@ -1,0 +1,72 @@
+"""Distance correlation between plaintext and what the cloud sees, in both conventions (STIP.md).
+
+`dcor` (per-vector, the paper's Fig. 6): pair element i of x with element i of x' over the d
+features of one vector, averaged over vectors. `dcor_samples` (sample-wise, split-learning
+convention): rows are samples, features are columns; a permutation gives exactly 1.0 there.
+Both use the `dcor` package on subsampled data, because its cost is O(n^2) in the sample count.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VECTORS = 16    # vectors averaged for the per-vector convention
+DEFAULT_SAMPLES = 256   # rows kept for the sample-wise convention
+DEFAULT_FEATURES = 2048  # features kept per vector (per-vector convention): O(d^2) memory
+
+
+def _as_rows(x: torch.Tensor) -> np.ndarray:
+    """(..., d) tensor -> (n, d) float64 rows."""
+    return x.detach().reshape(-1, x.shape[-1]).to(torch.float64).cpu().numpy()
+
+
+def _subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of min(n, k) rows drawn without replacement."""
+    return np.sort(rng.choice(n, size=min(n, k), replace=False))
+
+
+def dcor_per_vector(x: torch.Tensor, y: torch.Tensor, n_vectors: int = DEFAULT_VECTORS,
+                    max_features: int = DEFAULT_FEATURES, seed: int = 0) -> float:
+    """Mean over subsampled vectors of dcor(x_i, y_i), the d features being the samples (paper's Fig. 6)."""
+    import dcor  # noqa: PLC0415 - dcor (numba) loads in seconds; only privacy rows need it
+
+    a, b = _as_rows(x), _as_rows(y)
+    if a.shape != b.shape:
+        raise ValueError(f"per-vector dcor needs equal shapes, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    rows = _subsample(a.shape[0], n_vectors, rng)
+    feats = _subsample(a.shape[1], max_features, rng) if a.shape[1] > max_features else slice(None)
+    vals = [dcor.distance_correlation(a[i][feats], b[i][feats]) for i in rows]
+    return float(np.mean(vals))
+
+
+def dcor_samples(x: torch.Tensor, y: torch.Tensor, n_samples: int = DEFAULT_SAMPLES, seed: int = 0) -> float:
+    """dcor(X, Y) with rows as samples (split-learning convention); 1.0 for any permutation."""
+    import dcor  # noqa: PLC0415 - dcor (numba) loads in seconds; only privacy rows need it
+
+    a, b = _as_rows(x), _as_rows(y)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"sample-wise dcor needs the same number of rows, got {a.shape[0]} and {b.shape[0]}")
+    if a.shape[0] < 2:
+        raise ValueError("sample-wise dcor needs at least 2 rows (batch x seq_len >= 2)")
+    rows = _subsample(a.shape[0], n_samples, np.random.default_rng(seed))
+    return float(dcor.distance_correlation(a[rows], b[rows]))
+
+
+def dcor_both(x: torch.Tensor, y: torch.Tensor, seed: int = 0, n_vectors: int = DEFAULT_VECTORS,
+              n_samples: int = DEFAULT_SAMPLES) -> dict[str, float]:
+    """Both conventions at once: {"dcor": per-vector, "dcor_samples": sample-wise (None if < 2 rows)}."""
+    out = {"dcor": dcor_per_vector(x, y, n_vectors=n_vectors, seed=seed)}
+    if _as_rows(x).shape[0] >= 2:
+        out["dcor_samples"] = dcor_samples(x, y, n_samples=n_samples, seed=seed)
+    return out
+
+
+def dcor_parameters(original: torch.Tensor, transformed: torch.Tensor, n_vectors: int = DEFAULT_VECTORS,
+                    seed: int = 0) -> float:
+    """Per-row dcor between an original and a transformed weight matrix of the same shape (Fig. 6a)."""
+    return dcor_per_vector(original, transformed, n_vectors=n_vectors, seed=seed)

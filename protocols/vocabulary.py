@@ -1,0 +1,69 @@
+"""The measurement vocabulary, defined once: every protocol's rows use these phases, metrics, units and sources.
+
+Definitions (the same in every row, whatever the protocol):
+- `latency` (s) at phase `total`: wall time of one request end to end, link included. `source=socket`:
+  measured through the emulated link (socket protocols); `source=modelled`: measured compute +
+  rounds x RTT + critical-path bytes / bandwidth (`NetworkProfile.time`), given for EVERY protocol
+  that serves requests, so a cross-protocol comparison filters `source == "modelled"`.
+  Phase `compute` holds compute alone (no link), where a protocol can separate it (MPC: `engine`).
+- `bytes` (B) at phase `total`: bytes both sides send for the request; `uplink`/`downlink` per direction.
+- `rounds` (count) at phase `total`: sequential communication rounds of the request (socket: request-reply
+  exchanges; MPC: CrypTen collectives, the larger per-party count).
+- accuracy (`max_abs_error`, `sum_abs_error`, `top1_agreement`, phase `output`): see protocols.accuracy.
+Protocol parameters (return mode, device layers, embedding placement, provider, transform) are never rows:
+the runner writes them as columns of the runs table from the resolved config. A (phase, metric, source,
+repeat) is unique within a run.
+"""
+from __future__ import annotations
+
+# How a number was obtained.
+SOURCES = {
+    "socket": "measured where bytes cross the device-cloud socket, through the emulated link",
+    "engine": "an MPC engine's own counters (CrypTen), both parties on this host (loopback)",
+    "host": "measured in-process on this host (timers, module sizes, RSS)",
+    "modelled": "measured compute + rounds x RTT + bytes / bandwidth of the run's network profile",
+    "shapes": "derived from tensor shapes and dtypes, nothing run",
+}
+# Metric -> unit.
+METRICS = {
+    "latency": "s",
+    "bytes": "B",
+    "rounds": "count",
+    "messages": "count",
+    "throughput": "tokens/s",
+    "memory": "B",
+    "dcor": "ratio",
+    "dcor_samples": "ratio",
+    "max_abs_error": "abs",
+    "sum_abs_error": "abs",
+    "top1_agreement": "ratio",
+    "preprocessing_rounds": "count",
+    "preprocessing_bytes": "B",
+}
+STIP_PHASES = ("device_embed", "device_permute", "uplink", "cloud_compute", "downlink", "device_recover")
+MPC_PHASES = ("embedding", "linear", "attention_softmax", "activation", "layernorm", "head")
+PHASES = {
+    "total": "one request end to end (a forward pass)",
+    "compute": "compute of one request without the link",
+    **{p: "a step of the device-cloud request" for p in STIP_PHASES},
+    **{p: "an MPC operator class" for p in MPC_PHASES},
+    "prefill": "generation: first token (prompt pass)",
+    "token": "generation: one further token (seq_len = context length)",
+    "per_token": "generation: mean over decode tokens",
+    "generate": "generation: the whole request of max_new_tokens tokens",
+    "output": "accuracy of the outputs against the plaintext model",
+    "embeddings": "privacy: plaintext embeddings vs what is sent",
+    "parameters": "privacy: original vs transformed weights",
+    "device_embedding": "device memory: the embedding stage",
+    "device_tokenizer": "device memory: the tokenizer",
+    "device_model": "device memory: every module kept on the device",
+}
+
+
+def check(phase: str, metric: str, source: str) -> str:
+    """The unit of a (phase, metric, source), naming the vocabulary on an unknown word."""
+    for word, known, what in ((phase, PHASES, "phase"), (metric, METRICS, "metric"), (source, SOURCES, "source")):
+        if word not in known:
+            raise ValueError(f"{what} {word!r} is not in the measurement vocabulary; known: {sorted(known)} "
+                             f"(add it to protocols/vocabulary.py with its definition)")
+    return METRICS[metric]

@@ -1,0 +1,183 @@
+"""Device-side drafting for speculative STIP generation: fewer round trips than tokens.
+
+The device already chooses every token, so it can also propose the next few: the cloud runs
+[last token + drafts] through its KV cache in one forward and returns the permuted top-k at
+every position; the device keeps the longest prefix greedy decoding would have chosen plus
+the token after it, and tells the cloud how many cached tokens to keep. Greedy output is
+exactly plain greedy decoding's. Drafting needs no model: prompt lookup (transformers'
+`prompt_lookup_num_tokens`) matches the last n-gram against the device's own tokens.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
+
+from .parties import DataOwner
+from .sampling import Sampling
+
+if TYPE_CHECKING:
+    from .generate import InferenceServer
+
+SPECULATION_TOPK = 2  # per drafted position: the argmax, and the runner-up to see a tie at the top
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Proposes the next tokens on the device; any source will do (prompt lookup, a draft model)."""
+
+    def propose(self, tokens: torch.Tensor, limit: int) -> torch.Tensor:
+        """At most `limit` draft token ids (1-D) to follow `tokens` ([1, n]: prompt + generated)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PromptLookup:
+    """Draft by prompt lookup: the tokens that followed the last n-gram's earliest earlier match.
+
+    Exactly transformers' PromptLookupCandidateGenerator (n-grams of `max_ngram_size` down to
+    1, the first match from the left, up to `num_tokens` tokens) over the device's own tokens.
+    """
+
+    num_tokens: int = 8
+    max_ngram_size: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("num_tokens", "max_ngram_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PromptLookup.{name} must be an int >= 1, got {value!r}")
+
+    def propose(self, tokens: torch.Tensor, limit: int) -> torch.Tensor:
+        """Up to min(num_tokens, limit) tokens continuing the last n-gram's first match (none: empty)."""
+        if tokens.dim() != 2 or tokens.shape[0] != 1:
+            raise ValueError(f"prompt lookup drafts for one sequence [1, n], got shape {tuple(tokens.shape)}")
+        n = int(tokens.shape[1])
+        if limit < 1 or n < 2:
+            return tokens.new_empty(0)
+        lookup = PromptLookupCandidateGenerator(num_output_tokens=min(self.num_tokens, limit),
+                                                max_matching_ngram_size=self.max_ngram_size,
+                                                max_length=n + limit + 1)
+        candidates, _ = lookup.get_candidates(tokens)
+        return candidates[0, n:n + limit]
+
+
+@dataclass
+class GenerationStats:
+    """What one stip.generate call cost: round trips, and per round the drafts sent and accepted.
+
+    Filled in by `stip.generate(..., stats=GenerationStats())`, with or without speculation
+    (without: every round drafts and accepts 0). The cloud sees the accepted length of every
+    round: it is the number of tokens it is told to keep.
+    """
+
+    new_tokens: int = 0
+    drafted: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+
+    @property
+    def round_trips(self) -> int:
+        return len(self.drafted)
+
+    @property
+    def round_trips_per_token(self) -> float:
+        """Round trips per generated token (1.0 without speculation); nan before any token."""
+        return self.round_trips / self.new_tokens if self.new_tokens else float("nan")
+
+    def record(self, drafted: int, accepted: int, new_tokens: int) -> None:
+        self.drafted.append(drafted)
+        self.accepted.append(accepted)
+        self.new_tokens += new_tokens
+
+
+def accepted_length(drafts: torch.Tensor, chosen: torch.Tensor) -> int:
+    """How many drafts greedy decoding would have produced: the longest prefix with drafts[i] == chosen[i].
+
+    `chosen[i]` is the device's token after the request's i-th position (the last sent token,
+    then each draft), so `chosen[n]` follows the accepted drafts.
+    """
+    k = int(drafts.numel())
+    mismatch = (drafts != chosen[:k]).nonzero()
+    return int(mismatch[0, 0]) if mismatch.numel() else k
+
+
+def check_speculation(speculate: Drafter, input_ids: torch.Tensor, sampling: Sampling,
+                       return_topk: int | None) -> None:
+    """Speculation here is greedy and for one sequence; refuse anything else by name."""
+    if not isinstance(speculate, Drafter):
+        raise TypeError(f"speculate must be a drafter with propose(tokens, limit) (e.g. stip.PromptLookup()), "
+                        f"got {type(speculate).__name__}")
+    if sampling.do_sample:
+        raise ValueError("speculate is greedy only (accepting a draft needs greedy's deterministic choice); "
+                         "set do_sample=False, or generate without speculate to sample")
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"speculate takes one sequence (batch 1; rows would accept different lengths), got "
+                         f"input_ids of shape {tuple(input_ids.shape)}; generate each prompt on its own")
+    if return_topk is not None and (isinstance(return_topk, bool) or not isinstance(return_topk, int)
+                                    or return_topk < 1):
+        raise ValueError(f"return_topk must be an int >= 1, got {return_topk!r}")
+
+
+def _drafts(speculate: Drafter, tokens: torch.Tensor, limit: int, eos_token_id: int | None) -> torch.Tensor:
+    """The drafter's proposal, at most `limit` long and cut before an EOS (as transformers' prompt lookup)."""
+    drafts = speculate.propose(tokens, limit).reshape(-1).to(tokens.dtype)[:max(limit, 0)]
+    if eos_token_id is not None:
+        eos = (drafts == eos_token_id).nonzero()
+        if eos.numel():
+            drafts = drafts[:int(eos[0, 0])]
+    return drafts
+
+
+def _choose_greedy(device: DataOwner, out: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy token after every returned position [m], and whether its top-k leaves the choice open [m]."""
+    if "topk_values" not in out:
+        raise ValueError(f"a speculative step expects the cloud's top-k, got {sorted(out)}")
+    values, indices = out["topk_values"][0], out["topk_indices"][0]  # [m, k]
+    chosen = device.next_token({"topk_values": values, "topk_indices": indices})[:, 0]
+    open_tie = (values[:, -1] == values[:, 0]) if values.shape[-1] > 1 else torch.zeros_like(chosen, dtype=torch.bool)
+    return chosen, open_tie
+
+
+def generate_speculative(
+    device: DataOwner, server: InferenceServer, input_ids: torch.Tensor, max_new_tokens: int,
+    speculate: Drafter, top_k: int, eos_token_id: int | None,
+    on_token: Callable[[int, torch.Tensor], None] | None, attention_mask: torch.Tensor | None,
+    device_inputs: Mapping[str, torch.Tensor] | None, stats: GenerationStats | None,
+) -> torch.Tensor:
+    """Draft, verify in one round trip, keep the greedy prefix + one token, crop the cloud's cache."""
+    tokens, remaining = input_ids, max_new_tokens
+    # device inputs (LLaVA's image) embed with the prompt only: drafting starts after it
+    drafts = _drafts(speculate, tokens, remaining - 1 if not device_inputs else 0, eos_token_id)
+    mask = None if attention_mask is None else torch.cat(
+        [attention_mask, attention_mask.new_ones(1, drafts.numel())], dim=-1)
+    session = server.open_session()
+    try:
+        request = device.request(torch.cat([input_ids, drafts[None]], dim=-1), attention_mask=mask,
+                                 session=session, top_k=top_k, last_n=drafts.numel() + 1, **(device_inputs or {}))
+        while remaining > 0:
+            out = server.infer(request.pop("inputs_embeds"), **request)
+            chosen, open_tie = _choose_greedy(device, out)
+            n = accepted_length(drafts, chosen)
+            if bool(open_tie[:n + 1].any()):
+                raise ValueError(f"the top {top_k} scores at a drafted position are all tied, so greedy's "
+                                 "lowest-token-id rule may need a candidate the cloud did not return; raise "
+                                 "return_topk")
+            new = torch.cat([drafts[:n], chosen[n:n + 1]])
+            for i, token in enumerate(new):
+                if on_token is not None:
+                    on_token(max_new_tokens - remaining + i, token.view(1, 1))
+            tokens = torch.cat([tokens, new[None]], dim=-1)
+            remaining -= new.numel()
+            if stats is not None:
+                stats.record(drafted=drafts.numel(), accepted=n, new_tokens=new.numel())
+            if remaining == 0 or (eos_token_id is not None and int(new[-1]) == eos_token_id):
+                break
+            drafts = _drafts(speculate, tokens, remaining - 1, eos_token_id)
+            request = device.request(torch.cat([new[-1:], drafts])[None], session=session, top_k=top_k,
+                                     last_n=drafts.numel() + 1, cache_length=tokens.shape[1] - 1)
+    finally:
+        server.close_session(session)
+    return tokens

@@ -1,0 +1,44 @@
+"""Speculative STIP generation on real SmolLM2-135M over the shipped prompt suite (slow; prints numbers).
+
+    PYTHONPATH=$PWD HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -s -m slow tests/test_stip_speculation_smollm2.py
+
+Greedy, 64 new tokens, stip.PromptLookup() (8 tokens, n-grams up to 2): prints round trips per
+generated token per prompt and their median; every prompt's tokens must equal model.generate's.
+"""
+import statistics
+
+import pytest
+import torch
+
+import stip
+from protocols.models import load_smollm2
+from stip.prompts import prompt_suite
+
+NEW_TOKENS = 64
+# Measured 0.648 on this suite: prompt lookup finds little to copy in open-ended text and free
+# summaries (0.7-0.98 there). A regression bound, not the issue's 0.6 target.
+MEDIAN_BOUND = 0.66
+
+
+@pytest.mark.slow
+def test_prompt_lookup_round_trips_on_smollm2_with_identical_tokens():
+    model, tokenizer = load_smollm2()
+    assert tokenizer is not None, "the SmolLM2 tokenizer is needed to encode the prompt suite"
+    developer = stip.ModelDeveloper(model, seed=0)
+    server, device = stip.ModelServer(developer.cloud_model()), developer.data_owner()
+    rates, lines = [], []
+    for prompt in prompt_suite():
+        ids = tokenizer(prompt.text, return_tensors="pt")["input_ids"]
+        stats = stip.GenerationStats()
+        tokens = stip.generate(device, server, ids, NEW_TOKENS, speculate=stip.PromptLookup(), stats=stats)
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                                  min_new_tokens=0, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert torch.equal(tokens, expected), f"{prompt.id}: speculation changed the tokens"
+        assert stats.new_tokens == NEW_TOKENS and sum(stats.accepted) + stats.round_trips == NEW_TOKENS
+        rates.append(stats.round_trips_per_token)
+        mean_accepted = sum(stats.accepted) / stats.round_trips
+        lines.append(f"{prompt.category:14s} {prompt.id:20s} {stats.round_trips:3d} round trips  "
+                     f"{stats.round_trips_per_token:.3f} per token  {mean_accepted:.2f} drafts accepted per trip")
+    median = statistics.median(rates)
+    print("\n" + "\n".join(lines) + f"\nmedian round trips per generated token: {median:.3f}")
+    assert median <= MEDIAN_BOUND

@@ -1,0 +1,504 @@
+"""The cloud process: a TCP server that runs a handler object on requests in transport.wire frames.
+
+Started by `transport.client.CloudProcess` as ``python -m transport --ready-fd N``. Its
+configuration arrives as the first line of stdin (JSON: factory, kwargs, network, host, port, limits
+(transport.limits.ServerLimits), sys_path, log_level); it then builds the handler with
+``factory(**kwargs)`` ("pkg.module:function"), binds the socket and writes one JSON line to fd N:
+``{"ready": true, "port": P, "pid": ...}`` or ``{"ready": false, "error": "..."}``. It exits when
+stdin reaches EOF, i.e. when the parent closes it or dies, so it never outlives its device.
+
+A request of kind ``m`` calls ``handler.m(tensors, **meta) -> (tensors, meta)`` if ``m`` is in the
+handler's allow-list ``remote_methods``; handler calls are serialised by a lock (a call whose client
+left before it ran is skipped; one running can poll `cancelled()`) and timed (``cloud_compute``,
+returned in the reply meta under RUNTIME_META_KEY). Replies go through the emulated downlink.
+Anything wrong - bad frame, unknown method, handler exception, unencodable result - is answered with
+an error frame whose meta carries ``error_type`` and a short message (no traceback, no absolute
+path: those go to the server's log under the reply's ``error_id``); the server keeps serving.
+Resources a client can take are bounded by `transport.limits.ServerLimits` (frame and header size,
+connections, idle time, sessions). Only when the stream cannot be trusted any more (bad prefix,
+oversized declared length, peer gone mid-frame) is that one connection closed.
+"""
+from __future__ import annotations
+
+import argparse
+import contextvars
+import hmac
+import json
+import logging
+import os
+import pkgutil
+import re
+import secrets
+import select
+import socket
+import ssl
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
+from transport.limits import ServerLimits
+from transport.link import EmulatedLink, profile_from_dict
+from transport.wire import KIND_ERROR, KIND_RESULT, MessageTooLarge, WireError, decode_body, encode_message
+
+log = logging.getLogger(__name__)
+
+RUNTIME_META_KEY = "_runtime"  # reply meta key holding the server's timings
+HELLO = "hello"  # the request that presents the shared token (answered by the server itself)
+DEFAULT_FRAME_TIMEOUT_S = ServerLimits.frame_timeout_s  # a started frame must finish within this
+_DRAIN_TIMEOUT_S = 1.0
+_DRAIN_LIMIT_BYTES = 64 << 20
+_WATCH_INTERVAL_S = 0.05
+
+# error_type values carried in error replies
+BAD_MESSAGE = "BadMessage"
+MESSAGE_TOO_LARGE = "MessageTooLarge"
+UNKNOWN_METHOD = "UnknownMethod"
+HANDLER_ERROR = "HandlerError"
+BAD_REPLY = "BadReply"
+UNAUTHORIZED = "Unauthorized"
+TOO_MANY_CONNECTIONS = "TooManyConnections"
+
+_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("transport_caller", default=None)
+_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("transport_cancel", default=None)
+_ABS_PATH = re.compile(r"""(?:(?<=^)|(?<=[\s'"(\[=:]))(?:/[^\s'"),\]:]+)+""")
+
+
+def current_caller() -> str | None:
+    """An unguessable id of the connection whose request the handler is running (None outside a call).
+
+    Handlers bind per-client state (sessions) to it, so another connection that learns an id
+    cannot use it.
+    """
+    return _CALLER.get()
+
+
+def cancelled() -> bool:
+    """Whether the client of the running call has gone away; long handler loops check it and stop."""
+    event = _CANCEL.get()
+    return event is not None and event.is_set()
+
+
+class CallCancelled(RuntimeError):
+    """Raised by a handler that stopped because its client left (see `cancelled`)."""
+
+
+def redact(text: str) -> str:
+    """`text` with absolute paths replaced by <path>: error replies must not map the server's disk."""
+    return _ABS_PATH.sub("<path>", text)
+
+
+def load_factory(path: str) -> Callable[..., Any]:
+    """Resolve "pkg.module:function" to the callable (pkgutil.resolve_name); errors name the bad part."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"handler factory {path!r} must look like 'pkg.module:function'")
+    try:
+        obj = pkgutil.resolve_name(path)
+    except AttributeError:
+        raise ValueError(f"handler factory {path!r}: module {module_name!r} has no {attr!r}") from None
+    if not callable(obj):
+        raise ValueError(f"handler factory {path!r} is a {type(obj).__name__}, not callable")
+    return obj
+
+
+def remote_methods(handler: Any) -> frozenset[str]:
+    """The handler's allow-list (`remote_methods`): the only names a client may call."""
+    names = getattr(handler, "remote_methods", None)
+    if not names or isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"handler {type(handler).__name__} must declare remote_methods, a tuple of the method "
+                        f"names clients may call (got {names!r})")
+    bad = sorted(n for n in names if n.startswith("_") or not n.isidentifier() or n == HELLO
+                 or not callable(getattr(handler, n, None)))
+    if bad:
+        raise TypeError(f"handler {type(handler).__name__}.remote_methods lists {bad}: not public methods "
+                        f"of the handler (or the reserved {HELLO!r})")
+    return frozenset(names)
+
+
+def _error_frame(message: str, error_type: str, **extra: Any) -> bytearray:
+    return encode_message(KIND_ERROR, None, {"error_type": error_type, **extra}, error=message)
+
+
+def _peer_gone(conn: socket.socket) -> bool:
+    """Whether the peer closed `conn` (EOF or reset waiting), without consuming any data."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    if not readable:
+        return False
+    try:  # peek on a plain duplicate: a TLS socket refuses MSG_PEEK
+        with socket.fromfd(conn.fileno(), conn.family, conn.type) as raw:
+            raw.setblocking(False)
+            return raw.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class _CallWatcher:
+    """One thread that watches the connections of calls in progress and flags those whose client left."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[socket.socket, threading.Event] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def watch(self, conn: socket.socket) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._watched[conn] = event
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="cloud-call-watch")
+                self._thread.start()
+        return event
+
+    def unwatch(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._watched.pop(conn, None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(_WATCH_INTERVAL_S):
+            with self._lock:
+                items = list(self._watched.items())
+            for conn, event in items:
+                if not event.is_set() and _peer_gone(conn):
+                    event.set()
+
+
+class CloudServer:
+    """Accepts connections (one thread each, up to a limit) and dispatches frames to one handler object.
+
+    Only the handler's `remote_methods` can be called. `token` (a shared secret) makes every
+    connection present it in a ``hello`` request first; `ssl_context` wraps each connection in TLS.
+    """
+
+    def __init__(self, handler: Any, *, network: EmulatedLink | None = None, host: str = "127.0.0.1",
+                 port: int = 0, limits: ServerLimits | None = None, token: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None, max_message_bytes: int | None = None,
+                 frame_timeout_s: float | None = None) -> None:
+        limits = limits or ServerLimits()
+        if max_message_bytes is not None or frame_timeout_s is not None:
+            limits = ServerLimits.from_dict({**limits.to_dict(), **({"max_message_bytes": max_message_bytes}
+                                             if max_message_bytes is not None else {}),
+                                             **({"frame_timeout_s": frame_timeout_s}
+                                                if frame_timeout_s is not None else {})})
+        if token is not None and not token:
+            raise ValueError("token must be a non-empty string or None")
+        self.handler = handler
+        self.methods = remote_methods(handler)
+        self.limits = limits
+        self.max_message_bytes = limits.max_message_bytes
+        self.frame_timeout_s = limits.frame_timeout_s
+        self.link = network or EmulatedLink(None)
+        self.token = token
+        self.ssl_context = ssl_context
+        self.accept_errors = 0  # accept() failures survived (e.g. out of file descriptors)
+        self.refused_connections = 0  # connections turned away at max_connections
+        self._handler_lock = threading.Lock()
+        self._conn_lock = threading.Lock()
+        self._connections = 0
+        self._closed = False
+        self._watcher = _CallWatcher()
+        apply_limits = getattr(handler, "apply_limits", None)
+        if callable(apply_limits):
+            apply_limits(limits)
+        self._sock = socket.create_server((host, port), backlog=64)
+        self.host, self.port = self._sock.getsockname()[:2]
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now."""
+        with self._conn_lock:
+            return self._connections
+
+    def serve_forever(self) -> None:
+        """Accept connections until close(); accept() errors (out of descriptors...) are logged and survived."""
+        while not self._closed:
+            try:
+                conn, addr = self._sock.accept()
+            except OSError as exc:
+                if self._closed:
+                    return
+                self.accept_errors += 1
+                log.error("accept() failed (%s); still serving, pausing %.2f s", exc, self.limits.accept_error_pause_s)
+                time.sleep(self.limits.accept_error_pause_s)
+                continue
+            try:
+                self._admit(conn, addr)
+            except Exception:  # a failure here must cost one connection, never the loop
+                log.exception("could not start serving %s", addr)
+                conn.close()
+
+    def _admit(self, conn: socket.socket, addr: Any) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._conn_lock:
+            full = self._connections >= self.limits.max_connections
+            if not full:
+                self._connections += 1
+        if full:
+            self.refused_connections += 1
+            log.warning("refusing %s: %d connections open (max_connections)", addr, self.limits.max_connections)
+            if self.ssl_context is None:  # over TLS there is no channel to answer on yet
+                try:
+                    conn.settimeout(1.0)
+                    conn.sendall(_error_frame(f"the cloud serves at most {self.limits.max_connections} "
+                                              "connections; retry later", TOO_MANY_CONNECTIONS))
+                except OSError:
+                    pass
+            conn.close()
+            return
+        try:
+            threading.Thread(target=self._serve_connection, args=(conn, addr), daemon=True,
+                             name=f"cloud-conn-{addr[1] if isinstance(addr, tuple) else addr}").start()
+        except BaseException:
+            with self._conn_lock:
+                self._connections -= 1
+            raise
+
+    def close(self) -> None:
+        """Stop accepting (wakes a blocked accept()); connections being served finish on their own."""
+        self._closed = True
+        self._watcher.stop()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+    def _send(self, conn: socket.socket, frame: bytes | bytearray) -> None:
+        self.link.send(conn, frame, deadline=time.monotonic() + self.frame_timeout_s)
+
+    def _serve_connection(self, conn: socket.socket, addr: Any) -> None:
+        caller = secrets.token_hex(16)
+        try:
+            if self.ssl_context is not None:
+                conn.settimeout(self.limits.handshake_timeout_s)
+                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+            self._serve_frames(conn, addr, caller)
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("connection %s failed: %r", addr, exc)
+        except Exception:  # a bug here must cost one connection, never the server
+            log.exception("connection %s failed", addr)
+        finally:
+            conn.close()
+            with self._conn_lock:
+                self._connections -= 1
+            closed = getattr(self.handler, "connection_closed", None)
+            if callable(closed):
+                try:
+                    with self._handler_lock:
+                        closed(caller)
+                except Exception:
+                    log.exception("handler connection_closed(%s) failed", addr)
+
+    def _serve_frames(self, conn: socket.socket, addr: Any, caller: str) -> None:
+        """Answer frames on one connection until the peer leaves, idles out, or the stream breaks."""
+        authenticated = self.token is None
+        while True:
+            idle = self.limits.idle_timeout_s if authenticated else self.limits.handshake_timeout_s
+            try:
+                header, body = recv_frame(conn, self.max_message_bytes, frame_timeout_s=self.frame_timeout_s,
+                                          idle_timeout_s=idle, max_header_bytes=self.limits.max_header_bytes)
+            except ConnectionClosed:
+                return
+            except TruncatedFrame as exc:
+                log.warning("connection %s dropped: %s", addr, exc)
+                return
+            except MessageTooLarge as exc:  # the stream cannot be resynchronised: refuse, close
+                log.warning("refusing oversized frame from %s: %s", addr, exc)
+                self._refuse_and_close(conn, _error_frame(str(exc), MESSAGE_TOO_LARGE))
+                return
+            except WireError as exc:
+                log.warning("refusing malformed frame from %s: %s", addr, exc)
+                self._refuse_and_close(conn, _error_frame(str(exc), BAD_MESSAGE))
+                return
+            except (TimeoutError, OSError) as exc:
+                log.info("connection %s closed: %r (idle or stalled)", addr, exc)
+                return
+            if not authenticated:
+                reply, authenticated = self._hello(header, body, addr)
+                if not authenticated:
+                    self._refuse_and_close(conn, reply)
+                    return
+                if not self._try_send(conn, reply):
+                    return
+                continue
+            reply = self._handle_watched(conn, header, body, caller)
+            if reply is None:  # the client left while its call waited or ran
+                return
+            if not self._try_send(conn, reply):
+                return
+
+    def _hello(self, header: bytes, body: bytes | bytearray, addr: Any) -> tuple[bytearray, bool]:
+        """Check the shared token of a new connection: (reply, accepted)."""
+        try:
+            request = decode_body(header, body)
+        except WireError as exc:
+            return _error_frame(str(exc), BAD_MESSAGE), False
+        token = request.meta.get("token")
+        if request.kind != HELLO or not isinstance(token, str) \
+                or not hmac.compare_digest(token.encode(), self.token.encode()):  # type: ignore[union-attr]
+            log.warning("connection %s refused: no valid token in its first request", addr)
+            return _error_frame("this cloud requires a token: send a 'hello' request with the shared token "
+                                "first", UNAUTHORIZED), False
+        return encode_message(KIND_RESULT, None, {"hello": True}), True
+
+    def _handle_watched(self, conn: socket.socket, header: bytes, body: bytes | bytearray,
+                        caller: str) -> bytearray | None:
+        """handle_frame with the client watched: a call whose client left is skipped or told to stop."""
+        event = self._watcher.watch(conn)
+        try:
+            return self.handle_frame(header, body, caller=caller, cancel=event)
+        finally:
+            self._watcher.unwatch(conn)
+
+    def _refuse_and_close(self, conn: socket.socket, frame: bytes | bytearray) -> None:
+        """Send an error reply on a stream that cannot be trusted, then wind it down.
+
+        Unread input is drained briefly first: closing a socket with unread data makes the kernel
+        send a reset, which could destroy the error reply before the peer reads it.
+        """
+        if not self._try_send(conn, frame):
+            return
+        try:
+            if isinstance(conn, ssl.SSLSocket):
+                return
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(_DRAIN_TIMEOUT_S)
+            drained = 0
+            deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+            while drained < _DRAIN_LIMIT_BYTES and time.monotonic() < deadline and (chunk := conn.recv(1 << 16)):
+                drained += len(chunk)
+        except OSError:
+            pass
+
+    def _try_send(self, conn: socket.socket, frame: bytes | bytearray) -> bool:
+        try:
+            self._send(conn, frame)
+            return True
+        except (OSError, TimeoutError) as exc:
+            log.warning("could not send reply: %r", exc)
+            return False
+
+    def handle_frame(self, header: bytes, body: bytes | bytearray, *, caller: str | None = None,
+                     cancel: threading.Event | None = None) -> bytearray | None:
+        """Decode a request whose framing is intact and return the reply frame (never raises).
+
+        Returns None when `cancel` was set (the client left) before the handler could start.
+        """
+        try:
+            request = decode_body(header, body)
+        except WireError as exc:
+            return _error_frame(str(exc), BAD_MESSAGE)
+        method = self._lookup(request.kind)
+        if isinstance(method, str):
+            return _error_frame(method, UNKNOWN_METHOD)
+        if not self._acquire(cancel):
+            log.info("client left before %r could run: skipped", request.kind)
+            return None
+        caller_token = _CALLER.set(caller)
+        cancel_token = _CANCEL.set(cancel)
+        try:
+            start = time.perf_counter()
+            result = method(request.tensors, **request.meta)
+            cloud_compute = time.perf_counter() - start
+        except Exception as exc:  # the handler's bug is the caller's news, not the server's death
+            error_id = secrets.token_hex(4)
+            log.exception("handler method %r failed [error %s]", request.kind, error_id)
+            return _error_frame(f"{request.kind}: {type(exc).__name__}: {redact(str(exc))} (error {error_id})",
+                                HANDLER_ERROR, exception=type(exc).__name__, error_id=error_id)
+        finally:
+            _CANCEL.reset(cancel_token)
+            _CALLER.reset(caller_token)
+            self._handler_lock.release()
+        try:
+            tensors, meta = self._unpack_result(request.kind, result)
+            meta = {**meta, RUNTIME_META_KEY: {"cloud_compute": cloud_compute}}
+            return encode_message(KIND_RESULT, tensors, meta, max_bytes=self.max_message_bytes)
+        except Exception as exc:  # bad types, non-JSON meta, too large, tensors that will not copy
+            log.error("handler method %r returned an unsendable result: %s", request.kind, exc)
+            return _error_frame(f"{request.kind}: cannot send the result: {redact(str(exc))}", BAD_REPLY)
+
+    def _acquire(self, cancel: threading.Event | None) -> bool:
+        """Take the handler lock, giving up if the waiting client leaves (so it never queues a dead call)."""
+        if cancel is None:
+            self._handler_lock.acquire()
+            return True
+        while not self._handler_lock.acquire(timeout=_WATCH_INTERVAL_S):
+            if cancel.is_set():
+                return False
+        if cancel.is_set():
+            self._handler_lock.release()
+            return False
+        return True
+
+    def _lookup(self, kind: str) -> Callable[..., Any] | str:
+        """The bound handler method for `kind`, or a message saying why there is none."""
+        if kind.startswith("_") or not kind.isidentifier():
+            return f"method {kind!r} is not callable remotely (private or not an identifier)"
+        if kind not in self.methods:
+            return f"unknown method {kind!r}; the handler offers {sorted(self.methods)}"
+        return getattr(self.handler, kind)
+
+    @staticmethod
+    def _unpack_result(kind: str, result: Any) -> tuple[dict, dict]:
+        if isinstance(result, dict):
+            return result, {}
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], dict) \
+                and isinstance(result[1], dict):
+            return result
+        raise TypeError(f"handler method {kind!r} returned {type(result).__name__}; "
+                        "expected (dict[str, Tensor], dict)")
+
+
+def _write_ready(fd: int, payload: dict) -> None:
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(payload) + "\n")
+
+
+def _exit_on_stdin_eof() -> None:
+    """Exit the whole process when the parent closes stdin or dies."""
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    finally:
+        log.info("stdin closed: cloud process exiting")
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the cloud process: read the config from stdin, report readiness, serve until EOF."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ready-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    config = json.loads(sys.stdin.buffer.readline())
+    logging.basicConfig(level=config.get("log_level", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s cloud[%(process)d] %(levelname)s %(name)s: %(message)s")
+    for entry in config.get("sys_path", []):
+        if entry not in sys.path:
+            sys.path.append(entry)
+    threading.Thread(target=_exit_on_stdin_eof, daemon=True, name="parent-watch").start()
+    try:
+        handler = load_factory(config["factory"])(**config.get("kwargs", {}))
+        server = CloudServer(handler, network=EmulatedLink(profile_from_dict(config.get("network"))),
+                             host=config.get("host", "127.0.0.1"), port=config.get("port", 0),
+                             limits=ServerLimits.from_dict(config.get("limits")))
+    except BaseException as exc:
+        log.exception("cloud handler startup failed")
+        _write_ready(args.ready_fd, {"ready": False, "error": f"{type(exc).__name__}: {exc}",
+                                     "traceback": traceback.format_exc()})
+        return 2
+    log.info("cloud handler %s serving on %s:%d", config["factory"], server.host, server.port)
+    _write_ready(args.ready_fd, {"ready": True, "host": server.host, "port": server.port,
+                                 "pid": os.getpid()})
+    server.serve_forever()
+    return 0

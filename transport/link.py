@@ -1,0 +1,107 @@
+"""Emulated network link: applies a NetworkProfile to each message on the sending side.
+
+For a message of n bytes the sender waits rtt/2 + 8 n / bandwidth (one way; `time.sleep`, so no
+CPU is burnt), then pushes the bytes into the socket. The modelled time and the measured wall
+time (wait + socket push) are returned separately so a result never mixes them up.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from transport.framing import ByteCounter, send_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    """A link as data; modelled time = rounds x RTT + bytes / bandwidth (per direction)."""
+
+    name: str
+    bandwidth_bps: float | None  # None: no link (same host, nothing modelled)
+    rtt_s: float
+    source: str = ""
+    assumed: bool = False  # True where the source gives no bandwidth and we chose one
+
+    def transfer_time(self, n_bytes: float) -> float:
+        """Serialisation time of `n_bytes` on this link (one direction)."""
+        return 0.0 if not self.bandwidth_bps else 8.0 * n_bytes / self.bandwidth_bps
+
+    def time(self, rounds: float, n_bytes: float) -> float:
+        """Modelled link time of `rounds` round trips carrying `n_bytes` in total."""
+        return rounds * self.rtt_s + self.transfer_time(n_bytes)
+
+
+def network_profile(cfg: Mapping[str, Any]) -> NetworkProfile:
+    """NetworkProfile from a network config mapping (configs/network/*.yaml)."""
+    keys = ("name", "bandwidth_bps", "rtt_s", "source", "assumed")
+    missing = [k for k in ("name", "rtt_s") if k not in cfg]
+    if missing:
+        raise ValueError(f"network config lacks {missing}; see configs/network/*.yaml")
+    return NetworkProfile(**{k: cfg[k] for k in keys if k in cfg})
+
+
+NO_NETWORK = NetworkProfile(name="none", bandwidth_bps=None, rtt_s=0.0, source="no emulation")
+
+
+@dataclass(frozen=True)
+class LinkSend:
+    """What sending one message cost: modelled by the profile vs measured here."""
+
+    n_bytes: int
+    modelled_s: float  # rtt/2 + 8 n / bandwidth
+    measured_s: float  # wall time: emulated wait + socket send
+    delay_s: float  # wall time actually spent waiting for the emulated link
+
+
+def profile_to_dict(profile: NetworkProfile | None) -> dict[str, Any] | None:
+    """A JSON-able form of a profile, to hand it to another process."""
+    return None if profile is None else asdict(profile)
+
+
+def profile_from_dict(data: Mapping[str, Any] | None) -> NetworkProfile:
+    """Inverse of profile_to_dict; None means no emulation."""
+    return NO_NETWORK if data is None else NetworkProfile(**dict(data))
+
+
+def sleep_until(deadline: float) -> None:
+    """Sleep (not spin) until time.perf_counter() reaches `deadline`."""
+    while (left := deadline - time.perf_counter()) > 0:
+        time.sleep(left)
+
+
+class EmulatedLink:
+    """One direction of a link shaped by a NetworkProfile (None or "none": send immediately)."""
+
+    def __init__(self, profile: NetworkProfile | None = None) -> None:
+        profile = profile or NO_NETWORK
+        if profile.rtt_s < 0:
+            raise ValueError(f"network {profile.name!r}: rtt_s must be >= 0, got {profile.rtt_s}")
+        if profile.bandwidth_bps is not None and profile.bandwidth_bps <= 0:
+            raise ValueError(f"network {profile.name!r}: bandwidth_bps must be > 0 or None, "
+                             f"got {profile.bandwidth_bps}")
+        self.profile = profile
+
+    @property
+    def emulated(self) -> bool:
+        """Whether sending waits at all."""
+        return bool(self.profile.rtt_s) or bool(self.profile.bandwidth_bps)
+
+    def one_way_time(self, n_bytes: int) -> float:
+        """Modelled one-way time of an n-byte message: rtt/2 + 8 n / bandwidth."""
+        return self.profile.rtt_s / 2.0 + self.profile.transfer_time(n_bytes)
+
+    def send(self, sock: socket.socket, frame: bytes | bytearray, *, deadline: float | None = None,
+             on_bytes: ByteCounter | None = None) -> LinkSend:
+        """Wait the modelled one-way time, then push `frame` into the socket."""
+        modelled = self.one_way_time(len(frame))
+        start = time.perf_counter()
+        if modelled > 0:
+            sleep_until(start + modelled)
+        waited = time.perf_counter() - start
+        send_bytes(sock, frame, deadline=deadline, on_bytes=on_bytes)
+        return LinkSend(len(frame), modelled, time.perf_counter() - start, waited)
