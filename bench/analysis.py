@@ -7,7 +7,28 @@ through the runner, no script of their own: STIP measured through the socket tra
 """
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pandas as pd
+
+log = logging.getLogger(__name__)
+
+def read_rows(folder: Path) -> pd.DataFrame:
+    """The tidy rows `python -m bench.aggregate` wrote into `folder` (results/<experiment>/rows.parquet).
+
+    Rows written before the `source` column (phase suffixes `_modelled` / `_expected` said the same) are
+    read into today's schema with a warning: the committed results/ predate it until `make bench` rewrites
+    them; delete this branch then.
+    """
+    rows = pd.read_parquet(Path(folder) / "rows.parquet")
+    if "source" in rows:
+        return rows
+    log.warning("%s predates the `source` column; read through the legacy mapping (regenerate: make bench)", folder)
+    suffix = rows.phase.str.extract(r"_(modelled|expected)$")[0]
+    return rows.assign(source=suffix.map({"modelled": "modelled", "expected": "shapes"}).fillna("socket"),
+                       phase=rows.phase.str.replace(r"_(modelled|expected)$", "", regex=True))
+
 
 KEYS = ["model", "seq_len", "batch_size", "network", "protocol", "approx"]
 
