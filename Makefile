@@ -39,12 +39,15 @@ test-all: install ## Run every test, slow ones included
 bench-micro: install ## STIP micro-benchmarks (pytest-benchmark ratios, written to results/micro/)
 	STIP_MICRO_RESULTS=results/micro/stip_micro.csv $(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider tests/bench_stip_micro.py
 
-bench: bench-micro ## Reproduce the paper's figures and tables (quick profile, STIP vs MPC, BERT-base MPC)
+bench: bench-micro ## Reproduce every committed results/ summary (quick profile, STIP vs MPC, BERT-base MPC, MPC accuracy)
 	$(PY) -m bench -m experiment=quick
 	$(PY) -m bench -m experiment=quick_generate
 	$(PY) -m bench -m experiment=mpc_vs_stip
 	$(PY) -m bench -m experiment=mpc_vs_stip_stip
 	$(PY) -m bench experiment=mpc_bert_base
+	$(PY) -m bench -m experiment=mpc_accuracy_sim
+	$(PY) -m bench -m experiment=mpc_accuracy
+	$(PY) -m bench -m experiment=mpc_accuracy_smollm2
 	$(PY) -m bench.aggregate --plots
 
 bench-all: install ## Every paper figure/table experiment (slow: hours on 2 cores)

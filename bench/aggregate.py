@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis import latency_table, markdown
+from bench.analysis import accuracy_table, latency_table, markdown
 from bench.results import (
     REPORT,
     ROWS,
@@ -176,6 +176,14 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
                 "latency = measured compute + rounds x RTT + bytes / bandwidth of the run's network "
                 "(protocols/vocabulary.py); over_fastest = latency / the fastest protocol's on that network.\n\n"
                 + markdown(table)).encode())
+        accuracy = accuracy_table(joined) if not df.empty else pd.DataFrame()
+        if not accuracy.empty:
+            atomic_write_csv(out / "accuracy_table.csv", accuracy)
+            atomic_write_bytes(out / "accuracy_table.md", (
+                f"# {exp}: accuracy against the plaintext model (`python -m bench.aggregate`)\n\n"
+                "Definitions in protocols/accuracy.py (counted positions: attention mask 1); source `engine`: the "
+                "protocol's real output, `simulated`: the float64 simulation of the same approximations.\n\n"
+                + markdown(accuracy)).encode())
         if summary:
             atomic_write_json(out / "summary.json", summary)
             log.info("%s headline numbers:\n%s", exp, json.dumps(summary, indent=2))

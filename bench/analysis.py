@@ -1,12 +1,34 @@
 """Analysis over tidy rows joined with the runs table: tables that compare protocols by one definition.
 
-`latency_table` is what scripts/mpc_vs_stip.py used to compute by hand, now over rows that every
-protocol wrote through the runner: STIP measured through the socket transport, MPC by its engine,
-both with the link modelled by the same formula (protocols/vocabulary.py).
+`latency_table` (STIP vs MPC) and `accuracy_table` (the MPC accuracy study) read rows that every protocol wrote
+through the runner, no script of their own: STIP measured through the socket transport, MPC by its engine
+(or its float64 simulation, source `simulated`), both with the link modelled by the same formula
+(protocols/vocabulary.py).
 """
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pandas as pd
+
+log = logging.getLogger(__name__)
+
+def read_rows(folder: Path) -> pd.DataFrame:
+    """The tidy rows `python -m bench.aggregate` wrote into `folder` (results/<experiment>/rows.parquet).
+
+    Rows written before the `source` column (phase suffixes `_modelled` / `_expected` said the same) are
+    read into today's schema with a warning: the committed results/ predate it until `make bench` rewrites
+    them; delete this branch then.
+    """
+    rows = pd.read_parquet(Path(folder) / "rows.parquet")
+    if "source" in rows:
+        return rows
+    log.warning("%s predates the `source` column; read through the legacy mapping (regenerate: make bench)", folder)
+    suffix = rows.phase.str.extract(r"_(modelled|expected)$")[0]
+    return rows.assign(source=suffix.map({"modelled": "modelled", "expected": "shapes"}).fillna("socket"),
+                       phase=rows.phase.str.replace(r"_(modelled|expected)$", "", regex=True))
+
 
 KEYS = ["model", "seq_len", "batch_size", "network", "protocol", "approx"]
 
@@ -51,3 +73,22 @@ def markdown(table: pd.DataFrame) -> str:
         cells = [f"{v:.4g}" if isinstance(v, float) else ("" if pd.isna(v) else str(v)) for v in r]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+ACCURACY = ["cosine_similarity", "top1_agreement", "max_abs_error", "diverged_fraction"]
+
+
+def accuracy_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, seq_len, batch, protocol, approx, source): the accuracy metrics of protocols.accuracy, one
+    column each (median over repeats); `source` tells an engine's numbers from a simulation's.
+
+    Empty when the rows hold no accuracy at phase `output`.
+    """
+    acc = rows[(rows.phase == "output") & rows.metric.isin(ACCURACY)]
+    if acc.empty:
+        return pd.DataFrame()
+    keys = ["model", "seq_len", "batch_size", "protocol", "approx", "source"]
+    table = acc.pivot_table(index=keys, columns="metric", values="value", aggfunc="median", dropna=False)
+    table = table.dropna(how="all").reindex(columns=[m for m in ACCURACY if m in table.columns])
+    table.columns.name = None
+    return table.reset_index().sort_values(keys).reset_index(drop=True)

@@ -5,7 +5,6 @@ import gc
 import json
 import logging
 import os
-import subprocess
 import sys
 from typing import Any, Callable
 
@@ -15,6 +14,7 @@ from torch import nn
 
 from protocols.contract import ModelSpec, Row
 from protocols.models import auto_class, load_tokenizer
+from transport.processes import run_to_end
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ def tokenizer_bytes_subprocess(kind: str | None, image_size: int = 224, timeout_
     """RSS growth of loading the tokenizer `kind`, measured in a fresh process (no caches shared)."""
     if not kind:
         return None
-    proc = subprocess.run([sys.executable, "-m", "protocols.memory", json.dumps([kind, image_size])],
-                          capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = run_to_end([sys.executable, "-m", "protocols.memory", json.dumps([kind, image_size])],
+                      timeout_s=timeout_s, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
         log.warning("tokenizer memory of %s not measured: %s", kind, proc.stderr[-500:])
         return None

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, ViTImageProcessor
 
 from protocols.contract import ModelSpec
+from protocols.sentences import INPUTS, sentence_inputs
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,17 @@ def _build(cfg: Mapping[str, Any], seed: int) -> Any:
 
 
 def _make_inputs(cfg: Mapping[str, Any], config: Any):
-    """Input builder (batch, seq_len, seed) -> model kwargs: random token ids or pixels."""
+    """Input builder (batch, seq_len, seed) -> model kwargs: random token ids or pixels, or real sentences."""
     family = cfg["model_type"]
+    kind = cfg.get("inputs") or "random"
+    if kind not in INPUTS:
+        raise ValueError(f"model {cfg.get('name')!r}: inputs={kind!r} is unknown; choices: {list(INPUTS)}")
+    if kind == "sentences":
+        tokenizer = load_tokenizer(cfg.get("tokenizer"))
+        if tokenizer is None or family == "vit":
+            raise ValueError(f"model {cfg.get('name')!r}: inputs=sentences needs a text tokenizer that loads offline "
+                             f"(tokenizer={cfg.get('tokenizer')!r}); use inputs=random")
+        return lambda batch, seq_len, seed: sentence_inputs(tokenizer, batch, seq_len, seed)
 
     def make(batch: int, seq_len: int, seed: int) -> dict:
         g = torch.Generator().manual_seed(seed)

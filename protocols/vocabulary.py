@@ -9,7 +9,8 @@ Definitions (the same in every row, whatever the protocol):
 - `bytes` (B) at phase `total`: bytes both sides send for the request; `uplink`/`downlink` per direction.
 - `rounds` (count) at phase `total`: sequential communication rounds of the request (socket: request-reply
   exchanges; MPC: CrypTen collectives, the larger per-party count).
-- accuracy (`max_abs_error`, `sum_abs_error`, `top1_agreement`, phase `output`): see protocols.accuracy.
+- accuracy (`max_abs_error`, `sum_abs_error`, `top1_agreement`, `cosine_similarity`, `diverged_fraction`,
+  phase `output`): see protocols.accuracy.
 Protocol parameters (return mode, device layers, embedding placement, provider, transform) are never rows:
 the runner writes them as columns of the runs table from the resolved config. A (phase, metric, source,
 repeat) is unique within a run.
@@ -22,6 +23,7 @@ SOURCES = {
     "engine": "an MPC engine's own counters (CrypTen), both parties on this host (loopback)",
     "host": "measured in-process on this host (timers, module sizes, RSS)",
     "modelled": "measured compute + rounds x RTT + bytes / bandwidth of the run's network profile",
+    "simulated": "an MPC forward simulated in float64 plaintext with the same approximations (no parties, no link)",
     "shapes": "derived from tensor shapes and dtypes, nothing run",
 }
 # Metric -> unit.
@@ -37,6 +39,8 @@ METRICS = {
     "max_abs_error": "abs",
     "sum_abs_error": "abs",
     "top1_agreement": "ratio",
+    "cosine_similarity": "ratio",
+    "diverged_fraction": "ratio",
     "preprocessing_rounds": "count",
     "preprocessing_bytes": "B",
 }

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from baselines.full_cloud import FullCloudProtocol
 from bench.app import CONFIG_DIR, run
 
-MPC_EXPERIMENTS = {"mpc_vs_stip", "mpc_bert_base"}  # two CrypTen party processes per run: slow
+MPC_EXPERIMENTS = {"mpc_vs_stip", "mpc_bert_base", "mpc_accuracy", "mpc_accuracy_smollm2"}  # two CrypTen party processes per run: slow
 EXPERIMENTS = [pytest.param(e, marks=pytest.mark.slow) if e in MPC_EXPERIMENTS else e
                for e in sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))]
 TOY = ["run.repeats=1", "run.warmup=0", "run.batch_size=1", "run.seq_len=8",

@@ -77,6 +77,19 @@ def test_accuracy_counts_unmasked_positions_only():
     out[0, 1, 3] = 0.5
     mask = torch.tensor([[1, 1, 0]])
     got = accuracy(out, ref, mask)
-    assert got == {"max_abs_error": 0.5, "sum_abs_error": 0.25, "top1_agreement": 1.0}
+    assert {k: got[k] for k in ("max_abs_error", "sum_abs_error", "top1_agreement", "diverged_fraction")} == {
+        "max_abs_error": 0.5, "sum_abs_error": 0.25, "top1_agreement": 1.0, "diverged_fraction": 0.0}
+    assert got["cosine_similarity"] < 1.0  # the error at position 1 turns the pooled vector
     everything = accuracy(out, ref)
     assert everything["max_abs_error"] == 5.0 and everything["top1_agreement"] == pytest.approx(2 / 3)
+
+
+def test_accuracy_pools_per_sample_and_counts_diverged_samples():
+    ref = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(0))
+    out = ref.clone()
+    out[1, 0, 0] = float("nan")  # sample 1 overflowed
+    out[2] = -ref[2]  # sample 2 points the other way
+    got = accuracy(out, ref, torch.ones(3, 4))
+    assert got["diverged_fraction"] == pytest.approx(1 / 3)
+    assert got["cosine_similarity"] == pytest.approx(0.0)  # mean of +1 (sample 0) and -1 (sample 2)
+    assert accuracy(ref, ref)["cosine_similarity"] == pytest.approx(1.0)

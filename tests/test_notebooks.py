@@ -1,16 +1,40 @@
-"""The analysis notebooks run top to bottom on the committed results, so they never rot."""
+"""The analysis notebooks run top to bottom on the committed results, and on what `make bench` writes today."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(path):
+def execute(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert outputs and not any(o.get("output_type") == "error" for o in outputs)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path):
+    execute(path)
+
+
+@pytest.mark.slow  # about a minute: four runs through the real device/cloud processes
+def test_quick_notebook_reads_what_make_bench_writes_now(tmp_path, monkeypatch):
+    """The `quick` sweep at toy size (bert-tiny, 2 repeats) through the CLI and the aggregator, as make bench does."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    sweep = [sys.executable, "-m", "bench", "-m", "experiment=quick", "model=bert-tiny", "run.repeats=2",
+             "run.warmup=0", "run.seq_len=8", f"output_root={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'mr'}"]
+    proc = subprocess.run(sweep, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    agg = [sys.executable, "-m", "bench.aggregate", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path)]
+    proc = subprocess.run(agg, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.setenv("STIP_RESULTS", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    execute(ROOT / "notebooks" / "analysis_quick.ipynb")

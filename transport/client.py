@@ -36,7 +36,7 @@ from transport.framing import recv_frame
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, NetworkProfile, profile_to_dict
 from transport.meter import DOWN, UP, TrafficMeter
-from transport.processes import signal_tree
+from transport.processes import signal_tree, spawn
 from transport.wire import (
     DEFAULT_MAX_MESSAGE_BYTES,
     KIND_ERROR,
@@ -353,10 +353,10 @@ class CloudProcess(CloudClient):
         ready_r, ready_w = os.pipe()
         try:
             with open(self.log_path, "ab") as log_file:
-                self._proc = subprocess.Popen(
+                self._proc = spawn(
                     [sys.executable, "-m", "transport", "--ready-fd", str(ready_w)],
                     stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                    pass_fds=(ready_w,), start_new_session=True)
+                    pass_fds=(ready_w,))
         finally:
             os.close(ready_w)
         self._finalizer = weakref.finalize(self, _kill_group, self._proc.pid)

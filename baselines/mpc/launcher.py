@@ -1,27 +1,25 @@
 """Start the MPC parties as processes with a fresh rendezvous, a time limit, and cleanup that always runs.
 
 Each run gets its own `file://` rendezvous in a new temporary directory (parallel runs never meet), each
-party is forked into its own process group (so a kill reaches anything it started), and the parent kills
+party is forked (it inherits the model and the party function: transport/processes.py says why) into its
+own process group (so a kill reaches anything it started), and the parent kills
 and reaps every party on success, on a party's exception, and on timeout. Parties hand back plain
 Python/numpy values only (torch tensors do not travel well through multiprocessing queues).
 
-No party outlives the runner, however it ends: each party asks the kernel for SIGTERM when its
-parent dies (prctl PR_SET_PDEATHSIG on Linux) and runs a watchdog thread on the parent's pid
-(everywhere), either of which removes the rendezvous folder and kills the party's group; a
+No party outlives the runner, however it ends: each party runs transport.processes.die_with_parent
+(kernel SIGTERM on the parent's death on Linux, a watchdog on the parent's pid everywhere), either of
+which removes the rendezvous folder and kills the party's group; a
 SIGTERM to the runner kills and reaps the parties before the runner dies. Gloo is bound to the
 loopback interface: local parties never listen on a LAN address.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing as mp
 import os
 import queue as queue_mod
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -31,14 +29,12 @@ from typing import Any, Callable
 import psutil
 
 from baselines.mpc.compat import import_crypten
-from transport.processes import signal_tree
+from transport.processes import die_with_parent, signal_tree
 
 log = logging.getLogger(__name__)
 PROVIDERS = ("TFP", "TTP")
 PartyFn = Callable[[int, Any, Any], Any]  # (rank, crypten module, payload) -> plain result
 RENDEZVOUS_PREFIX = "mpc-rdv-"
-_PR_SET_PDEATHSIG = 1
-_WATCHDOG_INTERVAL_S = 0.2
 
 
 class MpcRunError(RuntimeError):
@@ -57,38 +53,13 @@ def loopback_interface() -> str:
     raise RuntimeError("no network interface holds 127.0.0.1; local MPC parties need a loopback interface")
 
 
-def _die_with_parent(parent_pid: int, tmpdir: str) -> None:
-    """Make this party end (and clean the rendezvous up) as soon as the runner `parent_pid` is gone."""
-    def leave(*_: Any) -> None:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        try:
-            os.killpg(0, signal.SIGKILL)  # the party and anything it started
-        finally:
-            os._exit(1)
-
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); relying on the watchdog", ctypes.get_errno())
-    signal.signal(signal.SIGTERM, leave)
-    if os.getppid() != parent_pid:  # the runner died before the signal was armed
-        leave()
-
-    def watchdog() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(_WATCHDOG_INTERVAL_S)
-        leave()
-
-    threading.Thread(target=watchdog, daemon=True, name="mpc-parent-watchdog").start()
-
-
 def _party_main(fn: PartyFn, rank: int, world_size: int, rendezvous: str, provider: str,
                 payload: Any, results: Any, threads: int, seed: int | None, parent_pid: int = 0,
                 tmpdir: str = "") -> None:
     """Body of one party process: own process group, CrypTen init from the environment, run, report."""
     os.setpgid(0, 0)
     if parent_pid:
-        _die_with_parent(parent_pid, tmpdir)
+        die_with_parent(parent_pid, lambda: shutil.rmtree(tmpdir, ignore_errors=True))
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "RENDEZVOUS": rendezvous,
                        "DISTRIBUTED_BACKEND": "gloo", "MASTER_ADDR": "127.0.0.1",
                        "GLOO_SOCKET_IFNAME": loopback_interface()})

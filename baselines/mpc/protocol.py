@@ -12,6 +12,9 @@ Rows, in the vocabulary of protocols/vocabulary.py (phase = operator class of `M
 - `preprocessing_rounds`, `preprocessing_bytes` (engine): TTP provider only, rank 0's traffic with the
   third party (kept out of the online numbers above).
 - accuracy (phase `output`, repeat 0): protocols.accuracy on the output revealed to the device.
+`mode: simulate` runs no parties: the same forward with the same approximations in float64 plaintext
+(baselines.mpc.forward.simulate), giving only the accuracy rows, source `simulated` (fast accuracy studies
+on many inputs; `mode: mpc` on a few checks that the engine agrees with the simulation).
 The approximation is the rows' `approx` column; embedding placement and provider are runs-table columns.
 Weight and input sharing cost no traffic in CrypTen (pseudo-random zero shares from seeds set at init).
 Share randomness is derived from `request.seed` so that runs reproduce exactly: a benchmarking choice,
@@ -26,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 
 from baselines.mpc.approximations import Approximation, get_approximation
-from baselines.mpc.forward import EMBEDDING_MODES
+from baselines.mpc.forward import EMBEDDING_MODES, extract_weights, simulate
 from baselines.mpc.launcher import PROVIDERS
 from baselines.mpc.session import MpcResult, run_mpc_forward
 from protocols.accuracy import accuracy_rows
@@ -34,6 +37,7 @@ from protocols.contract import ModelSpec, Protocol, ProtocolConfig, Row, RunRequ
 from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
+MODES = ("mpc", "simulate")
 
 
 @dataclass
@@ -44,11 +48,15 @@ class MpcConfig(ProtocolConfig):
     embedding: str = "mpc"  # mpc (one-hot x table in MPC) | device (the device embeds locally)
     provider: str = "TFP"  # TFP (trusted first party) | TTP (third party; preprocessing reported apart)
     timeout_s: float = 1800.0
+    mode: str = "mpc"  # mpc (two CrypTen parties) | simulate (float64 plaintext, same approximations, accuracy only)
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choices: {list(MODES)}")
         approx = get_approximation(self.approx)
-        if approx.plaintext_only:
-            raise ValueError(f"approx {approx.name!r} is plaintext-only; use crypten, puma, nimbus or mpcformer")
+        if approx.plaintext_only and self.mode == "mpc":
+            raise ValueError(f"approx {approx.name!r} is plaintext-only; use crypten, puma, nimbus or mpcformer, "
+                             "or mode=simulate")
         if self.embedding not in EMBEDDING_MODES:
             raise ValueError(f"unknown embedding {self.embedding!r}; choices: {list(EMBEDDING_MODES)}")
         self.provider = str(self.provider).upper()
@@ -91,6 +99,10 @@ class MpcProtocol(Protocol):
         mask = torch.ones_like(ids) if mask is None else mask
         with torch.no_grad():
             out = net(input_ids=ids, attention_mask=mask)
+        if self.cfg.mode == "simulate":
+            weights = extract_weights(net)
+            sim = simulate(net, ids, mask, self.approx, embedding=self.embedding, weights=weights)
+            return accuracy_rows(sim, getattr(out, weights.output_name), mask, 0, "simulated")
         result = run_mpc_forward(net, ids, mask, approx=self.approx, embedding=self.embedding,
                                  provider=self.provider, n_runs=request.warmup + request.repeats,
                                  timeout_s=self.cfg.timeout_s, seed=request.seed)
