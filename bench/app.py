@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from bench.results import LOCK, ROWS, RunReport, atomic_write_parquet, provenance, run_id, to_frame
 from bench.validate import ConfigError, check_run_config, sweep_without_multirun
-from protocols.contract import Protocol, RunRequest
+from protocols.contract import Protocol, RemoteCloudConfig, RunRequest
 from protocols.models import build_spec
 from transport.link import network_profile
 
@@ -51,8 +51,18 @@ def _absolute(path: str) -> Path:
 
 
 def run_key(cfg: Mapping[str, Any]) -> dict:
-    """What defines a run (and its id): experiment, model, protocol, network and workload."""
-    return {k: cfg.get(k) for k in ("experiment_name", "model", "protocol", "network", "run")}
+    """What defines a run (and its id): experiment, model, protocol, network, workload (and a remote cloud)."""
+    key = {k: cfg.get(k) for k in ("experiment_name", "model", "protocol", "network", "run")}
+    address = (cfg.get("cloud") or {}).get("address")
+    if address:  # a remote cloud is another measurement (a real link); local run ids stay as they were
+        key["cloud_address"] = address
+    return key
+
+
+def remote_cloud_of(cfg: Mapping[str, Any]) -> RemoteCloudConfig | None:
+    """The `cloud.*` options as a RemoteCloudConfig, or None when the runner starts its own cloud."""
+    cloud = dict(cfg.get("cloud") or {})
+    return RemoteCloudConfig(**cloud) if cloud.get("address") else None
 
 
 def run_dir_of(cfg: Mapping[str, Any]) -> Path:
@@ -74,11 +84,13 @@ def make_protocol(protocol_cfg: Mapping[str, Any]) -> Protocol:
 
 
 def _clear_stale_work(out: Path) -> None:
-    """Remove work folders of earlier attempts (killed ones); safe only while holding the run's lock."""
+    """Remove work folders and temp files of earlier (killed) attempts; safe only while holding the run's lock."""
     for stale in [*out.glob("work-*"), out / "work"]:
         if stale.is_dir():
             log.info("removing the work folder of an earlier attempt: %s", stale)
             shutil.rmtree(stale, ignore_errors=True)
+    for torn in out.glob(".*.tmp"):  # a temp file of an atomic write that was killed before its rename
+        torn.unlink(missing_ok=True)
 
 
 def run(cfg: DictConfig | Mapping[str, Any]) -> RunReport:
@@ -132,7 +144,8 @@ def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
         spec = build_spec(c["model"], seed=int(c["run"]["seed"]))
         protocol = make_protocol(c["protocol"])
         network = network_profile(c["network"])
-        request = RunRequest(**c["run"], workdir=work, cloud_timeout_s=float(c.get("cloud_timeout_s", 120)))
+        request = RunRequest(**c["run"], workdir=work, cloud_timeout_s=float(c.get("cloud_timeout_s", 120)),
+                             remote_cloud=remote_cloud_of(c))
         log.info("run %s: model=%s protocol=%s network=%s task=%s", rid, spec.name, protocol.name, network.name,
                  request.task)
         rows = protocol.run(spec, network, request)

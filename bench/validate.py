@@ -6,6 +6,7 @@ error deep inside torch; these checks read only the config (and the model's tran
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 from protocols.contract import TASKS
@@ -81,10 +82,33 @@ def workload_problems(run: Mapping[str, Any], model_cfg: Mapping[str, Any] | Non
     return out
 
 
+def cloud_problems(cloud: Mapping[str, Any], network: Mapping[str, Any]) -> list[str]:
+    """A remote cloud: a host:port address, readable token and CA files, and no emulated link on top."""
+    address = cloud.get("address")
+    if not address:
+        return []
+    from transport.client import parse_address  # noqa: PLC0415
+
+    out = []
+    try:
+        parse_address(str(address))
+    except ValueError as e:
+        out.append(f"cloud.address: {e}; e.g. cloud.address=127.0.0.1:7443")
+    for key in ("token_file", "ca_file"):
+        path = cloud.get(key)
+        if path and not Path(str(path)).is_file():
+            out.append(f"cloud.{key}={path!r} is not a readable file; give the path of the {key.replace('_', ' ')}")
+    if network.get("bandwidth_bps") or network.get("rtt_s"):
+        out.append(f"network={network.get('name')!r} emulates a link, but cloud.address measures the real one "
+                   "(the remote server emulates no downlink); use network=none with cloud.address")
+    return out
+
+
 def check_run_config(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError listing every problem of a composed run config (plain mapping), before any work."""
     problems = workload_problems(cfg.get("run") or {}, cfg.get("model"))
     problems += network_problems(cfg.get("network") or {})
+    problems += cloud_problems(cfg.get("cloud") or {}, cfg.get("network") or {})
     if problems:
         raise ConfigError("invalid run configuration (nothing was built or run):\n  - " + "\n  - ".join(problems))
 
