@@ -50,7 +50,10 @@ def max_positions(model_cfg: Mapping[str, Any]) -> int | None:
         return None
     from protocols.models import hf_config  # noqa: PLC0415 - transformers config only when a model is named
 
-    config = hf_config(model_cfg)
+    try:
+        config = hf_config(model_cfg)
+    except (OSError, ValueError, KeyError):  # e.g. real weights not downloaded: the build fails, recorded as such
+        return None
     for attr in ("max_position_embeddings", "n_positions"):
         n = getattr(config, attr, None)
         if isinstance(n, int) and n > 0:
