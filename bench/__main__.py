@@ -1,5 +1,7 @@
-"""`python -m bench model=... protocol=... network=...` (Hydra CLI; `-m` for sweeps)."""
-from bench.app import main
+"""`python -m bench model=... protocol=... network=...` (Hydra CLI; `-m` for sweeps); exits 1 if any run failed."""
+import sys
+
+from bench.app import cli
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -49,20 +49,33 @@ def _run_record(report: RunReport) -> dict:
     }
 
 
-def collect(runs_root: Path, experiment: str | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
-    """Rows of ok runs and the runs table, per experiment."""
+def collect(runs_root: Path, experiment: str | None = None,
+            unreadable: list[Path] | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """Rows of ok runs and the runs table, per experiment; unreadable files are skipped, logged and
+    appended to `unreadable` (one damaged run folder never stops the others)."""
     rows: dict[str, list[pd.DataFrame]] = {}
     runs: dict[str, list[dict]] = {}
+    skipped = unreadable if unreadable is not None else []
     for report_path in sorted(runs_root.glob(f"{experiment or '*'}/*/{REPORT}")):
         report = RunReport.from_json(report_path.parent)
         if report is None:
             log.warning("skipping unreadable %s", report_path)
+            skipped.append(report_path)
             continue
         exp = str(report.experiment or report_path.parent.parent.name)
-        runs.setdefault(exp, []).append(_run_record(report))
+        record = _run_record(report)
         rows_path = report_path.parent / ROWS
         if report.status == "ok" and rows_path.exists():
-            rows.setdefault(exp, []).append(pd.read_parquet(rows_path))
+            try:
+                rows.setdefault(exp, []).append(pd.read_parquet(rows_path))
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for damaged files
+                log.warning("skipping unreadable %s (%s: %s); rerun with force=true to redo it",
+                            rows_path, type(e).__name__, e)
+                skipped.append(rows_path)
+                record.update(status="unreadable", error=f"{ROWS} unreadable: {type(e).__name__}")
+        runs.setdefault(exp, []).append(record)
+    if skipped:
+        log.warning("%d unreadable file(s) skipped:\n  %s", len(skipped), "\n  ".join(map(str, skipped)))
     tables = {e: typed(pd.concat(dfs, ignore_index=True)) for e, dfs in rows.items()}
     run_tables = {e: _runs_frame(r) for e, r in runs.items()}
     return tables, run_tables

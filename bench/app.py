@@ -5,22 +5,28 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
+import tempfile
 import time
 import traceback
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 import hydra
+from filelock import FileLock, Timeout
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.utils import get_class, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bench.results import ROWS, RunReport, atomic_write_parquet, provenance, run_id, to_frame
-from protocols.contract import Protocol, RunRequest
+from bench.results import LOCK, ROWS, RunReport, atomic_write_parquet, provenance, run_id, to_frame
+from bench.validate import ConfigError, check_run_config, sweep_without_multirun
+from protocols.contract import Protocol, RemoteCloudConfig, RunRequest
 from protocols.models import build_spec
 from transport.link import network_profile
 
@@ -45,8 +51,18 @@ def _absolute(path: str) -> Path:
 
 
 def run_key(cfg: Mapping[str, Any]) -> dict:
-    """What defines a run (and its id): experiment, model, protocol, network and workload."""
-    return {k: cfg.get(k) for k in ("experiment_name", "model", "protocol", "network", "run")}
+    """What defines a run (and its id): experiment, model, protocol, network, workload (and a remote cloud)."""
+    key = {k: cfg.get(k) for k in ("experiment_name", "model", "protocol", "network", "run")}
+    address = (cfg.get("cloud") or {}).get("address")
+    if address:  # a remote cloud is another measurement (a real link); local run ids stay as they were
+        key["cloud_address"] = address
+    return key
+
+
+def remote_cloud_of(cfg: Mapping[str, Any]) -> RemoteCloudConfig | None:
+    """The `cloud.*` options as a RemoteCloudConfig, or None when the runner starts its own cloud."""
+    cloud = dict(cfg.get("cloud") or {})
+    return RemoteCloudConfig(**cloud) if cloud.get("address") else None
 
 
 def run_dir_of(cfg: Mapping[str, Any]) -> Path:
@@ -67,28 +83,69 @@ def make_protocol(protocol_cfg: Mapping[str, Any]) -> Protocol:
     return protocol_class(protocol_cfg)(dict(protocol_cfg))
 
 
+def _clear_stale_work(out: Path) -> None:
+    """Remove work folders and temp files of earlier (killed) attempts; safe only while holding the run's lock."""
+    for stale in [*out.glob("work-*"), out / "work"]:
+        if stale.is_dir():
+            log.info("removing the work folder of an earlier attempt: %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    for torn in out.glob(".*.tmp"):  # a temp file of an atomic write that was killed before its rename
+        torn.unlink(missing_ok=True)
+
+
 def run(cfg: DictConfig | Mapping[str, Any]) -> RunReport:
-    """Run one configuration; skip it if already done (unless force); record failures instead of raising."""
+    """Run one configuration; skip it if already done (unless force); record failures instead of raising.
+
+    Raises ConfigError (before anything is built) on values that cannot work. One writer per run
+    folder at a time: a second one waits for the lock (saying so), then skips the run if the first
+    finished it.
+    """
     c = _plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    check_run_config(c)
     rid = run_id(run_key(c))
     out = run_dir_of(c)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        wait = float(c.get("lock_timeout_s", 3600))
+        log.warning("run %s (%s) is being written by another process (lock %s): waiting up to %.0f s",
+                    rid, out, lock.lock_file, wait)
+        try:
+            lock.acquire(timeout=wait)
+        except Timeout:
+            log.error("run %s: still locked after %.0f s; not run (raise lock_timeout_s to wait longer)", rid, wait)
+            return RunReport(run_id=rid, experiment=c["experiment_name"], config=c, status="failed",
+                             error=f"run folder {out} locked by another writer for {wait:.0f} s")
+    try:
+        return _run_locked(c, rid, out)
+    finally:
+        lock.release()
+
+
+def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
+    """The run itself, with the run folder's lock held."""
     previous = RunReport.from_json(out)
-    if previous and previous.status == "ok" and not c.get("force", False):
+    if previous and previous.status == "ok" and (out / ROWS).exists() and not c.get("force", False):
         log.info("run %s (%s) already done: skipped; pass force=true to redo", rid, out)
         previous.skipped = True
         return previous
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ROWS).unlink(missing_ok=True)  # never leave rows of an older run beside a new report
-    work = out / "work"
+    keep = bool(c.get("keep_checkpoints", False))
+    if not keep:
+        _clear_stale_work(out)
     report = RunReport(run_id=rid, experiment=c["experiment_name"], config=c, provenance=provenance(),
                        started=datetime.now(timezone.utc).isoformat())
-    report.save_json(out)
+    report.save_json(out)  # first "running", then drop old rows: an "ok" report never stands without its rows
+    (out / ROWS).unlink(missing_ok=True)
+    work = out / f"work-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # this attempt's own folder
     t0 = time.perf_counter()
     try:
         spec = build_spec(c["model"], seed=int(c["run"]["seed"]))
         protocol = make_protocol(c["protocol"])
         network = network_profile(c["network"])
-        request = RunRequest(**c["run"], workdir=work, cloud_timeout_s=float(c.get("cloud_timeout_s", 120)))
+        request = RunRequest(**c["run"], workdir=work, cloud_timeout_s=float(c.get("cloud_timeout_s", 120)),
+                             remote_cloud=remote_cloud_of(c))
         log.info("run %s: model=%s protocol=%s network=%s task=%s", rid, spec.name, protocol.name, network.name,
                  request.task)
         rows = protocol.run(spec, network, request)
@@ -108,7 +165,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> RunReport:
         log.error("run %s failed: %s: %s", rid, type(e).__name__, e)
         report.status, report.error, report.traceback = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
     finally:
-        if not c.get("keep_checkpoints", False):
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
     report.finished, report.duration_s = datetime.now(timezone.utc).isoformat(), time.perf_counter() - t0
     report.save_json(out)
@@ -133,18 +190,78 @@ class SweepProgress(Callback):
             self.bar.close()
 
 
+FAILURES_ENV = "STIP_BENCH_FAILURES"  # file where each job of a sweep appends its failed run (set by cli())
+
+
+def _record_failure(line: str) -> None:
+    """Append one failed run to the sweep's failure list (shared by every launcher's job processes)."""
+    path = os.environ.get(FAILURES_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:  # one short line per write: appends do not interleave
+            f.write(line.replace("\n  - ", " | ").replace("\n", " ") + "\n")
+
+
+def _multirun_params() -> tuple[bool, dict, list[str]]:
+    """(is multirun, hydra.sweeper.params, the command line's overrides) of this Hydra job."""
+    if not HydraConfig.initialized():
+        return True, {}, []
+    hc = HydraConfig.get()
+    params = _plain(hc.sweeper.get("params")) or {}
+    return str(hc.mode) == "RunMode.MULTIRUN", dict(params), list(hc.overrides.task)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """CLI: one run per Hydra job; the returned status keeps multirun going on failure."""
+    """CLI: one run per Hydra job; failures are listed (and make `python -m bench` exit 1), never stop a sweep."""
     logging.getLogger().setLevel(cfg.get("log_level", "INFO"))
+    multirun, params, overrides = _multirun_params()
+    refusal = None if multirun else sweep_without_multirun(params, overrides)
+    if refusal:
+        _record_failure(f"refused: {refusal}")
+        if os.environ.get(FAILURES_ENV):
+            log.error("%s", refusal)
+            return None
+        raise ConfigError(refusal)
     launcher = str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
     if "Joblib" in launcher and not protocol_class(cfg.protocol).parallel_safe:
         raise ValueError(f"protocol {cfg.protocol.get('name')!r} is not parallel_safe (its timings interfere with "
                          "other runs); run it without hydra/launcher=local_parallel")
-    report = run(cfg)
+    try:
+        report = run(cfg)
+    except ConfigError as e:
+        _record_failure(f"{' '.join(overrides) or '(defaults)'}: {e}")
+        if os.environ.get(FAILURES_ENV):
+            log.error("%s", e)
+            return None
+        raise
     try:
         job = HydraConfig.get().job.num if HydraConfig.initialized() else None
     except Exception:  # noqa: BLE001
         job = None
     log.info("job %s: run %s %s", job, report.run_id, report.status)
+    if report.status != "ok":
+        _record_failure(f"run {report.run_id} ({' '.join(overrides) or 'defaults'}): {report.error} "
+                        f"[{run_dir_of(_plain(cfg))}]")
     return None
+
+
+def cli() -> int:
+    """`python -m bench`: run Hydra, then exit 1 listing every failed run (any launcher), 0 when all were ok."""
+    fd, path = tempfile.mkstemp(prefix="stip-bench-failures-", suffix=".txt")
+    os.close(fd)
+    os.environ[FAILURES_ENV] = path
+    code: int | str | None = 0
+    try:
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+        failed = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    finally:
+        Path(path).unlink(missing_ok=True)
+    if failed:
+        print(f"{len(failed)} run(s) failed:", file=sys.stderr)
+        for line in failed:
+            print(f"  - {line}", file=sys.stderr)
+        return 1
+    return code if isinstance(code, int) else (0 if code is None else 1)

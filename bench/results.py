@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ PROVENANCE_PACKAGES = (
 )
 REPORT = "report.json"
 ROWS = "rows.parquet"
+LOCK = ".lock"  # the run folder's writer lock (filelock; released by the OS if its holder dies)
 
 
 def run_id(key: Mapping[str, Any]) -> str:
@@ -67,8 +69,26 @@ def with_runs(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return rows.merge(runs[cols].drop_duplicates("run_id"), on="run_id", how="left")
 
 
+def _fsync_dir(folder: Path) -> None:
+    """fsync a folder so a rename inside it survives a power cut (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the file itself is already on disk
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace: readers see the old or the new file."""
+    """The one atomic writer: temp file in the same folder, fsync, os.replace, fsync the folder.
+
+    Readers (and a rerun after kill -9) see the old file or the new one, never a truncated one.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -80,6 +100,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -88,16 +109,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
-    """Parquet via a temp file + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Parquet via atomic_write_bytes (serialised in memory first: result tables are small)."""
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:

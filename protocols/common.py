@@ -6,6 +6,8 @@ configs/protocol/*.yaml) and the factory of its cloud handler (imported in the c
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -14,10 +16,14 @@ from protocols.contract import ModelSpec, Row, RunRequest
 from protocols.models import auto_class
 from protocols.timing import Stopwatch  # noqa: F401 - the phase timer, for plug-ins importing helpers here
 from transport import CloudProcess
+from transport.client import CloudClient, CloudError, RemoteCloud
+from transport.cloud import DESCRIBE
 from transport.link import NetworkProfile
+from transport.serve import TOKEN_ENV
 from transport.wire import expected_payload_bytes
 
 log = logging.getLogger(__name__)
+HOST_LOCAL_KWARGS = ("checkpoint", "threads")  # factory arguments each host sets for itself
 
 def load_for_cloud(checkpoint: str, head: str) -> torch.nn.Module:
     """Load a saved checkpoint in the cloud process with the stock transformers auto class."""
@@ -30,9 +36,44 @@ def configure_threads(n: int | None) -> None:
         torch.set_num_threads(int(n))
 
 
-def cloud_process(factory: str, kwargs: dict, network: NetworkProfile, request: RunRequest) -> CloudProcess:
-    """Start the cloud party as a separate OS process behind the socket transport."""
+def cloud_process(factory: str, kwargs: dict, network: NetworkProfile, request: RunRequest) -> CloudClient:
+    """Start the cloud party as a separate OS process, or reach the remote one `cloud.address` names."""
+    if request.remote_cloud is not None:
+        return remote_cloud(factory, kwargs, network, request)
     return CloudProcess(factory, kwargs, network=network, timeout_s=request.cloud_timeout_s)
+
+
+def remote_cloud(factory: str, kwargs: dict, network: NetworkProfile, request: RunRequest) -> RemoteCloud:
+    """Connect to a served cloud and refuse it unless it runs this protocol's handler with prepare()'s settings."""
+    r = request.remote_cloud
+    assert r is not None
+    token = Path(r.token_file).read_text().strip() if r.token_file else os.environ.get(TOKEN_ENV) or None
+    cloud = RemoteCloud(r.address, token=token, ca_file=r.ca_file, server_hostname=r.server_hostname,
+                        network=network, timeout_s=request.cloud_timeout_s).start()
+    try:
+        _, served = cloud.call(DESCRIBE)
+        check_served_handler(served, factory, kwargs, r.address)
+    except BaseException:
+        cloud.close()
+        raise
+    return cloud
+
+
+def check_served_handler(served: Mapping, factory: str, kwargs: Mapping, address: str) -> None:
+    """Raise CloudError when a served cloud's handler or settings are not the ones this protocol prepared."""
+    name = served.get("factory") or served.get("handler", "?")
+    same = served.get("factory") == factory if served.get("factory") else \
+        str(served.get("handler", "")).rsplit(".", 1)[0] == factory.split(":")[0]
+    if not same:
+        raise CloudError(f"the cloud at {address} runs {name}, but this protocol needs {factory}; restart it with "
+                         f"`python -m transport serve --factory {factory} ...` or pick the matching protocol=")
+    settings = served.get("settings") or {}
+    differ = {k: (settings[k], v) for k, v in kwargs.items()
+              if k in settings and k not in HOST_LOCAL_KWARGS and settings[k] != v}
+    if differ:
+        detail = ", ".join(f"{k}={s!r} there, {v!r} here" for k, (s, v) in differ.items())
+        raise CloudError(f"the cloud at {address} serves {factory} with other settings ({detail}); restart it with "
+                         "the --kwargs this run prepares")
 
 
 def payload_bytes(tensors: Mapping[str, torch.Tensor]) -> int:

@@ -78,6 +78,16 @@ class ModelSpec:
 
 
 @dataclass
+class RemoteCloudConfig:
+    """A cloud already serving elsewhere (`python -m transport serve`), from the runner's `cloud.*` options."""
+
+    address: str  # host:port
+    token_file: Optional[str] = None  # the shared token (default: $STIP_CLOUD_TOKEN)
+    ca_file: Optional[str] = None  # the server's certificate or its CA (PEM): TLS; None: plain TCP (loopback)
+    server_hostname: Optional[str] = None  # the name in the server's certificate, when not the address's host
+
+
+@dataclass
 class RunRequest:
     """One run's workload and the runner's resources for it; validated here, once."""
 
@@ -90,6 +100,7 @@ class RunRequest:
     max_new_tokens: int = 0
     workdir: Path = field(default_factory=lambda: Path.cwd() / "outputs" / "scratch")
     cloud_timeout_s: float = 120.0
+    remote_cloud: Optional[RemoteCloudConfig] = None  # None: the runner starts its own cloud process
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -120,7 +120,8 @@ def test_cli_sweep_survives_a_failed_run_and_aggregates(tmp_path):
            "protocol.device_layers=0,7", "run.repeats=1", "run.warmup=0", "run.seq_len=8",
            f"output_root={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'multirun'}", "experiment_name=sweep"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(CONFIG_DIR).parent)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]  # one run failed: the sweep goes on, then exits 1 naming it
+    assert "1 run(s) failed:" in proc.stderr and "protocol.device_layers=7" in proc.stderr, proc.stderr[-2000:]
     agg = subprocess.run([sys.executable, "-m", "bench.aggregate", "--runs", str(tmp_path / "runs"), "--results",
                           str(tmp_path / "results")], capture_output=True, text=True, timeout=120, env=env)
     assert agg.returncode == 0, agg.stderr

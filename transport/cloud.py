@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 RUNTIME_META_KEY = "_runtime"  # reply meta key holding the server's timings
 HELLO = "hello"  # the request that presents the shared token (answered by the server itself)
+DESCRIBE = "describe"  # what this server runs: handler class, factory, settings (answered by the server itself)
 DEFAULT_FRAME_TIMEOUT_S = ServerLimits.frame_timeout_s  # a started frame must finish within this
 _DRAIN_TIMEOUT_S = 1.0
 _DRAIN_LIMIT_BYTES = 64 << 20
@@ -111,10 +112,10 @@ def remote_methods(handler: Any) -> frozenset[str]:
         raise TypeError(f"handler {type(handler).__name__} must declare remote_methods, a tuple of the method "
                         f"names clients may call (got {names!r})")
     bad = sorted(n for n in names if n.startswith("_") or not n.isidentifier() or n == HELLO
-                 or not callable(getattr(handler, n, None)))
+                 or n == DESCRIBE or not callable(getattr(handler, n, None)))
     if bad:
         raise TypeError(f"handler {type(handler).__name__}.remote_methods lists {bad}: not public methods "
-                        f"of the handler (or the reserved {HELLO!r})")
+                        f"of the handler (or the reserved {HELLO!r}, {DESCRIBE!r})")
     return frozenset(names)
 
 
@@ -184,7 +185,7 @@ class CloudServer:
     def __init__(self, handler: Any, *, network: EmulatedLink | None = None, host: str = "127.0.0.1",
                  port: int = 0, limits: ServerLimits | None = None, token: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, max_message_bytes: int | None = None,
-                 frame_timeout_s: float | None = None) -> None:
+                 frame_timeout_s: float | None = None, description: dict | None = None) -> None:
         limits = limits or ServerLimits()
         if max_message_bytes is not None or frame_timeout_s is not None:
             limits = ServerLimits.from_dict({**limits.to_dict(), **({"max_message_bytes": max_message_bytes}
@@ -195,6 +196,10 @@ class CloudServer:
             raise ValueError("token must be a non-empty string or None")
         self.handler = handler
         self.methods = remote_methods(handler)
+        # Answered to DESCRIBE, so a client can refuse a server that runs another protocol's handler
+        # (never paths: `description` holds the factory and its non-path settings).
+        self.description = {"handler": f"{type(handler).__module__}.{type(handler).__qualname__}",
+                            "methods": sorted(self.methods), **(description or {})}
         self.limits = limits
         self.max_message_bytes = limits.max_message_bytes
         self.frame_timeout_s = limits.frame_timeout_s
@@ -399,6 +404,8 @@ class CloudServer:
             request = decode_body(header, body)
         except WireError as exc:
             return _error_frame(str(exc), BAD_MESSAGE)
+        if request.kind == DESCRIBE:
+            return encode_message(KIND_RESULT, None, self.description)
         method = self._lookup(request.kind)
         if isinstance(method, str):
             return _error_frame(method, UNKNOWN_METHOD)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "STIP_CLOUD_TOKEN"
 MIN_TOKEN_CHARS = 16
+PATH_KWARGS = ("checkpoint",)  # factory arguments that are paths on the server: never told to clients
 
 
 class ServeConfigError(ValueError):
@@ -92,7 +93,9 @@ def build_server(args: argparse.Namespace) -> CloudServer:
         raise ServeConfigError(f"--kwargs is not JSON: {exc}") from exc
     limits = ServerLimits.from_dict(json.loads(args.limits)) if args.limits else ServerLimits()
     handler = load_factory(args.factory)(**kwargs)
-    return CloudServer(handler, host=args.host, port=args.port, limits=limits, token=token, ssl_context=context)
+    settings = {k: v for k, v in kwargs.items() if k not in PATH_KWARGS}  # paths stay on this host
+    return CloudServer(handler, host=args.host, port=args.port, limits=limits, token=token, ssl_context=context,
+                       description={"factory": args.factory, "settings": settings})
 
 
 def main(argv: list[str] | None = None) -> int:

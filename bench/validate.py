@@ -1,0 +1,126 @@
+"""Checks of a composed run config before anything is built: each problem names the value, the limit and the fix.
+
+A bad workload or link value costs a model build and a cloud spawn (~20 s) before failing with a raw
+error deep inside torch; these checks read only the config (and the model's transformers config).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from protocols.contract import TASKS
+
+
+class ConfigError(ValueError):
+    """A run config that cannot work; the message lists every problem with the override that fixes it."""
+
+
+def _number(value: Any) -> float | None:
+    """The value as a float, or None when it is not a number (bools are not numbers here)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def network_problems(net: Mapping[str, Any]) -> list[str]:
+    """Positive finite bandwidth (or null: no link), finite non-negative RTT."""
+    name = net.get("name")
+    out = []
+    bw = net.get("bandwidth_bps")
+    if bw is not None:
+        v = _number(bw)
+        if v is None or not math.isfinite(v) or v <= 0:
+            out.append(f"network.bandwidth_bps={bw!r} (network {name!r}) must be a positive number of bits/s, or null "
+                       "for no modelled link; e.g. network.bandwidth_bps=1e8, or pick a profile: network=wired")
+    rtt = net.get("rtt_s")
+    v = _number(rtt)
+    if v is None or not math.isfinite(v) or v < 0:
+        out.append(f"network.rtt_s={rtt!r} (network {name!r}) must be a finite number of seconds >= 0; "
+                   "e.g. network.rtt_s=0.01, or pick a profile: network=wired")
+    return out
+
+
+def max_positions(model_cfg: Mapping[str, Any]) -> int | None:
+    """The model's maximum sequence length from its transformers config (None: no limit from seq_len, e.g. ViT)."""
+    if model_cfg.get("model_type") == "vit":
+        return None
+    from protocols.models import hf_config  # noqa: PLC0415 - transformers config only when a model is named
+
+    try:
+        config = hf_config(model_cfg)
+    except (OSError, ValueError, KeyError):  # e.g. real weights not downloaded: the build fails, recorded as such
+        return None
+    for attr in ("max_position_embeddings", "n_positions"):
+        n = getattr(config, attr, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def workload_problems(run: Mapping[str, Any], model_cfg: Mapping[str, Any] | None = None) -> list[str]:
+    """Task known, batch/repeats/seq_len >= 1, warm-up >= 0, and the positions the run needs within the model's."""
+    out = []
+    task = run.get("task")
+    if task not in TASKS:
+        out.append(f"run.task={task!r} is unknown; choose one of {', '.join(TASKS)} (e.g. run.task=forward)")
+    for key, low, example in (("batch_size", 1, 1), ("repeats", 1, 3), ("seq_len", 1, 32), ("warmup", 0, 1)):
+        value = run.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            out.append(f"run.{key}={value!r} must be an integer >= {low}; e.g. run.{key}={example}")
+    new = run.get("max_new_tokens", 0)
+    if task == "generate" and (isinstance(new, bool) or not isinstance(new, int) or new < 1):
+        out.append(f"run.max_new_tokens={new!r}: task generate needs an integer >= 1; e.g. run.max_new_tokens=16")
+    seq = run.get("seq_len")
+    if model_cfg is not None and isinstance(seq, int) and seq >= 1:
+        limit = max_positions(model_cfg)
+        needed = seq + (new if task == "generate" and isinstance(new, int) and new > 0 else 0)
+        if limit is not None and needed > limit:
+            what = f"run.seq_len={seq}" + (f" + run.max_new_tokens={new}" if needed != seq else "")
+            out.append(f"{what} needs {needed} positions but model {model_cfg.get('name')!r} has "
+                       f"{limit} (max_position_embeddings in its config); set run.seq_len<={limit - (needed - seq)}")
+    return out
+
+
+def cloud_problems(cloud: Mapping[str, Any], network: Mapping[str, Any]) -> list[str]:
+    """A remote cloud: a host:port address, readable token and CA files, and no emulated link on top."""
+    address = cloud.get("address")
+    if not address:
+        return []
+    from transport.client import parse_address  # noqa: PLC0415
+
+    out = []
+    try:
+        parse_address(str(address))
+    except ValueError as e:
+        out.append(f"cloud.address: {e}; e.g. cloud.address=127.0.0.1:7443")
+    for key in ("token_file", "ca_file"):
+        path = cloud.get(key)
+        if path and not Path(str(path)).is_file():
+            out.append(f"cloud.{key}={path!r} is not a readable file; give the path of the {key.replace('_', ' ')}")
+    if network.get("bandwidth_bps") or network.get("rtt_s"):
+        out.append(f"network={network.get('name')!r} emulates a link, but cloud.address measures the real one "
+                   "(the remote server emulates no downlink); use network=none with cloud.address")
+    return out
+
+
+def check_run_config(cfg: Mapping[str, Any]) -> None:
+    """Raise ConfigError listing every problem of a composed run config (plain mapping), before any work."""
+    problems = workload_problems(cfg.get("run") or {}, cfg.get("model"))
+    problems += network_problems(cfg.get("network") or {})
+    problems += cloud_problems(cfg.get("cloud") or {}, cfg.get("network") or {})
+    if problems:
+        raise ConfigError("invalid run configuration (nothing was built or run):\n  - " + "\n  - ".join(problems))
+
+
+def sweep_without_multirun(params: Mapping[str, Any] | None, overrides: list[str]) -> str | None:
+    """The refusal for a sweep config launched without -m (which would silently run one default job), or None."""
+    if not params:
+        return None
+    axes = "; ".join(f"{k}: {v}" for k, v in params.items())
+    args = " ".join(overrides)
+    return (f"this config is a sweep (hydra.sweeper.params: {axes}) but was launched without -m, which would run "
+            f"one default job instead of the sweep; add -m: python -m bench -m {args}")
