@@ -45,12 +45,12 @@ bench: bench-micro ## Reproduce the paper's figures and tables (quick profile, S
 	$(PY) -m bench -m experiment=mpc_vs_stip
 	$(PY) -m bench -m experiment=mpc_vs_stip_stip
 	$(PY) -m bench experiment=mpc_bert_base
-	$(PY) -m bench.aggregate --plots
+	$(PY) -m bench.aggregate --plots --results results
 
 bench-all: install ## Every paper figure/table experiment (slow: hours on 2 cores)
 	for e in fig6_dcor fig6a_param_dcor table5_accuracy fig7a_throughput fig7c_generation fig7d_breakdown \
 	         fig8_memory fig9_model_split traffic_shapes; do $(PY) -m bench -m experiment=$$e || exit 1; done
-	$(PY) -m bench.aggregate --plots
+	$(PY) -m bench.aggregate --plots --results results
 
 clean: ## Remove caches and results of local runs (keeps .venv)
 	rm -rf .pytest_cache outputs multirun
