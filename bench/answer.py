@@ -33,6 +33,11 @@ def _bytes(v: float) -> str:
     return f"{v:.0f} B"
 
 
+def _short(sha: str | None) -> str:
+    """A git sha as people quote it (10 digits, the -dirty mark kept)."""
+    return "unknown" if not sha else sha[:10] + ("-dirty" if sha.endswith("-dirty") else "")
+
+
 def _total(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows of the run's end-to-end latency per repeat: phase total (or generate), best source first."""
     lat = rows[rows.metric == "latency"]
@@ -59,9 +64,12 @@ def run_line(report: RunReport, run_dir: Path) -> str:
         return f"FAILED {what}: {report.error} · {run_dir}"
     if report.skipped:  # found done: say from which code it came, so an old result is never taken for a new one
         then, now = report.provenance.get("git_sha"), git_sha()
-        age = "this commit" if then == now and then and not then.endswith("-dirty") else f"commit {then}, now {now}"
+        age = "this commit" if then == now and then and not then.endswith("-dirty") else \
+            f"commit {_short(then)}, now {_short(now)}"
         what = f"REUSED ({age}; force=true redoes it) {what}"
     rows = pd.read_parquet(run_dir / ROWS)
+    if (cfg.get("model") or {}).get("name") is None and len(rows):  # model=local: named from its folder
+        what = what.replace(" · None · ", f" · {rows.model.iloc[0]} · ", 1)
     parts = [what + ":"]
     total = _total(rows)
     if len(total):
@@ -134,7 +142,7 @@ def print_answer(rows: pd.DataFrame, failed: list[str], title: str, console: Con
         console.print(t)
     for n in noisy:
         console.print(f"[yellow]WARNING noisy latency (> {NOISY} max/min over repeats): {n}; "
-                      "run more repeats (run.repeats=) or on a quiet host[/yellow]")
+                      "run more repeats (run.repeats=) or on a quiet host[/yellow]", soft_wrap=True)
     if failed:
         console.print(f"[bold red]{len(failed)} run(s) failed:[/bold red]")
         for f in failed:
