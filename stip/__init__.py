@@ -7,6 +7,7 @@
     out = device.decode(server.infer(**request), input_ids=input_ids)
     next_ids = device.next_token(server.infer(**device.request(input_ids, last_only=True)))
 """
+from .device_package import load_device_package, save_device_package
 from .errors import StipInputError
 from .families import FAMILIES, UnsupportedModelError, get_family
 from .generate import generate
@@ -17,5 +18,5 @@ from .sampling import Sampling
 __all__ = [
     "FAMILIES", "DEVELOPER_KEYS_FILE", "USER_KEYS_FILE", "DataOwner", "KeyMismatchError", "KeySet",
     "ModelDeveloper", "ModelServer", "Sampling", "StipInputError", "UnsupportedModelError", "generate",
-    "get_family",
+    "get_family", "load_device_package", "save_device_package",
 ]
