@@ -2,7 +2,7 @@
 and the host slot that keeps non-parallel-safe protocols alone on a host."""
 from __future__ import annotations
 
-import multiprocessing as mp
+import threading
 import time
 
 import pandas as pd
@@ -58,30 +58,24 @@ def test_summary_never_pools_models_and_flags_noise():
     assert "1 run(s) failed" in text and "FAILED mpc · m1 · lan: boom" in text
 
 
-def _hold(path, safe, started, release):
-    import os
-
-    os.environ["STIP_BENCH_HOST_LOCK"] = path
-    with host_slot(safe):
-        started.set()
-        release.wait(10)
-
-
 def test_unsafe_protocol_waits_until_it_is_alone(tmp_path, monkeypatch):
-    path = str(tmp_path / "host.lock")
-    monkeypatch.setenv("STIP_BENCH_HOST_LOCK", path)
-    ctx = mp.get_context("spawn")
-    started, release = ctx.Event(), ctx.Event()
-    other = ctx.Process(target=_hold, args=(path, True, started, release))
+    # flock locks belong to open file descriptions: two threads that each open the file conflict like two
+    # processes would (no child process left behind for other tests to find)
+    monkeypatch.setenv("STIP_BENCH_HOST_LOCK", str(tmp_path / "host.lock"))
+    started, release = threading.Event(), threading.Event()
+
+    def hold():
+        with host_slot(True):
+            started.set()
+            release.wait(10)
+
+    other = threading.Thread(target=hold)
     other.start()
     try:
-        assert started.wait(30)
+        assert started.wait(10)
         with host_slot(True):  # two parallel-safe runs share the host
             pass
-        t0 = time.monotonic()
-        release_at = t0 + 1.0
-        import threading
-
+        release_at = time.monotonic() + 1.0
         threading.Timer(1.0, release.set).start()
         with host_slot(False):  # MPC: waits for the other run to finish
             assert time.monotonic() >= release_at - 0.05
