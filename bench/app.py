@@ -24,6 +24,8 @@ from hydra.utils import get_class, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from bench.answer import RUN_POINTER, print_answer, run_line, sweep_runs
+from bench.hostslot import host_slot
 from bench.results import LOCK, ROWS, RunReport, atomic_write_parquet, provenance, run_id, to_frame
 from bench.validate import ConfigError, check_run_config, sweep_without_multirun
 from protocols.contract import Protocol, RemoteCloudConfig, RunRequest
@@ -50,9 +52,12 @@ def _absolute(path: str) -> Path:
         return Path(path).resolve()
 
 
+RUN_KEYS = ("experiment_name", "model", "protocol", "network", "run")
+
+
 def run_key(cfg: Mapping[str, Any]) -> dict:
     """What defines a run (and its id): experiment, model, protocol, network, workload (and a remote cloud)."""
-    key = {k: cfg.get(k) for k in ("experiment_name", "model", "protocol", "network", "run")}
+    key = {k: cfg.get(k) for k in RUN_KEYS}
     address = (cfg.get("cloud") or {}).get("address")
     if address:  # a remote cloud is another measurement (a real link); local run ids stay as they were
         key["cloud_address"] = address
@@ -173,21 +178,36 @@ def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
 
 
 class SweepProgress(Callback):
-    """A tqdm bar over the jobs of a multirun (the basic launcher runs them one after another)."""
+    """A tqdm bar over the jobs of a multirun and, at its end, the per-model answer table with failed runs named.
+
+    Launchers pickle callbacks with each job (joblib, submitit, Ray): the bar never travels, so in a worker
+    this is a stateless copy that only records where its job's run folder is (<job folder>/run_dir.txt).
+    """
 
     def __init__(self) -> None:
         self.bar = None
+
+    def __getstate__(self) -> dict:
+        return {"bar": None}  # a tqdm bar holds locks and a stream; it stays in the launching process
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.bar = tqdm(desc="sweep", unit="run")
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        cfg = {k: _plain(config[k]) for k in (*RUN_KEYS, "output_root") if k in config}
+        job_dir = Path(str(config.hydra.runtime.output_dir))
+        if job_dir.is_dir():
+            (job_dir / RUN_POINTER).write_text(str(run_dir_of(cfg)) + "\n")
         if self.bar is not None:
             self.bar.update(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.bar is not None:
+        sweep_dir = _absolute(str(config.hydra.sweep.dir))
+        if self.bar is not None:  # parallel launchers run on_job_end in their workers: count the jobs here
+            self.bar.n = sum(1 for p in sweep_dir.glob(f"*/{RUN_POINTER}"))
             self.bar.close()
+        rows, failed = sweep_runs(sweep_dir)
+        print_answer(rows, failed, title=str(config.get("experiment_name", "sweep")))
 
 
 FAILURES_ENV = "STIP_BENCH_FAILURES"  # file where each job of a sweep appends its failed run (set by cli())
@@ -222,23 +242,16 @@ def main(cfg: DictConfig) -> float | None:
             log.error("%s", refusal)
             return None
         raise ConfigError(refusal)
-    launcher = str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
-    if "Joblib" in launcher and not protocol_class(cfg.protocol).parallel_safe:
-        raise ValueError(f"protocol {cfg.protocol.get('name')!r} is not parallel_safe (its timings interfere with "
-                         "other runs); run it without hydra/launcher=local_parallel")
     try:
-        report = run(cfg)
+        with host_slot(protocol_class(cfg.protocol).parallel_safe, what=f"protocol {cfg.protocol.get('name')!r}"):
+            report = run(cfg)
     except ConfigError as e:
         _record_failure(f"{' '.join(overrides) or '(defaults)'}: {e}")
         if os.environ.get(FAILURES_ENV):
             log.error("%s", e)
             return None
         raise
-    try:
-        job = HydraConfig.get().job.num if HydraConfig.initialized() else None
-    except Exception:  # noqa: BLE001
-        job = None
-    log.info("job %s: run %s %s", job, report.run_id, report.status)
+    print(run_line(report, run_dir_of(_plain(cfg))), flush=True)
     if report.status != "ok":
         _record_failure(f"run {report.run_id} ({' '.join(overrides) or 'defaults'}): {report.error} "
                         f"[{run_dir_of(_plain(cfg))}]")

@@ -14,11 +14,52 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from protocols.vocabulary import STIP_PHASES  # noqa: E402
 
 log = logging.getLogger(__name__)
 MEASURED = ("socket", "host", "engine")  # what a figure of measured time draws (not modelled, not shapes)
+# One style for every figure: a fixed colour per protocol (and per transform of the dcor figures), a line
+# style per network, a fixed colour per request phase; error bars span min-max over the repeats.
+PROTOCOL_COLORS = {"stip": "#1f77b4", "full_cloud": "#7f7f7f", "model_split": "#2ca02c",
+                   "random_projection": "#d62728", "mpc": "#9467bd",
+                   "permutation": "#1f77b4", "projection": "#d62728"}
+NETWORK_STYLES = ["-", "--", ":", "-."]
+PHASE_COLORS = dict(zip(STIP_PHASES, ["#aec7e8", "#1f77b4", "#ffbb78", "#7f7f7f", "#ff7f0e", "#98df8a"]))
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "legend.fontsize": 7, "axes.grid": True,
+                     "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
+
+
+def _color(name: str) -> str:
+    """The protocol's fixed colour (unknown names: a stable pick from the default cycle)."""
+    if name in PROTOCOL_COLORS:
+        return PROTOCOL_COLORS[name]
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return cycle[sum(map(ord, name)) % len(cycle)]
+
+
+def _style(network: str, networks: list[str]) -> str:
+    """A line style per network, stable within a figure."""
+    return NETWORK_STYLES[sorted(networks).index(network) % len(NETWORK_STYLES)]
+
+
+def _values(series: pd.Series) -> str:
+    """Distinct values of a column for a title: one value, or 'a, b' (never pandas tuples)."""
+    vals = sorted({str(v) for v in series.dropna().unique()})
+    return ", ".join(vals) if len(vals) <= 3 else f"{len(vals)} values"
+
+
+def _title(ax: plt.Axes, what: str, d: pd.DataFrame, keys: tuple[str, ...] = ("model", "seq_len", "network")) -> None:
+    """'what' plus what the figure holds fixed: model / sequence length / network."""
+    names = {"model": "", "seq_len": "seq ", "batch_size": "batch ", "network": "network "}
+    parts = [f"{names[k]}{_values(d[k])}" for k in keys if k in d and d[k].notna().any()]
+    ax.set_title(what + (" — " + " · ".join(parts) if parts else ""))
+
+
+def _spread(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Median, min and max over repeats per group (the error bars)."""
+    return df.groupby(by, dropna=False)["value"].agg(value="median", lo="min", hi="max").reset_index()
 
 
 def _param(df: pd.DataFrame, key: str) -> pd.Series:
@@ -45,7 +86,7 @@ def _median(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 def fig6_dcor(df: pd.DataFrame, out: Path) -> list[Path]:
     """Fig. 6(b): per-vector dcor vs hidden size, permutation (STIP) vs random projection; both conventions."""
     d = df[(df.phase == "embeddings") & df.metric.isin(["dcor", "dcor_samples"])]
-    if d.empty:
+    if d.model.nunique() < 2:  # a line over models needs two of them; the value is in the rows and the table
         return []
     d = d.assign(label=_param(d, "transform").fillna(d.protocol))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
@@ -53,12 +94,15 @@ def fig6_dcor(df: pd.DataFrame, out: Path) -> list[Path]:
         m = _median(d[d.metric == metric], ["label", "model", "n_params"])
         for label, g in m.groupby("label"):
             g = g.sort_values("n_params")
-            ax.plot(g["model"], g["value"], marker="o", label=label)
+            ax.plot(g["model"], g["value"], marker="o", label=label, color=_color(str(label)))
         ax.set_title({"dcor": "per-vector (paper)", "dcor_samples": "sample-wise"}[metric])
         ax.set_xlabel("model (hidden size grows left to right)")
-        ax.tick_params(axis="x", rotation=45)
+        ax.tick_params(axis="x", rotation=30)
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
     axes[0].set_ylabel("distance correlation")
     axes[0].legend()
+    fig.suptitle("embeddings vs what is sent — " + _values(d["model"]), fontsize=9)
     return _save(fig, out, "fig6_dcor")
 
 
@@ -70,9 +114,12 @@ def fig6a_param_dcor(df: pd.DataFrame, out: Path) -> list[Path]:
     d = d.assign(label=_param(d, "transform").fillna(d.protocol))
     fig, ax = plt.subplots(figsize=(5, 3.5))
     labels = sorted(d.label.unique())
-    ax.boxplot([d[d.label == lab]["value"] for lab in labels], tick_labels=labels)
+    box = ax.boxplot([d[d.label == lab]["value"] for lab in labels], tick_labels=labels, patch_artist=True)
+    for patch, lab in zip(box["boxes"], labels):
+        patch.set_facecolor(_color(str(lab)))
+        patch.set_alpha(0.6)
     ax.set_ylabel("distance correlation (per weight row)")
-    ax.set_title("original vs transformed parameters")
+    _title(ax, "original vs transformed parameters", d, ("model",))
     return _save(fig, out, "fig6a_param_dcor")
 
 
@@ -91,18 +138,21 @@ def table5_accuracy(df: pd.DataFrame, out: Path) -> list[Path]:
 def fig7a_throughput(df: pd.DataFrame, out: Path) -> list[Path]:
     """Fig. 7(a): end-to-end forward throughput (tokens/s) vs parameter count, per protocol and network."""
     d = df[(df.phase == "total") & (df.metric == "throughput") & df.source.isin(MEASURED)]
-    if d.empty:
+    if d.n_params.nunique() < 2:  # throughput against size needs two sizes; one point is no figure
         return []
-    m = _median(d, ["protocol", "network", "model", "n_params"])
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    m = _spread(d, ["protocol", "network", "model", "n_params"])
+    nets = sorted(m.network.dropna().unique())
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for (proto, net), g in m.groupby(["protocol", "network"]):
         g = g.sort_values("n_params")
-        ax.plot(g["n_params"], g["value"], marker="o", label=f"{proto} / {net}")
-    ax.set_xscale("log")
+        ax.errorbar(g["n_params"], g["value"], yerr=[g["value"] - g["lo"], g["hi"] - g["value"]], marker="o",
+                    capsize=3, color=_color(proto), linestyle=_style(net, nets), label=f"{proto} / {net}")
+    ax.set_xscale("log")  # lines over orders of magnitude of model size: log axes, never for bars
     ax.set_yscale("log")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("throughput (tokens/s)")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("throughput (tokens/s); bars: min–max over repeats")
+    _title(ax, "forward throughput", d, ("seq_len", "batch_size"))
+    ax.legend()
     return _save(fig, out, "fig7a_throughput")
 
 
@@ -111,15 +161,18 @@ def fig7c_generation(df: pd.DataFrame, out: Path) -> list[Path]:
     d = df[df.phase.isin(["prefill", "token"]) & (df.metric == "latency")]
     if d.empty:
         return []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     mode = _param(d, "return_mode").fillna("").astype(str)
-    d = d.assign(label=d.protocol + " / " + d.network + mode.map(lambda a: f" (return {a})" if a else ""))
-    for label, g in d.groupby("label"):
+    d = d.assign(mode=mode.map(lambda a: f" (return {a})" if a else ""))
+    nets = sorted(d.network.dropna().unique())
+    for (proto, net, mode_label), g in d.groupby(["protocol", "network", "mode"]):
         per_step = g.groupby("seq_len")["value"].median().sort_index()
-        ax.plot(range(1, len(per_step) + 1), per_step.cumsum().values, marker=".", label=label)
+        ax.plot(range(1, len(per_step) + 1), per_step.cumsum().values, marker=".", color=_color(proto),
+                linestyle=_style(net, nets), label=f"{proto} / {net}{mode_label}")
     ax.set_xlabel("generated tokens")
-    ax.set_ylabel("latency (s)")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("cumulative latency (s), median over repeats")
+    _title(ax, "generation", d, ("model", "batch_size"))
+    ax.legend()
     return _save(fig, out, "fig7c_generation")
 
 
@@ -129,13 +182,22 @@ def fig7d_breakdown(df: pd.DataFrame, out: Path) -> list[Path]:
     d = d[~d.run_id.isin(df[df.phase == "generate"].run_id)]
     if d.empty:
         return []
-    m = d.groupby(["protocol", "network", "model", "phase"])["value"].median().unstack("phase").fillna(0.0)
+    keys = ["model", "seq_len", "protocol", "network"]
+    m = d.groupby([*keys, "phase"])["value"].median().unstack("phase").fillna(0.0)
     m = m[[p for p in STIP_PHASES if p in m.columns]]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    m.plot(kind="barh", stacked=True, ax=ax)
-    ax.set_xlabel("latency per request (s), median over repeats")
-    ax.set_ylabel("")
-    ax.legend(fontsize=7)
+    totals = d.groupby([*keys, "repeat"])["value"].sum().groupby(keys).agg(["min", "max"])
+    m.index = [f"{p} / {n}" + (f"\n{mo} · seq {sl}" if len(m.index.unique(0)) > 1 or len(m.index.unique(1)) > 1
+                               else "") for mo, sl, p, n in m.index]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(m) + 1.8))
+    left = pd.Series(0.0, index=m.index)
+    for phase in m.columns:
+        ax.barh(m.index, m[phase] * 1e3, left=left * 1e3, color=PHASE_COLORS.get(phase), label=phase)
+        left += m[phase]
+    ax.errorbar(left.values * 1e3, range(len(m)), xerr=[(left.values - totals["min"].values).clip(min=0) * 1e3,
+                (totals["max"].values - left.values).clip(min=0) * 1e3], fmt="none", ecolor="black", capsize=3)
+    ax.set_xlabel("latency per request (ms): median per phase;\nerror bar: min–max of the total over repeats")
+    _title(ax, "where a request's time goes", d, ("seq_len", "batch_size"))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the bars, never over them
     return _save(fig, out, "fig7d_breakdown")
 
 
@@ -146,11 +208,14 @@ def fig8_memory(df: pd.DataFrame, out: Path) -> list[Path]:
         return []
     m = _median(d, ["model", "n_params", "phase"]).sort_values("n_params")
     t = m.pivot_table(index=["n_params", "model"], columns="phase", values="value").reset_index(level=0, drop=True)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    (t / 2**20).plot(kind="bar", ax=ax)
-    ax.set_yscale("log")
-    ax.set_ylabel("MiB")
+    t.columns = [str(c).replace("device_", "") for c in t.columns]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    (t / 2**20).plot(kind="bar", ax=ax, color=["#1f77b4", "#ff7f0e"][: len(t.columns)], rot=30)
+    for lab in ax.get_xticklabels():
+        lab.set_horizontalalignment("right")
+    ax.set_ylabel("MiB on the device (linear)")
     ax.set_xlabel("")
+    _title(ax, "on-device memory: embedding module and tokenizer", d, ())
     return _save(fig, out, "fig8_memory")
 
 
@@ -158,15 +223,19 @@ def fig9_model_split(df: pd.DataFrame, out: Path) -> list[Path]:
     """Fig. 9: end-to-end latency vs the number of on-device layers (model split)."""
     d = df[(df.phase == "total") & (df.metric == "latency") & (df.source == "socket")]
     d = d.assign(k=_param(d, "device_layers")).dropna(subset=["k"])
-    if d.empty:
+    if d.k.nunique() < 2:  # latency against k needs two values of k
         return []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    nets = sorted(d.network.dropna().unique())
     for (model, net), g in d.groupby(["model", "network"]):
-        m = g.groupby("k")["value"].median().sort_index()
-        ax.plot(m.index, m.values, marker="o", label=f"{model} / {net}")
+        m = g.groupby("k")["value"].agg(["median", "min", "max"]).sort_index()
+        ax.errorbar(m.index, m["median"], yerr=[m["median"] - m["min"], m["max"] - m["median"]], marker="o",
+                    capsize=3, color=_color(str(model)), linestyle=_style(net, nets), label=f"{model} / {net}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # k counts layers
     ax.set_xlabel("transformer layers on the device (k)")
-    ax.set_ylabel("latency per request (s)")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("latency per request (s); bars: min–max over repeats")
+    _title(ax, "model split", d, ("seq_len", "batch_size"))
+    ax.legend()
     return _save(fig, out, "fig9_model_split")
 
 

@@ -47,7 +47,7 @@ class ModelSpec:
     config: Any = None  # the transformers config
     head: str = "base"  # causal_lm | base | image_classification
     dtype: str = "float32"
-    weights: str = "random"  # random | minilm | smollm2
+    weights: str = "random"  # random | minilm | smollm2 | path (model.path=DIR)
     n_params: int | None = None
     fits_on_host: bool = True
     tokenizer: str | None = None  # the device's tokenizer kind (configs/model/*.yaml)

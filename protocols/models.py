@@ -55,7 +55,9 @@ def auto_class(head: str) -> Any:
 def hf_config(cfg: Mapping[str, Any]) -> Any:
     """The transformers config: published values from the yaml, or the real model's own config."""
     weights = cfg.get("weights", "random")
-    if weights == "minilm":
+    if cfg.get("path"):
+        config = AutoConfig.from_pretrained(local_path(cfg), local_files_only=True)
+    elif weights == "minilm":
         config = AutoConfig.from_pretrained(minilm_path())
     elif weights == "smollm2":
         config = AutoConfig.from_pretrained(smollm2_path())
@@ -167,7 +169,9 @@ def _build(cfg: Mapping[str, Any], seed: int) -> Any:
     weights = cfg.get("weights", "random")
     dtype = _dtype(cfg.get("dtype", "float32"))
     auto = auto_class(cfg.get("head", "causal_lm"))
-    if weights == "smollm2":
+    if cfg.get("path"):
+        model = auto.from_pretrained(local_path(cfg), config=hf_config(cfg), local_files_only=True)
+    elif weights == "smollm2":
         model = load_smollm2()[0]
         if cfg.get("n_layers") is not None:
             model.model.layers = model.model.layers[: int(cfg["n_layers"])]
@@ -207,9 +211,30 @@ def _make_inputs(cfg: Mapping[str, Any], config: Any):
     return make
 
 
-def build_spec(cfg: Mapping[str, Any], seed: int = 0) -> ModelSpec:
-    """A typed ModelSpec from a model config mapping (configs/model/*.yaml)."""
+def local_path(cfg: Mapping[str, Any]) -> Path:
+    """`model.path`: a local Hugging Face folder (config.json + weights); never the hub."""
+    path = Path(str(cfg["path"])).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model.path={str(path)!r} has no config.json; give a folder written by save_pretrained")
+    return path
+
+
+def from_folder(cfg: Mapping[str, Any]) -> dict:
+    """A model config mapping completed from `model.path`'s config.json: family, head, name, weights."""
     cfg = dict(cfg)
+    config = AutoConfig.from_pretrained(local_path(cfg), local_files_only=True)
+    archs = list(getattr(config, "architectures", None) or [])
+    kinds = (("ForCausalLM", "causal_lm"), ("LMHeadModel", "causal_lm"),
+             ("ForImageClassification", "image_classification"))
+    head = next((h for suffix, h in kinds if any(a.endswith(suffix) for a in archs)), "base")
+    cfg.update(model_type=config.model_type, head=cfg.get("head") or head, weights="path",
+               name=cfg.get("name") or local_path(cfg).name, source=str(local_path(cfg)))
+    return cfg
+
+
+def build_spec(cfg: Mapping[str, Any], seed: int = 0) -> ModelSpec:
+    """A typed ModelSpec from a model config mapping (configs/model/*.yaml, or model=local model.path=DIR)."""
+    cfg = from_folder(cfg) if cfg.get("path") else dict(cfg)
     if cfg.get("model_type") is None:
         raise ValueError(f"model config {cfg.get('name')!r} has no model_type; see configs/model/*.yaml")
     config = hf_config(cfg)

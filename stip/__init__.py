@@ -8,6 +8,7 @@
     next_ids = device.next_token(server.infer(**device.request(input_ids, last_only=True)))
     tokens = stip.generate(device, server, input_ids, 64, speculate=stip.PromptLookup(num_tokens=8))
 """
+from .device_package import load_device_package, save_device_package
 from .errors import StipInputError
 from .families import FAMILIES, UnsupportedModelError, get_family
 from .generate import generate
@@ -19,5 +20,5 @@ from .speculation import Drafter, GenerationStats, PromptLookup
 __all__ = [
     "FAMILIES", "DEVELOPER_KEYS_FILE", "USER_KEYS_FILE", "DataOwner", "Drafter", "GenerationStats",
     "KeyMismatchError", "KeySet", "ModelDeveloper", "ModelServer", "PromptLookup", "Sampling", "StipInputError",
-    "UnsupportedModelError", "generate", "get_family",
+    "UnsupportedModelError", "generate", "get_family", "load_device_package", "save_device_package",
 ]

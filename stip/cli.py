@@ -52,6 +52,14 @@ def _keys(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _device_package(args: argparse.Namespace) -> int:
+    from .device_package import package_from_folders  # noqa: PLC0415 - keeps `stip keys` light
+
+    out = package_from_folders(args.model, args.keys, args.out, force=args.force)
+    print(json.dumps({"device_package": str(out), "load_with": f"stip.load_device_package({str(out)!r})"}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stip", description=__doc__)
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
@@ -64,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true",
                    help="reuse a non-empty --out (its weight and index files are deleted first) and overwrite key files")
     t.set_defaults(func=_transform)
+    d = sub.add_parser("device-package", help="the user's device: embedding module + user keys, in one folder")
+    d.add_argument("--model", required=True, help="the ORIGINAL save_pretrained folder (the one given to transform)")
+    d.add_argument("--keys", required=True, help="the --keys folder of `stip transform` (user_keys.safetensors)")
+    d.add_argument("--out", required=True, help="empty folder for the package")
+    d.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    d.set_defaults(func=_device_package)
     k = sub.add_parser("keys", help="inspect key files: names, shapes, validity, metadata (never values)")
     k.add_argument("path", help="a key file, or a --keys folder")
     k.set_defaults(func=_keys)

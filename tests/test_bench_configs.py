@@ -15,7 +15,8 @@ from transport.link import network_profile
 
 ROOT = Path(CONFIG_DIR)
 GROUPS = ("model", "protocol", "network", "experiment")
-OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((ROOT / g).glob("*.yaml"))]
+# model=local needs model.path (tests/test_bench_model_path.py composes it with one)
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((ROOT / g).glob("*.yaml")) if (g, p.stem) != ("model", "local")]
 REQUIRED_MODELS = {
     "gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1.5b", "bert-tiny", "bert-medium", "bert-base", "bert-large",
     "vit-base", "vit-large", "vit-huge", "llama2-7b", "llama2-13b", "llama2-70b", "mixtral-8x7b", "minilm-l6",

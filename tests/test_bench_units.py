@@ -152,9 +152,15 @@ def test_every_figure_function_draws_from_synthetic_rows(tmp_path):
 def test_headline_ratio_is_taken_against_the_configured_reference():
     from bench.aggregate import headline
 
-    recs = [{"run_id": f"{p}{i}", "protocol": p, "network": "lan", "phase": "cloud_compute", "metric": "latency",
-             "source": "socket", "value": v * (1 + 0.01 * i), "model": "m", "reference_protocol": "b"}
-            for p, v in (("a", 2.0), ("b", 1.0)) for i in range(3)]
+    recs = [{"run_id": f"{m}{p}{i}", "protocol": p, "network": "lan", "phase": "cloud_compute", "metric": "latency",
+             "source": "socket", "value": v * k * (1 + 0.01 * i), "model": m, "seq_len": 8, "batch_size": 1,
+             "reference_protocol": "b"}
+            for m, k in (("m1", 1.0), ("m2", 3.0)) for p, v in (("a", 2.0 if m == "m1" else 0.5), ("b", 1.0))
+            for i in range(3)]
     out = headline(pd.DataFrame(recs))
-    assert out["cloud_compute_ratio_a_over_b[lan]"]["ratio"] == pytest.approx(2.0)
-    assert "cloud_compute_ratio_a_over_b[all networks]" in out and not any("_over_a" in k for k in out)
+    # one ratio per model (never pooled: m1 is 2.0, m2 is 0.5), rounded to 4 significant digits
+    assert out["cloud_compute_ratio_a_over_b[m1,seq8,batch1,lan]"]["ratio"] == 2.0
+    assert out["cloud_compute_ratio_a_over_b[m2,seq8,batch1,lan]"]["ratio"] == 0.5
+    assert out["cloud_compute_ratio_a_over_b[m1,seq8,batch1,lan]"]["a_s"] == 2.02  # 2.0 * 1.01, not 2.0200000001
+    assert "cloud_compute_ratio_a_over_b[m1,seq8,batch1,all networks]" in out
+    assert not any("_over_a" in k for k in out)
