@@ -12,7 +12,8 @@ Definitions (the same in every row, whatever the protocol):
 - generation (phase `generate` unless said): `rounds_per_token`: the socket's request-reply exchanges of
   forward requests (STIP `infer`; session open/close are in `rounds`, not here) / generated tokens;
   `drafted_tokens` / `accepted_tokens` (source host): mean drafts sent / accepted per forward round trip
-  (full cloud: per forward pass of its own generate; 0 without speculation); `forward_passes_per_token`: the cloud model's forward calls / generated tokens;
+  (full cloud: per forward pass of its own generate; 0 without speculation); `forward_passes_per_token`
+  (full cloud, source host): the cloud model's forward calls / generated tokens;
   `bytes_per_token` at `uplink`/`downlink`: that direction's socket bytes of the whole request / generated
   tokens; `latency` at `per_token`: (last token's time - the first round trip's last token's time) / tokens
   after the first round trip (without speculation: the mean of the `token` rows).
