@@ -1,15 +1,19 @@
 """Full-cloud baseline: the device sends token ids (or pixels) in the clear; the cloud runs the plain model.
 
 The paper's efficiency reference. Generation runs entirely on the cloud (one request, server-side
-KV cache), so its per-token latency is pure cloud compute, as in the paper's Fig. 7(c).
+KV cache), so its per-token latency is pure cloud compute, as in the paper's Fig. 7(c). With
+`speculate: prompt_lookup` the cloud drafts by prompt lookup itself (transformers'
+`prompt_lookup_num_tokens`): still one request, fewer forward passes per token.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from protocols.accuracy import token_agreement_row
 from protocols.base import CloudHandler, SocketProtocol
@@ -22,7 +26,9 @@ from protocols.common import (
     payload_bytes,
     shape_bytes,
 )
-from protocols.contract import ModelSpec, Row, RunRequest
+from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
+from protocols.speculation import SpeculativeConfig, check_speculative_request, per_token_latency
+from protocols.workload import generation_prompt
 from transport import CloudProcess, checks
 from transport.cloud import CallCancelled, cancelled
 from transport.link import NetworkProfile
@@ -30,6 +36,34 @@ from transport.link import NetworkProfile
 log = logging.getLogger(__name__)
 
 INPUT_KEYS = ("input_ids", "pixel_values", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class FullCloudConfig(SpeculativeConfig):
+    """`protocol=full_cloud` (configs/protocol/full_cloud.yaml)."""
+
+
+class TokenClock(BaseStreamer):
+    """Times each token as `model.generate` hands it over (several at once after a verified draft)."""
+
+    def __init__(self, max_new_tokens: int) -> None:
+        self.marks = [time.perf_counter()]
+        self.rounds: list[int] = []
+        self.max_new_tokens = max_new_tokens
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate's first put is the prompt
+            self._prompt_seen = True
+            return
+        now, k = time.perf_counter(), int(value.numel())
+        self.marks += [now] * k
+        self.rounds.append(k)
+        if cancelled():
+            raise CallCancelled(f"client left after {len(self.marks) - 1} of {self.max_new_tokens} tokens")
+
+    def end(self) -> None:
+        pass
 
 
 class FullCloudHandler(CloudHandler):
@@ -50,11 +84,41 @@ class FullCloudHandler(CloudHandler):
         with torch.no_grad():
             return self.reply(self.model(**tensors))
 
-    def generate(self, tensors: dict[str, torch.Tensor], max_new_tokens: int = 1, **_: Any) -> tuple[dict, dict]:
-        """Greedy generation on the cloud with its KV cache; returns tokens and each step's compute time."""
+    def generate(self, tensors: dict[str, torch.Tensor], max_new_tokens: int = 1, draft_tokens: int | None = None,
+                 max_ngram: int | None = None, **_: Any) -> tuple[dict, dict]:
+        """Greedy generation on the cloud with its KV cache; returns tokens, each step's compute time, the
+        tokens per forward round and the forward passes run (`draft_tokens`: prompt-lookup drafting)."""
         checks.only(tensors, ("input_ids",))
         ids = checks.integer("input_ids", tensors["input_ids"])
         max_new_tokens = checks.meta_int("max_new_tokens", max_new_tokens, maximum=1 << 16)
+        draft_tokens = checks.meta_int("draft_tokens", draft_tokens, maximum=1 << 10, optional=True)
+        max_ngram = checks.meta_int("max_ngram", max_ngram, maximum=1 << 10, optional=True)
+        passes = [0]
+        hook = self.model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+        try:
+            if draft_tokens is None:
+                out = self._greedy(ids, int(max_new_tokens))
+            else:
+                out = self._prompt_lookup(ids, int(max_new_tokens), draft_tokens, max_ngram or 2)
+        finally:
+            hook.remove()
+        return {**out, "forward_passes": torch.tensor([passes[0]])}, {}
+
+    def _prompt_lookup(self, ids: torch.Tensor, max_new_tokens: int, draft_tokens: int,
+                       max_ngram: int) -> dict[str, torch.Tensor]:
+        """transformers' prompt-lookup decoding, greedy, exactly max_new_tokens tokens (no EOS stop)."""
+        clock = TokenClock(max_new_tokens)
+        with torch.no_grad():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      min_new_tokens=0, do_sample=False, eos_token_id=None, pad_token_id=0,
+                                      prompt_lookup_num_tokens=draft_tokens, max_matching_ngram_size=max_ngram,
+                                      streamer=clock)
+        steps = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
+        return {"tokens": out[:, ids.shape[1]:], "step_times": torch.tensor(steps, dtype=torch.float64),
+                "rounds": torch.tensor(clock.rounds)}
+
+    def _greedy(self, ids: torch.Tensor, max_new_tokens: int) -> dict[str, torch.Tensor]:
+        """One forward pass per token, each step timed."""
         marks = [time.perf_counter()]
 
         def on_token(step: int) -> None:
@@ -62,9 +126,10 @@ class FullCloudHandler(CloudHandler):
             if cancelled():  # the device gave up: free the cloud for the next client
                 raise CallCancelled(f"client left after {step + 1} of {max_new_tokens} tokens")
 
-        tokens = greedy_tokens(self.model, ids, int(max_new_tokens), on_token=on_token)
+        tokens = greedy_tokens(self.model, ids, max_new_tokens, on_token=on_token)
         steps = [b - a for a, b in zip(marks, marks[1:])]
-        return {"tokens": tokens, "step_times": torch.tensor(steps, dtype=torch.float64)}, {}
+        return {"tokens": tokens, "step_times": torch.tensor(steps, dtype=torch.float64),
+                "rounds": torch.ones(len(steps), dtype=torch.int64)}
 
 
 def _check_inputs(tensors: dict[str, torch.Tensor]) -> None:
@@ -85,6 +150,8 @@ def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None) -
 
 class FullCloudProtocol(SocketProtocol):
     """No privacy: raw inputs up, plaintext outputs down."""
+
+    config_class: ClassVar[type[ProtocolConfig]] = FullCloudConfig
 
     factory = "baselines.full_cloud:make_cloud_handler"
 
@@ -115,25 +182,41 @@ class FullCloudProtocol(SocketProtocol):
 
     def generate(self, cloud: CloudProcess, model: ModelSpec, network: NetworkProfile,
                  request: RunRequest) -> list[Row]:
-        """One request; the cloud generates all tokens itself (no per-token round trip)."""
+        """One request; the cloud generates all tokens itself (no per-token round trip).
+
+        Token rows time the cloud's compute between tokens (0 for tokens of one verified draft);
+        `per_token` latency and the speculation rows follow protocols/vocabulary.py.
+        """
+        check_speculative_request(self.cfg, request.batch_size)
         n = int(request.max_new_tokens)
+        meta: dict[str, Any] = {"max_new_tokens": n}
+        if self.cfg.speculate == "prompt_lookup":
+            meta.update(draft_tokens=self.cfg.draft_tokens, max_ngram=self.cfg.max_ngram)
         rows: list[Row] = []
         for repeat, seed in request.repeats_with_warmup():
-            ids = model.make_inputs(request.batch_size, request.seq_len, seed)["input_ids"]
+            ids = generation_prompt(model, request, repeat, seed)
             before = cloud.meter.snapshot()
             start = time.perf_counter()
-            out, _ = cloud.call("generate", {"input_ids": ids}, {"max_new_tokens": n})
+            out, _ = cloud.call("generate", {"input_ids": ids}, meta)
             total = time.perf_counter() - start
             if repeat < 0:
                 continue
             delta = cloud.meter.delta(before, cloud.meter.snapshot())
             steps = out["step_times"].tolist()
-            rows.append(Row("prefill", "latency", steps[0], "socket", repeat=repeat, seq_len=request.seq_len))
+            rounds = out["rounds"].tolist()
+            marks = torch.tensor(steps, dtype=torch.float64).cumsum(0).tolist()
+            per_token = per_token_latency(marks, rounds[0]) if len(marks) > rounds[0] else steps[0]
+            rows.append(Row("prefill", "latency", steps[0], "socket", repeat=repeat, seq_len=ids.shape[1]))
             for j, t in enumerate(steps[1:], start=1):
-                rows.append(Row("token", "latency", t, "socket", repeat=repeat, seq_len=request.seq_len + j))
-            decode = steps[1:] or steps
-            rows.append(Row("per_token", "latency", sum(decode) / len(decode), "socket", repeat=repeat))
-            rows.append(Row("cloud_compute", "latency", sum(decode) / len(decode), "socket", repeat=repeat))
+                rows.append(Row("token", "latency", t, "socket", repeat=repeat, seq_len=ids.shape[1] + j))
+            rows.append(Row("per_token", "latency", per_token, "socket", repeat=repeat))
+            rows.append(Row("cloud_compute", "latency", per_token, "socket", repeat=repeat))
+            rows.append(Row("generate", "forward_passes_per_token", int(out["forward_passes"]) / n, "host",
+                            repeat=repeat))
+            rows.append(Row("generate", "accepted_tokens", sum(r - 1 for r in rounds) / len(rounds), "host",
+                            repeat=repeat))
+            for direction, key in (("uplink", "bytes_up"), ("downlink", "bytes_down")):
+                rows.append(Row(direction, "bytes_per_token", delta[key] / n, "socket", repeat=repeat))
             for k in ("uplink", "downlink"):
                 rows.append(Row(k, "latency", cloud.last_timing[k], "socket", repeat=repeat))
             rows.append(Row("uplink", "bytes", delta["bytes_up"], "socket", repeat=repeat))
@@ -148,7 +231,7 @@ class FullCloudProtocol(SocketProtocol):
             rows.append(Row("generate", "rounds", min(delta["messages_up"], delta["messages_down"]), "socket",
                             repeat=repeat))
             rows.append(Row("generate", "throughput", request.batch_size * n / total, "socket", repeat=repeat))
-            if repeat == 0:
+            if repeat == 0 or request.inputs == "prompt_suite":
                 rows.append(token_agreement_row(out["tokens"], greedy_tokens(self.plain_model, ids, n), repeat,
                                                 "host"))
         return rows

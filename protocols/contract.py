@@ -17,6 +17,7 @@ from protocols.vocabulary import check
 from transport.link import NetworkProfile
 
 TASKS = ("forward", "generate", "memory", "shapes")
+INPUTS = ("random", "prompt_suite")  # generation prompts: random ids, or the shipped suite (protocols.workload)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class RunRequest:
     seed: int
     task: str = "forward"
     max_new_tokens: int = 0
+    inputs: str = "random"
     workdir: Path = field(default_factory=lambda: Path.cwd() / "outputs" / "scratch")
     cloud_timeout_s: float = 120.0
     remote_cloud: Optional[RemoteCloudConfig] = None  # None: the runner starts its own cloud process
@@ -112,6 +114,11 @@ class RunRequest:
             raise ValueError(f"run.warmup={self.warmup} must be >= 0")
         if self.task == "generate" and self.max_new_tokens < 1:
             raise ValueError("task generate needs run.max_new_tokens >= 1")
+        if self.inputs not in INPUTS:
+            raise ValueError(f"run.inputs={self.inputs!r}; choose one of {list(INPUTS)}")
+        if self.inputs == "prompt_suite" and (self.task != "generate" or self.batch_size != 1):
+            raise ValueError(f"run.inputs=prompt_suite is for task generate with batch_size 1 (one prompt per pass); "
+                             f"got task={self.task!r}, batch_size={self.batch_size}")
         self.workdir = Path(self.workdir)
 
     def repeats_with_warmup(self):

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 import stip
 from protocols.accuracy import token_agreement_row
-from protocols.base import CloudHandler, SocketConfig, SocketProtocol
+from protocols.base import CloudHandler, SocketProtocol
 from protocols.common import (
     Stopwatch,
     configure_threads,
@@ -29,7 +29,9 @@ from protocols.common import (
 from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
 from protocols.memory import device_memory_rows, embedding_module, module_bytes
 from protocols.privacy import dcor_both, dcor_parameters
+from protocols.speculation import SpeculativeConfig, check_speculative_request, per_token_latency
 from protocols.vocabulary import STIP_PHASES
+from protocols.workload import generation_prompt
 from transport import CloudProcess, checks
 from transport.cloud import current_caller
 from transport.link import NetworkProfile
@@ -39,7 +41,7 @@ RETURN_MODES = ("full", "topk")
 
 
 @dataclass
-class StipConfig(SocketConfig):
+class StipConfig(SpeculativeConfig):
     """`protocol=stip` (configs/protocol/stip.yaml)."""
 
     return_mode: str = "full"  # generation: full permuted logits per token, or the top-k only
@@ -86,18 +88,24 @@ class StipCloudHandler(CloudHandler):
         self.server.close_owner_sessions(caller)
 
     def infer(self, tensors: dict[str, torch.Tensor], session: str | None = None, last_only: bool = False,
-              top_k: int | None = None, key_id: str | None = None, **_: Any) -> tuple[dict, dict]:
+              top_k: int | None = None, key_id: str | None = None, last_n: int | None = None,
+              cache_length: int | None = None, **_: Any) -> tuple[dict, dict]:
         """One forward pass in permuted space; every tensor that came goes to the server, which judges it
-        (and refuses a device whose key id is not the checkpoint's)."""
+        (and refuses a device whose key id is not the checkpoint's). Speculation: `last_n` positions come
+        back, and `cache_length` crops the session's cache first (stip.ModelServer.infer)."""
         if "inputs_embeds" not in tensors:
             raise ValueError(f"infer needs an 'inputs_embeds' tensor, got {sorted(tensors)}")
         checks.finite("inputs_embeds", tensors["inputs_embeds"])
         last_only = checks.meta_bool("last_only", last_only)
         top_k = checks.meta_int("top_k", top_k, optional=True)
         key_id = checks.meta_str("key_id", key_id, optional=True)
+        speculation = {"last_n": checks.meta_int("last_n", last_n, optional=True),
+                       "cache_length": checks.meta_int("cache_length", cache_length, minimum=0, optional=True)}
+        speculation = {k: v for k, v in speculation.items() if v is not None}
         if checks.meta_str("session", session, optional=True) is not None:
             self.server.check_session(session, current_caller())
-        out = self.server.infer(**tensors, session=session, last_only=last_only, top_k=top_k, key_id=key_id)
+        out = self.server.infer(**tensors, session=session, last_only=last_only, top_k=top_k, key_id=key_id,
+                                 **speculation)
         return self.reply(out)
 
     def open_session(self, tensors: dict, **_: Any) -> tuple[dict, dict]:
@@ -138,20 +146,21 @@ class RemoteModelServer:
         self._call("close_session", {}, {"session": session})
 
     def infer(self, inputs_embeds: torch.Tensor, session: str | None = None, last_only: bool = False,
-              top_k: int | None = None, key_id: str | None = None,
-              **plain: torch.Tensor | None) -> dict[str, torch.Tensor]:
+              top_k: int | None = None, key_id: str | None = None, last_n: int | None = None,
+              cache_length: int | None = None, **plain: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Send what the device's request holds (permuted embeddings, plain inputs, key id); return outputs."""
         tensors = {"inputs_embeds": inputs_embeds.contiguous(),
                    **{k: v.contiguous() for k, v in plain.items() if v is not None}}
         meta = {"session": session, "last_only": bool(last_only), "top_k": int(top_k) if top_k else None,
-                "key_id": key_id}
+                "key_id": key_id, "last_n": last_n, "cache_length": cache_length}
         before = self.cloud.meter.snapshot()
         out, _ = self._call("infer", tensors, meta)
         delta = self.cloud.meter.delta(before, self.cloud.meter.snapshot())
         self.calls.append({**self.cloud.last_timing, "bytes_up": delta["bytes_up"],
                            "bytes_down": delta["bytes_down"], "link_time_up": delta["link_time_up"],
                            "link_time_down": delta["link_time_down"], "expected_up": payload_bytes(tensors),
-                           "expected_down": payload_bytes(out)})
+                           "expected_down": payload_bytes(out),
+                           "rounds": min(delta["messages_up"], delta["messages_down"])})
         return out
 
 
@@ -279,15 +288,18 @@ class StipProtocol(SocketProtocol):
 
     def generate(self, cloud: CloudProcess, model: ModelSpec, network: NetworkProfile,
                  request: RunRequest) -> list[Row]:
-        """Greedy generation with one round trip per token; per-token latency and breakdown rows."""
+        """Greedy generation, one round trip per token (or per accepted draft run with `speculate`); rows."""
         if model.head != "causal_lm":
             raise ValueError(f"task generate needs a causal LM; model {model.name!r} has head {model.head!r}")
+        check_speculative_request(self.cfg, request.batch_size)
         top_k = self.cfg.top_k if self.cfg.return_mode == "topk" else None
+        drafter = self.cfg.drafter()
         n = int(request.max_new_tokens)
         rows: list[Row] = []
         for repeat, seed in request.repeats_with_warmup():
-            ids = model.make_inputs(request.batch_size, request.seq_len, seed)["input_ids"]
+            ids = generation_prompt(model, request, repeat, seed)
             device, server = TimedDataOwner(self.device), RemoteModelServer(cloud)
+            stats = stip.GenerationStats()
             token_times: list[float] = []
             bar = tqdm(total=n, desc=f"generate {model.name}", unit="tok", leave=False, disable=n < 16)
 
@@ -298,15 +310,19 @@ class StipProtocol(SocketProtocol):
             before = cloud.meter.snapshot()
             start = time.perf_counter()
             with torch.no_grad():
-                tokens = stip.generate(device, server, ids, n, do_sample=False, return_topk=top_k, on_token=on_token)
+                tokens = stip.generate(device, server, ids, n, do_sample=False, return_topk=top_k, on_token=on_token,
+                                       speculate=drafter, stats=stats)
             end = time.perf_counter()
             bar.close()
             if repeat < 0:
                 continue
             delta = cloud.meter.delta(before, cloud.meter.snapshot())
-            rows += generation_rows(device.steps, server.calls, token_times, start, end, request, repeat)
+            rounds = [d + 1 for d in stats.accepted]  # tokens chosen per forward round trip
+            rows += generation_rows(device.steps, server.calls, token_times, rounds, start, int(ids.shape[1]),
+                                    repeat)
             rows += generation_totals(end - start, end - start - server.link_s, delta, network, request, repeat)
-            if repeat == 0:
+            rows += speculation_rows(server.calls, stats, delta, n, repeat)
+            if repeat == 0 or request.inputs == "prompt_suite":
                 reference = greedy_tokens(self.plain_model, ids, n)
                 rows.append(token_agreement_row(torch.as_tensor(tokens)[:, -n:], reference, repeat, "host"))
         return rows
@@ -327,6 +343,21 @@ def generation_totals(wall_s: float, compute_s: float, delta: dict, network: Net
     ]
 
 
+def speculation_rows(calls: list[dict], stats: stip.GenerationStats, delta: dict, new_tokens: int,
+                     repeat: int) -> list[Row]:
+    """Round trips and bytes per generated token, drafts sent and accepted per round trip (vocabulary.py)."""
+    if stats.round_trips != len(calls):
+        raise RuntimeError(f"stip.generate counted {stats.round_trips} round trips but {len(calls)} infer calls "
+                           "crossed the socket")
+    return [
+        Row("generate", "rounds_per_token", sum(c["rounds"] for c in calls) / new_tokens, "socket", repeat=repeat),
+        Row("generate", "drafted_tokens", sum(stats.drafted) / stats.round_trips, "host", repeat=repeat),
+        Row("generate", "accepted_tokens", sum(stats.accepted) / stats.round_trips, "host", repeat=repeat),
+        Row("uplink", "bytes_per_token", delta["bytes_up"] / new_tokens, "socket", repeat=repeat),
+        Row("downlink", "bytes_per_token", delta["bytes_down"] / new_tokens, "socket", repeat=repeat),
+    ]
+
+
 def mean_steps(steps: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, float]:
     """Mean per step of each key present in the steps."""
     out: dict[str, float] = {}
@@ -337,34 +368,40 @@ def mean_steps(steps: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str
     return out
 
 
-def generation_rows(steps: list[dict], calls: list[dict], token_times: list[float], start: float, end: float,
-                    request: RunRequest, repeat: int) -> list[Row]:
-    """Per-token latency (phase `token`, seq_len = context length) and the mean breakdown of decode steps.
+def generation_rows(steps: list[dict], calls: list[dict], token_times: list[float], rounds: list[int], start: float,
+                    prompt_len: int, repeat: int) -> list[Row]:
+    """Per-token latency (phase `token`, seq_len = context length) and the mean breakdown of decode round trips.
 
-    Token i's latency runs from token i-1's choice to token i's (prefill: from the first embedding);
-    the phase breakdown pairs the i-th device encode with the i-th cloud call; per-call traffic rows
-    (uplink, downlink) are means over decode calls.
+    `rounds` holds the tokens chosen per round trip (all 1 without speculation). Token i's latency
+    runs from token i-1's choice to token i's (prefill: from the first embedding; tokens of one round
+    trip come together); the phase breakdown pairs the i-th device request with the i-th cloud call,
+    and a round trip's total runs to its last token; per-call traffic rows (uplink, downlink) are
+    means over decode round trips; `per_token` latency is defined in protocols/vocabulary.py.
     """
     rows: list[Row] = []
     steps = [{**step, **call} for step, call in zip(steps, calls)]  # a trailing encode with no call is dropped
     first = steps[0]["start"] if steps else start
-    bounds = [first] + token_times
-    for i, step in enumerate(steps[: len(token_times)]):
+    ends, count = [], 0
+    for k in rounds:
+        count += k
+        ends.append(token_times[count - 1])
+    bounds = [first] + ends
+    for i, step in enumerate(steps[: len(ends)]):
         step["total"] = bounds[i + 1] - bounds[i]
     if token_times:
-        rows.append(Row("prefill", "latency", token_times[0] - first, "socket", repeat=repeat,
-                        seq_len=request.seq_len))
+        rows.append(Row("prefill", "latency", token_times[0] - first, "socket", repeat=repeat, seq_len=prompt_len))
     for i in range(1, len(token_times)):
         rows.append(Row("token", "latency", token_times[i] - token_times[i - 1], "socket", repeat=repeat,
-                        seq_len=request.seq_len + i))
+                        seq_len=prompt_len + i))
     decode = steps[1:] or steps
-    means = mean_steps(decode, STIP_PHASES + ("total", "bytes_up", "bytes_down", "link_time_up",
-                                              "link_time_down", "expected_up", "expected_down"))
+    means = mean_steps(decode, STIP_PHASES + ("bytes_up", "bytes_down", "link_time_up", "link_time_down",
+                                              "expected_up", "expected_down"))
     for k in STIP_PHASES:
         if k in means:
             rows.append(Row(k, "latency", means[k], "socket" if k in ("uplink", "cloud_compute", "downlink")
                             else "host", repeat=repeat))
-    rows.append(Row("per_token", "latency", means.get("total", 0.0), "socket", repeat=repeat))
+    rows.append(Row("per_token", "latency", per_token_latency(token_times, rounds[0] if rounds else 1), "socket",
+                    repeat=repeat))
     for key, phase, source in (("bytes_up", "uplink", "socket"), ("bytes_down", "downlink", "socket"),
                                ("expected_up", "uplink", "shapes"), ("expected_down", "downlink", "shapes")):
         if key in means:

@@ -9,6 +9,14 @@ Definitions (the same in every row, whatever the protocol):
 - `bytes` (B) at phase `total`: bytes both sides send for the request; `uplink`/`downlink` per direction.
 - `rounds` (count) at phase `total`: sequential communication rounds of the request (socket: request-reply
   exchanges; MPC: CrypTen collectives, the larger per-party count).
+- generation (phase `generate` unless said): `rounds_per_token`: the socket's request-reply exchanges of
+  forward requests (STIP `infer`; session open/close are in `rounds`, not here) / generated tokens;
+  `drafted_tokens` / `accepted_tokens` (source host): mean drafts sent / accepted per forward round trip
+  (full cloud: per forward pass of its own generate; 0 without speculation); `forward_passes_per_token`
+  (full cloud, source host): the cloud model's forward calls / generated tokens;
+  `bytes_per_token` at `uplink`/`downlink`: that direction's socket bytes of the whole request / generated
+  tokens; `latency` at `per_token`: (last token's time - the first round trip's last token's time) / tokens
+  after the first round trip (without speculation: the mean of the `token` rows).
 - accuracy (`max_abs_error`, `sum_abs_error`, `top1_agreement`, `cosine_similarity`, `diverged_fraction`,
   phase `output`): see protocols.accuracy.
 Protocol parameters (return mode, device layers, embedding placement, provider, transform) are never rows:
@@ -43,6 +51,11 @@ METRICS = {
     "diverged_fraction": "ratio",
     "preprocessing_rounds": "count",
     "preprocessing_bytes": "B",
+    "rounds_per_token": "count/token",
+    "bytes_per_token": "B/token",
+    "accepted_tokens": "count",
+    "drafted_tokens": "count",
+    "forward_passes_per_token": "count/token",
 }
 STIP_PHASES = ("device_embed", "device_permute", "uplink", "cloud_compute", "downlink", "device_recover")
 MPC_PHASES = ("embedding", "linear", "attention_softmax", "activation", "layernorm", "head")

@@ -14,11 +14,18 @@ from hydra import compose, initialize_config_dir
 
 from bench.app import CONFIG_DIR, run
 from protocols.accuracy import accuracy
+from protocols.workload import suite_ids
 from transport.link import NetworkProfile
 
 RTT, BANDWIDTH = 0.02, 1e8
 LINK = ["network=lan", f"network.rtt_s={RTT}", f"network.bandwidth_bps={BANDWIDTH}"]
 TINY = ["model=bert-tiny", "run.repeats=2", "run.warmup=0", "run.seq_len=8", "cloud_timeout_s=60"]
+NEW = 8  # generation: tiny llama on the SmolLM2 tokenizer's vocabulary, 2 suite prompts, 8 new tokens
+TOY_GENERATE = ["model=llama2-7b", "model.config.hidden_size=64", "model.config.num_hidden_layers=2",
+                "model.config.num_attention_heads=4", "model.config.num_key_value_heads=2",
+                "model.config.intermediate_size=128", "model.config.vocab_size=49152", "model.tokenizer=smollm2",
+                "run.repeats=2", "run.warmup=0", f"run.max_new_tokens={NEW}", "cloud_timeout_s=60",
+                "network=lan", "network.rtt_s=0.002", "network.bandwidth_bps=1e9"]
 HOST_PHASES = ("device_embed", "device_permute", "cloud_compute", "device_recover")
 
 
@@ -93,3 +100,55 @@ def test_accuracy_pools_per_sample_and_counts_diverged_samples():
     assert got["diverged_fraction"] == pytest.approx(1 / 3)
     assert got["cosine_similarity"] == pytest.approx(0.0)  # mean of +1 (sample 0) and -1 (sample 2)
     assert accuracy(ref, ref)["cosine_similarity"] == pytest.approx(1.0)
+
+
+def speculation_rows_for(tmp_path: Path, overrides: list[str]) -> pd.DataFrame:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"output_root={tmp_path / 'runs'}", *TOY_GENERATE, *overrides])
+    report = run(cfg)
+    assert report.status == "ok", report.error
+    return pd.read_parquet(tmp_path / "runs" / report.experiment / report.run_id / "rows.parquet")
+
+
+@pytest.mark.parametrize("speculate", ["none", "prompt_lookup"])
+def test_generation_with_speculation_obeys_the_one_definition(tmp_path, speculate):
+    df = speculation_rows_for(tmp_path, ["experiment=speculation", f"protocol.speculate={speculate}"])
+    summary = df[df.phase != "token"]
+    assert not summary.duplicated(["phase", "metric", "source", "repeat"]).any()
+    prompts = suite_ids("smollm2")
+    for rep in (0, 1):
+        assert one(df, "output", "top1_agreement", "host", rep) == 1.0  # tokens identical to greedy
+        rate = one(df, "generate", "rounds_per_token", "socket", rep)
+        accepted = one(df, "generate", "accepted_tokens", "host", rep)
+        # rounds: the socket's request-reply exchanges = forward round trips + session open and close
+        assert one(df, "generate", "rounds", "socket", rep) == pytest.approx(rate * NEW + 2)
+        # every round trip yields its accepted drafts plus one token
+        assert rate * (1 + accepted) == pytest.approx(1.0)
+        # bytes per token: both directions' socket bytes of the whole request / generated tokens
+        per_token_bytes = one(df, "uplink", "bytes_per_token", "socket", rep) \
+            + one(df, "downlink", "bytes_per_token", "socket", rep)
+        assert per_token_bytes * NEW == pytest.approx(one(df, "generate", "bytes", "socket", rep))
+        # the repeats walk the prompt suite: the prefill's context is the prompt's token count
+        prefill = df[(df.phase == "prefill") & (df.repeat == rep)]
+        assert int(prefill.seq_len.iloc[0]) == prompts[rep][1].shape[1]
+        tokens = df[(df.phase == "token") & (df.repeat == rep)]
+        assert len(tokens) == NEW - 1
+        per_token = one(df, "per_token", "latency", "socket", rep)
+        if speculate == "none":
+            assert rate == 1.0 and accepted == 0.0
+            assert one(df, "generate", "drafted_tokens", "host", rep) == 0.0
+            assert per_token == pytest.approx(tokens.value.mean())
+        else:
+            assert one(df, "generate", "drafted_tokens", "host", rep) > 0
+            assert per_token > 0
+
+
+def test_full_cloud_prompt_lookup_is_one_request_with_fewer_forward_passes(tmp_path):
+    df = speculation_rows_for(tmp_path, ["protocol=full_cloud", "protocol.speculate=prompt_lookup", "run.task=generate",
+                                         "run.inputs=prompt_suite"])
+    for rep in (0, 1):
+        assert one(df, "output", "top1_agreement", "host", rep) == 1.0
+        assert one(df, "generate", "rounds", "socket", rep) == 1  # generation stays one request
+        passes = one(df, "generate", "forward_passes_per_token", "host", rep)
+        accepted = one(df, "generate", "accepted_tokens", "host", rep)
+        assert passes * (1 + accepted) == pytest.approx(1.0)  # each forward pass: accepted drafts + one token
