@@ -20,7 +20,9 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from bench.app import CONFIG_DIR, _absolute
+from bench.privacy_plots import plot_all
 from bench.results import atomic_write_bytes, atomic_write_csv, atomic_write_parquet
+from protocols.models import load_smollm2, minilm_path
 from protocols.privacy import dcor_both
 from stip.attacks import measure
 from stip.attacks.frontier import noise_frontier
@@ -29,7 +31,7 @@ from stip.parties import ModelDeveloper
 log = logging.getLogger(__name__)
 
 FIXED = ["attack", "model", "family", "assumption", "metric", "value", "unit", "n_queries", "seconds"]
-COLUMNS = ["experiment", *FIXED, "dcor", "dcor_samples", "parameters"]
+COLUMNS = ["experiment", *FIXED, "defence", "dcor", "dcor_samples", "parameters"]
 
 
 @dataclass
@@ -117,11 +119,9 @@ class Models:
                 model = randomise_vectors(getattr(transformers, spec.model_class)(config), self.cfg.seed)
                 self._cache[name] = (model, None)
             elif spec.source == "minilm":
-                from protocols.models import minilm_path
                 self._cache[name] = (transformers.AutoModel.from_pretrained(minilm_path()).eval(),
                                      transformers.AutoTokenizer.from_pretrained(minilm_path()))
             elif spec.source == "smollm2":
-                from protocols.models import load_smollm2
                 self._cache[name] = load_smollm2()
             else:
                 raise ValueError(f"models.{name}.source must be config, minilm or smollm2, got {spec.source!r}")
@@ -261,7 +261,8 @@ def tidy(rows: Rows, dcors: dict[str, dict[str, float]], experiment: str) -> pd.
     for r in rows:
         params = {k: v for k, v in r.items() if k not in FIXED}
         d = dcors.get(r["model"], {})
-        records.append({"experiment": experiment, **{k: r[k] for k in FIXED}, "dcor": d.get("dcor"),
+        records.append({"experiment": experiment, **{k: r[k] for k in FIXED}, "defence": params.get("defence"),
+                        "dcor": d.get("dcor"),
                         "dcor_samples": d.get("dcor_samples"),
                         "parameters": json.dumps(params, sort_keys=True, default=str)})
     return pd.DataFrame.from_records(records, columns=COLUMNS)
@@ -270,18 +271,20 @@ def tidy(rows: Rows, dcors: dict[str, dict[str, float]], experiment: str) -> pd.
 def summary_markdown(df: pd.DataFrame, cfg: PrivacyCfg, sizes: dict[str, Any], seconds: float) -> str:
     """Per attack and model: assumption, best success, cost (seconds, queries), dcor; and the sizes."""
     success = df[df["unit"] == "fraction"]
-    g = success.groupby(["attack", "model", "metric"], sort=False).agg(
+    success = success.assign(defence=success["defence"].fillna("none"))
+    g = success.groupby(["attack", "defence", "model", "metric"], sort=False).agg(
         assumption=("assumption", "first"), max_value=("value", "max"), min_value=("value", "min"),
         seconds=("seconds", "max"), n_queries=("n_queries", "max"), dcor=("dcor", "first")).reset_index()
     lines = [f"# Privacy attacks ({cfg.experiment_name}): measured by `python -m bench.privacy`", "",
              f"Total wall time {seconds:.0f} s on {torch.get_num_threads()} threads. Success is a fraction "
              "(1 = everything recovered); min..max over the swept parameters (drift, layer, n, sigma; see "
              "rows.csv `parameters`). dcor: plain vs permuted embeddings of the same model's inputs.", "",
-             "| attack | model | metric | success (min..max) | max seconds | max queries | dcor | assumption |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| attack | defence | model | metric | success (min..max) | max seconds | max queries | dcor "
+             "| assumption |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in g.itertuples():
         dc = "" if pd.isna(r.dcor) else f"{r.dcor:.3f}"
-        lines.append(f"| {r.attack} | {r.model} | {r.metric} | {r.min_value:.3f}..{r.max_value:.3f} | "
+        lines.append(f"| {r.attack} | {r.defence} | {r.model} | {r.metric} | {r.min_value:.3f}..{r.max_value:.3f} | "
                      f"{r.seconds:.2f} | {r.n_queries} | {dc} | {r.assumption} |")
     lines += ["", "## Sizes", "", f"- inputs: {cfg.n_sequences} x {cfg.seq_len} random ids (config-built models); "
               f"{len(cfg.sentences)} sentences (real models)"]
@@ -313,10 +316,9 @@ def run(cfg: DictConfig) -> Path:
     out = _absolute(typed.results_dir) / typed.experiment_name
     atomic_write_parquet(out / "rows.parquet", df)
     atomic_write_csv(out / "rows.csv", df)
-    atomic_write_bytes(out / "summary.md", summary_markdown(df, typed, OmegaConf.to_container(cfg.attacks, resolve=True),
-                                                             time.perf_counter() - start).encode())
+    sizes = OmegaConf.to_container(cfg.attacks, resolve=True)
+    atomic_write_bytes(out / "summary.md", summary_markdown(df, typed, sizes, time.perf_counter() - start).encode())
     if typed.plots:
-        from bench.privacy_plots import plot_all
         plot_all(df, out)
     log.info("wrote %d rows to %s in %.0f s", len(df), out, time.perf_counter() - start)
     return out
