@@ -45,6 +45,7 @@ bench: bench-micro ## Reproduce the paper's figures and tables (quick profile, S
 	$(PY) -m bench -m experiment=mpc_vs_stip
 	$(PY) -m bench -m experiment=mpc_vs_stip_stip
 	$(PY) -m bench experiment=mpc_bert_base
+	$(PY) -m bench.privacy results_dir=results  # attacks beside dcor -> results/privacy/ (configs/privacy.yaml)
 	$(PY) -m bench.aggregate --plots
 
 bench-all: install ## Every paper figure/table experiment (slow: hours on 2 cores)
