@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 X_PARAMS = ("n", "layer", "drift", "sigma_rel")  # the first that varies becomes the x axis
 X_LABELS = {"n": "known pairs / queries n", "layer": "layer attacked (block index)",
@@ -57,6 +59,8 @@ def plot_attack(rows: pd.DataFrame, attack: str, path: Path) -> Path:
         ax.set_xlabel(X_LABELS[x])
         if x == "n":
             ax.set_xscale("log", base=2)
+        if x == "layer":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         labels = [f"{lab} [{u}]" for lab, u in zip(df.apply(_label, axis=1, keys=others), df["unit"])]
         ax.barh(range(len(df)), df["value"], color="tab:red")
@@ -71,7 +75,8 @@ def plot_attack(rows: pd.DataFrame, attack: str, path: Path) -> Path:
             ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
     models = ", ".join(df["model"].unique())
-    ax.set_title(f"{attack}: {models}\n{df['assumption'].iloc[0]}", fontsize=9)
+    fig.suptitle(f"{attack}: {models}\n" + textwrap.fill(f"assumption: {df['assumption'].iloc[0]}", 100),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
