@@ -70,7 +70,11 @@ def plot_attack(rows: pd.DataFrame, attack: str, path: Path) -> Path:
                       else f"value ({units}; a ratio is an error: lower = better attack)")
     if xs:
         ax.set_ylabel(f"attack success ({units})")
-        ax.legend(fontsize=7, loc="best")
+        if len(ax.get_lines()) > 8:  # many series: the legend beside the axes, not over them
+            fig.set_size_inches(12, 5.5)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize=7, loc="best")
         if units == "fraction":
             ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
