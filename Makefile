@@ -49,6 +49,7 @@ bench: bench-micro ## Reproduce every committed results/ summary (quick profile,
 	$(PY) -m bench -m experiment=mpc_accuracy_sim
 	$(PY) -m bench -m experiment=mpc_accuracy
 	$(PY) -m bench -m experiment=mpc_accuracy_smollm2
+	$(PY) -m bench.privacy results_dir=results  # attacks beside dcor -> results/privacy/ (configs/privacy.yaml)
 	$(PY) -m bench.aggregate --plots --results results
 
 bench-all: install ## Every paper figure/table experiment (slow: hours on 2 cores)

@@ -1,0 +1,333 @@
+"""The privacy experiment: every stip.attacks attack on the configured models, as tidy rows beside dcor.
+
+`python -m bench.privacy [results_dir=results] [attacks.<name>.<size>=...]` writes
+<results_dir>/<experiment_name>/rows.parquet, rows.csv, summary.md and (plots=true) one figure per attack.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+import pandas as pd
+import torch
+import transformers
+from omegaconf import DictConfig, OmegaConf
+
+from bench.app import CONFIG_DIR, _absolute
+from bench.privacy_plots import plot_all
+from bench.results import atomic_write_bytes, atomic_write_csv, atomic_write_parquet
+from protocols.models import load_smollm2, minilm_path
+from protocols.privacy import dcor_both
+from stip.attacks import measure
+from stip.attacks.frontier import noise_frontier
+from stip.parties import ModelDeveloper
+
+log = logging.getLogger(__name__)
+
+FIXED = ["attack", "model", "family", "assumption", "metric", "value", "unit", "n_queries", "seconds"]
+COLUMNS = ["experiment", *FIXED, "defence", "dcor", "dcor_samples", "parameters"]
+
+
+@dataclass
+class ModelCfg:
+    source: str  # config | minilm | smollm2
+    config_class: str | None = None
+    model_class: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttackCfg:
+    enabled: bool = True
+    models: list[str] = field(default_factory=list)
+    drifts: list[float] = field(default_factory=lambda: [0.0])
+    hungarian_limit: int = 8192
+    ns: list[int] = field(default_factory=list)
+    sigma_rel: float = 0.0
+    layers: list[int] = field(default_factory=list)
+    candidates: int = 32
+    seq_len: int = 8
+    n_images: int = 2
+    tokens: int = 2048
+    chunk: int = 128
+    projection_ns: list[int] = field(default_factory=list)
+    split_models: list[str] = field(default_factory=list)
+    split_layers: list[int] = field(default_factory=list)
+    sigmas_rel: list[float] = field(default_factory=list)
+    kpa_rows: int = 8
+
+
+@dataclass
+class PrivacyCfg:
+    experiment_name: str = "privacy"
+    results_dir: str = "outputs"
+    seed: int = 0
+    threads: int = 2
+    plots: bool = True
+    models: dict[str, ModelCfg] = field(default_factory=dict)
+    attacks: dict[str, AttackCfg] = field(default_factory=dict)
+    n_sequences: int = 4
+    seq_len: int = 16
+    sentences: list[str] = field(default_factory=list)
+
+
+def validate(cfg: DictConfig) -> PrivacyCfg:
+    """The composed config as typed dataclasses (a wrong type or unknown key fails here, naming it)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PrivacyCfg), plain))
+    unknown = set(typed.attacks) - set(ATTACKS)
+    if unknown:
+        raise ValueError(f"unknown attack(s) {sorted(unknown)}; known: {sorted(ATTACKS)}")
+    for name, attack in typed.attacks.items():
+        missing = [m for m in attack.models + attack.split_models if m not in typed.models]
+        if missing:
+            raise ValueError(f"attacks.{name}.models names {missing}, not in models: {sorted(typed.models)}")
+    return typed
+
+
+def randomise_vectors(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random 1-D parameters (norms, biases) so no attack profits from the defaults' symmetry."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+class Models:
+    """Loads each configured model once, with its inputs (ids or images)."""
+
+    def __init__(self, cfg: PrivacyCfg):
+        self.cfg = cfg
+        self._cache: dict[str, tuple[torch.nn.Module, Any]] = {}
+
+    def get(self, name: str) -> tuple[torch.nn.Module, Any]:
+        """(model, tokenizer or None)."""
+        if name not in self._cache:
+            spec = self.cfg.models[name]
+            if spec.source == "config":
+                torch.manual_seed(self.cfg.seed)
+                config = getattr(transformers, spec.config_class)(**spec.kwargs)
+                model = randomise_vectors(getattr(transformers, spec.model_class)(config), self.cfg.seed)
+                self._cache[name] = (model, None)
+            elif spec.source == "minilm":
+                self._cache[name] = (transformers.AutoModel.from_pretrained(minilm_path()).eval(),
+                                     transformers.AutoTokenizer.from_pretrained(minilm_path()))
+            elif spec.source == "smollm2":
+                self._cache[name] = load_smollm2()
+            else:
+                raise ValueError(f"models.{name}.source must be config, minilm or smollm2, got {spec.source!r}")
+        return self._cache[name]
+
+    def ids(self, name: str) -> torch.Tensor:
+        """[n_sequences, seq_len] random ids (config models) or the tokenised sentences (real ones)."""
+        model, tok = self.get(name)
+        if tok is None:
+            vocab = model.get_input_embeddings().weight.shape[0]
+            gen = torch.Generator().manual_seed(self.cfg.seed)
+            return torch.randint(2, vocab, (self.cfg.n_sequences, self.cfg.seq_len), generator=gen)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        seqs = [tok(s, return_tensors="pt")["input_ids"][0] for s in self.cfg.sentences]
+        return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad)
+
+
+def _candidates(model: torch.nn.Module, ids: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """The true tokens of `ids` plus random distractors, n in all (or the true ones if more)."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    extra = torch.randperm(vocab, generator=torch.Generator().manual_seed(seed))
+    pool = torch.unique(torch.cat([ids.reshape(-1), extra]), sorted=False)
+    true = torch.unique(ids.reshape(-1))
+    rest = pool[~torch.isin(pool, true)][: max(0, n - true.numel())]
+    return torch.cat([true, rest])
+
+
+def package_corpus() -> tuple[list[str], list[str]]:
+    """(users' texts, public texts): installed packages' METADATA descriptions, alternating by name."""
+    files = sorted(Path(sysconfig.get_paths()["purelib"]).glob("*.dist-info/METADATA"))
+    bodies = [b for f in files if len(b := f.read_text(errors="ignore").partition("\n\n")[2]) > 500]
+    return bodies[0::2], bodies[1::2]
+
+
+def _chunks(tokenizer: Any, texts: list[str], max_tokens: int, size: int) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
+        for start in range(0, ids.numel() - size + 1, size):
+            out.append(ids[start:start + size][None])
+            if len(out) * size >= max_tokens:
+                return out
+    return out
+
+
+Rows = list[dict[str, Any]]
+
+
+def _multiset(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    return measure.measure_multiset(name, m.get(name)[0], m.ids(name), drifts=a.drifts, seed=seed)
+
+
+def _weights(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    return measure.measure_weights(name, m.get(name)[0], m.ids(name), drifts=a.drifts, seed=seed,
+                                   hungarian_limit=a.hungarian_limit)
+
+
+def _kpa(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    ids = m.ids(name)
+    ns = [n for n in a.ns if n <= ids.numel()]
+    return measure.measure_kpa(name, m.get(name)[0], ids, ns=ns, sigma_rel=a.sigma_rel, seed=seed)
+
+
+def _hidden(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    model = m.get(name)[0]
+    ids = m.ids(name)[:1, : a.seq_len]
+    return measure.measure_hidden(name, model, ids, layers=a.layers, drifts=a.drifts,
+                                  candidates=_candidates(model, ids, a.candidates, seed), seed=seed)
+
+
+def _moe(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    return measure.measure_moe(name, m.get(name)[0], m.ids(name)[:1], seed=seed)
+
+
+def _vit(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    model = m.get(name)[0]
+    size = model.config.image_size
+    images = torch.randn(a.n_images, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return measure.measure_vit_patches(name, model, images, seed=seed)
+
+
+def _theft(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    return measure.measure_theft(name, m.get(name)[0], m.ids(name), seed=seed)
+
+
+def _frequency(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    model, tok = m.get(name)
+    if tok is None:
+        raise ValueError(f"output_frequency needs a real tokenizer; model {name!r} has none")
+    users, public = package_corpus()
+    return measure.measure_frequency(name, model, _chunks(tok, users, a.tokens, a.chunk),
+                                     _chunks(tok, public, a.tokens, a.chunk),
+                                     corpus="installed packages' METADATA descriptions (alternate packages)",
+                                     seed=seed)
+
+
+def _baselines(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    model = m.get(name)[0]
+    ids = m.ids(name)
+    rows = measure.measure_projection(name, model, ids, ns=a.projection_ns, seed=seed)
+    if name in a.split_models:
+        short = ids[:1, : a.seq_len]
+        rows += measure.measure_split(name, model, short, layers=a.split_layers,
+                                      candidates=_candidates(model, short, a.candidates, seed))
+    return rows
+
+
+def _frontier(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    return noise_frontier(name, m.get(name)[0], m.ids(name), a.sigmas_rel, seed=seed, kpa_rows=a.kpa_rows)
+
+
+ATTACKS: dict[str, Callable[[Models, str, AttackCfg, int], Rows]] = {
+    "multiset": _multiset, "weight_alignment": _weights, "known_plaintext": _kpa, "hidden_state": _hidden,
+    "moe_routing": _moe, "vit_patch": _vit, "functional_theft": _theft, "output_frequency": _frequency,
+    "baselines": _baselines, "noise_frontier": _frontier,
+}
+
+
+@torch.no_grad()
+def model_dcor(m: Models, name: str, seed: int) -> dict[str, float]:
+    """dcor (both conventions) between the plain and the permuted embeddings of the model's inputs."""
+    model = m.get(name)[0]
+    device = ModelDeveloper(model, seed=seed).data_owner()
+    if m.cfg.models[name].kwargs.get("image_size"):
+        size = model.config.image_size
+        pixels = torch.randn(m.cfg.n_sequences, 3, size, size, generator=torch.Generator().manual_seed(seed))
+        plain, wire = device.embedding(pixels), device.encode(pixels)
+    else:
+        ids = m.ids(name)
+        plain, wire = device.embed(ids), device.encode(ids)
+    return dcor_both(plain.reshape(-1, plain.shape[-1]), wire.reshape(-1, wire.shape[-1]), seed=seed)
+
+
+def tidy(rows: Rows, dcors: dict[str, dict[str, float]], experiment: str) -> pd.DataFrame:
+    """Fixed columns, the model's dcor beside every row, the attack's parameters as one JSON column."""
+    records = []
+    for r in rows:
+        params = {k: v for k, v in r.items() if k not in FIXED}
+        d = dcors.get(r["model"], {})
+        records.append({"experiment": experiment, **{k: r[k] for k in FIXED}, "defence": params.get("defence"),
+                        "dcor": d.get("dcor"),
+                        "dcor_samples": d.get("dcor_samples"),
+                        "parameters": json.dumps(params, sort_keys=True, default=str)})
+    return pd.DataFrame.from_records(records, columns=COLUMNS)
+
+
+def summary_markdown(df: pd.DataFrame, cfg: PrivacyCfg, sizes: dict[str, Any], seconds: float) -> str:
+    """Per attack and model: assumption, best success, cost (seconds, queries), dcor; and the sizes."""
+    success = df[df["unit"] == "fraction"]
+    success = success.assign(defence=success["defence"].fillna("none"))
+    g = success.groupby(["attack", "defence", "model", "metric"], sort=False).agg(
+        assumption=("assumption", "first"), max_value=("value", "max"), min_value=("value", "min"),
+        seconds=("seconds", "max"), n_queries=("n_queries", "max"), dcor=("dcor", "first")).reset_index()
+    lines = [f"# Privacy attacks ({cfg.experiment_name}): measured by `python -m bench.privacy`", "",
+             f"Total wall time {seconds:.0f} s on {torch.get_num_threads()} threads. Success is a fraction "
+             "(1 = everything recovered); min..max over the swept parameters (drift, layer, n, sigma; see "
+             "rows.csv `parameters`). dcor: plain vs permuted embeddings of the same model's inputs.", "",
+             "| attack | defence | model | metric | success (min..max) | max seconds | max queries | dcor "
+             "| assumption |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in g.itertuples():
+        dc = "" if pd.isna(r.dcor) else f"{r.dcor:.3f}"
+        lines.append(f"| {r.attack} | {r.defence} | {r.model} | {r.metric} | {r.min_value:.3f}..{r.max_value:.3f} | "
+                     f"{r.seconds:.2f} | {r.n_queries} | {dc} | {r.assumption} |")
+    lines += ["", "## Sizes", "", f"- inputs: {cfg.n_sequences} x {cfg.seq_len} random ids (config-built models); "
+              f"{len(cfg.sentences)} sentences (real models)"]
+    for name, spec in cfg.models.items():
+        lines.append(f"- model {name}: {spec.source} {spec.model_class or ''} {spec.kwargs or ''}".rstrip())
+    for name, given in sizes.items():
+        if given.get("enabled", True):
+            lines.append(f"- {name}: " + json.dumps({k: v for k, v in given.items() if k != "enabled"}))
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: DictConfig) -> Path:
+    """Run every enabled attack on its models; write rows.parquet, rows.csv, summary.md (+ figures)."""
+    typed = validate(cfg)
+    torch.set_num_threads(typed.threads)
+    start = time.perf_counter()
+    models = Models(typed)
+    rows: Rows = []
+    used: list[str] = []
+    for attack, a in typed.attacks.items():
+        if not a.enabled:
+            continue
+        for name in a.models:
+            log.info("attack %s on %s", attack, name)
+            rows += ATTACKS[attack](models, name, a, typed.seed)
+            used += [name] if name not in used else []
+    dcors = {name: model_dcor(models, name, typed.seed) for name in used}
+    df = tidy(rows, dcors, typed.experiment_name)
+    out = _absolute(typed.results_dir) / typed.experiment_name
+    atomic_write_parquet(out / "rows.parquet", df)
+    atomic_write_csv(out / "rows.csv", df)
+    sizes = OmegaConf.to_container(cfg.attacks, resolve=True)
+    atomic_write_bytes(out / "summary.md", summary_markdown(df, typed, sizes, time.perf_counter() - start).encode())
+    if typed.plots:
+        plot_all(df, out)
+    log.info("wrote %d rows to %s in %.0f s", len(df), out, time.perf_counter() - start)
+    return out
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="privacy", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    print(run(cfg))
+
+
+if __name__ == "__main__":
+    main()

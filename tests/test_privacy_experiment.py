@@ -1,0 +1,65 @@
+"""The privacy experiment end to end at toy size: `python -m bench.privacy` writes tidy rows beside dcor."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.privacy import COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = [  # config-built models only, small sweeps: ~30 s on 2 cores
+    "attacks.multiset.models=[gpt2,bert,llama]", "attacks.weight_alignment.models=[llama]",
+    "attacks.known_plaintext.models=[llama]", "attacks.known_plaintext.ns=[1,4]",
+    "attacks.hidden_state.models=[llama]", "attacks.hidden_state.layers=[1]", "attacks.hidden_state.drifts=[0.0]",
+    "attacks.moe_routing.models=[mixtral]", "attacks.vit_patch.n_images=1",
+    "attacks.functional_theft.models=[gpt2]", "attacks.output_frequency.enabled=false",
+    "attacks.baselines.models=[llama]", "attacks.baselines.projection_ns=[16,128]", "attacks.baselines.split_layers=[1]",
+    "attacks.noise_frontier.models=[llama]", "attacks.noise_frontier.sigmas_rel=[0.0,0.3,1.0,3.0,10.0]",
+]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("privacy")
+    proc = subprocess.run([sys.executable, "-m", "bench.privacy", f"results_dir={out}", *TOY], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "privacy"
+
+
+def test_rows_schema_and_files(toy_run):
+    rows = pd.read_parquet(toy_run / "rows.parquet")
+    assert list(rows.columns) == COLUMNS
+    assert rows[["attack", "model", "family", "assumption", "metric", "unit"]].notna().all().all()
+    assert (rows["seconds"] >= 0).all() and (rows["n_queries"] >= 0).all()
+    assert rows["dcor"].between(0, 1).all()  # every row sits beside its model's dcor
+    assert all(isinstance(json.loads(p), dict) for p in rows["parameters"])
+    assert len(pd.read_csv(toy_run / "rows.csv")) == len(rows)
+    assert {"multiset", "weight_alignment", "known_plaintext", "hidden_state", "moe_routing", "vit_patch",
+            "functional_theft", "projection_multiset", "split_inversion", "noise_defence"} <= set(rows["attack"])
+    summary = (toy_run / "summary.md").read_text()
+    assert "| multiset | none | llama | token_recovery |" in summary and "## Sizes" in summary
+    figures = {p.name for p in toy_run.glob("*.png")}
+    assert {"attack_multiset.png", "attack_hidden_state.png", "noise_frontier.png"} <= figures
+
+
+def test_multiset_recovers_every_token_of_untouched_embeddings(toy_run):
+    rows = pd.read_parquet(toy_run / "rows.parquet")
+    clean = rows[(rows["attack"] == "multiset") & rows["defence"].isna()]
+    clean = clean[[json.loads(p)["drift"] == 0.0 for p in clean["parameters"]]]
+    assert set(clean["model"]) == {"gpt2", "bert", "llama"}
+    assert (clean["value"] == 1.0).all()
+
+
+def test_noise_frontier_is_monotone_in_sigma_for_multiset(toy_run):
+    rows = pd.read_parquet(toy_run / "rows.parquet")
+    noisy = rows[(rows["attack"] == "multiset") & (rows["defence"] == "noise")]
+    sigma = [json.loads(p)["sigma_rel"] for p in noisy["parameters"]]
+    success = noisy.assign(sigma=sigma).sort_values("sigma")["value"].tolist()
+    assert success[0] == 1.0 and success[-1] < 0.1  # clean: all recovered; heavy noise: stopped
+    assert all(a >= b for a, b in zip(success, success[1:])), success
