@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import stip_models  # noqa: E402
+import helpers.stip_models as stip_models  # noqa: E402
 from stip.attacks import measure  # noqa: E402
 from stip.attacks.frontier import noise_frontier  # noqa: E402
 

@@ -14,7 +14,7 @@ import stip
 from protocols.common import greedy_tokens
 from protocols.contract import RunRequest
 from protocols.stip_protocol import RemoteModelServer, StipCloudHandler, StipConfig
-from tests.stip_models import tiny_llama
+from helpers.stip_models import tiny_llama
 from transport import CloudError, RemoteCloud
 from transport.cloud import CloudServer
 

@@ -10,7 +10,7 @@ from transformers import GPT2LMHeadModel, LlamaForCausalLM, OPTConfig, OPTForCau
 
 import stip
 from stip.cli import main as stip_main
-from stip_models import sample_inputs, tiny_gpt2, tiny_llama
+from helpers.stip_models import sample_inputs, tiny_gpt2, tiny_llama
 
 
 def transform(capsys, tmp_path, model_dir, out="cloud", keys="keys", *extra):

@@ -13,7 +13,7 @@ from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassifica
 
 import stip
 from stip.cli import main as stip_main
-from stip_models import randomise_vectors, sample_inputs
+from helpers.stip_models import randomise_vectors, sample_inputs
 
 VOCAB = 97
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import stip
-from stip_models import sample_inputs, tiny_gpt2, tiny_llama
+from helpers.stip_models import sample_inputs, tiny_gpt2, tiny_llama
 
 
 def test_seeded_keys_are_reproducible_and_unseeded_differ():

@@ -8,8 +8,8 @@ from transformers import (AutoModelForSequenceClassification, CLIPVisionConfig, 
                           LlavaForConditionalGeneration, RobertaModel)
 
 import stip
-from stip_models import FACTORIES, randomise_vectors, sample_inputs, tiny_roberta
-from test_stip_equivalence import assert_equivalent, run_both
+from helpers.stip_models import FACTORIES, randomise_vectors, sample_inputs, tiny_roberta
+from helpers.equivalence import assert_equivalent, run_both
 
 NEW = ("mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "roberta", "distilbert", "llava")
 ROPE = ("llama", "mixtral", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "llava")

@@ -5,7 +5,7 @@ from transformers import (GPT2Config, GPT2ForSequenceClassification, LlamaConfig
                           LlamaForSequenceClassification)
 
 import stip
-from stip_models import randomise_vectors
+from helpers.stip_models import randomise_vectors
 
 PAD = 5
 

@@ -1,7 +1,7 @@
 """Speculative STIP generation: device drafts, one verifying round trip, tokens identical to greedy."""
 import pytest
 import torch
-from stip_models import DECODERS, FACTORIES, sample_inputs, tiny_llama, tiny_llava, tiny_mistral
+from helpers.stip_models import DECODERS, FACTORIES, sample_inputs, tiny_llama, tiny_llava, tiny_mistral
 
 import stip
 from stip.speculation import accepted_length
