@@ -194,22 +194,22 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
         atomic_write_parquet(out / "runs.parquet", runs)
         joined = with_runs(df, runs)
         summary = headline(joined) if not df.empty else {}
-        table = latency_table(joined) if not df.empty else pd.DataFrame()
-        if not table.empty:
-            atomic_write_csv(out / "latency_table.csv", table)
-            atomic_write_bytes(out / "latency_table.md", (
-                f"# {exp}: modelled end-to-end latency per request (`python -m bench.aggregate`)\n\n"
-                "latency = measured compute + rounds x RTT + bytes / bandwidth of the run's network "
-                "(protocols/vocabulary.py); over_fastest = latency / the fastest protocol's on that network.\n\n"
-                + markdown(table)).encode())
-        accuracy = accuracy_table(joined) if not df.empty else pd.DataFrame()
-        if not accuracy.empty:
-            atomic_write_csv(out / "accuracy_table.csv", accuracy)
-            atomic_write_bytes(out / "accuracy_table.md", (
-                f"# {exp}: accuracy against the plaintext model (`python -m bench.aggregate`)\n\n"
-                "Definitions in protocols/accuracy.py (counted positions: attention mask 1); source `engine`: the "
-                "protocol's real output, `simulated`: the float64 simulation of the same approximations.\n\n"
-                + markdown(accuracy)).encode())
+        tables = {
+            "latency_table": (latency_table, "modelled end-to-end latency per request",
+                              "latency = measured compute + rounds x RTT + bytes / bandwidth of the run's network "
+                              "(protocols/vocabulary.py); over_fastest = latency / the fastest protocol's on that "
+                              "network."),
+            "accuracy_table": (accuracy_table, "accuracy against the plaintext model",
+                               "Definitions in protocols/accuracy.py (counted positions: attention mask 1); source "
+                               "`engine`: the protocol's real output, `simulated`: the float64 simulation of the "
+                               "same approximations."),
+        }
+        for name, (build, title, explanation) in tables.items():
+            table = build(joined) if not df.empty else pd.DataFrame()
+            if not table.empty:
+                atomic_write_csv(out / f"{name}.csv", table)
+                atomic_write_bytes(out / f"{name}.md", (
+                    f"# {exp}: {title} (`python -m bench.aggregate`)\n\n{explanation}\n\n" + markdown(table)).encode())
         if summary:
             atomic_write_json(out / "summary.json", summary)
             log.info("%s headline numbers (%s):\n%s", exp, out / "summary.json", json.dumps(summary, indent=2))
