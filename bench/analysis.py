@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.results import typed
+
 log = logging.getLogger(__name__)
 
 def read_rows(folder: Path) -> pd.DataFrame:
@@ -23,14 +25,14 @@ def read_rows(folder: Path) -> pd.DataFrame:
     """
     rows = pd.read_parquet(Path(folder) / "rows.parquet")
     if "source" in rows:
-        return rows
+        return typed(rows)  # columns added since (e.g. `security`) read as missing
     log.warning("%s predates the `source` column; read through the legacy mapping (regenerate: make bench)", folder)
     suffix = rows.phase.str.extract(r"_(modelled|expected)$")[0]
-    return rows.assign(source=suffix.map({"modelled": "modelled", "expected": "shapes"}).fillna("socket"),
-                       phase=rows.phase.str.replace(r"_(modelled|expected)$", "", regex=True))
+    return typed(rows.assign(source=suffix.map({"modelled": "modelled", "expected": "shapes"}).fillna("socket"),
+                       phase=rows.phase.str.replace(r"_(modelled|expected)$", "", regex=True)))
 
 
-KEYS = ["model", "seq_len", "batch_size", "network", "protocol", "approx"]
+KEYS = ["model", "seq_len", "batch_size", "network", "protocol", "approx", "security"]
 
 
 def _median(df: pd.DataFrame, phase: str, metric: str, sources: tuple[str, ...]) -> pd.Series:
@@ -39,7 +41,7 @@ def _median(df: pd.DataFrame, phase: str, metric: str, sources: tuple[str, ...])
 
 
 def latency_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, seq_len, batch, network, protocol, approx): modelled end-to-end latency, its compute part,
+    """Per (model, seq_len, batch, network, protocol, approx, security): modelled end-to-end latency, its compute part,
     rounds, bytes, max error, and the ratio of each latency to the fastest protocol on that network.
 
     Empty when the rows hold no modelled total latency (forward requests only; generation is apart).

@@ -162,6 +162,10 @@ class Protocol(abc.ABC):
         """The approximation label of the rows' `approx` column (None: exact)."""
         return self.cfg.approx
 
+    def security_label(self) -> str | None:
+        """The threat model the rows' `security` column names (protocols.vocabulary.SECURITY; None: not MPC)."""
+        return None
+
     @abc.abstractmethod
     def run(self, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:
         """Run the workload and return raw per-repeat rows."""

@@ -34,6 +34,13 @@ SOURCES = {
     "simulated": "an MPC forward simulated in float64 plaintext with the same approximations (no parties, no link)",
     "shapes": "derived from tensor shapes and dtypes, nothing run",
 }
+# The `security` column of MPC rows: who must be trusted for the measured numbers to mean privacy.
+SECURITY = {
+    "2pc-dealer": "two parties plus a dealer that draws the correlated randomness in the clear (CrypTen TFP/TTP, "
+                  "SPU SEMI2K): with TFP the dealer is the server itself, which can then unmask the device's input",
+    "2pc": "two parties, semi-honest, preprocessing by OT/HE between them (SPU Cheetah): secure against the server",
+    "3pc-honest-majority": "three parties, semi-honest, at most one corrupted (SPU ABY3, as PUMA reports)",
+}
 # Metric -> unit.
 METRICS = {
     "latency": "s",

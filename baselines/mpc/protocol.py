@@ -84,6 +84,10 @@ class MpcProtocol(Protocol):
     def approx_name(self) -> str:
         return self.approx.name
 
+    def security_label(self) -> str:
+        """CrypTen's TFP and TTP providers are both trusted dealers (TFP: the server is the dealer)."""
+        return "2pc-dealer"
+
     def run(self, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:
         if request.task != "forward":
             raise ValueError(f"task {request.task!r} is not supported by protocol=mpc; supported: 'forward'")
