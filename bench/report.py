@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = "figures"  # <results>/figures/: what the modules' figure() functions draw
 # Worst first: an artifact's verdict is its worst row's status.
-SEVERITY = ("differs", "not_measured", "not_reproducible", "derived", "reproduced")
+SEVERITY = ("differs", "not_measured", "not_reproducible", "derived", "qualitative", "reproduced")
 WHOLE = "(the artifact as a whole)"  # the quantity of a row that stands for a missing or failed module
 CSV_COLUMNS = ["artifact", "quantity", "status", "paper", "measured", "unit", "ratio", "spread", "workload",
                "differences", "reason", "reported_id", "source"]
@@ -87,21 +87,22 @@ def _compare(mod: ModuleType, results: Path) -> list[Comparison]:
     return rows
 
 
-def _figures(mod: ModuleType, results: Path) -> tuple[list[Path], list[str]]:
+def _figures(mod: ModuleType, results: Path, out: Path) -> tuple[list[Path], list[str]]:
     """The module's figures (none without figure()); an error becomes a note, not a failure."""
     if not hasattr(mod, "figure"):
         return [], []
     name = mod.__name__.rsplit(".", 1)[-1]
     try:
-        return [Path(p) for p in mod.figure(results, results / FIGURES)], []
+        return [Path(p) for p in mod.figure(results, out)], []
     except Exception as err:  # noqa: BLE001 - a figure that fails leaves the rows standing
         log.error("bench/artifacts/%s.py figure() raised:\n%s", name, traceback.format_exc())
         return [], [f"bench/artifacts/{name}.py figure() raised {type(err).__name__}: {err}"]
 
 
-def collect(results: Path, mods: list[ModuleType] | None = None,
-            reported: list[ReportedValue] | None = None) -> list[ArtifactReport]:
-    """One ArtifactReport per declared artifact (STIP's paper first, in its row order), rows from `mods`."""
+def collect(results: Path, mods: list[ModuleType] | None = None, reported: list[ReportedValue] | None = None,
+            figures: Path | None = None) -> list[ArtifactReport]:
+    """One ArtifactReport per declared artifact (STIP's paper first, in its row order), rows from `mods`;
+    figures drawn into `figures` (default <results>/figures)."""
     declared = load_artifacts()
     order = sorted(declared.values(), key=lambda a: (a.file.name != "stip_paper.yaml", a.file.name, a.row))
     reports = {a.id: ArtifactReport(a) for a in order}
@@ -114,14 +115,14 @@ def collect(results: Path, mods: list[ModuleType] | None = None,
             rep.notes.append(f"bench.artifacts.modules() raised {type(err).__name__}: {err}")
     for mod in found:
         rows = _compare(mod, results)
-        figures, notes = _figures(mod, results)
+        drawn, notes = _figures(mod, results, figures or results / FIGURES)
         for row in rows:
             if row.artifact not in reports:
                 row = _missing_row(mod.ARTIFACT, f"{mod.__name__} reported on artifact {row.artifact!r}, which "
                                    f"configs/reported/*.yaml does not declare; known: {sorted(reports)}")
             reports[row.artifact].rows.append(row)
         if mod.ARTIFACT in reports:
-            reports[mod.ARTIFACT].figures += figures
+            reports[mod.ARTIFACT].figures += drawn
             reports[mod.ARTIFACT].notes += notes
     for rep in reports.values():
         if not rep.rows:
@@ -203,7 +204,7 @@ def _relative(results: Path) -> str:
 def _num(value: float | None) -> str:
     if value is None or pd.isna(value):
         return ""
-    return f"{value:.3g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return f"{value:.3g}"
 
 
 def _cell(text: object) -> str:
@@ -275,26 +276,30 @@ def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, Repo
     return "\n".join(lines) + "\n"
 
 
-def write(results: Path, mods: list[ModuleType] | None = None) -> tuple[Path, Path]:
-    """Write <results>/REPORT.md and <results>/report.csv; return both paths."""
+def write(results: Path, mods: list[ModuleType] | None = None, out: Path | None = None) -> tuple[Path, Path]:
+    """Read `results`, write REPORT.md, report.csv, report_figures.csv and figures/ into `out` (default: results)."""
     results = Path(results)
-    results.mkdir(parents=True, exist_ok=True)
+    out = results if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     reported = load_reported()
-    reports = collect(results, mods, reported)
+    reports = collect(results, mods, reported, figures=out / FIGURES)
     records = [c.record() for rep in reports for c in rep.rows]
-    csv_path, md_path = results / "report.csv", results / "REPORT.md"
+    csv_path, md_path = out / "report.csv", out / "REPORT.md"
     pd.DataFrame(records, columns=CSV_COLUMNS).to_csv(csv_path, index=False)
-    md_path.write_text(markdown(reports, provenance(results), {v.id: v for v in reported}, results))
+    pd.DataFrame([{"artifact": rep.artifact.id, "path": os.path.relpath(p, out)} for rep in reports
+                  for p in rep.figures], columns=["artifact", "path"]).to_csv(out / "report_figures.csv", index=False)
+    md_path.write_text(markdown(reports, provenance(results), {v.id: v for v in reported}, out))
     return md_path, csv_path
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: python -m bench.report --results results."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--results", default="results", help="the results folder to read and to write REPORT.md into")
+    p.add_argument("--results", default="results", help="the results folder to read (and to write into)")
+    p.add_argument("--out", default=None, help="write REPORT.md, report.csv and figures/ here instead")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for path in write(Path(args.results)):
+    for path in write(Path(args.results), out=None if args.out is None else Path(args.out)):
         print(path)
 
 

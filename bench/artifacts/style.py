@@ -25,6 +25,7 @@ COLORS = {"stip": "#1f77b4", "STIP": "#1f77b4", "full_cloud": "#7f7f7f", "full c
           "THE-X": "#bcbd22", "SPU": "#17becf"}
 RC = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7, "axes.grid": True,
       "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False}
+plt.rcParams.update(RC)  # as bench/plots.py does: every figure of the process in one style
 
 
 def host_label() -> str:
@@ -67,13 +68,7 @@ def color(name: str) -> str:
 
 def figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.5, **kwargs):
     """A new figure in the report's style: (fig, ax) for one panel, (fig, axes array) for several."""
-    with plt.rc_context(RC):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=True, **kwargs)
-    for ax in (axes.flat if hasattr(axes, "flat") else [axes]):
-        for key, val in (("top", False), ("right", False)):
-            ax.spines[key].set_visible(val)
-        ax.grid(True, alpha=0.3)
-    return fig, axes
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=True, **kwargs)
 
 
 def title(ax: plt.Axes, what: str, workload: str, host: str | None = None) -> None:
