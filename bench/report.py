@@ -31,8 +31,9 @@ from bench.artifacts import STATUSES, Comparison, modules
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = "figures"  # <results>/figures/: what the modules' figure() functions draw
-# Worst first: an artifact's verdict is its worst row's status.
-SEVERITY = ("differs", "not_measured", "not_reproducible", "derived", "qualitative", "reproduced")
+# Worst first: an artifact's verdict is its worst measured row's status (SUPPORTING rows count only when alone).
+SEVERITY = ("differs", "not_measured", "not_reproducible", "reproduced", "derived", "qualitative")
+SUPPORTING = ("derived", "qualitative")
 WHOLE = "(the artifact as a whole)"  # the quantity of a row that stands for a missing or failed module
 CSV_COLUMNS = ["artifact", "quantity", "status", "paper", "measured", "unit", "ratio", "spread", "workload",
                "differences", "reason", "reported_id", "source"]
@@ -52,15 +53,15 @@ class ArtifactReport:
         return Counter(c.status for c in self.rows)
 
     def verdict(self) -> tuple[str, str]:
-        """(status, one sentence): the worst status among the rows, and that row's reason."""
+        """(status, one sentence): the worst measured row's status and reason; derived and qualitative rows
+        (the paper's arithmetic, claims with no number) decide only when nothing was measured."""
         if not self.rows:
             return "not_measured", "no rows"
-        worst = min(self.rows, key=lambda c: SEVERITY.index(c.status))
-        if worst.status == "reproduced":
-            return "reproduced", f"all {len(self.rows)} quantities reproduced."
-        if worst.quantity == WHOLE:
-            return worst.status, worst.reason
-        return worst.status, f"{worst.quantity}: {worst.reason}"
+        measured = [c for c in self.rows if c.status not in SUPPORTING] or self.rows
+        worst = min(measured, key=lambda c: SEVERITY.index(c.status))
+        if worst.status == "reproduced" and not worst.reason:
+            return "reproduced", f"all {len(measured)} measured quantities reproduced."
+        return worst.status, worst.reason if worst.quantity == WHOLE else f"{worst.quantity}: {worst.reason}"
 
 
 def _missing_row(artifact: str, reason: str, source: str = "") -> Comparison:
@@ -252,7 +253,7 @@ def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, Repo
              f"- host: {prov['host']}; {prov['versions']}", *_profile_lines(prov["profile"]), "",
              "## Verdicts", "",
              f"{len(reports)} artifacts: " + ", ".join(f"{verdicts[s]} {s}" for s in SEVERITY if verdicts[s])
-             + f" (an artifact's verdict is its worst row); {sum(total.values())} rows: "
+             + f" (an artifact's verdict is its worst measured row); {sum(total.values())} rows: "
              + ", ".join(f"{total[s]} {s}" for s in SEVERITY if total[s]) + ".", "",
              "Statuses: " + "; ".join(f"**{k}**: {v}" for k, v in STATUSES.items()) + ".", ""]
     lines += _table(["#", "artifact", "verdict", "rows", "why"],
@@ -273,6 +274,10 @@ def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, Repo
         if rep.readings:
             lines += ["", "Paper arithmetic:", *(f"- {r.statement}" for r in rep.readings)]
         lines += [f"\n> {note}" for note in rep.notes]
+    gaps = sorted([(rep.artifact.id, c) for rep in reports for c in rep.rows if c.status in ("differs", "not_reproducible")],
+                  key=lambda ac: ac[1].status != "differs")
+    lines += ["", "## Where the measured values differ from the paper, and why", ""]
+    lines += [f"- **{a}** ({c.status}) {c.quantity}: {c.reason}" for a, c in gaps] or ["- none"]
     return "\n".join(lines) + "\n"
 
 

@@ -114,3 +114,18 @@ def test_modules_on_an_empty_folder_say_what_to_run(tmp_path):
         missing = [r for r in mod.compare(tmp_path) if r.status == "not_measured"]
         assert missing and command in missing[0].reason, mod.__name__
         assert mod.figure(tmp_path, tmp_path / "figures") == []
+
+
+def test_the_report_over_these_results_gives_every_artifact_a_status(results, tmp_path):
+    from baselines.reported import load_artifacts
+    from bench import report
+    from bench.artifacts import STATUSES
+
+    md, csv = report.write(results, out=tmp_path)
+    table = pd.read_csv(csv)
+    assert set(load_artifacts()) <= set(table.artifact) and table.status.isin(list(STATUSES)).all()
+    assert not table.reason.fillna("").str.contains("raised").any()
+    figures = pd.read_csv(tmp_path / "report_figures.csv")
+    assert {"fig7b", "millions", "indexing", "kpa_bfa"} <= set(figures.artifact)
+    assert all((tmp_path / p).is_file() for p in figures.path)
+    assert "![indexing: indexing_vs_matmul](figures/indexing_vs_matmul.png)" in md.read_text()
