@@ -274,8 +274,8 @@ def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, Repo
         if rep.readings:
             lines += ["", "Paper arithmetic:", *(f"- {r.statement}" for r in rep.readings)]
         lines += [f"\n> {note}" for note in rep.notes]
-    gaps = sorted([(rep.artifact.id, c) for rep in reports for c in rep.rows if c.status in ("differs", "not_reproducible")],
-                  key=lambda ac: ac[1].status != "differs")
+    gaps = sorted([(rep.artifact.id, c) for rep in reports for c in rep.rows
+                   if c.status in ("differs", "not_reproducible")], key=lambda ac: ac[1].status != "differs")
     lines += ["", "## Where the measured values differ from the paper, and why", ""]
     lines += [f"- **{a}** ({c.status}) {c.quantity}: {c.reason}" for a, c in gaps] or ["- none"]
     return "\n".join(lines) + "\n"
