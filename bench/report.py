@@ -107,28 +107,30 @@ def collect(results: Path, mods: list[ModuleType] | None = None, reported: list[
     declared = load_artifacts()
     order = sorted(declared.values(), key=lambda a: (a.file.name != "stip_paper.yaml", a.file.name, a.row))
     reports = {a.id: ArtifactReport(a) for a in order}
-    try:
-        found = modules() if mods is None else mods
-    except Exception as err:  # noqa: BLE001 - an unimportable module: every artifact still gets its row
-        log.error("discovering bench/artifacts failed:\n%s", traceback.format_exc())
-        found = []
-        for rep in reports.values():
-            rep.notes.append(f"bench.artifacts.modules() raised {type(err).__name__}: {err}")
+    errors: list[str] = []
+    found = modules(errors) if mods is None else mods
+    for error in errors:  # a module that does not import: its artifact gets the "no module" row, this says why
+        log.error("artifact module left out: %s", error)
     for mod in found:
         rows = _compare(mod, results)
         drawn, notes = _figures(mod, results, figures or results / FIGURES)
-        for row in rows:
-            if row.artifact not in reports:
-                row = _missing_row(mod.ARTIFACT, f"{mod.__name__} reported on artifact {row.artifact!r}, which "
-                                   f"configs/reported/*.yaml does not declare; known: {sorted(reports)}")
-            reports[row.artifact].rows.append(row)
-        if mod.ARTIFACT in reports:
-            reports[mod.ARTIFACT].figures += drawn
-            reports[mod.ARTIFACT].notes += notes
+        for row in [*rows, *([] if mod.ARTIFACT in reports else [None])]:
+            artifact = mod.ARTIFACT if row is None else row.artifact
+            if artifact not in reports:  # shown, not dropped: the module names an id configs/reported lacks
+                reports[artifact] = ArtifactReport(Artifact(artifact, 0, "(not declared in configs/reported)", True,
+                                                            Path("undeclared")))
+                reports[artifact].notes.append(f"{mod.__name__} reports on {artifact!r}, which configs/reported/"
+                                               f"*.yaml does not declare; declared: {sorted(declared)}")
+            if row is not None:
+                reports[artifact].rows.append(row)
+        reports[mod.ARTIFACT].figures += drawn
+        reports[mod.ARTIFACT].notes += notes
+    unimportable = f"; modules left out: {'; '.join(errors)}" if errors else ""
     for rep in reports.values():
         if not rep.rows:
             rep.rows.append(_missing_row(rep.artifact.id, f"no module in bench/artifacts/ reports on "
-                                         f"'{rep.artifact.id}' yet (contract: bench/artifacts/__init__.py)"))
+                                         f"'{rep.artifact.id}' (contract: bench/artifacts/__init__.py)"
+                                         + unimportable))
     values = load_reported() if reported is None else reported
     artifact_of = {v.id: v.artifact for v in values}
     for reading in paper_readings(values):
