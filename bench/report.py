@@ -35,8 +35,8 @@ FIGURES = "figures"  # <results>/figures/: what the modules' figure() functions 
 SEVERITY = ("differs", "not_measured", "not_reproducible", "reproduced", "derived", "qualitative")
 SUPPORTING = ("derived", "qualitative")
 WHOLE = "(the artifact as a whole)"  # the quantity of a row that stands for a missing or failed module
-CSV_COLUMNS = ["artifact", "quantity", "status", "paper", "measured", "unit", "ratio", "spread", "workload",
-               "differences", "reason", "reported_id", "source"]
+CSV_COLUMNS = ["artifact", "quantity", "status", "paper_relation", "paper", "measured", "unit", "ratio", "spread",
+               "workload", "differences", "reason", "reported_id", "source"]
 
 
 @dataclass
@@ -290,12 +290,14 @@ def write(results: Path, mods: list[ModuleType] | None = None, out: Path | None 
     out.mkdir(parents=True, exist_ok=True)
     reported = load_reported()
     reports = collect(results, mods, reported, figures=out / FIGURES)
-    records = [c.record() for rep in reports for c in rep.rows]
+    by_id = {v.id: v for v in reported}
+    records = [{**c.record(), "paper_relation": by_id[c.reported_id].relation if c.reported_id in by_id else None}
+               for rep in reports for c in rep.rows]
     csv_path, md_path = out / "report.csv", out / "REPORT.md"
     pd.DataFrame(records, columns=CSV_COLUMNS).to_csv(csv_path, index=False)
     pd.DataFrame([{"artifact": rep.artifact.id, "path": os.path.relpath(p, out)} for rep in reports
                   for p in rep.figures], columns=["artifact", "path"]).to_csv(out / "report_figures.csv", index=False)
-    md_path.write_text(markdown(reports, provenance(results), {v.id: v for v in reported}, out))
+    md_path.write_text(markdown(reports, provenance(results), by_id, out))
     return md_path, csv_path
 
 
