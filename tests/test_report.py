@@ -60,8 +60,9 @@ def test_report_over_the_real_modules_on_an_empty_results_folder(tmp_path):
 def test_profile_runner_records_a_failure_runs_the_next_step_and_writes_the_report(tmp_path):
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text("tiny:\n  - {module: bench.no_such_module, name: broken, minutes: 0.1}\n"
-                        "  - {module: json.tool, args: '--help', name: next}\n")
-    assert [s.name for s in load_profile("tiny", profiles)] == ["broken", "next"]
+                        "  - {module: json.tool, args: '--help', name: next}\n"
+                        "  - {module: http.server, args: '0 --bind 127.0.0.1', name: hangs, timeout_min: 0.05}\n")
+    assert [s.name for s in load_profile("tiny", profiles)] == ["broken", "next", "hangs"]
     results = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "bench.profile", "tiny", "--profiles", str(profiles), "--results",
                            str(results), "--runs", str(tmp_path / "runs")], cwd=ROOT, capture_output=True,
@@ -69,7 +70,9 @@ def test_profile_runner_records_a_failure_runs_the_next_step_and_writes_the_repo
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     record = json.loads((results / "profile.json").read_text())
     steps = {s["name"]: s for s in record["steps"]}
-    assert list(steps) == ["broken", "next", "aggregate", "report"] and record["failed"] == ["broken"]
+    assert list(steps) == ["broken", "next", "hangs", "aggregate", "report"]
+    assert record["failed"] == ["broken", "hangs"] and steps["hangs"]["status"] == "timeout"
+    assert 0.04 < steps["hangs"]["minutes"] < 0.5
     assert steps["broken"]["status"] == "failed" and "No module named" in steps["broken"]["tail"]
     assert steps["next"]["status"] == steps["report"]["status"] == "ok"
     text = (results / "REPORT.md").read_text()
