@@ -207,6 +207,8 @@ def _relative(results: Path) -> str:
 def _num(value: float | None) -> str:
     if value is None or pd.isna(value):
         return ""
+    if float(value).is_integer() and abs(value) < 1e6:
+        return f"{int(value)}"
     return f"{value:.3g}"
 
 
