@@ -77,7 +77,7 @@ class Outcome:
 def run_step(step: Step, results: Path, runs: Path) -> Outcome:
     """Run one step, echoing its output; never raises for the step's own failure."""
     argv = step.argv(results, runs)
-    command = shlex.join(["python", *argv[1:]])
+    command = shlex.join(["python", *argv[1:]]).replace(f"{ROOT}{os.sep}", "")  # paths as the repo sees them
     print(f"== [{datetime.now(timezone.utc):%H:%M:%S}] {command}", flush=True)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     start = time.monotonic()
