@@ -29,7 +29,7 @@ def read_rows(folder: Path) -> pd.DataFrame:
     log.warning("%s predates the `source` column; read through the legacy mapping (regenerate: make bench)", folder)
     suffix = rows.phase.str.extract(r"_(modelled|expected)$")[0]
     return typed(rows.assign(source=suffix.map({"modelled": "modelled", "expected": "shapes"}).fillna("socket"),
-                       phase=rows.phase.str.replace(r"_(modelled|expected)$", "", regex=True)))
+                             phase=rows.phase.str.replace(r"_(modelled|expected)$", "", regex=True)))
 
 
 KEYS = ["model", "seq_len", "batch_size", "network", "protocol", "approx", "security"]

@@ -30,6 +30,7 @@ from bench.results import LOCK, ROWS, RunReport, atomic_write_parquet, provenanc
 from bench.validate import ConfigError, check_run_config, sweep_without_multirun
 from protocols.contract import Protocol, RemoteCloudConfig, RunRequest
 from protocols.models import build_spec
+from protocols.vocabulary import check_security
 from transport.link import network_profile
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
         rows = protocol.run(spec, network, request)
         context = {
             "run_id": rid, "experiment": c["experiment_name"], "protocol": protocol.name,
-            "approx": protocol.approx_name(), "security": protocol.security_label(), "model": spec.name,
+            "approx": protocol.approx_name(), "security": check_security(protocol.security_label()), "model": spec.name,
             "n_params": spec.n_params,
             "network": network.name, "batch_size": request.batch_size, "seq_len": request.seq_len,
             "seed": request.seed,

@@ -91,3 +91,11 @@ def check(phase: str, metric: str, source: str) -> str:
             raise ValueError(f"{what} {word!r} is not in the measurement vocabulary; known: {sorted(known)} "
                              f"(add it to protocols/vocabulary.py with its definition)")
     return METRICS[metric]
+
+
+def check_security(label: str | None) -> str | None:
+    """A row's `security` label, refused (naming SECURITY) when it is not one this vocabulary defines."""
+    if label is not None and label not in SECURITY:
+        raise ValueError(f"security {label!r} is not in the measurement vocabulary; known: {sorted(SECURITY)} "
+                         f"(add it to protocols/vocabulary.py with its definition)")
+    return label

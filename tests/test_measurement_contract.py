@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from bench.app import CONFIG_DIR, run
 from protocols.accuracy import accuracy
+from protocols.vocabulary import check_security
 from protocols.workload import suite_ids
 from transport.link import NetworkProfile
 
@@ -152,3 +153,9 @@ def test_full_cloud_prompt_lookup_is_one_request_with_fewer_forward_passes(tmp_p
         passes = one(df, "generate", "forward_passes_per_token", "host", rep)
         accepted = one(df, "generate", "accepted_tokens", "host", rep)
         assert passes * (1 + accepted) == pytest.approx(1.0)  # each forward pass: accepted drafts + one token
+
+
+def test_security_labels_come_from_the_vocabulary():
+    assert check_security("2pc-dealer") == "2pc-dealer" and check_security(None) is None
+    with pytest.raises(ValueError, match="security 'secure'"):
+        check_security("secure")
