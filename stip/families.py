@@ -113,8 +113,12 @@ def _roberta_embedding(model: nn.Module) -> nn.Module:
 
 
 def _roberta_passthrough(input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                         past_key_values_length=0):
-    """RobertaEmbeddings on the server: the device already ran them (positions from its token ids)."""
+                         past_key_values_length=0, cache_length=0):
+    """RobertaEmbeddings on the server: the device already ran them (positions from its token ids).
+
+    The cache offset is ignored (the device numbered the positions); transformers 5.24 renamed it from
+    `past_key_values_length` to `cache_length`, so both names are taken.
+    """
     if input_ids is not None or token_type_ids is not None or position_ids is not None:
         raise ValueError("a RoBERTa STIP server takes inputs_embeds only: token types and positions are "
                          "embedded on the device; pass token_type_ids to DataOwner.request instead")
