@@ -40,22 +40,11 @@ test-all: install ## Run every test, slow ones included
 bench-micro: install ## STIP micro-benchmarks (pytest-benchmark ratios, written to results/micro/)
 	STIP_MICRO_RESULTS=results/micro/stip_micro.csv $(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider tests/bench_stip_micro.py
 
-bench: bench-micro ## Reproduce every committed results/ summary (quick profile, STIP vs MPC, BERT-base MPC, MPC accuracy)
-	$(PY) -m bench -m experiment=quick
-	$(PY) -m bench -m experiment=quick_generate
-	$(PY) -m bench -m experiment=mpc_vs_stip
-	$(PY) -m bench -m experiment=mpc_vs_stip_stip
-	$(PY) -m bench experiment=mpc_bert_base
-	$(PY) -m bench -m experiment=mpc_accuracy_sim
-	$(PY) -m bench -m experiment=mpc_accuracy
-	$(PY) -m bench -m experiment=mpc_accuracy_smollm2
-	$(PY) -m bench.privacy results_dir=results  # attacks beside dcor -> results/privacy/ (configs/privacy.yaml)
-	$(PY) -m bench.aggregate --plots --results results
+bench: bench-micro ## Reproduce the paper report (profile `bench` of configs/bench_profiles.yaml, <= 60 min): results/REPORT.md
+	$(PY) -m bench.profile bench --results results
 
-bench-all: install ## Every paper figure/table experiment (slow: hours on 2 cores)
-	for e in fig6_dcor fig6a_param_dcor table5_accuracy fig7a_throughput fig7c_generation fig7d_breakdown \
-	         fig8_memory fig9_model_split traffic_shapes; do $(PY) -m bench -m experiment=$$e || exit 1; done
-	$(PY) -m bench.aggregate --plots --results results
+bench-all: install ## Every paper artifact at the full size this host allows (profile `all`; hours on 2 cores)
+	$(PY) -m bench.profile all --results results
 
 clean: ## Remove caches and results of local runs (keeps .venv)
 	rm -rf .pytest_cache outputs multirun

@@ -149,6 +149,22 @@ def test_device_unpermute_primitive_vs_copy(benchmark, parties, primitive):
     record(benchmark, f"unpermute_primitive[{primitive}]_vs_copy", stip_s, base_s, "-", None, ratios=ratios)
 
 
+@pytest.mark.parametrize("shape", [(128, 768), (128, 4096)], ids=["gpt2_124m_d768", "llama2_7b_d4096"])
+def test_indexing_vs_permutation_matrix_product(benchmark, shape):
+    """Sec. 7.1: permuting features by indexing (stip.transform.permute_features) against x @ P with the dense
+    permutation matrix P, on 128 token rows of GPT-2's (768) and LLaMA2-7b's (4096) hidden size."""
+    torch.manual_seed(0)
+    rows, d = shape
+    x, index = torch.randn(rows, d), torch.randperm(d)
+    matrix = torch.eye(d)[:, index]  # x @ matrix == x[:, index]
+    assert torch.equal(stip.transform.permute_features(x, index), x @ matrix)
+    stip_s, base_s, ratios = paired(lambda: stip.transform.permute_features(x, index), lambda: x @ matrix,
+                                    rounds=15, repeats=5)
+    benchmark.pedantic(lambda: stip.transform.permute_features(x, index), rounds=10)
+    record(benchmark, f"indexing_vs_permutation_matmul[{rows}x{d}]", stip_s, base_s, "< 1",
+           statistics.median(ratios) < 1, ratios=ratios)
+
+
 SAMPLINGS = {
     "greedy": Sampling(),
     "sampled": Sampling(do_sample=True, temperature=0.7, top_k=50, top_p=0.9),

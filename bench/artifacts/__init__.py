@@ -27,6 +27,7 @@ STATUSES = {
     "not_reproducible": "cannot be measured on this host (reason says what is missing); a derived reading may stand",
     "not_measured": "the experiment has not been run into results/ (reason gives the command)",
     "derived": "the paper's own arithmetic recomputed from its printed numbers (no measurement)",
+    "qualitative": "a claim with no number to measure (the reason says what the harness checks instead)",
 }
 
 # Unit conversions to a base unit per dimension: time s, data B, rate token/s.

@@ -1,0 +1,90 @@
+"""What several artifact modules need: reading an experiment's rows, a not_measured row, spreads, the host.
+
+Not an artifact module (the leading underscore keeps `bench.artifacts.modules()` from listing it).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from baselines.reported import reported_by_id
+from bench.analysis import read_rows
+from bench.artifacts import Comparison, paper_value
+
+# The paper's testbed (Tab. 3, Sec. 7.2) in the words every `differences` cell uses.
+PAPER_HOST = "paper: cloud on 4x A100, device an 8-core Core i7 PC (CHAT) / Orin / MacBook"
+
+
+def host() -> str:
+    """This host in one phrase: '2-core CPU, no GPU' (device and cloud share it)."""
+    try:
+        import torch  # noqa: PLC0415 - a GPU changes the phrase; the report runs without one
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        gpu = None
+    return f"{os.cpu_count()}-core CPU, " + (f"GPU {gpu}" if gpu else "no GPU") + ", device and cloud on one host"
+
+
+def host_differences(extra: str = "") -> str:
+    """'here: <host>; paper: <testbed>' plus what else differs."""
+    return f"here: {host()}; {PAPER_HOST}" + (f"; {extra}" if extra else "")
+
+
+def experiment_rows(results: Path, experiment: str) -> pd.DataFrame | None:
+    """results/<experiment>/rows.parquet in today's schema, or None when the experiment has not been run."""
+    path = Path(results) / experiment / "rows.parquet"
+    return read_rows(path.parent) if path.is_file() else None
+
+
+def rows_of(results: Path, experiments: Iterable[str]) -> pd.DataFrame:
+    """The rows of every experiment in `experiments` that has been run (empty DataFrame when none)."""
+    frames = [df for e in experiments if (df := experiment_rows(results, e)) is not None]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def experiments_matching(results: Path, prefix: str) -> list[str]:
+    """The experiments in results/ whose name starts with `prefix` and that hold rows (e.g. 'mpc_gpt2')."""
+    return sorted(p.parent.name for p in Path(results).glob(f"{prefix}*/rows.parquet"))
+
+
+def paper_or_none(reported_id: str | None, unit: str) -> float | None:
+    """The reported value in `unit`, None for a qualitative entry (value null)."""
+    if reported_id is None:
+        return None
+    entry = reported_by_id().get(reported_id)
+    if entry is None:
+        raise KeyError(f"reported entry {reported_id!r} is not in configs/reported/*.yaml")
+    return None if entry.value is None else paper_value(reported_id, unit)
+
+
+def not_measured(artifact: str, quantity: str, unit: str, command: str, reported_id: str | None = None,
+                 why: str = "") -> Comparison:
+    """A row for a quantity whose experiment is not in results/: the paper's value and the command to run."""
+    reason = (f"{why}; " if why else "") + f"run `{command}`"
+    return Comparison(artifact=artifact, quantity=quantity, unit=unit, status="not_measured",
+                      paper=paper_or_none(reported_id, unit), reported_id=reported_id, reason=reason)
+
+
+def spread(values: Iterable[float], fmt: str = ".3g") -> str:
+    """'median of n, range a-b' (or 'one run') for a spread column."""
+    vals = sorted(float(v) for v in values)
+    if not vals:
+        return ""
+    if len(vals) == 1:
+        return "one run"
+    return f"median of {len(vals)}, range {vals[0]:{fmt}}-{vals[-1]:{fmt}}"
+
+
+def runner_experiments(results: Path) -> list[str]:
+    """Every results/<experiment>/ whose rows.parquet holds the runner's rows (protocol, phase, metric)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415 - the schema alone, without reading the rows
+
+    found = []
+    for path in sorted(Path(results).glob("*/rows.parquet")):
+        if {"protocol", "phase", "metric", "value"} <= set(pq.read_schema(path).names):
+            found.append(path.parent.name)
+    return found

@@ -1,0 +1,307 @@
+"""The paper report: every artifact of the STIP paper, its printed values beside what this host measured.
+
+`python -m bench.report --results results` runs each artifact module of bench/artifacts (their
+`compare` and `figure`), adds a `not_measured` row for every declared artifact no module reported on
+(and for a module that raised, with its error), states the paper's own arithmetic
+(baselines/paper_readings.py) and writes <results>/REPORT.md (provenance, verdict table, one section per
+artifact) and <results>/report.csv (one row per Comparison). A failing module never stops the report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+
+from baselines.paper_readings import Reading, paper_readings
+from baselines.reported import Artifact, ReportedValue, load_artifacts, load_reported
+from bench.artifacts import STATUSES, Comparison, modules
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = "figures"  # <results>/figures/: what the modules' figure() functions draw
+# Worst first: an artifact's verdict is its worst row's status.
+SEVERITY = ("differs", "not_measured", "not_reproducible", "derived", "qualitative", "reproduced")
+WHOLE = "(the artifact as a whole)"  # the quantity of a row that stands for a missing or failed module
+CSV_COLUMNS = ["artifact", "quantity", "status", "paper", "measured", "unit", "ratio", "spread", "workload",
+               "differences", "reason", "reported_id", "source"]
+
+
+@dataclass
+class ArtifactReport:
+    """What the report says about one artifact: its rows, figures and the paper arithmetic behind it."""
+
+    artifact: Artifact
+    rows: list[Comparison] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # module errors (figure() failures) a reader must see
+
+    def counts(self) -> Counter:
+        return Counter(c.status for c in self.rows)
+
+    def verdict(self) -> tuple[str, str]:
+        """(status, one sentence): the worst status among the rows, and that row's reason."""
+        if not self.rows:
+            return "not_measured", "no rows"
+        worst = min(self.rows, key=lambda c: SEVERITY.index(c.status))
+        if worst.status == "reproduced":
+            return "reproduced", f"all {len(self.rows)} quantities reproduced."
+        if worst.quantity == WHOLE:
+            return worst.status, worst.reason
+        return worst.status, f"{worst.quantity}: {worst.reason}"
+
+
+def _missing_row(artifact: str, reason: str, source: str = "") -> Comparison:
+    return Comparison(artifact=artifact, quantity=WHOLE, unit="none", status="not_measured",
+                      reason=reason, source=source)
+
+
+def _compare(mod: ModuleType, results: Path) -> list[Comparison]:
+    """The module's rows; a module that raises or returns no rows gives one not_measured row saying so."""
+    name = mod.__name__.rsplit(".", 1)[-1]
+    try:
+        rows = list(mod.compare(results))
+    except Exception as err:  # noqa: BLE001 - a broken module must not hide every other artifact
+        log.error("bench/artifacts/%s.py compare() raised:\n%s", name, traceback.format_exc())
+        return [_missing_row(mod.ARTIFACT, f"bench/artifacts/{name}.py compare() raised "
+                             f"{type(err).__name__}: {err}", f"bench.artifacts.{name}")]
+    bad = [r for r in rows if not isinstance(r, Comparison)]
+    if bad:
+        return [_missing_row(mod.ARTIFACT, f"bench/artifacts/{name}.py compare() returned "
+                             f"{type(bad[0]).__name__}, not Comparison", f"bench.artifacts.{name}")]
+    if not rows:
+        return [_missing_row(mod.ARTIFACT, f"bench/artifacts/{name}.py compare() returned no rows",
+                             f"bench.artifacts.{name}")]
+    return rows
+
+
+def _figures(mod: ModuleType, results: Path, out: Path) -> tuple[list[Path], list[str]]:
+    """The module's figures (none without figure()); an error becomes a note, not a failure."""
+    if not hasattr(mod, "figure"):
+        return [], []
+    name = mod.__name__.rsplit(".", 1)[-1]
+    try:
+        return [Path(p) for p in mod.figure(results, out)], []
+    except Exception as err:  # noqa: BLE001 - a figure that fails leaves the rows standing
+        log.error("bench/artifacts/%s.py figure() raised:\n%s", name, traceback.format_exc())
+        return [], [f"bench/artifacts/{name}.py figure() raised {type(err).__name__}: {err}"]
+
+
+def collect(results: Path, mods: list[ModuleType] | None = None, reported: list[ReportedValue] | None = None,
+            figures: Path | None = None) -> list[ArtifactReport]:
+    """One ArtifactReport per declared artifact (STIP's paper first, in its row order), rows from `mods`;
+    figures drawn into `figures` (default <results>/figures)."""
+    declared = load_artifacts()
+    order = sorted(declared.values(), key=lambda a: (a.file.name != "stip_paper.yaml", a.file.name, a.row))
+    reports = {a.id: ArtifactReport(a) for a in order}
+    try:
+        found = modules() if mods is None else mods
+    except Exception as err:  # noqa: BLE001 - an unimportable module: every artifact still gets its row
+        log.error("discovering bench/artifacts failed:\n%s", traceback.format_exc())
+        found = []
+        for rep in reports.values():
+            rep.notes.append(f"bench.artifacts.modules() raised {type(err).__name__}: {err}")
+    for mod in found:
+        rows = _compare(mod, results)
+        drawn, notes = _figures(mod, results, figures or results / FIGURES)
+        for row in rows:
+            if row.artifact not in reports:
+                row = _missing_row(mod.ARTIFACT, f"{mod.__name__} reported on artifact {row.artifact!r}, which "
+                                   f"configs/reported/*.yaml does not declare; known: {sorted(reports)}")
+            reports[row.artifact].rows.append(row)
+        if mod.ARTIFACT in reports:
+            reports[mod.ARTIFACT].figures += drawn
+            reports[mod.ARTIFACT].notes += notes
+    for rep in reports.values():
+        if not rep.rows:
+            rep.rows.append(_missing_row(rep.artifact.id, f"no module in bench/artifacts/ reports on "
+                                         f"'{rep.artifact.id}' yet (contract: bench/artifacts/__init__.py)"))
+    values = load_reported() if reported is None else reported
+    artifact_of = {v.id: v.artifact for v in values}
+    for reading in paper_readings(values):
+        for artifact in dict.fromkeys(artifact_of[i] for i in reading.from_ids if i in artifact_of):
+            if artifact in reports:
+                reports[artifact].readings.append(reading)
+    return list(reports.values())
+
+
+# ---- provenance -----------------------------------------------------------------------------------------------
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def _version(pkg: str) -> str:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def provenance(results: Path) -> dict:
+    """Commit, tree state (results/ excluded: the bench writes it), date, host, versions, the profile's steps."""
+    status = _git("status", "--porcelain", "--", ".", f":(exclude){_relative(results)}")
+    profile_path = results / "profile.json"
+    profile = json.loads(profile_path.read_text()) if profile_path.is_file() else None
+    ram = _ram_gib()
+    return {
+        "commit": _git("rev-parse", "HEAD") or "unknown (not a git checkout)",
+        "tree": "unknown" if status is None else ("clean" if not status else
+                                                  f"dirty ({len(status.splitlines())} changed paths)"),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": f"{_cpu_model()}, {os.cpu_count()} cores, " + (f"{ram:.0f} GiB RAM" if ram else "RAM unknown"),
+        "versions": f"python {platform.python_version()}, torch {_version('torch')}, "
+                    f"transformers {_version('transformers')}",
+        "profile": profile,
+    }
+
+
+def _relative(results: Path) -> str:
+    try:
+        return str(results.resolve().relative_to(ROOT))
+    except ValueError:
+        return "results"
+
+
+# ---- writing -------------------------------------------------------------------------------------------------
+
+def _num(value: float | None) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    return f"{value:.3g}"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows)]
+
+
+def _paper_cell(c: Comparison, reported: dict[str, ReportedValue]) -> str:
+    prefix = {"gt": "> ", "lt": "< ", "approx": "≈ "}.get(reported[c.reported_id].relation, "") \
+        if c.reported_id in reported else ""
+    return prefix + _num(c.paper) if c.paper is not None else ("(qualitative)" if c.reported_id else "")
+
+
+def _counts(rep: ArtifactReport) -> str:
+    counts = rep.counts()
+    return ", ".join(f"{counts[s]} {s}" for s in SEVERITY if counts[s])
+
+
+def _profile_lines(profile: dict | None) -> list[str]:
+    if not profile:
+        return ["- profile: none recorded (no profile.json: the report ran alone, not by `python -m bench.profile`)"]
+    steps = profile.get("steps", [])
+    failed = [s for s in steps if s.get("status") != "ok"]
+    load = profile.get("load_average_at_start") or [None]
+    busy = "" if load[0] is None else (f"; load average at start {load[0]:.1f} on {profile.get('cpu_count')} cores"
+                                       + (" (host busy: timings are pessimistic)"
+                                          if load[0] > 0.5 * (profile.get("cpu_count") or 1) else ""))
+    lines = [f"- profile: `{profile.get('profile')}`, {len(steps)} steps, "
+             f"{sum(s.get('minutes') or 0 for s in steps):.1f} min in all, {len(failed)} failed{busy}", ""]
+    lines += _table(["step", "minutes", "status"],
+                    [[f"`{s['command']}`", f"{s['minutes']:.1f}", s["status"]] for s in steps])
+    return lines
+
+
+def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, ReportedValue], results: Path) -> str:
+    """REPORT.md: provenance, verdict table, then one section per artifact."""
+    total = Counter(c.status for rep in reports for c in rep.rows)
+    verdicts = Counter(rep.verdict()[0] for rep in reports)
+    lines = ["# STIP paper: reported vs measured", "",
+             f"- commit `{prov['commit']}`, tree {prov['tree']}, written {prov['date']}",
+             f"- host: {prov['host']}; {prov['versions']}", *_profile_lines(prov["profile"]), "",
+             "## Verdicts", "",
+             f"{len(reports)} artifacts: " + ", ".join(f"{verdicts[s]} {s}" for s in SEVERITY if verdicts[s])
+             + f" (an artifact's verdict is its worst row); {sum(total.values())} rows: "
+             + ", ".join(f"{total[s]} {s}" for s in SEVERITY if total[s]) + ".", "",
+             "Statuses: " + "; ".join(f"**{k}**: {v}" for k, v in STATUSES.items()) + ".", ""]
+    lines += _table(["#", "artifact", "verdict", "rows", "why"],
+                    [[rep.artifact.row if rep.artifact.file.name == "stip_paper.yaml" else "-",
+                      f"[{rep.artifact.id}](#{rep.artifact.id}) {rep.artifact.title}",
+                      f"**{rep.verdict()[0]}**", _counts(rep), rep.verdict()[1]] for rep in reports])
+    for rep in reports:
+        lines += ["", f"## {rep.artifact.id}", "", f"{rep.artifact.title}. Verdict: **{rep.verdict()[0]}**.", ""]
+        lines += _table(["quantity", "paper", "measured", "unit", "ratio", "status", "workload", "differences",
+                         "reason"],
+                        [[c.quantity, _paper_cell(c, reported),
+                          _num(c.measured) + (f" ({c.spread})" if c.spread else ""), c.unit,
+                          _num(c.ratio), c.status, c.workload, c.differences, c.reason] for c in rep.rows])
+        for path in rep.figures:
+            rel = os.path.relpath(path, results)
+            lines.append(f"\n![{rep.artifact.id}: {Path(rel).stem}]({rel})" if path.suffix == ".png"
+                         else f"\n- [{Path(rel).name}]({rel})")
+        if rep.readings:
+            lines += ["", "Paper arithmetic:", *(f"- {r.statement}" for r in rep.readings)]
+        lines += [f"\n> {note}" for note in rep.notes]
+    return "\n".join(lines) + "\n"
+
+
+def write(results: Path, mods: list[ModuleType] | None = None, out: Path | None = None) -> tuple[Path, Path]:
+    """Read `results`, write REPORT.md, report.csv, report_figures.csv and figures/ into `out` (default: results)."""
+    results = Path(results)
+    out = results if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    reported = load_reported()
+    reports = collect(results, mods, reported, figures=out / FIGURES)
+    records = [c.record() for rep in reports for c in rep.rows]
+    csv_path, md_path = out / "report.csv", out / "REPORT.md"
+    pd.DataFrame(records, columns=CSV_COLUMNS).to_csv(csv_path, index=False)
+    pd.DataFrame([{"artifact": rep.artifact.id, "path": os.path.relpath(p, out)} for rep in reports
+                  for p in rep.figures], columns=["artifact", "path"]).to_csv(out / "report_figures.csv", index=False)
+    md_path.write_text(markdown(reports, provenance(results), {v.id: v for v in reported}, out))
+    return md_path, csv_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: python -m bench.report --results results."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--results", default="results", help="the results folder to read (and to write into)")
+    p.add_argument("--out", default=None, help="write REPORT.md, report.csv and figures/ here instead")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for path in write(Path(args.results), out=None if args.out is None else Path(args.out)):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

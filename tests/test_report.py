@@ -1,0 +1,81 @@
+"""The paper report and the profile runner: every artifact gets a row, failures are recorded, not fatal."""
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pandas as pd
+
+from baselines.reported import load_artifacts
+from bench import report
+from bench.artifacts import Comparison, modules
+from bench.profile import load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module(name: str, artifact: str, compare, figure=None) -> types.ModuleType:
+    mod = types.ModuleType(f"bench.artifacts.{name}")
+    mod.ARTIFACT, mod.EXPERIMENTS, mod.compare = artifact, (), compare
+    if figure:
+        mod.figure = figure
+    return mod
+
+
+def _raises(results: Path):
+    raise RuntimeError("rows.parquet is corrupt")
+
+
+def test_report_has_every_artifact_even_when_modules_raise(tmp_path):
+    good = _module("good", "fig7b", lambda r: [
+        Comparison("fig7b", "largest model served", "params", "reproduced", measured=7e10, paper=7e10),
+        Comparison("fig7b", "throughput gain", "x", "differs", measured=1e4, paper=6.7e6, reason="host differs")])
+    broken = _module("broken", "fig2", _raises, figure=lambda r, o: (_ for _ in ()).throw(ValueError("no rows")))
+    md, csv = report.write(tmp_path, [good, broken])
+    table = pd.read_csv(csv)
+    declared = set(load_artifacts())
+    assert declared <= set(table.artifact) and {f"fig{i}" for i in (2, 8, 9)} <= declared
+    assert table.status.isin(["reproduced", "differs", "not_reproducible", "not_measured", "derived"]).all()
+    fig2 = table[table.artifact == "fig2"]
+    assert fig2.status.tolist() == ["not_measured"] and "RuntimeError: rows.parquet is corrupt" in fig2.reason.iloc[0]
+    assert table[table.artifact == "fig7b"].ratio.round(4).tolist() == [1.0, round(1e4 / 6.7e6, 4)]
+    text = md.read_text()
+    assert "| 9 | [fig7b](#fig7b)" in text and "**differs**" in text  # verdict = worst row
+    assert "figure() raised ValueError: no rows" in text
+    assert "45,366 / 6.7e-4 = 6.8e+07" in text  # the paper's own arithmetic is stated
+    assert all(f"## {a}" in text for a in declared)
+
+
+def test_report_over_the_real_modules_on_an_empty_results_folder(tmp_path):
+    """No experiment run yet: every module says not_measured (or derived), none raises."""
+    report.write(tmp_path)
+    table = pd.read_csv(tmp_path / "report.csv")
+    assert set(load_artifacts()) <= set(table.artifact)
+    for mod in modules():
+        rows = table[table.artifact == mod.ARTIFACT]
+        assert not rows.reason.fillna("").str.contains("raised").any(), rows.reason.tolist()
+
+
+def test_profile_runner_records_a_failure_runs_the_next_step_and_writes_the_report(tmp_path):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("tiny:\n  - {module: bench.no_such_module, name: broken, minutes: 0.1}\n"
+                        "  - {module: json.tool, args: '--help', name: next}\n")
+    assert [s.name for s in load_profile("tiny", profiles)] == ["broken", "next"]
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "bench.profile", "tiny", "--profiles", str(profiles), "--results",
+                           str(results), "--runs", str(tmp_path / "runs")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = json.loads((results / "profile.json").read_text())
+    steps = {s["name"]: s for s in record["steps"]}
+    assert list(steps) == ["broken", "next", "aggregate", "report"] and record["failed"] == ["broken"]
+    assert steps["broken"]["status"] == "failed" and "No module named" in steps["broken"]["tail"]
+    assert steps["next"]["status"] == steps["report"]["status"] == "ok"
+    text = (results / "REPORT.md").read_text()
+    assert "profile: `tiny`" in text and "| `python -m bench.no_such_module` | 0.0 | failed |" in text
+
+
+def test_the_shipped_profiles_parse():
+    for name in ("bench", "all"):
+        assert load_profile(name)
