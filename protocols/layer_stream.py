@@ -44,7 +44,8 @@ def model_yaml(name: str) -> dict[str, Any]:
     """configs/model/<name>.yaml as a mapping (the published config values)."""
     path = MODEL_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"no model config {path}; choose one of {sorted(p.stem for p in MODEL_DIR.glob('*.yaml'))}")
+        known = sorted(p.stem for p in MODEL_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no model config {path}; choose one of {known}")
     spec = yaml.safe_load(path.read_text())
     if spec.get("model_type") not in STREAMABLE:
         raise ValueError(f"model {name!r} is a {spec.get('model_type')!r}; layer streaming supports {STREAMABLE}")
@@ -89,7 +90,7 @@ def _layer_model(spec: Mapping[str, Any], layer: int, last: bool, seed: int) -> 
 
 def _layer_keys(model: torch.nn.Module, pi: torch.Tensor, pi_c: torch.Tensor | None, seed: int,
                 layer: int) -> KeySet:
-    """Layer `layer`'s own keys (drawn by stip.transform.generate_keys for a 1-layer model) with the model's pi, pi_c."""
+    """Layer `layer`'s own keys (stip.transform.generate_keys for a 1-layer model) with the model's pi, pi_c."""
     family = get_family(model.config.model_type)
     dims = family.dims(model.config)
     out_dim = None if pi_c is None else pi_c.numel()
