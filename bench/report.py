@@ -31,8 +31,9 @@ from bench.artifacts import STATUSES, Comparison, modules
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = "figures"  # <results>/figures/: what the modules' figure() functions draw
-# Worst first: an artifact's verdict is its worst row's status.
-SEVERITY = ("differs", "not_measured", "not_reproducible", "derived", "qualitative", "reproduced")
+# Worst first: an artifact's verdict is its worst measured row's status (SUPPORTING rows count only when alone).
+SEVERITY = ("differs", "not_measured", "not_reproducible", "reproduced", "derived", "qualitative")
+SUPPORTING = ("derived", "qualitative")
 WHOLE = "(the artifact as a whole)"  # the quantity of a row that stands for a missing or failed module
 CSV_COLUMNS = ["artifact", "quantity", "status", "paper", "measured", "unit", "ratio", "spread", "workload",
                "differences", "reason", "reported_id", "source"]
@@ -52,15 +53,15 @@ class ArtifactReport:
         return Counter(c.status for c in self.rows)
 
     def verdict(self) -> tuple[str, str]:
-        """(status, one sentence): the worst status among the rows, and that row's reason."""
+        """(status, one sentence): the worst measured row's status and reason; derived and qualitative rows
+        (the paper's arithmetic, claims with no number) decide only when nothing was measured."""
         if not self.rows:
             return "not_measured", "no rows"
-        worst = min(self.rows, key=lambda c: SEVERITY.index(c.status))
-        if worst.status == "reproduced":
-            return "reproduced", f"all {len(self.rows)} quantities reproduced."
-        if worst.quantity == WHOLE:
-            return worst.status, worst.reason
-        return worst.status, f"{worst.quantity}: {worst.reason}"
+        measured = [c for c in self.rows if c.status not in SUPPORTING] or self.rows
+        worst = min(measured, key=lambda c: SEVERITY.index(c.status))
+        if worst.status == "reproduced" and not worst.reason:
+            return "reproduced", f"all {len(measured)} measured quantities reproduced."
+        return worst.status, worst.reason if worst.quantity == WHOLE else f"{worst.quantity}: {worst.reason}"
 
 
 def _missing_row(artifact: str, reason: str, source: str = "") -> Comparison:
@@ -106,28 +107,30 @@ def collect(results: Path, mods: list[ModuleType] | None = None, reported: list[
     declared = load_artifacts()
     order = sorted(declared.values(), key=lambda a: (a.file.name != "stip_paper.yaml", a.file.name, a.row))
     reports = {a.id: ArtifactReport(a) for a in order}
-    try:
-        found = modules() if mods is None else mods
-    except Exception as err:  # noqa: BLE001 - an unimportable module: every artifact still gets its row
-        log.error("discovering bench/artifacts failed:\n%s", traceback.format_exc())
-        found = []
-        for rep in reports.values():
-            rep.notes.append(f"bench.artifacts.modules() raised {type(err).__name__}: {err}")
+    errors: list[str] = []
+    found = modules(errors) if mods is None else mods
+    for error in errors:  # a module that does not import: its artifact gets the "no module" row, this says why
+        log.error("artifact module left out: %s", error)
     for mod in found:
         rows = _compare(mod, results)
         drawn, notes = _figures(mod, results, figures or results / FIGURES)
-        for row in rows:
-            if row.artifact not in reports:
-                row = _missing_row(mod.ARTIFACT, f"{mod.__name__} reported on artifact {row.artifact!r}, which "
-                                   f"configs/reported/*.yaml does not declare; known: {sorted(reports)}")
-            reports[row.artifact].rows.append(row)
-        if mod.ARTIFACT in reports:
-            reports[mod.ARTIFACT].figures += drawn
-            reports[mod.ARTIFACT].notes += notes
+        for row in [*rows, *([] if mod.ARTIFACT in reports else [None])]:
+            artifact = mod.ARTIFACT if row is None else row.artifact
+            if artifact not in reports:  # shown, not dropped: the module names an id configs/reported lacks
+                reports[artifact] = ArtifactReport(Artifact(artifact, 0, "(not declared in configs/reported)", True,
+                                                            Path("undeclared")))
+                reports[artifact].notes.append(f"{mod.__name__} reports on {artifact!r}, which configs/reported/"
+                                               f"*.yaml does not declare; declared: {sorted(declared)}")
+            if row is not None:
+                reports[artifact].rows.append(row)
+        reports[mod.ARTIFACT].figures += drawn
+        reports[mod.ARTIFACT].notes += notes
+    unimportable = f"; modules left out: {'; '.join(errors)}" if errors else ""
     for rep in reports.values():
         if not rep.rows:
             rep.rows.append(_missing_row(rep.artifact.id, f"no module in bench/artifacts/ reports on "
-                                         f"'{rep.artifact.id}' yet (contract: bench/artifacts/__init__.py)"))
+                                         f"'{rep.artifact.id}' (contract: bench/artifacts/__init__.py)"
+                                         + unimportable))
     values = load_reported() if reported is None else reported
     artifact_of = {v.id: v.artifact for v in values}
     for reading in paper_readings(values):
@@ -252,7 +255,7 @@ def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, Repo
              f"- host: {prov['host']}; {prov['versions']}", *_profile_lines(prov["profile"]), "",
              "## Verdicts", "",
              f"{len(reports)} artifacts: " + ", ".join(f"{verdicts[s]} {s}" for s in SEVERITY if verdicts[s])
-             + f" (an artifact's verdict is its worst row); {sum(total.values())} rows: "
+             + f" (an artifact's verdict is its worst measured row); {sum(total.values())} rows: "
              + ", ".join(f"{total[s]} {s}" for s in SEVERITY if total[s]) + ".", "",
              "Statuses: " + "; ".join(f"**{k}**: {v}" for k, v in STATUSES.items()) + ".", ""]
     lines += _table(["#", "artifact", "verdict", "rows", "why"],
@@ -273,6 +276,10 @@ def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, Repo
         if rep.readings:
             lines += ["", "Paper arithmetic:", *(f"- {r.statement}" for r in rep.readings)]
         lines += [f"\n> {note}" for note in rep.notes]
+    gaps = sorted([(rep.artifact.id, c) for rep in reports for c in rep.rows
+                   if c.status in ("differs", "not_reproducible")], key=lambda ac: ac[1].status != "differs")
+    lines += ["", "## Where the measured values differ from the paper, and why", ""]
+    lines += [f"- **{a}** ({c.status}) {c.quantity}: {c.reason}" for a, c in gaps] or ["- none"]
     return "\n".join(lines) + "\n"
 
 

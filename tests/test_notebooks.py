@@ -65,3 +65,26 @@ def test_quick_notebook_reads_what_make_bench_writes_now(tmp_path, monkeypatch):
     monkeypatch.setenv("STIP_RESULTS", str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     execute(ROOT / "notebooks" / "analysis_quick.ipynb")
+
+
+def test_paper_report_notebook_reads_what_bench_report_writes(tmp_path, monkeypatch):
+    """The report notebook on a report.csv bench.report wrote (one measured artifact, one module that raises)."""
+    import types
+
+    from bench import report
+    from bench.artifacts import Comparison
+
+    def module(name, artifact, compare):
+        mod = types.ModuleType(f"bench.artifacts.{name}")
+        mod.ARTIFACT, mod.EXPERIMENTS, mod.compare = artifact, (), compare
+        return mod
+
+    def broken(results):
+        raise RuntimeError("corrupt rows")
+
+    report.write(tmp_path, [module("ok", "fig7b", lambda r: [
+        Comparison("fig7b", "largest model served", "params", "not_reproducible", measured=1.2e8, paper=7e10,
+                   reason="host memory")]), module("bad", "fig2", broken)])
+    monkeypatch.setenv("STIP_RESULTS", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    execute(ROOT / "notebooks" / "paper_report.ipynb")

@@ -79,3 +79,20 @@ def test_profile_runner_records_a_failure_runs_the_next_step_and_writes_the_repo
 def test_the_shipped_profiles_parse():
     for name in ("bench", "all"):
         assert load_profile(name)
+
+
+def test_an_unimportable_module_and_an_undeclared_artifact_are_reported_not_fatal(tmp_path, monkeypatch):
+    import bench.artifacts as artifacts
+
+    def broken_modules(errors=None):
+        errors.append("bench/artifacts/fig9.py: SyntaxError: invalid syntax")
+        return [_module("odd", "not_an_artifact", lambda r: [
+            Comparison("not_an_artifact", "q", "x", "differs", measured=1.0, paper=2.0, reason="r")])]
+
+    monkeypatch.setattr(report, "modules", broken_modules)
+    md, csv = report.write(tmp_path)
+    table = pd.read_csv(csv)
+    assert table[table.artifact == "fig9"].reason.str.contains("SyntaxError").all()
+    assert table[table.artifact == "not_an_artifact"].status.tolist() == ["differs"]
+    assert "does not declare" in md.read_text()
+    assert artifacts.modules(errors=[]) == artifacts.modules()  # the shipped modules all import

@@ -15,7 +15,7 @@ from bench.analysis import read_rows
 from bench.artifacts import Comparison, paper_value
 
 # The paper's testbed (Tab. 3, Sec. 7.2) in the words every `differences` cell uses.
-PAPER_HOST = "paper: cloud on 4x A100, device an 8-core Core i7 PC (CHAT) / Orin / MacBook"
+PAPER_HOST = "paper: 4x A100 cloud, Core i7 / Orin / MacBook devices"
 
 
 def host() -> str:
@@ -26,7 +26,7 @@ def host() -> str:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
         gpu = None
-    return f"{os.cpu_count()}-core CPU, " + (f"GPU {gpu}" if gpu else "no GPU") + ", device and cloud on one host"
+    return f"{os.cpu_count()}-core CPU, " + (f"GPU {gpu}" if gpu else "no GPU") + ", device and cloud on it"
 
 
 def host_differences(extra: str = "") -> str:
