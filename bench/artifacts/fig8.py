@@ -117,8 +117,9 @@ def figure(results: Path, out: Path) -> list[Path]:
     if "llama2-70b" in pos:
         style.paper(ax, [pos["llama2-70b"]], [903.0], label="paper: embedding", system="STIP")
     vits = [pos[v] for v in VITS if v in pos]
-    style.paper(ax, vits, [3.9 if v == "vit-base" else 4.9 if v == "vit-huge" else 4.4 for v in VITS if v in pos],
-                label="paper: ViT embedding (3.9-4.9 range)", system="STIP", marker="D")
+    if vits:  # the paper gives a range over the three ViTs, not one value per model: a hollow band
+        ax.fill_between([min(vits) - 0.3, max(vits) + 0.3], 3.9, 4.9, facecolor="none", edgecolor=style.color("STIP"),
+                        hatch="///", linewidth=1, label="paper: ViT embeddings, 3.9-4.9 MiB (range over the three)")
     if "smollm2-135m" in pos:
         style.paper(ax, [pos["smollm2-135m"]], [18.0], label="paper: LLaMA-2 tokenizer (18 MiB, at SmolLM2's x)",
                     system="tokenizer", marker="s")
