@@ -3,7 +3,10 @@
 `dcor` (per-vector, the paper's Fig. 6): pair element i of x with element i of x' over the d
 features of one vector, averaged over vectors. `dcor_samples` (sample-wise, split-learning
 convention): rows are samples, features are columns; a permutation gives exactly 1.0 there.
-Both use the `dcor` package on subsampled data, because its cost is O(n^2) in the sample count.
+Both use the `dcor` package. The per-vector convention keeps every one of the d features: its samples are
+one-dimensional, so dcor's AVL algorithm computes the exact statistic in O(d log d) (a cap on the features
+would measure a smaller d: 2,048 of 8,192 features read 0.035 where all of them read 0.019). The sample-wise
+convention subsamples rows, because its cost is O(n^2) in the row count.
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_VECTORS = 16    # vectors averaged for the per-vector convention
 DEFAULT_SAMPLES = 256   # rows kept for the sample-wise convention
-DEFAULT_FEATURES = 2048  # features kept per vector (per-vector convention): O(d^2) memory
 
 
 def _as_rows(x: torch.Tensor) -> np.ndarray:
@@ -29,9 +31,8 @@ def _subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(n, k), replace=False))
 
 
-def dcor_per_vector(x: torch.Tensor, y: torch.Tensor, n_vectors: int = DEFAULT_VECTORS,
-                    max_features: int = DEFAULT_FEATURES, seed: int = 0) -> float:
-    """Mean over subsampled vectors of dcor(x_i, y_i), the d features being the samples (paper's Fig. 6)."""
+def dcor_per_vector(x: torch.Tensor, y: torch.Tensor, n_vectors: int = DEFAULT_VECTORS, seed: int = 0) -> float:
+    """Mean over subsampled vectors of dcor(x_i, y_i), all d features being the samples (paper's Fig. 6)."""
     import dcor  # noqa: PLC0415 - dcor (numba) loads in seconds; only privacy rows need it
 
     a, b = _as_rows(x), _as_rows(y)
@@ -39,8 +40,8 @@ def dcor_per_vector(x: torch.Tensor, y: torch.Tensor, n_vectors: int = DEFAULT_V
         raise ValueError(f"per-vector dcor needs equal shapes, got {a.shape} and {b.shape}")
     rng = np.random.default_rng(seed)
     rows = _subsample(a.shape[0], n_vectors, rng)
-    feats = _subsample(a.shape[1], max_features, rng) if a.shape[1] > max_features else slice(None)
-    vals = [dcor.distance_correlation(a[i][feats], b[i][feats]) for i in rows]
+    method = dcor.DistanceCovarianceMethod.AVL  # exact for 1-D samples, O(d log d): no feature is dropped
+    vals = [dcor.distance_correlation(a[i], b[i], method=method) for i in rows]
     return float(np.mean(vals))
 
 
