@@ -32,6 +32,10 @@ def _write(root: Path, experiment: str, rows: list[dict], runs: list[dict]) -> N
 def _generation(run_id, protocol, network, per_token, n=32):
     rows = []
     for rep in (0, 1):
+        if protocol == "stip":  # the link time of a decode round trip: what the token pays above no link, each way
+            one_way = (per_token - TOKEN_S["none"]) / 2 + 0.0001
+            rows += [_row(run_id, "fig7c_generation", protocol, network, d, "latency", one_way, rep)
+                     for d in ("uplink", "downlink")]
         rows.append(_row(run_id, "fig7c_generation", protocol, network, "prefill", "latency", 0.5, rep))
         rows += [_row(run_id, "fig7c_generation", protocol, network, "token", "latency", per_token, rep, seq_len=128 + i)
                  for i in range(1, n)]
@@ -94,11 +98,12 @@ def test_fig7c_slopes_and_the_one_way_reading_reproduces_the_paper(results):
     rows = fig7c.compare(results)
     assert _one(rows, "slope, full cloud").measured == pytest.approx(35.0)
     assert _one(rows, "per-token slope, STIP wired_oneway").measured == pytest.approx(60.0)
-    rtt, one_way = _one(rows, "link part of the slope (STIP on the profile minus STIP with no link), STIP wired ("), \
-        _one(rows, "no link), STIP wired_oneway")
-    assert (rtt.measured, rtt.paper, rtt.status) == (pytest.approx(10.0), 18.0, "differs")
-    assert (one_way.measured, one_way.status) == (pytest.approx(20.0), "reproduced")
-    assert _one(rows, "no link), STIP wireless_oneway").status == "reproduced"
+    rtt, one_way = _one(rows, "link part of a token (uplink + downlink of a decode round trip), STIP wired ("), \
+        _one(rows, "round trip), STIP wired_oneway")
+    assert (rtt.measured, rtt.paper, rtt.status) == (pytest.approx(10.2), 18.0, "differs")
+    assert (one_way.measured, one_way.status) == (pytest.approx(20.2), "reproduced")
+    assert "slope difference to no link: 20 ms/token" in one_way.spread
+    assert _one(rows, "round trip), STIP wireless_oneway").status == "reproduced"
     verdict = _one(rows, "which reading")
     assert verdict.status == "reproduced" and "best: one way, return topk" in verdict.source
     assert _one(rows, "extra latency").measured == pytest.approx(100 * (0.060 - 0.035))
@@ -107,7 +112,7 @@ def test_fig7c_slopes_and_the_one_way_reading_reproduces_the_paper(results):
 def test_generation_3s_projects_the_link_part_on_the_paper_compute(results):
     rows = generation_3s.compare(results)
     projected = _one(rows, "projected on the paper's compute: 100 x (12 ms + measured link part), STIP wired_oneway")
-    assert projected.measured == pytest.approx(100 * (0.012 + 0.020)) and projected.status == "reproduced"
+    assert projected.measured == pytest.approx(100 * (0.012 + 0.0202)) and projected.status == "reproduced"
     assert _one(rows, "projected on the paper's compute: 100 x (12 ms + measured link part), STIP wired,").status \
         == "differs"
     full = _one(rows, "full cloud")

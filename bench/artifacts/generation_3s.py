@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.artifacts import Comparison, paper_value
 from bench.artifacts._latency import PAPER_HOST, host, spread
-from bench.artifacts.fig7c import COMMAND, PAPER_SLOPE, _median_ms, _workload, slopes
+from bench.artifacts.fig7c import COMMAND, PAPER_SLOPE, _workload, slopes
 
 ARTIFACT = "generation_3s"
 EXPERIMENTS = ("fig7c_generation",)
@@ -51,7 +51,7 @@ def compare(results: Path) -> list[Comparison]:
                 "s", "reproduced" if ok else "differs", measured=projected, paper=paper_value(STIP_ID, "s"),
                 reported_id=STIP_ID, workload=work, differences="compute taken from the paper (12 ms/token), link "
                 "part measured here through the emulated link (bandwidth assumed)",
-                source="fig7c_generation: STIP slope on the profile minus STIP with no link",
+                source="fig7c_generation: STIP uplink + downlink latency per decode round trip (socket)",
                 reason="" if ok else "the link part on this profile is not the paper's 2 x 10 ms per token"))
     fc = table[(table.protocol == "full_cloud") & (table.network == "none")]
     if fc.empty:
@@ -71,7 +71,6 @@ def compare(results: Path) -> list[Comparison]:
 
 
 def _link_ms(table, network: str, mode: str) -> float:
-    """STIP's slope on `network` minus STIP's with no link (ms/token), same return mode."""
-    on, _ = _median_ms(table, protocol="stip", network=network, return_mode=mode)
-    off, _ = _median_ms(table, protocol="stip", network="none", return_mode=mode)
-    return float("nan") if on is None or off is None else on - off
+    """STIP's link time per decode round trip on `network` (uplink + downlink, ms/token), median over repeats."""
+    m = table[(table.protocol == "stip") & (table.network == network) & (table.return_mode == mode)].link_s
+    return float(m.median() * 1e3) if m.notna().any() else float("nan")
