@@ -97,13 +97,16 @@ def figure(results: Path, out: Path) -> list[Path]:
         s = style.summarize(top, ["n_params", "model"], "tokens_per_s").sort_values("n_params")
         style.measured(ax, s.n_params, s["median"], s.lo, s.hi, label=f"{protocol.replace('_', ' ')} (measured)",
                        system=protocol)
-    n124 = 124e6
+    gpt2 = table[table.model == "gpt2-124m"].n_params.dropna()
+    n124 = float(gpt2.iloc[0]) if len(gpt2) else 124e6
     style.paper(ax, [n124], [paper_value(STIP_ID, "token/s")], label="paper: STIP", system="STIP")
     style.paper(ax, [n124], [paper_value(CIPHERGPT_ID, "token/s")], label="paper: CipherGPT (reported)",
                 system="CipherGPT", marker="s")
     ax.annotate("Iron, THE-X: figure only,\nno number printed", (0.03, 0.35), xycoords="axes fraction", fontsize=6)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    sizes = table.n_params.dropna().astype(float)
+    ax.set_xlim(min(sizes.min(), n124) / 3, max(sizes.max(), n124) * 3)
     style.axes(ax, "parameters", "count", "throughput", "tokens/s")
     style.title(ax, "Fig. 7(a) throughput vs model size", "largest batch here x 100 tokens, no link")
     style.legend(ax, fontsize=6)
@@ -113,7 +116,7 @@ def figure(results: Path, out: Path) -> list[Path]:
                        system=f"{model}{protocol}", marker="o" if protocol == "stip" else "s")
     bx.set_xscale("log")
     bx.set_yscale("log")
-    style.axes(bx, "batch (x 100 tokens)", "sequences", "throughput", "tokens/s")
+    style.axes(bx, "batch", "sequences of 100 tokens", "throughput", "tokens/s")
     style.title(bx, "batch sweep: where throughput saturates", "paper: batch 100 x 100 tokens")
     style.legend(bx, fontsize=5)
     return style.save(fig, out, "fig7a")

@@ -85,5 +85,5 @@ def figure(results: Path, out: Path) -> list[Path]:
                 f"{r.model}, {r.seq_len} tokens, {r.network}")
     style.assumed(ax, f"device {float(table.slowdown.max()):g}x slower than the cloud; 100 Mbit/s wired",
                   loc="upper left")
-    style.legend(ax, fontsize=7, loc="lower right")
+    style.legend(ax, fontsize=7, loc="best")
     return style.save(fig, out, "fig9")
