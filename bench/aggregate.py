@@ -194,7 +194,7 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
         atomic_write_parquet(out / "runs.parquet", runs)
         joined = with_runs(df, runs)
         summary = headline(joined) if not df.empty else {}
-        tables = {
+        writers = {
             "latency_table": (latency_table, "modelled end-to-end latency per request",
                               "latency = measured compute + rounds x RTT + bytes / bandwidth of the run's network "
                               "(protocols/vocabulary.py); over_fastest = latency / the fastest protocol's on that "
@@ -204,7 +204,7 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
                                "`engine`: the protocol's real output, `simulated`: the float64 simulation of the "
                                "same approximations."),
         }
-        for name, (build, title, explanation) in tables.items():
+        for name, (build, title, explanation) in writers.items():
             table = build(joined) if not df.empty else pd.DataFrame()
             if not table.empty:
                 atomic_write_csv(out / f"{name}.csv", table)

@@ -15,6 +15,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -76,29 +77,37 @@ class Outcome:
 def run_step(step: Step, results: Path, runs: Path) -> Outcome:
     """Run one step, echoing its output; never raises for the step's own failure."""
     argv = step.argv(results, runs)
-    command = shlex.join(["python", *argv[1:]])
+    command = shlex.join(["python", *argv[1:]]).replace(f"{ROOT}{os.sep}", "")  # paths as the repo sees them
     print(f"== [{datetime.now(timezone.utc):%H:%M:%S}] {command}", flush=True)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     start = time.monotonic()
     timeout = None if step.timeout_min is None else 60.0 * step.timeout_min
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    status, rc = "ok", None
+    status, rc, timed_out = "ok", None, threading.Event()
     try:
         with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, bufsize=1) as proc:
+            def stop() -> None:  # a step past its timeout_min, silent or not
+                timed_out.set()
+                proc.kill()
+
+            watchdog = threading.Timer(timeout, stop) if timeout is not None else None
+            if watchdog:
+                watchdog.start()
             assert proc.stdout is not None
             for line in proc.stdout:
                 sys.stdout.write(line)
                 tail.append(line.rstrip("\n"))
-                if timeout is not None and time.monotonic() - start > timeout:
-                    proc.kill()
-                    status = "timeout"
-                    break
             rc = proc.wait()
+            if watchdog:
+                watchdog.cancel()
     except OSError as err:
         status, tail = "failed", deque([f"could not start {command}: {err}"])
-    if status == "ok" and rc != 0:
+    if timed_out.is_set():
+        status = "timeout"
+        tail.append(f"stopped after timeout_min={step.timeout_min}")
+    elif status == "ok" and rc != 0:
         status = "failed"
     minutes = (time.monotonic() - start) / 60
     print(f"== {status} in {minutes:.1f} min: {command}", flush=True)

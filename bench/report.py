@@ -35,8 +35,8 @@ FIGURES = "figures"  # <results>/figures/: what the modules' figure() functions 
 SEVERITY = ("differs", "not_measured", "not_reproducible", "reproduced", "derived", "qualitative")
 SUPPORTING = ("derived", "qualitative")
 WHOLE = "(the artifact as a whole)"  # the quantity of a row that stands for a missing or failed module
-CSV_COLUMNS = ["artifact", "quantity", "status", "paper", "measured", "unit", "ratio", "spread", "workload",
-               "differences", "reason", "reported_id", "source"]
+CSV_COLUMNS = ["artifact", "quantity", "status", "paper_relation", "paper", "measured", "unit", "ratio", "spread",
+               "workload", "differences", "reason", "reported_id", "source"]
 
 
 @dataclass
@@ -107,28 +107,30 @@ def collect(results: Path, mods: list[ModuleType] | None = None, reported: list[
     declared = load_artifacts()
     order = sorted(declared.values(), key=lambda a: (a.file.name != "stip_paper.yaml", a.file.name, a.row))
     reports = {a.id: ArtifactReport(a) for a in order}
-    try:
-        found = modules() if mods is None else mods
-    except Exception as err:  # noqa: BLE001 - an unimportable module: every artifact still gets its row
-        log.error("discovering bench/artifacts failed:\n%s", traceback.format_exc())
-        found = []
-        for rep in reports.values():
-            rep.notes.append(f"bench.artifacts.modules() raised {type(err).__name__}: {err}")
+    errors: list[str] = []
+    found = modules(errors) if mods is None else mods
+    for error in errors:  # a module that does not import: its artifact gets the "no module" row, this says why
+        log.error("artifact module left out: %s", error)
     for mod in found:
         rows = _compare(mod, results)
         drawn, notes = _figures(mod, results, figures or results / FIGURES)
-        for row in rows:
-            if row.artifact not in reports:
-                row = _missing_row(mod.ARTIFACT, f"{mod.__name__} reported on artifact {row.artifact!r}, which "
-                                   f"configs/reported/*.yaml does not declare; known: {sorted(reports)}")
-            reports[row.artifact].rows.append(row)
-        if mod.ARTIFACT in reports:
-            reports[mod.ARTIFACT].figures += drawn
-            reports[mod.ARTIFACT].notes += notes
+        for row in [*rows, *([] if mod.ARTIFACT in reports else [None])]:
+            artifact = mod.ARTIFACT if row is None else row.artifact
+            if artifact not in reports:  # shown, not dropped: the module names an id configs/reported lacks
+                reports[artifact] = ArtifactReport(Artifact(artifact, 0, "(not declared in configs/reported)", True,
+                                                            Path("undeclared")))
+                reports[artifact].notes.append(f"{mod.__name__} reports on {artifact!r}, which configs/reported/"
+                                               f"*.yaml does not declare; declared: {sorted(declared)}")
+            if row is not None:
+                reports[artifact].rows.append(row)
+        reports[mod.ARTIFACT].figures += drawn
+        reports[mod.ARTIFACT].notes += notes
+    unimportable = f"; modules left out: {'; '.join(errors)}" if errors else ""
     for rep in reports.values():
         if not rep.rows:
             rep.rows.append(_missing_row(rep.artifact.id, f"no module in bench/artifacts/ reports on "
-                                         f"'{rep.artifact.id}' yet (contract: bench/artifacts/__init__.py)"))
+                                         f"'{rep.artifact.id}' (contract: bench/artifacts/__init__.py)"
+                                         + unimportable))
     values = load_reported() if reported is None else reported
     artifact_of = {v.id: v.artifact for v in values}
     for reading in paper_readings(values):
@@ -205,6 +207,8 @@ def _relative(results: Path) -> str:
 def _num(value: float | None) -> str:
     if value is None or pd.isna(value):
         return ""
+    if float(value).is_integer() and abs(value) < 1e6:
+        return f"{int(value)}"
     return f"{value:.3g}"
 
 
@@ -288,12 +292,14 @@ def write(results: Path, mods: list[ModuleType] | None = None, out: Path | None 
     out.mkdir(parents=True, exist_ok=True)
     reported = load_reported()
     reports = collect(results, mods, reported, figures=out / FIGURES)
-    records = [c.record() for rep in reports for c in rep.rows]
+    by_id = {v.id: v for v in reported}
+    records = [{**c.record(), "paper_relation": by_id[c.reported_id].relation if c.reported_id in by_id else None}
+               for rep in reports for c in rep.rows]
     csv_path, md_path = out / "report.csv", out / "REPORT.md"
     pd.DataFrame(records, columns=CSV_COLUMNS).to_csv(csv_path, index=False)
     pd.DataFrame([{"artifact": rep.artifact.id, "path": os.path.relpath(p, out)} for rep in reports
                   for p in rep.figures], columns=["artifact", "path"]).to_csv(out / "report_figures.csv", index=False)
-    md_path.write_text(markdown(reports, provenance(results), {v.id: v for v in reported}, out))
+    md_path.write_text(markdown(reports, provenance(results), by_id, out))
     return md_path, csv_path
 
 

@@ -60,8 +60,9 @@ def test_report_over_the_real_modules_on_an_empty_results_folder(tmp_path):
 def test_profile_runner_records_a_failure_runs_the_next_step_and_writes_the_report(tmp_path):
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text("tiny:\n  - {module: bench.no_such_module, name: broken, minutes: 0.1}\n"
-                        "  - {module: json.tool, args: '--help', name: next}\n")
-    assert [s.name for s in load_profile("tiny", profiles)] == ["broken", "next"]
+                        "  - {module: json.tool, args: '--help', name: next}\n"
+                        "  - {module: http.server, args: '0 --bind 127.0.0.1', name: hangs, timeout_min: 0.05}\n")
+    assert [s.name for s in load_profile("tiny", profiles)] == ["broken", "next", "hangs"]
     results = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "bench.profile", "tiny", "--profiles", str(profiles), "--results",
                            str(results), "--runs", str(tmp_path / "runs")], cwd=ROOT, capture_output=True,
@@ -69,7 +70,9 @@ def test_profile_runner_records_a_failure_runs_the_next_step_and_writes_the_repo
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     record = json.loads((results / "profile.json").read_text())
     steps = {s["name"]: s for s in record["steps"]}
-    assert list(steps) == ["broken", "next", "aggregate", "report"] and record["failed"] == ["broken"]
+    assert list(steps) == ["broken", "next", "hangs", "aggregate", "report"]
+    assert record["failed"] == ["broken", "hangs"] and steps["hangs"]["status"] == "timeout"
+    assert 0.04 < steps["hangs"]["minutes"] < 0.5
     assert steps["broken"]["status"] == "failed" and "No module named" in steps["broken"]["tail"]
     assert steps["next"]["status"] == steps["report"]["status"] == "ok"
     text = (results / "REPORT.md").read_text()
@@ -79,3 +82,20 @@ def test_profile_runner_records_a_failure_runs_the_next_step_and_writes_the_repo
 def test_the_shipped_profiles_parse():
     for name in ("bench", "all"):
         assert load_profile(name)
+
+
+def test_an_unimportable_module_and_an_undeclared_artifact_are_reported_not_fatal(tmp_path, monkeypatch):
+    import bench.artifacts as artifacts
+
+    def broken_modules(errors=None):
+        errors.append("bench/artifacts/fig9.py: SyntaxError: invalid syntax")
+        return [_module("odd", "not_an_artifact", lambda r: [
+            Comparison("not_an_artifact", "q", "x", "differs", measured=1.0, paper=2.0, reason="r")])]
+
+    monkeypatch.setattr(report, "modules", broken_modules)
+    md, csv = report.write(tmp_path)
+    table = pd.read_csv(csv)
+    assert table[table.artifact == "fig9"].reason.str.contains("SyntaxError").all()
+    assert table[table.artifact == "not_an_artifact"].status.tolist() == ["differs"]
+    assert "does not declare" in md.read_text()
+    assert artifacts.modules(errors=[]) == artifacts.modules()  # the shipped modules all import

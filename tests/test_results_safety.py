@@ -150,6 +150,17 @@ def test_aggregate_skips_and_lists_a_truncated_rows_file(tmp_path, caplog):
     assert str(bad) in caplog.text and "torn/report.json" in caplog.text and "2 unreadable" in caplog.text
 
 
+def test_aggregate_writes_the_rows_of_every_experiment_not_only_the_first(tmp_path):
+    """Regression: the table writers once rebound the per-experiment rows, so only the first experiment got rows."""
+    runs = tmp_path / "runs"
+    for exp in ("alpha", "beta"):
+        (runs / exp / f"{exp}-run").mkdir(parents=True)
+        fake_ok_run(runs / exp / f"{exp}-run", f"{exp}-run", experiment=exp)
+    aggregate(runs, tmp_path / "results")
+    for exp in ("alpha", "beta"):
+        assert pd.read_parquet(tmp_path / "results" / exp / "rows.parquet").run_id.tolist() == [f"{exp}-run"]
+
+
 # --- validation before work ---------------------------------------------------------------------
 
 BAD_VALUES = [

@@ -92,15 +92,26 @@ def paper_value(reported_id: str, unit: str) -> float:
     return convert(entry.number(), entry.unit, unit)
 
 
-def modules() -> list[ModuleType]:
-    """Every artifact module of this package, sorted by name."""
+def modules(errors: list[str] | None = None) -> list[ModuleType]:
+    """Every artifact module of this package, sorted by name.
+
+    With `errors` given, a module that fails to import or lacks the contract is left out and its error
+    appended there (the report goes on without it); without, the first such module raises.
+    """
     found = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         if info.name.startswith("_") or info.name == "style":
             continue
-        mod = importlib.import_module(f"{__name__}.{info.name}")
-        for attr in ("ARTIFACT", "EXPERIMENTS", "compare"):
-            if not hasattr(mod, attr):
-                raise AttributeError(f"bench/artifacts/{info.name}.py lacks {attr} (see bench/artifacts/__init__.py)")
+        try:
+            mod = importlib.import_module(f"{__name__}.{info.name}")
+            for attr in ("ARTIFACT", "EXPERIMENTS", "compare"):
+                if not hasattr(mod, attr):
+                    raise AttributeError(f"bench/artifacts/{info.name}.py lacks {attr} "
+                                         "(see bench/artifacts/__init__.py)")
+        except Exception as err:
+            if errors is None:
+                raise
+            errors.append(f"bench/artifacts/{info.name}.py: {type(err).__name__}: {err}")
+            continue
         found.append(mod)
     return found
