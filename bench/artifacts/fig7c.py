@@ -166,7 +166,7 @@ def figure(results: Path, out: Path) -> list[Path]:
     ax.set_yscale("log")
     style.axes(ax, "generated tokens", "count", "latency since the request", "s")
     style.title(ax, "Fig. 7(c) latency vs generated tokens", _workload(table))
-    style.legend(ax, fontsize=6)
+    style.legend(ax, fontsize=6, loc="lower right")
     paper_compute = paper_value(PAPER_SLOPE["full_cloud"], "ms/token")
     names = [p for p in PROFILES if p in set(table.network)]
     for i, mode in enumerate(sorted(table.return_mode.dropna().unique())):

@@ -47,7 +47,8 @@ def compare(results: Path) -> list[Comparison]:
             projected = 100 * (paper_compute + link / 1e3)
             ok = abs(projected - paper_value(STIP_ID, "s")) <= 0.25 * paper_value(STIP_ID, "s")
             out.append(Comparison(
-                ARTIFACT, f"100 tokens projected on the paper's compute: 100 x (12 ms + measured link part), {what}",
+                ARTIFACT,
+                f"100 tokens projected on the paper's compute: 100 x (12 ms + the profile's link part), {what}",
                 "s", "reproduced" if ok else "differs", measured=projected, paper=paper_value(STIP_ID, "s"),
                 reported_id=STIP_ID, workload=work, differences="compute taken from the paper (12 ms/token), link "
                 "part measured here through the emulated link (bandwidth assumed)",
@@ -60,13 +61,16 @@ def compare(results: Path) -> list[Comparison]:
                               reason="run `python -m bench -m experiment=fig7c_full_cloud`"))
     else:
         value = float(fc.generate_s.median())
+        bound = paper_value(FULL_ID, "s")
+        ok = bound < value <= 3 * bound  # "over 1 s" for a 7B model: a bound, so only a nearby value reproduces it
         out.append(Comparison(
             ARTIFACT, f"latency of {int(fc.tokens.iloc[0])} generated tokens (prefill included), full cloud", "s",
-            "reproduced" if value > paper_value(FULL_ID, "s") else "differs", measured=value,
-            paper=paper_value(FULL_ID, "s"), reported_id=FULL_ID, spread=spread(fc.generate_s), workload=work,
-            differences=diff, source="fig7c_generation phase generate latency (socket)",
-            reason="" if value > paper_value(FULL_ID, "s") else "this host generates faster than the paper's "
-            "full cloud (a 135M model against a 7B one)"))
+            "reproduced" if ok else "differs", measured=value, paper=bound, reported_id=FULL_ID,
+            spread=spread(fc.generate_s), workload=work, differences=diff,
+            source="fig7c_generation phase generate latency (socket)",
+            reason="" if ok else ("this host's compute (SmolLM2-135M on a loaded 2-core CPU) is far slower than the "
+                                  "paper's A100, so 'over 1 s' holds trivially" if value > bound else
+                                  "this host generates faster than the paper's full cloud (a 135M model against 7B)")))
     return out
 
 
