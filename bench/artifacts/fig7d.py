@@ -124,7 +124,7 @@ def figure(results: Path, out: Path) -> list[Path]:
     mode = "topk" if (table.return_mode == "topk").any() else "full"
     t = table[table.return_mode == mode]
     med = t.groupby(["network", "protocol"])[list(PHASES)].median() * MS
-    fig, ax = style.figure(width=6.5)
+    fig, (ax, bx) = style.figure(ncols=2, width=5.5)
     x = range(len(med))
     bottom = [0.0] * len(med)
     colors = {"device_embed": "#aec7e8", "device_permute": "#6baed6", "uplink": "#ff7f0e", "cloud_compute": "#7f7f7f",
@@ -146,4 +146,19 @@ def figure(results: Path, out: Path) -> list[Path]:
     style.title(ax, "Fig. 7(d) latency breakdown", f"{r.model}, {r.seq_len}-token prompt -> next token, return {mode}")
     style.assumed(ax, "bandwidth 100 Mbit/s wired, 20 Mbit/s wireless", loc="upper left")
     style.legend(ax, fontsize=6, loc="upper right")
+    # Without the cloud's compute (which dwarfs the rest on this CPU): what STIP adds, on the device and the link.
+    parts = {"device (embed + permute + recover)": med[list(DEVICE)].sum(axis=1), "uplink": med["uplink"],
+             "downlink": med["downlink"]}
+    width = 0.8 / len(parts)
+    for j, (name, vals) in enumerate(parts.items()):
+        bx.bar([i + (j - 1) * width for i in x], vals.tolist(), width=width, label=name,
+               color=("#6baed6", "#ff7f0e", "#ffbb78")[j])
+    for i, (_, p) in enumerate(med.index):
+        if p == "stip":
+            style.paper(bx, [i - width], [paper_value("fig7d-device-extra", "ms")],
+                        label="paper: device extra (1.7 ms)", system="device", marker="D")
+    bx.set_xticks(list(x), labels, fontsize=7)
+    style.axes(bx, "protocol and network profile", None, "latency of the phase", "ms")
+    style.title(bx, "device and link phases only", "STIP's communication cost: permuted embeddings up")
+    style.legend(bx, fontsize=6)
     return style.save(fig, out, "fig7d")
