@@ -25,6 +25,7 @@ from protocols.common import (
     output_bytes,
     payload_bytes,
     shape_bytes,
+    to_device,
 )
 from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
 from protocols.speculation import SpeculativeConfig, check_speculative_request, per_token_latency
@@ -38,9 +39,25 @@ log = logging.getLogger(__name__)
 INPUT_KEYS = ("input_ids", "pixel_values", "attention_mask", "token_type_ids")
 
 
+RETURN_MODES = ("full", "topk", "tokens")
+
+
 @dataclass
 class FullCloudConfig(SpeculativeConfig):
     """`protocol=full_cloud` (configs/protocol/full_cloud.yaml)."""
+
+    # forward requests: what the cloud sends back. full: every output (all positions' logits or hidden states);
+    # topk: the last position's top_k logits and token ids (an API's top logprobs); tokens: the next token id.
+    # A real full-cloud LLM service returns tokens or top-k; generation always returns tokens.
+    return_mode: str = "full"
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.return_mode not in RETURN_MODES:
+            raise ValueError(f"protocol.return_mode={self.return_mode!r}; choose one of {list(RETURN_MODES)}")
+        if self.top_k < 1:
+            raise ValueError(f"protocol.top_k={self.top_k} must be >= 1")
 
 
 class TokenClock(BaseStreamer):
@@ -71,25 +88,33 @@ class FullCloudHandler(CloudHandler):
 
     remote_methods = ("infer", "generate")
 
-    def __init__(self, checkpoint: str, head: str, threads: int | None = None) -> None:
+    def __init__(self, checkpoint: str, head: str, threads: int | None = None, device: str = "cpu") -> None:
         configure_threads(threads)
-        self.model = load_for_cloud(checkpoint, head)
+        self.model = load_for_cloud(checkpoint, head, device)
 
-    def infer(self, tensors: dict[str, torch.Tensor], **_: Any) -> tuple[dict, dict]:
-        """One forward pass on plaintext inputs."""
+    def infer(self, tensors: dict[str, torch.Tensor], return_mode: str = "full", top_k: int | None = None,
+              **_: Any) -> tuple[dict, dict]:
+        """One forward pass on plaintext inputs; `return_mode` topk / tokens: only the last position's top-k or
+        next token goes back (FullCloudConfig)."""
         unknown = sorted(set(tensors) - set(INPUT_KEYS))
         if unknown or not ({"input_ids", "pixel_values"} & set(tensors)):
             raise ValueError(f"infer takes input_ids or pixel_values (+ masks); got {sorted(tensors)}")
         _check_inputs(tensors)
+        return_mode = checks.meta_str("return_mode", return_mode)
+        if return_mode not in RETURN_MODES:
+            raise ValueError(f"return_mode {return_mode!r}; choose one of {list(RETURN_MODES)}")
         with torch.no_grad():
-            return self.reply(self.model(**tensors))
+            out = self.model(**to_device(tensors, self.model))
+        if return_mode == "full":
+            return self.reply(out)
+        return self.reply(last_position(out, return_mode, checks.meta_int("top_k", top_k, optional=True) or 1))
 
     def generate(self, tensors: dict[str, torch.Tensor], max_new_tokens: int = 1, draft_tokens: int | None = None,
                  max_ngram: int | None = None, **_: Any) -> tuple[dict, dict]:
         """Greedy generation on the cloud with its KV cache; returns tokens, each step's compute time, the
         tokens per forward round and the forward passes run (`draft_tokens`: prompt-lookup drafting)."""
         checks.only(tensors, ("input_ids",))
-        ids = checks.integer("input_ids", tensors["input_ids"])
+        ids = checks.integer("input_ids", tensors["input_ids"]).to(next(self.model.parameters()).device)
         max_new_tokens = checks.meta_int("max_new_tokens", max_new_tokens, maximum=1 << 16)
         draft_tokens = checks.meta_int("draft_tokens", draft_tokens, maximum=1 << 10, optional=True)
         max_ngram = checks.meta_int("max_ngram", max_ngram, maximum=1 << 10, optional=True)
@@ -102,7 +127,7 @@ class FullCloudHandler(CloudHandler):
                 out = self._prompt_lookup(ids, int(max_new_tokens), draft_tokens, max_ngram or 2)
         finally:
             hook.remove()
-        return {**out, "forward_passes": torch.tensor([passes[0]])}, {}
+        return self.reply({**out, "forward_passes": torch.tensor([passes[0]])})
 
     def _prompt_lookup(self, ids: torch.Tensor, max_new_tokens: int, draft_tokens: int,
                        max_ngram: int) -> dict[str, torch.Tensor]:
@@ -132,6 +157,20 @@ class FullCloudHandler(CloudHandler):
                 "rounds": torch.ones(len(steps), dtype=torch.int64)}
 
 
+def last_position(outputs: Any, return_mode: str, top_k: int) -> dict[str, torch.Tensor]:
+    """What a full-cloud LLM service returns for one request: the last position's top-k logits and ids, or the
+    next (greedy) token id per sequence; refused for outputs without logits (encoders return hidden states)."""
+    logits = outputs.get("logits") if hasattr(outputs, "get") else None
+    if logits is None or logits.dim() != 3:
+        raise ValueError(f"return_mode={return_mode!r} needs per-position logits (a causal LM); this model returns "
+                         f"{sorted(k for k in dict(outputs))}: use protocol.return_mode=full")
+    last = logits[:, -1]
+    if return_mode == "tokens":
+        return {"tokens": last.argmax(-1, keepdim=True)}
+    values, indices = last.topk(int(top_k), dim=-1)
+    return {"topk_values": values, "topk_indices": indices}
+
+
 def _check_inputs(tensors: dict[str, torch.Tensor]) -> None:
     """Token ids and masks must be integer tensors of one shape; pixels finite."""
     if "pixel_values" in tensors:
@@ -143,9 +182,9 @@ def _check_inputs(tensors: dict[str, torch.Tensor]) -> None:
                 checks.integer(name, tensors[name], tuple(ids.shape))
 
 
-def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None) -> FullCloudHandler:
+def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None, device: str = "cpu") -> FullCloudHandler:
     """Factory imported by the cloud process."""
-    return FullCloudHandler(checkpoint, head, threads)
+    return FullCloudHandler(checkpoint, head, threads, device)
 
 
 class FullCloudProtocol(SocketProtocol):
@@ -163,21 +202,34 @@ class FullCloudProtocol(SocketProtocol):
         return {"checkpoint": str(ckpt), "head": model.head, "threads": self.cfg.cloud_threads}
 
     def device_send(self, inputs: dict, sw: Stopwatch) -> tuple[dict, dict]:
-        """Raw inputs, as they are."""
-        return {k: v for k, v in inputs.items() if k in INPUT_KEYS}, {}
+        """Raw inputs, as they are, and what to send back (return_mode)."""
+        meta = {} if self.cfg.return_mode == "full" else {"return_mode": self.cfg.return_mode, "top_k": self.cfg.top_k}
+        return {k: v for k, v in inputs.items() if k in INPUT_KEYS}, meta
 
     def device_receive(self, tensors: dict, sw: Stopwatch) -> dict:
         """Outputs arrive in plaintext."""
         return tensors
 
+    def accuracy_rows(self, outputs: dict, reference: dict, inputs: dict, repeat: int) -> list[Row]:
+        """Full outputs: protocols.accuracy; top-k / tokens: the next token against the plaintext model's argmax."""
+        if self.cfg.return_mode == "full":
+            return super().accuracy_rows(outputs, reference, inputs, repeat)
+        chosen = outputs["tokens"] if "tokens" in outputs else outputs["topk_indices"][:, :1]
+        return [token_agreement_row(chosen, reference["logits"][:, -1].argmax(-1, keepdim=True), repeat, "host")]
+
     def expected_bytes(self, model: ModelSpec, request: RunRequest) -> tuple[int, int]:
-        """Up: token ids + mask (or pixels); down: full logits or hidden states."""
+        """Up: token ids + mask (or pixels); down: full logits or hidden states, or the top-k / next token."""
         b, s = request.batch_size, request.seq_len
         if model.model_type == "vit":
             c = model.config
             up = shape_bytes((b, c.num_channels, c.image_size, c.image_size), torch.float32)
         else:
             up = shape_bytes((b, s), torch.int64) * (3 if model.model_type == "bert" else 2)
+        if self.cfg.return_mode == "tokens":
+            return up, shape_bytes((b, 1), torch.int64)
+        if self.cfg.return_mode == "topk":
+            k = self.cfg.top_k
+            return up, shape_bytes((b, k), model.torch_dtype) + shape_bytes((b, k), torch.int64)
         return up, output_bytes(model, request)
 
     def generate(self, cloud: CloudProcess, model: ModelSpec, network: NetworkProfile,

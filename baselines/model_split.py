@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from protocols.base import CloudHandler, SocketConfig, SocketProtocol
-from protocols.common import Stopwatch, configure_threads, load_for_cloud, output_bytes, shape_bytes
+from protocols.common import Stopwatch, configure_threads, load_for_cloud, output_bytes, shape_bytes, to_device
 from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
 from protocols.memory import embedding_module, module_bytes
 from transport import checks
@@ -27,11 +27,17 @@ class ModelSplitConfig(SocketConfig):
     """`protocol=model_split` (configs/protocol/model_split.yaml)."""
 
     device_layers: int = 1  # k: transformer layers run on the device (the paper's Fig. 9 sweeps 0..20)
+    # How many times slower the device computes than the cloud. Both halves run on this host, so the measured
+    # device compute is multiplied by this factor in the `modelled` rows (device_* phases, total); 1: no scaling.
+    device_slowdown: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.device_layers < 0:
             raise ValueError(f"protocol.device_layers={self.device_layers} must be >= 0")
+        if not self.device_slowdown > 0:
+            raise ValueError(f"protocol.device_slowdown={self.device_slowdown} must be > 0 "
+                             "(1: the device computes as fast as the cloud)")
 
 
 class _Captured(Exception):
@@ -82,9 +88,10 @@ class SplitCloudHandler(CloudHandler):
 
     remote_methods = ("infer",)
 
-    def __init__(self, checkpoint: str, head: str, device_layers: int, threads: int | None = None) -> None:
+    def __init__(self, checkpoint: str, head: str, device_layers: int, threads: int | None = None,
+                 device: str = "cpu") -> None:
         configure_threads(threads)
-        self.model = load_for_cloud(checkpoint, head)
+        self.model = load_for_cloud(checkpoint, head, device)
         layers = transformer_layers(self.model)
         self.k = check_split(device_layers, len(layers))
         for i in range(self.k):
@@ -104,12 +111,14 @@ class SplitCloudHandler(CloudHandler):
         checks.finite("hidden_states", hidden)
         if "attention_mask" in tensors:
             checks.integer("attention_mask", tensors["attention_mask"], tuple(hidden.shape[:2]))
+        tensors = to_device(tensors, self.model)
+        hidden = tensors["hidden_states"]
         self._inject = hidden
         cfg = self.model.config
         kwargs: dict[str, Any] = {}
         if cfg.model_type == "vit":  # the embedding stage needs pixels of the right shape; its output is replaced
             kwargs["pixel_values"] = torch.zeros(hidden.shape[0], cfg.num_channels, cfg.image_size, cfg.image_size,
-                                                 dtype=hidden.dtype)
+                                                 dtype=hidden.dtype, device=hidden.device)
         else:
             kwargs["inputs_embeds"] = torch.zeros_like(hidden)
             if "attention_mask" in tensors:
@@ -120,9 +129,10 @@ class SplitCloudHandler(CloudHandler):
         return self.reply(out)
 
 
-def make_cloud_handler(checkpoint: str, head: str, device_layers: int, threads: int | None = None) -> SplitCloudHandler:
+def make_cloud_handler(checkpoint: str, head: str, device_layers: int, threads: int | None = None,
+                       device: str = "cpu") -> SplitCloudHandler:
     """Factory imported by the cloud process."""
-    return SplitCloudHandler(checkpoint, head, device_layers, threads)
+    return SplitCloudHandler(checkpoint, head, device_layers, threads, device)
 
 
 class ModelSplitProtocol(SocketProtocol):
@@ -174,6 +184,10 @@ class ModelSplitProtocol(SocketProtocol):
     def device_receive(self, tensors: dict, sw: Stopwatch) -> dict:
         """Outputs arrive in plaintext."""
         return tensors
+
+    def device_slowdown(self) -> float:
+        """The declared device/cloud speed factor (ModelSplitConfig.device_slowdown)."""
+        return float(self.cfg.device_slowdown)
 
     def extra_rows(self, model: ModelSpec, request: RunRequest) -> list[Row]:
         """Measured device memory: embedding plus the k device layers (k itself is a runs-table column)."""

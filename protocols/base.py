@@ -14,7 +14,15 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from protocols.accuracy import accuracy_rows, output_tensor
-from protocols.common import Stopwatch, cloud_process, modelled_total, payload_bytes, traffic_rows
+from protocols.common import (
+    CLOUD_DEVICES,
+    Stopwatch,
+    cloud_process,
+    modelled_total,
+    payload_bytes,
+    resolve_device,
+    traffic_rows,
+)
 from protocols.contract import ModelSpec, Protocol, ProtocolConfig, Row, RunRequest
 from transport import CloudProcess
 from transport.link import NetworkProfile
@@ -29,10 +37,13 @@ class SocketConfig(ProtocolConfig):
 
     cloud_threads: Optional[int] = None  # torch threads in the cloud process (None: torch's default)
     accuracy_every_repeat: bool = False  # accuracy rows for every repeat (else repeat 0 only)
+    cloud_device: str = "auto"  # auto (cuda where torch sees a GPU, else cpu) | cpu | cuda (refused without a GPU)
 
     def __post_init__(self) -> None:
         if self.cloud_threads is not None and self.cloud_threads < 1:
             raise ValueError(f"protocol.cloud_threads={self.cloud_threads} must be >= 1 or null")
+        if self.cloud_device not in CLOUD_DEVICES:
+            raise ValueError(f"protocol.cloud_device={self.cloud_device!r}; choose one of {list(CLOUD_DEVICES)}")
 
 
 class CloudHandler:
@@ -40,8 +51,8 @@ class CloudHandler:
 
     @staticmethod
     def reply(outputs: Any) -> tuple[dict, dict]:
-        """A model's outputs as the wire reply (tensors only)."""
-        return {k: v.contiguous() for k, v in dict(outputs).items() if isinstance(v, torch.Tensor)}, {}
+        """A model's outputs as the wire reply (tensors only, back on the CPU for the wire)."""
+        return {k: v.detach().cpu().contiguous() for k, v in dict(outputs).items() if isinstance(v, torch.Tensor)}, {}
 
 
 class SocketProtocol(Protocol):
@@ -73,6 +84,15 @@ class SocketProtocol(Protocol):
         """Rows measured once per run (memory, privacy); none by default."""
         return []
 
+    def device_slowdown(self) -> float:
+        """Factor applied to measured device compute in the modelled total (device slower than cloud); 1 by default."""
+        return 1.0
+
+    def accuracy_rows(self, outputs: dict, reference: dict, inputs: dict, repeat: int) -> list[Row]:
+        """Accuracy of one forward request's outputs against the plaintext model's (protocols.accuracy)."""
+        return accuracy_rows(output_tensor(outputs), output_tensor(reference), inputs.get("attention_mask"),
+                             repeat, "host")
+
     def privacy_rows(self, repeat: int) -> list[Row]:
         """Rows about what crossed the wire in the last request (dcor); none by default."""
         return []
@@ -100,8 +120,10 @@ class SocketProtocol(Protocol):
             return self.memory_rows(model, request)
         if not model.fits_on_host or request.task == "shapes":
             return self.shape_rows(model, request)
+        if request.remote_cloud is None:  # the cloud runs on this host: refuse cuda without a GPU before building
+            resolve_device(self.cfg.cloud_device)
         request.workdir.mkdir(parents=True, exist_ok=True)
-        kwargs = self.prepare(model, request)
+        kwargs = {**self.prepare(model, request), "device": self.cfg.cloud_device}
         rows = list(self.extra_rows(model, request))
         with cloud_process(self.factory, kwargs, network, request) as cloud:
             if request.task == "forward":
@@ -137,8 +159,13 @@ class SocketProtocol(Protocol):
                 sw.add(k, cloud.last_timing[k])
             rows += [Row(name, "latency", t, "socket" if name in CLOUD_PHASES else "host", repeat=repeat)
                      for name, t in sw.times.items()]
+            factor = self.device_slowdown()
+            if factor != 1.0:  # the declared device/cloud speed factor, applied to the measured device compute
+                rows += [Row(name, "latency", t * factor, "modelled", repeat=repeat)
+                         for name, t in sw.times.items() if name.startswith("device_")]
             rows.append(Row("total", "latency", total, "socket", repeat=repeat))
-            compute = sum(t for name, t in sw.times.items() if name not in ("uplink", "downlink"))
+            compute = sum(t * (factor if name.startswith("device_") else 1.0)
+                          for name, t in sw.times.items() if name not in ("uplink", "downlink"))
             rows.append(modelled_total(compute, delta, network, "total", repeat))
             rows.append(Row("total", "throughput", tokens / total, "socket", repeat=repeat))
             rows += traffic_rows(delta, payload_bytes(tensors), payload_bytes(reply), "total", repeat)
@@ -146,6 +173,5 @@ class SocketProtocol(Protocol):
             if repeat == 0 or self.cfg.accuracy_every_repeat:
                 ref = self.reference(inputs)
                 if ref is not None:
-                    rows += accuracy_rows(output_tensor(outputs), output_tensor(ref), inputs.get("attention_mask"),
-                                          repeat, "host")
+                    rows += self.accuracy_rows(outputs, ref, inputs, repeat)
         return rows

@@ -23,11 +23,32 @@ from transport.serve import TOKEN_ENV
 from transport.wire import expected_payload_bytes
 
 log = logging.getLogger(__name__)
-HOST_LOCAL_KWARGS = ("checkpoint", "threads")  # factory arguments each host sets for itself
+HOST_LOCAL_KWARGS = ("checkpoint", "threads", "device")  # factory arguments each host sets for itself
+CLOUD_DEVICES = ("auto", "cpu", "cuda")
 
-def load_for_cloud(checkpoint: str, head: str) -> torch.nn.Module:
-    """Load a saved checkpoint in the cloud process with the stock transformers auto class."""
-    return auto_class(head).from_pretrained(checkpoint).eval()
+
+def resolve_device(name: str) -> str:
+    """The torch device the cloud runs on: `auto` is cuda where torch sees a GPU, else cpu; `cuda` without one
+    is refused, naming the way out."""
+    if name not in CLOUD_DEVICES:
+        raise ValueError(f"protocol.cloud_device={name!r}; choose one of {list(CLOUD_DEVICES)}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("protocol.cloud_device=cuda but torch sees no GPU on this host (torch.cuda.is_available() "
+                         "is False); use protocol.cloud_device=auto or cpu")
+    return name
+
+
+def load_for_cloud(checkpoint: str, head: str, device: str = "cpu") -> torch.nn.Module:
+    """Load a saved checkpoint in the cloud process with the stock transformers auto class, on `device`."""
+    return auto_class(head).from_pretrained(checkpoint).eval().to(resolve_device(device))
+
+
+def to_device(tensors: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The request's tensors on the model's device (a no-op on CPU)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in tensors.items()}
 
 
 def configure_threads(n: int | None) -> None:

@@ -25,6 +25,7 @@ from protocols.common import (
     output_bytes,
     payload_bytes,
     shape_bytes,
+    to_device,
 )
 from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
 from protocols.memory import device_memory_rows, embedding_module, module_bytes
@@ -44,7 +45,7 @@ RETURN_MODES = ("full", "topk")
 class StipConfig(SpeculativeConfig):
     """`protocol=stip` (configs/protocol/stip.yaml)."""
 
-    return_mode: str = "full"  # generation: full permuted logits per token, or the top-k only
+    return_mode: str = "full"  # full permuted logits (forward: every position) | topk (the last position's top-k)
     top_k: int = 5  # k of return_mode=topk
     log_dcor: bool = True  # dcor rows between plaintext embeddings and the uplink tensor
     dcor_vectors: int = 16  # vectors averaged in the per-vector convention
@@ -70,9 +71,9 @@ class StipCloudHandler(CloudHandler):
 
     remote_methods = ("infer", "open_session", "close_session")
 
-    def __init__(self, checkpoint: str, head: str, threads: int | None = None) -> None:
+    def __init__(self, checkpoint: str, head: str, threads: int | None = None, device: str = "cpu") -> None:
         configure_threads(threads)
-        self.server = stip.ModelServer(load_for_cloud(checkpoint, head))
+        self.server = stip.ModelServer(load_for_cloud(checkpoint, head, device))
 
     def apply_limits(self, limits: Any) -> None:
         """Take the session limits of the serving transport (transport.limits.ServerLimits).
@@ -104,8 +105,8 @@ class StipCloudHandler(CloudHandler):
         speculation = {k: v for k, v in speculation.items() if v is not None}
         if checks.meta_str("session", session, optional=True) is not None:
             self.server.check_session(session, current_caller())
-        out = self.server.infer(**tensors, session=session, last_only=last_only, top_k=top_k, key_id=key_id,
-                                 **speculation)
+        out = self.server.infer(**to_device(tensors, self.server.model), session=session, last_only=last_only,
+                                top_k=top_k, key_id=key_id, **speculation)
         return self.reply(out)
 
     def open_session(self, tensors: dict, **_: Any) -> tuple[dict, dict]:
@@ -119,9 +120,9 @@ class StipCloudHandler(CloudHandler):
         return {}, {}
 
 
-def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None) -> StipCloudHandler:
+def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None, device: str = "cpu") -> StipCloudHandler:
     """Factory imported by the cloud process."""
-    return StipCloudHandler(checkpoint, head, threads)
+    return StipCloudHandler(checkpoint, head, threads, device)
 
 
 class RemoteModelServer:
@@ -247,20 +248,28 @@ class StipProtocol(SocketProtocol):
         """Send exactly what `DataOwner.request` builds (the family embeds, sends or refuses each input)."""
         key = self.device.family.input_name
         device = TimedDataOwner(self.device)
+        top_k = self.cfg.top_k if self.cfg.return_mode == "topk" else None
         with torch.no_grad():
-            request = device.request(inputs[key], **{k: v for k, v in inputs.items() if k != key})
+            request = device.request(inputs[key], top_k=top_k, **{k: v for k, v in inputs.items() if k != key})
         for phase in ("device_embed", "device_permute"):
             sw.add(phase, device.steps[-1][phase])
         self._sent = (device.last_embeddings, request["inputs_embeds"])
         self._input_ids = inputs.get("input_ids")  # a decoder classifier pools on the device
         tensors = {k: v.contiguous() for k, v in request.items() if isinstance(v, torch.Tensor)}
         meta = {k: v for k, v in request.items() if not isinstance(v, torch.Tensor)}
-        return tensors, {"top_k": None, **meta}
+        return tensors, meta
 
     def device_receive(self, tensors: dict, sw: Stopwatch) -> dict:
         """Un-permute the outputs with pi_c / pi (and pool a decoder classifier's scores)."""
         with torch.no_grad(), sw.phase("device_recover"):
             return dict(self.device.decode(tensors, input_ids=self._input_ids))
+
+    def accuracy_rows(self, outputs: dict, reference: dict, inputs: dict, repeat: int) -> list[Row]:
+        """Full outputs: protocols.accuracy; top-k: the recovered top-1 token against the plaintext model's argmax."""
+        if self.cfg.return_mode == "full":
+            return super().accuracy_rows(outputs, reference, inputs, repeat)
+        reference_token = reference["logits"][:, -1].argmax(-1, keepdim=True)
+        return [token_agreement_row(outputs["topk_indices"][:, :1], reference_token, repeat, "host")]
 
     def privacy_rows(self, repeat: int) -> list[Row]:
         """dcor between the plaintext embeddings and what crossed the wire (both conventions)."""
@@ -279,11 +288,14 @@ class StipProtocol(SocketProtocol):
         return rows
 
     def expected_bytes(self, model: ModelSpec, request: RunRequest) -> tuple[int, int]:
-        """Up: permuted embeddings (+ mask); down: full logits or hidden states."""
+        """Up: permuted embeddings (+ mask); down: full logits or hidden states, or the last position's top-k."""
         b, t = request.batch_size, model.tokens_per_sample(request.seq_len)
         up = shape_bytes((b, t, model.hidden_size), model.torch_dtype)
         if model.model_type != "vit":
             up += shape_bytes((b, t), torch.int64) * (2 if model.model_type == "bert" else 1)
+        if self.cfg.return_mode == "topk":
+            k = self.cfg.top_k
+            return up, shape_bytes((b, k), model.torch_dtype) + shape_bytes((b, k), torch.int64)
         return up, output_bytes(model, request)
 
     def generate(self, cloud: CloudProcess, model: ModelSpec, network: NetworkProfile,

@@ -1,0 +1,89 @@
+"""Fig. 9: end-to-end latency against the number of transformer layers on the device (model split, k = 0..20).
+
+Measured: results/fig9_model_split (configs/experiment/fig9_model_split.yaml): real SmolLM2-135M (30 layers),
+wired profile. Device and cloud share this host, so the device's measured compute is multiplied by the declared
+`protocol.device_slowdown` in the `modelled` rows (the socket rows stay as measured); the paper prints no
+latency, only the trend ("rises proportionally") and the verdict (embedding only is optimal).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.artifacts import Comparison, style
+from bench.artifacts._latency import PAPER_HOST, host, load, param
+
+ARTIFACT = "fig9"
+EXPERIMENTS = ("fig9_model_split",)
+COMMAND = "python -m bench -m experiment=fig9_model_split"
+
+
+def latencies(results: Path) -> pd.DataFrame | None:
+    """Per (k, slowdown, source, repeat): the request's total latency (s): `socket` as measured, `modelled` with the
+    device compute x slowdown."""
+    rows = load(results, "fig9_model_split")
+    if rows is None or rows.empty:
+        return None
+    rows = rows.assign(k=param(rows, "device_layers", 1).astype(int),
+                       slowdown=param(rows, "device_slowdown", 1.0).astype(float))
+    m = rows[(rows.phase == "total") & (rows.metric == "latency")]
+    return m[["model", "seq_len", "network", "k", "slowdown", "source", "repeat", "value"]]
+
+
+def compare(results: Path) -> list[Comparison]:
+    """The trend (least-squares ms per device layer, monotone?) and the optimal split, on the modelled rows."""
+    table = latencies(results)
+    if table is None:
+        return [Comparison(ARTIFACT, "latency vs on-device layers rises; embedding only is optimal", "none",
+                           "not_measured", reported_id="fig9-latency-trend", reason=f"run `{COMMAND}`")]
+    out = []
+    r = table.iloc[0]
+    for source in ("modelled", "socket"):
+        t = table[table.source == source]
+        if t.empty:
+            continue
+        med = t.groupby("k")["value"].median().sort_index()
+        slowdown = float(t.slowdown.iloc[0])
+        how = f"device compute x {slowdown:g} (declared device_slowdown)" if source == "modelled" else \
+            "as measured: device and cloud at the same speed on one host"
+        work = f"{r.model}, {r.seq_len} tokens, batch 1, {r.network}, k = {', '.join(map(str, med.index))}; {how}"
+        diff = f"here: {host()}; {PAPER_HOST}; paper model not stated"
+        per_layer = float(np.polyfit(med.index.to_numpy(float), med.to_numpy() * 1e3, 1)[0]) if len(med) > 1 else None
+        rising = bool((med.diff().dropna() > 0).all())
+        out.append(Comparison(ARTIFACT, f"latency added per on-device layer ({source})", "ms",
+                              "reproduced" if rising else "differs", measured=per_layer,
+                              reported_id="fig9-latency-trend", workload=work, differences=diff,
+                              source=f"fig9_model_split total latency ({source}), least squares over k",
+                              reason="" if rising else "not rising at every step: with both halves on one host a layer "
+                              "costs the same on either side, so only the link and noise move the total"))
+        best = int(med.idxmin())
+        out.append(Comparison(ARTIFACT, f"fastest split ({source}): device layers", "layers",
+                              "reproduced" if best == 0 else "differs", measured=float(best), paper=0.0,
+                              reported_id="fig9-embedding-only-optimal", workload=work, differences=diff,
+                              source=f"fig9_model_split total latency ({source}), medians",
+                              reason="" if best == 0 else "device as fast as the cloud here, so a split costs nothing"))
+    return out
+
+
+def figure(results: Path, out: Path) -> list[Path]:
+    """Latency vs device layers, measured (same host) and modelled (declared slowdown); no paper numbers printed."""
+    table = latencies(results)
+    if table is None:
+        return []
+    fig, ax = style.figure()
+    for source, g in table.groupby("source"):
+        s = style.summarize(g.assign(value=g.value * 1e3), ["k"]).sort_values("k")
+        slowdown = float(g.slowdown.iloc[0])
+        label = (f"modelled: device x {slowdown:g} slower" if source == "modelled" else "measured (one host)")
+        style.measured(ax, s.k, s["median"], s.lo, s.hi, label=label, system="model_split" if source == "socket"
+                       else "modelled")
+    r = table.iloc[0]
+    style.axes(ax, "transformer layers on the device", "layers", "end-to-end latency", "ms")
+    style.title(ax, "Fig. 9 model split (paper: latency rises with k; no values printed)",
+                f"{r.model}, {r.seq_len} tokens, {r.network}")
+    style.assumed(ax, f"device {float(table.slowdown.max()):g}x slower than the cloud; 100 Mbit/s wired",
+                  loc="upper left")
+    style.legend(ax, fontsize=7, loc="best")
+    return style.save(fig, out, "fig9")
