@@ -9,6 +9,8 @@ Rows, in the vocabulary of protocols/vocabulary.py (phase = operator class of `M
 - `rounds` (engine): sequential communication rounds (the larger per-party count of CrypTen collectives).
 - `bytes` (engine): total bytes both parties send, half the sum of CrypTen's per-party counts (CrypTen
   counts a transfer at both ends: sent + received).
+- `bytes` at phase `weight_open` (engine): the part of the bytes above that re-opens the secret-shared
+  weights (W - b of each Beaver product with a weight; no rounds of its own), paid again every forward.
 - `preprocessing_rounds`, `preprocessing_bytes` (engine): TTP provider only, rank 0's traffic with the
   third party (kept out of the online numbers above).
 - accuracy (phase `output`, repeat 0): protocols.accuracy on the output revealed to the device.
@@ -124,6 +126,8 @@ class MpcProtocol(Protocol):
                          Row(phase, "latency", modelled, "modelled", rep),
                          Row(phase, "rounds", st["rounds"], "engine", rep),
                          Row(phase, "bytes", st["bytes"], "engine", rep)]
+                if phase == "total":
+                    rows.append(Row("weight_open", "bytes", run.weight_open_bytes, "engine", rep))
                 if self.provider == "TTP":
                     rows += [Row(phase, m, st[m], "engine", rep)
                              for m in ("preprocessing_rounds", "preprocessing_bytes")]

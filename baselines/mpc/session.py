@@ -16,7 +16,7 @@ import torch
 from baselines.mpc.approximations import Approximation, get_approximation
 from baselines.mpc.forward import EMBEDDING_MODES, ModelWeights, TransformerForward, extract_weights, share_weights
 from baselines.mpc.launcher import run_parties
-from baselines.mpc.meter import Meter, crypten_comm_reader, hook_ttp_requests
+from baselines.mpc.meter import Meter, WeightOpenings, crypten_comm_reader, hook_ttp_requests, hook_weight_openings
 from baselines.mpc.ops import MpcOps
 
 STAT_KEYS = ("seconds", "rounds", "bytes", "preprocessing_rounds", "preprocessing_bytes")
@@ -36,26 +36,31 @@ class Job:
 
 
 def party(rank: int, crypten: Any, job: Job) -> dict[str, Any]:
-    """What one party does: share weights and input, run the forward `n_runs` times, report counters."""
+    """What one party does: share weights and input, run the forward `n_runs` times, report counters
+    (per run: the operator classes, the whole forward, and the bytes that re-open the weights)."""
     ops = MpcOps(crypten, rank)
     meter = Meter(crypten_comm_reader(crypten))
-    unhook = hook_ttp_requests(crypten, meter) if job.provider == "TTP" and rank == 0 else None
+    unhooks = [hook_ttp_requests(crypten, meter)] if job.provider == "TTP" and rank == 0 else []
     try:
         start = meter.snapshot()
         shared = share_weights(job.weights, ops, job.embedding)
         setup = Meter.span(start, meter.snapshot())
+        openings = WeightOpenings()
+        unhooks.append(hook_weight_openings(crypten, shared.values(), openings))
         runs, output = [], None
         for _ in range(job.n_runs):
             meter.reset()
+            openings.bytes = 0.0
             fwd = TransformerForward(job.weights, shared, ops, job.approx, meter, job.embedding)
             start = meter.snapshot()
             out = fwd(job.input_ids, job.attention_mask)
-            runs.append({"phases": meter.as_dict(), "total": Meter.span(start, meter.snapshot())})
+            runs.append({"phases": meter.as_dict(), "total": Meter.span(start, meter.snapshot()),
+                         "weight_open_bytes": openings.bytes})
             if out is not None:
                 output = out.double().numpy()
         return {"rank": rank, "setup": setup, "runs": runs, "output": output}
     finally:
-        if unhook is not None:
+        for unhook in unhooks:
             unhook()
 
 
@@ -64,6 +69,7 @@ class RunStats:
     """Merged numbers of one forward: phase -> metric -> value (per party and wire)."""
 
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    weight_open_bytes: float = 0.0  # part of phases' bytes: Beaver openings of the shared weights (W - b)
 
 
 @dataclass
@@ -118,6 +124,6 @@ def run_mpc_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
         names = list(dict.fromkeys([*run0["phases"], *run1["phases"]]))
         phases = {n: merge_parties(run0["phases"].get(n, _zero()), run1["phases"].get(n, _zero())) for n in names}
         phases["total"] = merge_parties(run0["total"], run1["total"])
-        runs.append(RunStats(phases))
+        runs.append(RunStats(phases, (run0["weight_open_bytes"] + run1["weight_open_bytes"]) / 2.0))
     return MpcResult(torch.from_numpy(np.asarray(r1["output"])), weights.output_name, runs,
                      merge_parties(r0["setup"], r1["setup"]), approx.name, provider, embedding)
