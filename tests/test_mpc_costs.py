@@ -1,6 +1,7 @@
 """What the CrypTen arm pays, checked on tiny tensors and a tiny BERT: the row max as a comparison tree (same
 values as CrypTen's max, less traffic), GeLU's comparisons in one call (one comparison's rounds), the weight
-re-opening bytes (exactly the weights' elements), and bytes and rounds identical across repeats."""
+re-opening bytes (exactly the weights' elements), bytes and rounds identical across repeats, and one
+generated token (the greedy token, computed in MPC)."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
-from baselines.mpc.approximations import indicators
-from baselines.mpc.forward import extract_weights
+from baselines.mpc.approximations import get_approximation, indicators
+from baselines.mpc.forward import extract_weights, simulate
 from baselines.mpc.launcher import run_parties
 from baselines.mpc.ops import MpcOps, PlainOps
 from baselines.mpc.session import run_mpc_forward
@@ -83,3 +84,23 @@ def test_repeats_give_identical_traffic_and_weight_openings_are_the_weights() ->
     used = sum(v.numel() for k, v in t.items() if k == "wte" or k.endswith((".w", ".g")))
     assert first.weight_open_bytes == 2 * 8 * used
     assert 0 < first.weight_open_bytes < first.phases["total"]["bytes"]
+
+
+@pytest.mark.timeout(120)
+def test_one_generated_token_in_mpc_is_the_greedy_token_and_reveals_only_its_id() -> None:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100,
+                                       bos_token_id=0, eos_token_id=0)).eval()
+    ids = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0  # right padding: row 1's next token follows position 3
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    greedy = logits[torch.arange(2), mask.sum(-1) - 1].argmax(-1)
+    res = run_mpc_forward(model, ids, mask, approx="puma", timeout_s=120, seed=0, next_token=True)
+    assert res.output_name == "next_token" and res.output.shape == (2, 1, 1)  # one id per row, no logits
+    assert torch.equal(res.output.round().long().view(2), greedy)
+    sim = simulate(model, ids, mask, get_approximation("puma"), next_token=True)
+    assert torch.equal(sim.view(2).long(), greedy)
+    with pytest.raises(ValueError, match="causal LM head"):
+        simulate(_tiny_bert(), ids, mask, get_approximation("puma"), next_token=True)

@@ -27,6 +27,9 @@ class PlainOps:
     def max(self, x: Tensor, dim: int) -> Tensor:
         return x.amax(dim=dim, keepdim=True)
 
+    def argmax(self, x: Tensor, dim: int) -> Tensor:
+        return x.argmax(dim=dim, keepdim=True).to(x.dtype)
+
     def cat(self, xs: list[Tensor], dim: int) -> Tensor:
         return torch.cat(xs, dim=dim)
 
@@ -89,6 +92,15 @@ class MpcOps:
             top = b.add(a.sub(b).mul(a.gt(b)))  # the indicator has scale 1: the product needs no truncation
             x = self.cat([top, parts[2]], dim=dim) if odd else top
         return x
+
+    def argmax(self, x: Tensor, dim: int) -> Tensor:
+        """Index of the row max, still shared: the tree max, one equality test against it, and the sum of
+        indicator x index (public integers on the scale-1 indicator: exact). A tie sums the tied indices."""
+        dim = dim % x.dim()
+        hot = x.eq(self.max(x, dim))
+        shape = [1] * x.dim()
+        shape[dim] = x.size(dim)
+        return hot.mul(torch.arange(x.size(dim), dtype=torch.float32).view(shape)).sum(dim, keepdim=True)
 
     def cat(self, xs: list[Tensor], dim: int) -> Tensor:
         return self.crypten.cat(xs, dim=dim)

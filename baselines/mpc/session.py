@@ -33,6 +33,7 @@ class Job:
     embedding: str
     provider: str
     n_runs: int
+    next_token: bool = False
 
 
 def party(rank: int, crypten: Any, job: Job) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def party(rank: int, crypten: Any, job: Job) -> dict[str, Any]:
         for _ in range(job.n_runs):
             meter.reset()
             openings.bytes = 0.0
-            fwd = TransformerForward(job.weights, shared, ops, job.approx, meter, job.embedding)
+            fwd = TransformerForward(job.weights, shared, ops, job.approx, meter, job.embedding, job.next_token)
             start = meter.snapshot()
             out = fwd(job.input_ids, job.attention_mask)
             runs.append({"phases": meter.as_dict(), "total": Meter.span(start, meter.snapshot()),
@@ -105,8 +106,9 @@ def _zero() -> dict[str, float]:
 def run_mpc_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                     approx: str | dict | Approximation = "puma", embedding: str = "mpc", provider: str = "TFP",
                     n_runs: int = 1, timeout_s: float = 1800.0, weights: ModelWeights | None = None,
-                    seed: int | None = None) -> MpcResult:
-    """Run the two-party forward of `model` on `input_ids` and return the device's output and the counters."""
+                    seed: int | None = None, next_token: bool = False) -> MpcResult:
+    """Run the two-party forward of `model` on `input_ids` and return the device's output and the counters
+    (`next_token`: the output is each row's greedy next token id, computed in MPC; see TransformerForward)."""
     if embedding not in EMBEDDING_MODES:
         raise ValueError(f"unknown embedding mode {embedding!r}; choices: {list(EMBEDDING_MODES)}")
     if n_runs < 1:
@@ -117,7 +119,7 @@ def run_mpc_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     weights = weights or extract_weights(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    job = Job(weights, input_ids, attention_mask, approx, embedding, provider, n_runs)
+    job = Job(weights, input_ids, attention_mask, approx, embedding, provider, n_runs, next_token)
     r0, r1 = run_parties(party, job, provider=provider, timeout_s=timeout_s, seed=seed)
     runs = []
     for run0, run1 in zip(r0["runs"], r1["runs"]):
@@ -125,5 +127,6 @@ def run_mpc_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
         phases = {n: merge_parties(run0["phases"].get(n, _zero()), run1["phases"].get(n, _zero())) for n in names}
         phases["total"] = merge_parties(run0["total"], run1["total"])
         runs.append(RunStats(phases, (run0["weight_open_bytes"] + run1["weight_open_bytes"]) / 2.0))
-    return MpcResult(torch.from_numpy(np.asarray(r1["output"])), weights.output_name, runs,
+    output_name = "next_token" if next_token else weights.output_name
+    return MpcResult(torch.from_numpy(np.asarray(r1["output"])), output_name, runs,
                      merge_parties(r0["setup"], r1["setup"]), approx.name, provider, embedding)
