@@ -104,3 +104,32 @@ def test_one_generated_token_in_mpc_is_the_greedy_token_and_reveals_only_its_id(
     assert torch.equal(sim.view(2).long(), greedy)
     with pytest.raises(ValueError, match="causal LM head"):
         simulate(_tiny_bert(), ids, mask, get_approximation("puma"), next_token=True)
+
+
+TINY_GPT2 = {"name": "tiny-gpt2", "model_type": "gpt2", "head": "causal_lm", "weights": "random", "tokenizer": None,
+             "dtype": "float32", "source": "test",
+             "config": {"vocab_size": 100, "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64,
+                        "bos_token_id": 0, "eos_token_id": 0}}
+
+
+@pytest.mark.timeout(120)
+def test_protocol_generate_task_gives_generate_rows_and_refuses_a_second_token() -> None:
+    from baselines.mpc.protocol import MpcProtocol  # noqa: PLC0415
+    from protocols.contract import RunRequest  # noqa: PLC0415
+    from protocols.models import build_spec  # noqa: PLC0415
+    from transport.link import NetworkProfile  # noqa: PLC0415
+
+    spec, lan = build_spec(TINY_GPT2), NetworkProfile("lan", bandwidth_bps=3e9, rtt_s=0.8e-3)
+    proto = MpcProtocol({"approx": "puma"})
+    rows = proto.run(spec, lan, RunRequest(batch_size=1, seq_len=6, repeats=2, warmup=0, seed=0, task="generate",
+                                           max_new_tokens=1))
+    got = {(r.phase, r.metric, r.source, r.repeat): r.value for r in rows}
+    assert ("total", "bytes", "engine", 0) not in got  # end to end is phase generate for a generation
+    assert got[("generate", "bytes", "engine", 0)] == got[("generate", "bytes", "engine", 1)] > 0
+    assert got[("generate", "rounds", "engine", 0)] == got[("generate", "rounds", "engine", 1)] > 0
+    assert 0 < got[("weight_open", "bytes", "engine", 0)] < got[("generate", "bytes", "engine", 0)]
+    assert got[("output", "top1_agreement", "engine", 0)] == 1.0
+    assert got[("output", "top1_agreement", "simulated", 0)] == 1.0
+    with pytest.raises(ValueError, match="max_new_tokens=1"):
+        proto.run(spec, lan, RunRequest(batch_size=1, seq_len=6, repeats=1, warmup=0, seed=0, task="generate",
+                                        max_new_tokens=2))

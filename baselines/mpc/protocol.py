@@ -16,7 +16,8 @@ Rows, in the vocabulary of protocols/vocabulary.py (phase = operator class of `M
 - accuracy (phase `output`, repeat 0): protocols.accuracy on the output revealed to the device.
 - `task: generate` (run.max_new_tokens=1): one generated token = the prompt's forward, the LM head on the last
   position and an argmax in MPC; the device learns the token id only. End-to-end rows at phase `generate`;
-  accuracy is the token's agreement with plaintext greedy decoding. No secret-shared KV cache: a second token
+  accuracy is the token's agreement with plaintext greedy decoding (engine), and the float64 simulation's
+  (simulated: what the approximations alone do). No secret-shared KV cache: a second token
   would redo the whole prompt, so more than one is refused.
 `mode: simulate` runs no parties: the same forward with the same approximations in float64 plaintext
 (baselines.mpc.forward.simulate), giving only the accuracy rows, source `simulated` (fast accuracy studies
@@ -131,7 +132,10 @@ class MpcProtocol(Protocol):
             greedy = out.logits[torch.arange(ids.shape[0]), last].argmax(-1, keepdim=True)
             rows = self.rows(result, None, mask, network, request)
             token = result.output.round().long().view(ids.shape[0], 1)
-            return rows + [token_agreement_row(token, greedy, 0, "engine")]
+            # the approximations' own effect, without fixed point: random-weight top logits lie close together
+            sim = simulate(net, ids, mask, self.approx, embedding=self.embedding, next_token=True)
+            return rows + [token_agreement_row(token, greedy, 0, "engine"),
+                           token_agreement_row(sim.long().view(ids.shape[0], 1), greedy, 0, "simulated")]
         reference = getattr(out, result.output_name)
         return self.rows(result, reference, mask, network, request)
 
