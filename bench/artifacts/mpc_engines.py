@@ -24,15 +24,25 @@ FULL_PARAMS = {"bert-base": 109_482_240, "gpt2-124m": 124_439_808}
 LINKS = ("lan", "wan", "puma_lan")
 NONLINEAR = ("attention_softmax", "activation", "layernorm")
 BEAVER = ("embedding", "linear", "head")
-# Reported rows of the table: (label, latency id, traffic id, shape it describes).
+# Reported rows of the table: (label, latency id, traffic id, shape it describes, security, kind).
 REPORTED = (
-    ("PUMA (3PC ABY3, SPU), reported", "puma-bert-base-128-latency", "puma-bert-base-128-traffic", SHAPES[0]),
+    ("PUMA (3PC ABY3, SPU), reported", "puma-bert-base-128-latency", "puma-bert-base-128-traffic", SHAPES[0],
+     "3pc-honest-majority", "aby3"),
     ("MPCFormer (2PC CrypTen, Quad+2Quad), rerun by PUMA", "mpcformer-by-puma-bert-base-128-latency",
-     "mpcformer-by-puma-bert-base-128-traffic", SHAPES[0]),
-    ("PUMA (3PC ABY3, SPU), reported, 32 in / 1 out", "puma-gpt2-base-latency", "puma-gpt2-base-traffic", SHAPES[2]),
+     "mpcformer-by-puma-bert-base-128-traffic", SHAPES[0], "2pc-dealer", "crypten"),
+    ("PUMA (3PC ABY3, SPU), reported, 32 in / 1 out", "puma-gpt2-base-latency", "puma-gpt2-base-traffic", SHAPES[2],
+     "3pc-honest-majority", "aby3"),
     ("CipherGPT (2PC), reported by STIP, tokens not stated", "fig2-ciphergpt-latency", "fig2-ciphergpt-traffic",
-     SHAPES[2]),
+     SHAPES[2], "2pc", "ciphergpt"),
 )
+# What the reported system does differently, in words (the measured side is said by _reason).
+AGAINST = {
+    "aby3": "3PC replicated sharing (ABY3) multiplies shares with one reshare of the output and never opens a weight",
+    "crypten": "the same engine family (CrypTen 2PC, Beaver triples from a dealer), with MPCFormer's Quad GeLU and "
+               "2Quad softmax (no comparisons) on PUMA's host",
+    "ciphergpt": "2PC secure against the server: OT/HE preprocessing counted in its traffic, its own GeLU/softmax/"
+                 "top-k protocols, prompt length not stated",
+}
 
 
 def _experiments(results: Path) -> list[str]:
@@ -83,37 +93,36 @@ def table(results: Path) -> pd.DataFrame:
             **{f"modelled_{k}_s": getattr(r, f"modelled_{k}_s") for k in LINKS},
             "bytes_rounds_identical_across_repeats": r.deterministic,
         })
-    for label, lat_id, traffic_id, (model, seq_len, task) in REPORTED:
+    for label, lat_id, traffic_id, (model, seq_len, task), security, _ in REPORTED:
         lat = reported_by_id()[lat_id]
-        lines.append({"row": label, "model": model, "tokens": seq_len, "task": task,
-                      "security": "3pc-honest-majority" if "3PC" in label else "2pc",
+        lines.append({"row": label, "model": model, "tokens": seq_len, "task": task, "security": security,
                       "bytes_GB": paper_value(traffic_id, "GB"),
                       "reported_s": paper_value(lat_id, "s"),
                       "reported_network": (lat.setting or {}).get("network", "not stated")})
     return pd.DataFrame(lines)
 
 
-def _reason(r: pd.Series, phases: dict[str, float], reported: str, metric: str) -> str:
+def _reason(r: pd.Series, phases: dict[str, float], label: str, kind: str, metric: str) -> str:
     """Why a measured configuration's number differs from a reported one, from its own operator classes."""
     gb = 1e9
     beaver = sum(phases.get(p, 0.0) for p in BEAVER) / gb
     nonlinear = sum(phases.get(p, 0.0) for p in NONLINEAR) / gb
-    parts = (f"of this run's {r.bytes / gb:.2f} GB, {r.weight_open_bytes / gb:.2f} GB re-open the shared weights "
-             f"(W - b of every Beaver product), {beaver:.2f} GB are the Beaver openings of the embedding, matmuls "
-             f"and head, {nonlinear:.2f} GB the non-linear layers (comparisons through 64-bit adder circuits)")
     if r.engine == "crypten":
-        system = (f"CrypTen 2PC with a trusted dealer (no preprocessing traffic) against {reported}: Beaver products "
-                  f"open both operands every time, where ABY3 multiplies replicated shares with one reshare of the "
-                  f"output and never opens a weight")
+        here = "CrypTen 2PC with a trusted dealer (no preprocessing traffic), Beaver products opening both operands"
     elif "cheetah" in str(r.mpc_protocol).lower():
-        system = f"SPU Cheetah 2PC with its OT/HE preprocessing counted, against {reported}"
+        here = "SPU Cheetah 2PC with its OT/HE preprocessing counted"
     else:
-        system = f"SPU {r.mpc_protocol} against {reported}: same engine family, different version, host and settings"
+        here = f"SPU {r.mpc_protocol}"
+    text = f"here {here}; {label}: {AGAINST[kind]}"
     if metric == "bytes":
-        return system + ("; " + parts if r.engine == "crypten" else "")
-    return (system + f"; latency: {r.compute_s:.1f} s of the modelled time is compute on this 2-core host, shared "
-            f"with other jobs (range {r.compute_min_s:.1f}-{r.compute_max_s:.1f} s), against the reporting "
-            "paper's servers")
+        if r.engine == "crypten":
+            text += (f"; of this run's {r.bytes / gb:.2f} GB, {r.weight_open_bytes / gb:.2f} GB re-open the shared "
+                     f"weights (W - b of every Beaver product), {beaver:.2f} GB are the Beaver openings of the "
+                     f"embedding, matmuls and head, {nonlinear:.2f} GB the non-linear layers (GeLU, softmax, norms; "
+                     f"CrypTen compares through 64-bit adder circuits)")
+        return text
+    return (text + f"; {r.compute_s:.1f} s of the modelled time is compute on this 2-core host, shared with other "
+            f"jobs (range {r.compute_min_s:.1f}-{r.compute_max_s:.1f} s), against the reporting paper's servers")
 
 
 def compare(results: Path) -> list[Comparison]:
@@ -132,7 +141,7 @@ def compare(results: Path) -> list[Comparison]:
         reduced = int(r.n_params) != FULL_PARAMS.get(r.model, -1)
         workload = (f"{r.model}{' (REDUCED depth)' if reduced else ''}, {int(r.seq_len)} tokens, {r.task}, "
                     f"{r.engine} {r.mpc_protocol} / {r.approx}, security {r.security}")
-        for label, lat_id, traffic_id, rep_shape in REPORTED:
+        for label, lat_id, traffic_id, rep_shape, _, kind in REPORTED:
             if rep_shape != shape:
                 continue
             for metric, rid, unit, value, spr in (
@@ -148,7 +157,7 @@ def compare(results: Path) -> list[Comparison]:
                     status="reproduced" if same else "differs", measured=value, paper=paper, reported_id=rid,
                     spread=spr, workload=workload,
                     differences="reduced depth; " * reduced + f"security here {r.security}",
-                    reason="" if same else _reason(r, phases, label, metric),
+                    reason="" if same else _reason(r, phases, label, kind, metric),
                     source=f"{r.experiment}: {'generate' if r.task == 'generate' else 'total'} {metric}"))
     return [c for c in out if c.measured is None or math.isfinite(c.measured)]
 
