@@ -98,3 +98,9 @@ def test_mpc_table_has_measured_and_labelled_reported_rows(results: Path, tmp_pa
     paths = mpc_engines.figure(results, tmp_path / "figures")
     assert [p.name for p in paths] == ["mpc_engines.csv", "mpc_engines.md"]
     assert "PUMA (3PC ABY3, SPU), reported" in paths[1].read_text()
+
+
+def test_fig2_figure_is_drawn_from_the_rows(results: Path, tmp_path: Path) -> None:
+    paths = fig2.figure(results, tmp_path / "figures")
+    assert [p.name for p in paths] == ["fig2.png", "fig2.pdf"] and all(p.stat().st_size > 1000 for p in paths)
+    assert fig2.figure(tmp_path / "empty", tmp_path / "none") == []

@@ -118,3 +118,47 @@ def compare(results: Path) -> list[Comparison]:
                                        reason="run `python -m bench -m experiment=mpc_gpt2_stip`"))
             rows += stip
     return [c for c in rows if c.measured is None or math.isfinite(c.measured)]
+
+
+def figure(results: Path, out: Path) -> list[Path]:
+    """Fig. 2 redrawn: latency and traffic per system on a log scale, measured bars (min-max whiskers) and
+    CipherGPT's reported values as hollow markers."""
+    import matplotlib  # noqa: PLC0415 - the report draws without a display
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    frames = [df for e in EXPERIMENTS if (df := experiment_rows(results, e)) is not None]
+    if not frames:
+        return []
+    summary = summarise(pd.concat(frames, ignore_index=True))
+    summary = summary[summary.model == "gpt2-124m"].sort_values(["task", "seq_len", "protocol"])
+    if summary.empty:
+        return []
+    labels = [f"{r.protocol if r.protocol != 'mpc' else r.engine + ' 2PC'}\n{r.task} {int(r.seq_len)} tok"
+              for r in summary.itertuples()]
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(labels) + 2), 4.2))
+    x = range(len(labels))
+    lat = summary.modelled_s.to_numpy()
+    err = [lat - summary.modelled_min_s.to_numpy(), summary.modelled_max_s.to_numpy() - lat]
+    axes[0].bar(x, lat, yerr=err, color="tab:blue", capsize=3, label="measured (modelled on 5 Gbps / 1 ms)")
+    axes[0].axhline(paper_value("fig2-ciphergpt-latency", "s"), color="tab:red", ls="--", lw=1)
+    axes[0].plot([len(labels) - 0.5], [paper_value("fig2-ciphergpt-latency", "s")], "o", mfc="none",
+                 color="tab:red", label="CipherGPT, reported (> 25 min)")
+    axes[0].set_ylabel("latency per request (s)")
+    axes[1].bar(x, summary.bytes.to_numpy() / 2**30, color="tab:green", label="measured")
+    axes[1].plot([len(labels) - 0.5], [paper_value("fig2-ciphergpt-traffic", "GiB")], "o", mfc="none",
+                 color="tab:red", label="CipherGPT, reported (90 GiB)")
+    axes[1].set_ylabel("traffic per request (GiB)")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle("Fig. 2: GPT-2 124M (random weights) on a 2-core host; CrypTen 2PC with a trusted dealer", fontsize=9)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "fig2.png", out / "fig2.pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    return paths
