@@ -72,6 +72,9 @@ PHASES = {
     "compute": "compute of one request without the link",
     **{p: "a step of the device-cloud request" for p in STIP_PHASES},
     **{p: "an MPC operator class" for p in MPC_PHASES},
+    "weight_open": "MPC: the bytes of one forward that re-open the secret-shared weights (W - b of every Beaver "
+                   "product with a weight, 8 B per element each way, in the same round as the input's mask); "
+                   "a part of the operator classes' bytes, not added to them",
     "prefill": "generation: first token (prompt pass)",
     "token": "generation: one further token (seq_len = context length)",
     "per_token": "generation: mean over decode tokens",

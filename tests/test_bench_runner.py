@@ -15,7 +15,8 @@ from hydra import compose, initialize_config_dir
 from baselines.full_cloud import FullCloudProtocol
 from bench.app import CONFIG_DIR, run
 
-MPC_EXPERIMENTS = {"mpc_vs_stip", "mpc_bert_base", "mpc_accuracy", "mpc_accuracy_smollm2"}  # two CrypTen party processes per run: slow
+MPC_EXPERIMENTS = {"mpc_vs_stip", "mpc_bert_base", "mpc_accuracy", "mpc_accuracy_smollm2",  # two CrypTen party
+                   "mpc_gpt2", "mpc_gpt2_generate"}  # processes per run: slow
 EXPERIMENTS = [pytest.param(e, marks=pytest.mark.slow) if e in MPC_EXPERIMENTS else e
                for e in sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))]
 TOY = ["run.repeats=1", "run.warmup=0", "run.batch_size=1", "run.seq_len=8",
@@ -109,7 +110,9 @@ def test_stip_generation_topk_saves_downlink(tmp_path):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_at_toy_size(tmp_path, experiment):
     layers = 2 if experiment == "fig9_model_split" else 1  # model_split's default k = 1 needs 2 layers
-    report = run(make_cfg(tmp_path, f"experiment={experiment}", f"model.n_layers={layers}", *TOY))
+    toy = [o for o in TOY if not o.startswith("run.max_new_tokens")] + ["run.max_new_tokens=1"] \
+        if experiment == "mpc_gpt2_generate" else TOY  # MPC generates one token
+    report = run(make_cfg(tmp_path, f"experiment={experiment}", f"model.n_layers={layers}", *toy))
     assert report.status == "ok", report.error
     assert len(rows_of(report)) > 0
 

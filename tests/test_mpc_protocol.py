@@ -45,7 +45,7 @@ def test_rows_obey_the_one_vocabulary() -> None:
     phase = merge_parties(_party(1.0, 10, 4e6), _party(1.5, 10, 4e6))
     assert phase["bytes"] == 4e6 and phase["latency"] == 1.5
     result = MpcResult(output=torch.zeros(1, 3, 4), output_name="last_hidden_state",
-                       runs=[RunStats({"linear": phase, "total": phase})] * 3, setup=phase,
+                       runs=[RunStats({"linear": phase, "total": phase}, 1.5e6)] * 3, setup=phase,
                        approx="puma", provider="TFP", embedding="mpc")
     ref = torch.zeros(1, 3, 4)
     ref[..., 1] = 1.0
@@ -59,6 +59,7 @@ def test_rows_obey_the_one_vocabulary() -> None:
     assert got[("compute", "latency", "engine")] == 1.5
     assert got[("total", "latency", "modelled")] == pytest.approx(1.5 + LAN.time(10, 4e6 / 2))
     assert ("total", "latency", "engine") not in got  # phase total is end to end only
+    assert got[("weight_open", "bytes", "engine")] == 1.5e6
     assert got[("output", "max_abs_error", "engine")] == 1.0 and got[("output", "top1_agreement", "engine")] == 0.0
 
 
@@ -78,7 +79,7 @@ def test_protocol_run_end_to_end_on_tiny_bert() -> None:
     req = RunRequest(batch_size=1, seq_len=6, repeats=1, warmup=0, seed=0, task="forward")
     rows = MpcProtocol({"approx": "puma", "provider": "TTP", "embedding": "device"}).run(spec, LAN, req)
     phases = {r.phase for r in rows}
-    assert phases <= set(MPC_PHASES) | {"total", "compute", "output"} and "attention_softmax" in phases
+    assert phases <= set(MPC_PHASES) | {"total", "compute", "output", "weight_open"} and "attention_softmax" in phases
     got = {(r.phase, r.metric): r.value for r in rows}
     assert got[("total", "bytes")] > 0 and got[("total", "preprocessing_bytes")] > 0
     assert got[("output", "top1_agreement")] > 0.8

@@ -110,6 +110,21 @@ def sigmoid_crypten(ops: Backend, x: Tensor) -> Tensor:
     return pos_out.add(ltz.mul(pos_out.mul(-2.0).add(1.0)))  # where(x < 0, 1 - p, p)
 
 
+def indicators(ops: Backend, x: Tensor, tests: list[tuple[str, float]]) -> list[Tensor]:
+    """[x < c] ("lt") or [x > c] ("gt") for each (op, c) of `tests`, in ONE comparison call.
+
+    In MPC a comparison costs the same rounds whatever its size, so PUMA's GeLU asks its three at once on
+    the stacked [x | x | -x] against [c0 | c1 | -c2] (x > c is -x < -c), instead of one after another.
+    """
+    if any(op not in ("lt", "gt") for op, _ in tests):
+        raise ValueError(f"indicator tests must be ('lt' | 'gt', threshold); got {tests}")
+    stacked = ops.cat([(x if op == "lt" else x.neg()).unsqueeze(0) for op, _ in tests], dim=0)
+    shape = (len(tests),) + (1,) * x.dim()
+    thresholds = torch.tensor([c if op == "lt" else -c for op, c in tests], dtype=torch.float64).view(shape)
+    below = ops.lt(stacked, thresholds.float() if ops.is_mpc else thresholds)
+    return [below[j] for j in range(len(tests))]
+
+
 def _select(mask_keep: Tensor, value: Tensor) -> Tensor:
     """value where the 0/1 indicator is 1, else 0 (one multiplication in MPC)."""
     return value.mul(mask_keep)
@@ -135,8 +150,8 @@ PUMA_F1 = {0: 0.008526321541038084, 1: 0.5, 2: 0.3603292692789629, 4: -0.0376882
 
 
 def gelu_puma(ops: Backend, x: Tensor) -> Tensor:
-    """PUMA's piecewise GeLU: 0 | cubic F0 on [-4,-1.95) | degree-6 F1 on [-1.95,3] | x (3 comparisons)."""
-    b0, b1, b2 = ops.lt(x, -4.0), ops.lt(x, -1.95), ops.gt(x, 3.0)
+    """PUMA's piecewise GeLU: 0 | cubic F0 on [-4,-1.95) | degree-6 F1 on [-1.95,3] | x (3 comparisons, batched)."""
+    b0, b1, b2 = indicators(ops, x, [("lt", -4.0), ("lt", -1.95), ("gt", 3.0)])
     x2 = x.square()
     x3 = x2.mul(x)
     x4 = x2.square()
@@ -153,8 +168,8 @@ NIMBUS_GELU = (-0.006946478426716862, 0.32421075145645123, 0.17025471961795552)
 
 
 def gelu_nimbus(ops: Backend, x: Tensor) -> Tensor:
-    """Nimbus GELU: 0 below -1.8, a quadratic on [-1.8, 0.5], x above 0.5 (2 comparisons)."""
-    b_low, b_high = ops.lt(x, -1.8), ops.gt(x, 0.5)
+    """Nimbus GELU: 0 below -1.8, a quadratic on [-1.8, 0.5], x above 0.5 (2 comparisons, batched)."""
+    b_low, b_high = indicators(ops, x, [("lt", -1.8), ("gt", 0.5)])
     quad = x.square().mul(NIMBUS_GELU[2]).add(x.mul(NIMBUS_GELU[1])).add(NIMBUS_GELU[0])
     mid = b_low.add(b_high).neg().add(1.0)
     return _select(mid, quad).add(_select(b_high, x))

@@ -206,13 +206,17 @@ class TransformerForward:
     """One family's forward pass over a backend, charging each operator to its class in `meter`."""
 
     def __init__(self, weights: ModelWeights, shared: dict[str, Tensor], ops: Any, approx: Approximation,
-                 meter: Meter, embedding: str = "mpc") -> None:
+                 meter: Meter, embedding: str = "mpc", next_token: bool = False) -> None:
         if embedding not in EMBEDDING_MODES:
             raise ValueError(f"unknown embedding mode {embedding!r}; choices: {list(EMBEDDING_MODES)}")
         if ops.is_mpc and approx.plaintext_only:
             raise ValueError(f"approx {approx.name!r} is plaintext-only; in MPC use a real family")
         self.w, self.p, self.ops, self.approx, self.meter = weights, shared, ops, approx, meter
         self.embedding = embedding
+        self.next_token = next_token  # reveal only the greedy next token (secure argmax), not the logits
+        if next_token and "head.w" not in shared:
+            raise ValueError(f"next_token needs a causal LM head (GPT2LMHeadModel, LlamaForCausalLM); "
+                             f"the {weights.family} weights have none")
         self.cfg = weights.config
 
     # ------------------------------------------------------------------ building blocks
@@ -294,6 +298,7 @@ class TransformerForward:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         run = {"bert": self._bert, "gpt2": self._gpt2, "llama": self._llama}[self.w.family]
+        self._last = [int(n) - 1 for n in attention_mask.sum(-1)]  # public: each row's last attended position
         return run(input_ids, attention_mask)
 
     def _key_mask(self, attention_mask: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -305,7 +310,13 @@ class TransformerForward:
         return self.ops.public(m)
 
     def _finish(self, h: Tensor) -> torch.Tensor | None:
+        """Reveal the outputs to the device; with `next_token`, only the greedy next token of each row:
+        the LM head on the last attended position, then an argmax in MPC (tree max, one equality test),
+        so the device learns one token id per row and nothing of the logits."""
         with self.meter.phase("head"):
+            if self.next_token:
+                last = self.ops.cat([h[i:i + 1, p:p + 1] for i, p in enumerate(self._last)], dim=0)
+                return self.ops.reveal(self.ops.argmax(last.matmul(self.p["head.w"]), dim=-1))
             if "head.w" in self.p:
                 h = h.matmul(self.p["head.w"])
             return self.ops.reveal(h)
@@ -408,11 +419,12 @@ def _apply_rope(ops: Any, x: Tensor, cos: torch.Tensor, sin: torch.Tensor) -> Te
 
 
 def simulate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, approx: Approximation,
-             embedding: str = "mpc", weights: ModelWeights | None = None) -> torch.Tensor:
+             embedding: str = "mpc", weights: ModelWeights | None = None, next_token: bool = False) -> torch.Tensor:
     """Plaintext float64 simulation of the MPC forward with `approx` (fast accuracy studies)."""
     from baselines.mpc.ops import PlainOps  # noqa: PLC0415
 
     ops = PlainOps()
     weights = weights or extract_weights(model)
-    fwd = TransformerForward(weights, share_weights(weights, ops, embedding), ops, approx, Meter(), embedding)
+    fwd = TransformerForward(weights, share_weights(weights, ops, embedding), ops, approx, Meter(), embedding,
+                             next_token)
     return fwd(input_ids, attention_mask)

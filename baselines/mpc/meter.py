@@ -94,3 +94,41 @@ def hook_ttp_requests(crypten: Any, meter: Meter) -> Callable[[], None]:
 
     inner.ttp_request = metered
     return lambda: setattr(inner, "ttp_request", original)
+
+
+class WeightOpenings:
+    """Bytes spent re-opening the secret-shared weights in Beaver products, counted the way CrypTen counts.
+
+    CrypTen multiplies [x] by a shared weight [W] with a fresh triple (a, b, c) every time and opens
+    x - a and W - b together (one batched all-reduce, so no round of its own); the W - b half is this cost,
+    paid again by every forward although W never changes. Each party logs 2 x 8 bytes per opened element
+    (sent + received, as CrypTen's counter does), so merged like the other counters it is the wire bytes.
+    """
+
+    def __init__(self) -> None:
+        self.bytes = 0.0
+        self.elements = 0
+
+    def add(self, n_elements: int, bytes_per_element: int) -> None:
+        self.elements += n_elements
+        self.bytes += 2.0 * n_elements * bytes_per_element
+
+
+def hook_weight_openings(crypten: Any, weights: Any, counter: WeightOpenings) -> Callable[[], None]:
+    """Count, in `counter`, every Beaver product whose operand is one of `weights` (shared tensors);
+    returns the function that unhooks it."""
+    from crypten.mpc.primitives import beaver  # noqa: PLC0415
+
+    name = "__beaver_protocol"  # a module-level function: mul/matmul look it up in the module at call time
+    original = getattr(beaver, name)
+    ids = {id(w._tensor) for w in weights}
+    per_element = crypten.communicator.get().BYTES_PER_ELEMENT
+
+    def counted(op: str, x: Any, y: Any, *args: Any, **kwargs: Any) -> Any:
+        for operand in (x, y):
+            if id(operand) in ids:
+                counter.add(operand.nelement(), per_element)
+        return original(op, x, y, *args, **kwargs)
+
+    setattr(beaver, name, counted)
+    return lambda: setattr(beaver, name, original)

@@ -27,6 +27,9 @@ class PlainOps:
     def max(self, x: Tensor, dim: int) -> Tensor:
         return x.amax(dim=dim, keepdim=True)
 
+    def argmax(self, x: Tensor, dim: int) -> Tensor:
+        return x.argmax(dim=dim, keepdim=True).to(x.dtype)
+
     def cat(self, xs: list[Tensor], dim: int) -> Tensor:
         return torch.cat(xs, dim=dim)
 
@@ -75,7 +78,29 @@ class MpcOps:
         return out
 
     def max(self, x: Tensor, dim: int) -> Tensor:
-        return x.max(dim=dim, keepdim=True)[0]
+        """Row max by a plain comparison tree, as PUMA's code does: ceil(log2 n) levels of one comparison
+        and one product each, halving the row. CrypTen's `max(dim)` also builds the one-hot argmax (an
+        equality test over the whole input) and ends in an O(n^2) pairwise stage, which a softmax never uses;
+        its max-only helper (`_max_helper_all_tree_reductions`) keeps that pairwise stage and pays two
+        products per level (`crypten.where`), so the tree is written here with one: b + [a > b] (a - b).
+        """
+        dim = dim % x.dim()
+        while x.size(dim) > 1:
+            half, odd = divmod(x.size(dim), 2)
+            parts = x.split([half, half, 1] if odd else [half, half], dim=dim)
+            a, b = parts[0], parts[1]
+            top = b.add(a.sub(b).mul(a.gt(b)))  # the indicator has scale 1: the product needs no truncation
+            x = self.cat([top, parts[2]], dim=dim) if odd else top
+        return x
+
+    def argmax(self, x: Tensor, dim: int) -> Tensor:
+        """Index of the row max, still shared: the tree max, one equality test against it, and the sum of
+        indicator x index (public integers on the scale-1 indicator: exact). A tie sums the tied indices."""
+        dim = dim % x.dim()
+        hot = x.eq(self.max(x, dim))
+        shape = [1] * x.dim()
+        shape[dim] = x.size(dim)
+        return hot.mul(torch.arange(x.size(dim), dtype=torch.float32).view(shape)).sum(dim, keepdim=True)
 
     def cat(self, xs: list[Tensor], dim: int) -> Tensor:
         return self.crypten.cat(xs, dim=dim)

@@ -9,9 +9,16 @@ Rows, in the vocabulary of protocols/vocabulary.py (phase = operator class of `M
 - `rounds` (engine): sequential communication rounds (the larger per-party count of CrypTen collectives).
 - `bytes` (engine): total bytes both parties send, half the sum of CrypTen's per-party counts (CrypTen
   counts a transfer at both ends: sent + received).
+- `bytes` at phase `weight_open` (engine): the part of the bytes above that re-opens the secret-shared
+  weights (W - b of each Beaver product with a weight; no rounds of its own), paid again every forward.
 - `preprocessing_rounds`, `preprocessing_bytes` (engine): TTP provider only, rank 0's traffic with the
   third party (kept out of the online numbers above).
 - accuracy (phase `output`, repeat 0): protocols.accuracy on the output revealed to the device.
+- `task: generate` (run.max_new_tokens=1): one generated token = the prompt's forward, the LM head on the last
+  position and an argmax in MPC; the device learns the token id only. End-to-end rows at phase `generate`;
+  accuracy is the token's agreement with plaintext greedy decoding (engine), and the float64 simulation's
+  (simulated: what the approximations alone do). No secret-shared KV cache: a second token
+  would redo the whole prompt, so more than one is refused.
 `mode: simulate` runs no parties: the same forward with the same approximations in float64 plaintext
 (baselines.mpc.forward.simulate), giving only the accuracy rows, source `simulated` (fast accuracy studies
 on many inputs; `mode: mpc` on a few checks that the engine agrees with the simulation).
@@ -32,7 +39,7 @@ from baselines.mpc.approximations import Approximation, get_approximation
 from baselines.mpc.forward import EMBEDDING_MODES, extract_weights, simulate
 from baselines.mpc.launcher import PROVIDERS
 from baselines.mpc.session import MpcResult, run_mpc_forward
-from protocols.accuracy import accuracy_rows
+from protocols.accuracy import accuracy_rows, token_agreement_row
 from protocols.contract import ModelSpec, Protocol, ProtocolConfig, Row, RunRequest
 from transport.link import NetworkProfile
 
@@ -89,8 +96,16 @@ class MpcProtocol(Protocol):
         return "2pc-dealer"
 
     def run(self, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:
-        if request.task != "forward":
-            raise ValueError(f"task {request.task!r} is not supported by protocol=mpc; supported: 'forward'")
+        if request.task not in ("forward", "generate"):
+            raise ValueError(f"task {request.task!r} is not supported by protocol=mpc; "
+                             "supported: 'forward', 'generate'")
+        generate = request.task == "generate"
+        if generate and request.max_new_tokens != 1:
+            raise ValueError(f"protocol=mpc generates one token (the prompt's forward, then an argmax in MPC; no "
+                             f"secret-shared KV cache, so each further token would redo the prompt); got "
+                             f"run.max_new_tokens={request.max_new_tokens}: use run.max_new_tokens=1")
+        if generate and self.cfg.mode == "simulate":
+            raise ValueError("protocol.mode=simulate gives forward accuracy only; task generate needs mode=mpc")
         net = model.build()
         inputs = model.make_inputs(request.batch_size, request.seq_len, request.seed)
         if "input_ids" not in inputs:
@@ -109,23 +124,40 @@ class MpcProtocol(Protocol):
             return accuracy_rows(sim, getattr(out, weights.output_name), mask, 0, "simulated")
         result = run_mpc_forward(net, ids, mask, approx=self.approx, embedding=self.embedding,
                                  provider=self.provider, n_runs=request.warmup + request.repeats,
-                                 timeout_s=self.cfg.timeout_s, seed=request.seed)
+                                 timeout_s=self.cfg.timeout_s, seed=request.seed, next_token=generate)
+        if generate:
+            if not hasattr(out, "logits"):
+                raise ValueError(f"task generate needs a causal LM head; model {model.name!r} gives no logits")
+            last = mask.sum(-1) - 1
+            greedy = out.logits[torch.arange(ids.shape[0]), last].argmax(-1, keepdim=True)
+            rows = self.rows(result, None, mask, network, request)
+            token = result.output.round().long().view(ids.shape[0], 1)
+            # the approximations' own effect, without fixed point: random-weight top logits lie close together
+            sim = simulate(net, ids, mask, self.approx, embedding=self.embedding, next_token=True)
+            return rows + [token_agreement_row(token, greedy, 0, "engine"),
+                           token_agreement_row(sim.long().view(ids.shape[0], 1), greedy, 0, "simulated")]
         reference = getattr(out, result.output_name)
         return self.rows(result, reference, mask, network, request)
 
-    def rows(self, result: MpcResult, reference: torch.Tensor, mask: torch.Tensor, network: NetworkProfile,
+    def rows(self, result: MpcResult, reference: torch.Tensor | None, mask: torch.Tensor, network: NetworkProfile,
              request: RunRequest) -> list[Row]:
-        """Rows of the measured runs (warm-up runs dropped) and of the accuracy."""
+        """Rows of the measured runs (warm-up runs dropped) and of the accuracy (`reference` None: none).
+        A one-token generation reports its end-to-end numbers at phase `generate` instead of `total`."""
         rows: list[Row] = []
+        end = "generate" if request.task == "generate" else "total"
         for rep, run in enumerate(result.runs[request.warmup:]):
             for phase, st in run.phases.items():
                 modelled = st["latency"] + network.time(st["rounds"], st["bytes"] / 2.0)
+                name = end if phase == "total" else phase
                 rows += [Row("compute" if phase == "total" else phase, "latency", st["latency"], "engine", rep),
-                         Row(phase, "latency", modelled, "modelled", rep),
-                         Row(phase, "rounds", st["rounds"], "engine", rep),
-                         Row(phase, "bytes", st["bytes"], "engine", rep)]
+                         Row(name, "latency", modelled, "modelled", rep),
+                         Row(name, "rounds", st["rounds"], "engine", rep),
+                         Row(name, "bytes", st["bytes"], "engine", rep)]
+                if phase == "total":
+                    rows.append(Row("weight_open", "bytes", run.weight_open_bytes, "engine", rep))
                 if self.provider == "TTP":
-                    rows += [Row(phase, m, st[m], "engine", rep)
+                    rows += [Row(name, m, st[m], "engine", rep)
                              for m in ("preprocessing_rounds", "preprocessing_bytes")]
-        rows += accuracy_rows(result.output, reference, mask, 0, "engine")
+        if reference is not None:
+            rows += accuracy_rows(result.output, reference, mask, 0, "engine")
         return rows

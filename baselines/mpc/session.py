@@ -16,7 +16,7 @@ import torch
 from baselines.mpc.approximations import Approximation, get_approximation
 from baselines.mpc.forward import EMBEDDING_MODES, ModelWeights, TransformerForward, extract_weights, share_weights
 from baselines.mpc.launcher import run_parties
-from baselines.mpc.meter import Meter, crypten_comm_reader, hook_ttp_requests
+from baselines.mpc.meter import Meter, WeightOpenings, crypten_comm_reader, hook_ttp_requests, hook_weight_openings
 from baselines.mpc.ops import MpcOps
 
 STAT_KEYS = ("seconds", "rounds", "bytes", "preprocessing_rounds", "preprocessing_bytes")
@@ -33,29 +33,35 @@ class Job:
     embedding: str
     provider: str
     n_runs: int
+    next_token: bool = False
 
 
 def party(rank: int, crypten: Any, job: Job) -> dict[str, Any]:
-    """What one party does: share weights and input, run the forward `n_runs` times, report counters."""
+    """What one party does: share weights and input, run the forward `n_runs` times, report counters
+    (per run: the operator classes, the whole forward, and the bytes that re-open the weights)."""
     ops = MpcOps(crypten, rank)
     meter = Meter(crypten_comm_reader(crypten))
-    unhook = hook_ttp_requests(crypten, meter) if job.provider == "TTP" and rank == 0 else None
+    unhooks = [hook_ttp_requests(crypten, meter)] if job.provider == "TTP" and rank == 0 else []
     try:
         start = meter.snapshot()
         shared = share_weights(job.weights, ops, job.embedding)
         setup = Meter.span(start, meter.snapshot())
+        openings = WeightOpenings()
+        unhooks.append(hook_weight_openings(crypten, shared.values(), openings))
         runs, output = [], None
         for _ in range(job.n_runs):
             meter.reset()
-            fwd = TransformerForward(job.weights, shared, ops, job.approx, meter, job.embedding)
+            openings.bytes = 0.0
+            fwd = TransformerForward(job.weights, shared, ops, job.approx, meter, job.embedding, job.next_token)
             start = meter.snapshot()
             out = fwd(job.input_ids, job.attention_mask)
-            runs.append({"phases": meter.as_dict(), "total": Meter.span(start, meter.snapshot())})
+            runs.append({"phases": meter.as_dict(), "total": Meter.span(start, meter.snapshot()),
+                         "weight_open_bytes": openings.bytes})
             if out is not None:
                 output = out.double().numpy()
         return {"rank": rank, "setup": setup, "runs": runs, "output": output}
     finally:
-        if unhook is not None:
+        for unhook in unhooks:
             unhook()
 
 
@@ -64,6 +70,7 @@ class RunStats:
     """Merged numbers of one forward: phase -> metric -> value (per party and wire)."""
 
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    weight_open_bytes: float = 0.0  # part of phases' bytes: Beaver openings of the shared weights (W - b)
 
 
 @dataclass
@@ -99,8 +106,9 @@ def _zero() -> dict[str, float]:
 def run_mpc_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                     approx: str | dict | Approximation = "puma", embedding: str = "mpc", provider: str = "TFP",
                     n_runs: int = 1, timeout_s: float = 1800.0, weights: ModelWeights | None = None,
-                    seed: int | None = None) -> MpcResult:
-    """Run the two-party forward of `model` on `input_ids` and return the device's output and the counters."""
+                    seed: int | None = None, next_token: bool = False) -> MpcResult:
+    """Run the two-party forward of `model` on `input_ids` and return the device's output and the counters
+    (`next_token`: the output is each row's greedy next token id, computed in MPC; see TransformerForward)."""
     if embedding not in EMBEDDING_MODES:
         raise ValueError(f"unknown embedding mode {embedding!r}; choices: {list(EMBEDDING_MODES)}")
     if n_runs < 1:
@@ -111,13 +119,14 @@ def run_mpc_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     weights = weights or extract_weights(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    job = Job(weights, input_ids, attention_mask, approx, embedding, provider, n_runs)
+    job = Job(weights, input_ids, attention_mask, approx, embedding, provider, n_runs, next_token)
     r0, r1 = run_parties(party, job, provider=provider, timeout_s=timeout_s, seed=seed)
     runs = []
     for run0, run1 in zip(r0["runs"], r1["runs"]):
         names = list(dict.fromkeys([*run0["phases"], *run1["phases"]]))
         phases = {n: merge_parties(run0["phases"].get(n, _zero()), run1["phases"].get(n, _zero())) for n in names}
         phases["total"] = merge_parties(run0["total"], run1["total"])
-        runs.append(RunStats(phases))
-    return MpcResult(torch.from_numpy(np.asarray(r1["output"])), weights.output_name, runs,
+        runs.append(RunStats(phases, (run0["weight_open_bytes"] + run1["weight_open_bytes"]) / 2.0))
+    output_name = "next_token" if next_token else weights.output_name
+    return MpcResult(torch.from_numpy(np.asarray(r1["output"])), output_name, runs,
                      merge_parties(r0["setup"], r1["setup"]), approx.name, provider, embedding)

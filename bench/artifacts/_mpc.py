@@ -1,0 +1,96 @@
+"""What the MPC artifact modules (fig2, mpc_engines) share: one line per MPC or STIP run configuration, with
+the median and range over repeats and a check that bytes and rounds are deterministic.
+
+Not an artifact module (the leading underscore keeps `bench.artifacts.modules()` from listing it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from bench.analysis import read_rows
+from transport.link import NetworkProfile, network_profile
+
+NETWORK_DIR = Path(__file__).resolve().parents[2] / "configs" / "network"
+GROUP = ["experiment", "model", "n_params", "seq_len", "batch_size", "protocol", "engine", "mpc_protocol", "approx",
+         "security", "network", "task"]
+
+
+def network(name: str) -> NetworkProfile:
+    """A network profile of configs/network/ by name (lan, wan, puma_lan, ...)."""
+    path = NETWORK_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in NETWORK_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no network profile {name!r}; choices: {known}")
+    return network_profile(OmegaConf.to_container(OmegaConf.load(path)))  # as Hydra reads it (3.0e9 is a float)
+
+
+def experiment_rows(results: Path, experiment: str) -> pd.DataFrame | None:
+    """results/<experiment>/rows.parquet joined with its runs.csv (task, protocol.engine, ...); None if not run."""
+    folder = Path(results) / experiment
+    if not (folder / "rows.parquet").is_file():
+        return None
+    rows = read_rows(folder)
+    runs_path = folder / "runs.csv"
+    runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame({"run_id": rows.run_id.unique()})
+    keep = ["run_id"] + [c for c in ("task", "protocol.engine", "protocol.mpc_protocol") if c in runs]
+    rows = rows.merge(runs[keep].drop_duplicates("run_id"), on="run_id", how="left")
+    if "task" not in rows:
+        rows["task"] = "forward"
+    engine = rows["protocol.engine"] if "protocol.engine" in rows else pd.Series(pd.NA, index=rows.index, dtype=object)
+    rows["engine"] = engine.where(engine.notna(), rows.protocol.map({"mpc": "crypten"})).fillna("")
+    mpc_proto = rows["protocol.mpc_protocol"] if "protocol.mpc_protocol" in rows else pd.Series(pd.NA, index=rows.index)
+    rows["mpc_protocol"] = mpc_proto.where(mpc_proto.notna(), rows.engine.map({"crypten": "beaver-tfp"})).fillna("")
+    for col in ("approx", "security"):
+        if col not in rows:
+            rows[col] = ""
+        rows[col] = rows[col].fillna("")
+    return rows
+
+
+def _values(g: pd.DataFrame, phase: str, metric: str, sources: tuple[str, ...]) -> pd.Series:
+    sel = g[(g.phase == phase) & (g.metric == metric) & g.source.isin(sources)]
+    return sel.sort_values("repeat").value
+
+
+def summarise(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per run configuration: compute (engine) and modelled end-to-end latency as median/min/max/n,
+    bytes, rounds and weight re-opening bytes (median), and whether bytes and rounds are equal in every repeat."""
+    out = []
+    for key, g in rows.groupby(GROUP, dropna=False, sort=True):
+        end = "generate" if (g.phase == "generate").any() else "total"
+        rec = dict(zip(GROUP, key))
+        compute = _values(g, "compute", "latency", ("engine",))
+        if compute.empty:  # socket protocols: the request's time without the link is not one row; use the socket total
+            compute = _values(g, end, "latency", ("socket",))
+        modelled = _values(g, end, "latency", ("modelled",))
+        n_bytes = _values(g, end, "bytes", ("engine", "socket"))
+        rounds = _values(g, end, "rounds", ("engine", "socket"))
+        weight = _values(g, "weight_open", "bytes", ("engine",))
+        top1 = _values(g, "output", "top1_agreement", ("engine", "host", "socket"))
+        rec.update({
+            "repeats": int(len(modelled)),
+            "compute_s": compute.median(), "compute_min_s": compute.min(), "compute_max_s": compute.max(),
+            "modelled_s": modelled.median(), "modelled_min_s": modelled.min(), "modelled_max_s": modelled.max(),
+            "bytes": n_bytes.median(), "rounds": rounds.median(),
+            "weight_open_bytes": weight.median() if not weight.empty else float("nan"),
+            "deterministic": bool(n_bytes.nunique() <= 1 and rounds.nunique() <= 1),
+            "top1_agreement": top1.median() if not top1.empty else float("nan"),
+        })
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def modelled(compute_s: float, rounds: float, n_bytes: float, profile: NetworkProfile) -> float:
+    """The vocabulary's modelled latency on another link: compute + rounds x RTT + (bytes / 2) / bandwidth
+    (2PC opens are symmetric: each direction carries half the bytes)."""
+    return float(compute_s + profile.time(rounds, n_bytes / 2.0))
+
+
+def spread(values_min: float, values_max: float, n: int, fmt: str = ".3g") -> str:
+    """'median of n, range a-b' (or 'one run')."""
+    if n <= 1:
+        return "one run"
+    return f"median of {n}, range {values_min:{fmt}}-{values_max:{fmt}}"
