@@ -181,8 +181,8 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
     if req["model_type"] == "bert":
         extra["token_type_ids"] = np.zeros((batch, seq), dtype=np.int32)
 
-    def forward(x, params):
-        return getattr(model(input_ids=x, params=params, **extra), output)
+    def forward(x, params):  # the Flax module itself: the model wrappers read (batch, seq) from input_ids' shape
+        return getattr(model.module.apply({"params": params}, input_ids=x, deterministic=True, **extra), output)
 
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float32), model.params)
     args = (onehot, params)
