@@ -214,8 +214,21 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
                                        "transformers": transformers.__version__}}
 
 
+def exit_with_parent(poll_s: float = 2.0) -> None:
+    """End this process when the runner that started it dies (an orphaned driver would hold the cores for hours)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main() -> None:
     """stdin: the request JSON; stdout: one JSON object (the driver prints nothing else there)."""
+    exit_with_parent()
     req = json.load(sys.stdin)
     real_stdout = os.dup(1)
     os.dup2(2, 1)  # library chatter on stdout goes to stderr; the result goes to the real stdout
