@@ -8,7 +8,8 @@ counted where a party hands a message to its link, whatever the link's transport
 (PUMA's secure embedding: the table lookup is a secret one-hot x table product), the weights are the server's;
 both are secret-shared by SPU's Io before the run, outside the counted traffic.
 Request keys: checkpoint, model_type (bert | gpt2), output (last_hidden_state | logits), input_ids, protocol
-(ABY3 | CHEETAH | SEMI2K), approx (puma | nimbus), runs, fxp_fraction_bits (0: SPU's default), seed.
+(ABY3 | CHEETAH | SEMI2K), approx (puma | nimbus), runs, fxp_fraction_bits (0: SPU's default), timeout_s
+(a party's longest wait for a peer's message).
 """
 from __future__ import annotations
 
@@ -133,9 +134,13 @@ class CapturedLog:
         sys.stderr.write(self.text)  # the profile stays in the driver's log too
 
 
-def run_parties(executable: Any, shares: list[list[Any]], cfg: Any, n: int) -> list[list[Any]]:
+def run_parties(executable: Any, shares: list[list[Any]], cfg: Any, n: int,
+                recv_timeout_s: float) -> list[list[Any]]:
     """One thread per party over in-memory links; every party profiles; returns each party's output shares."""
     desc = libspu.link.Desc()
+    # A party waits for its peer's message as long as the peer computes (a BERT-base one-hot embedding takes
+    # minutes on a busy 2-core host); yacl's default receive timeout would abort the run instead.
+    desc.recv_timeout_ms = int(recv_timeout_s * 1000)
     for rank in range(n):
         desc.add_party(f"id_{rank}", f"thread_{rank}")
     results: list[Any] = [None] * n
@@ -201,7 +206,7 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
     for _ in range(int(req.get("runs", 1))):
         with CapturedLog() as cap:
             t0 = time.perf_counter()
-            parties = run_parties(executable, shares, cfg, n)
+            parties = run_parties(executable, shares, cfg, n, float(req.get("timeout_s", 3600)))
             wall = time.perf_counter() - t0
         prof = parse_profile(cap.text)
         if len(prof["links"]) != n:

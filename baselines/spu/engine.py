@@ -73,7 +73,7 @@ def run_spu_forward(net: Any, model_type: str, ids: torch.Tensor, *, protocol: s
     net.save_pretrained(ckpt, safe_serialization=True)
     request = {"checkpoint": str(ckpt), "model_type": model_type, "output": MODEL_TYPES[model_type],
                "input_ids": ids.tolist(), "protocol": PROTOCOLS[protocol], "approx": approx, "runs": n_runs,
-               "fxp_fraction_bits": fxp_fraction_bits}
+               "fxp_fraction_bits": fxp_fraction_bits, "timeout_s": timeout_s}
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
     log_path = Path(workdir) / "spu_driver.log"
     with open(log_path, "w") as log:
