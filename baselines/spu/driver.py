@@ -13,9 +13,11 @@ Request keys: checkpoint, model_type (bert | gpt2), output (last_hidden_state | 
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -38,6 +40,7 @@ PARTIES = {"ABY3": 3, "CHEETAH": 2, "SEMI2K": 2}
 LINK = re.compile(r"Link details: total send bytes (\d+), recv bytes (\d+), send actions (\d+), recv actions (\d+)")
 OP = re.compile(r"- (\S+), executed (\d+) times, duration ([0-9.e+-]+)s, send bytes (\d+) recv bytes (\d+), "
                 r"send actions (\d+), recv actions (\d+)")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SECTION = re.compile(r"(HLO|HAL|MPC) profiling: total time")
 
 
@@ -219,16 +222,14 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
                                        "transformers": transformers.__version__}}
 
 
-def exit_with_parent(poll_s: float = 2.0) -> None:
-    """End this process when the runner that started it dies (an orphaned driver would hold the cores for hours)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
+def exit_with_parent() -> None:
+    """Die with the runner that started this process (Linux PR_SET_PDEATHSIG): an orphaned driver would hold
+    the cores for hours, and a Python watcher thread cannot run while SPU's C++ code holds the GIL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() == 1:  # the runner died before the call above
         os._exit(3)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def main() -> None:
