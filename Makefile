@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+SPU_VENV ?= .venv-spu
+SPU_STAMP := $(SPU_VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -26,7 +28,14 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 	@echo "== done: now run  source $(VENV)/bin/activate"
 
-install: $(STAMP) ## Create .venv and install everything (torch==2.13.0 first)
+# The SecretFlow SPU engine's own environment (spu 0.9.5 needs jax<=0.4.34 and numpy<2; baselines/spu).
+$(SPU_STAMP): requirements-spu.txt
+	python3.11 -m venv $(SPU_VENV)
+	@echo "== SPU engine: requirements-spu.txt into $(SPU_VENV)"; $(SPU_VENV)/bin/pip install -q --upgrade pip
+	$(SPU_VENV)/bin/pip install --progress-bar on -r requirements-spu.txt
+	touch $(SPU_STAMP)
+
+install: $(STAMP) $(SPU_STAMP) ## Create .venv and .venv-spu (the SPU engine's) and install everything (torch==2.13.0 first)
 
 lint: install ## ruff check (config in pyproject.toml)
 	$(VENV)/bin/ruff check .
@@ -46,5 +55,5 @@ bench: bench-micro ## Reproduce the paper report (profile `bench` of configs/ben
 bench-all: install ## Every paper artifact at the full size this host allows (profile `all`; hours on 2 cores)
 	$(PY) -m bench.profile all --results results
 
-clean: ## Remove caches and results of local runs (keeps .venv)
+clean: ## Remove caches and results of local runs (keeps .venv and .venv-spu)
 	rm -rf .pytest_cache outputs multirun

@@ -28,7 +28,7 @@ from __future__ import annotations
 # How a number was obtained.
 SOURCES = {
     "socket": "measured where bytes cross the device-cloud socket, through the emulated link",
-    "engine": "an MPC engine's own counters (CrypTen), both parties on this host (loopback)",
+    "engine": "an MPC engine's own counters (CrypTen, SecretFlow SPU), every party on this host (loopback)",
     "host": "measured in-process on this host (timers, module sizes, RSS)",
     "modelled": "measured compute + rounds x RTT + bytes / bandwidth of the run's network profile (device compute x "
                 "the declared device_slowdown where a protocol has one: model_split; its device_* rows say so)",

@@ -19,6 +19,8 @@ Rows, in the vocabulary of protocols/vocabulary.py (phase = operator class of `M
   accuracy is the token's agreement with plaintext greedy decoding (engine), and the float64 simulation's
   (simulated: what the approximations alone do). No secret-shared KV cache: a second token
   would redo the whole prompt, so more than one is refused.
+`engine: spu` runs the forward on SecretFlow SPU instead (baselines/spu: `mpc_protocol` aby3 | cheetah | semi2k,
+approx puma | nimbus; its own rows and security labels); everything else here is the CrypTen engine.
 `mode: simulate` runs no parties: the same forward with the same approximations in float64 plaintext
 (baselines.mpc.forward.simulate), giving only the accuracy rows, source `simulated` (fast accuracy studies
 on many inputs; `mode: mpc` on a few checks that the engine agrees with the simulation).
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -39,12 +41,14 @@ from baselines.mpc.approximations import Approximation, get_approximation
 from baselines.mpc.forward import EMBEDDING_MODES, extract_weights, simulate
 from baselines.mpc.launcher import PROVIDERS
 from baselines.mpc.session import MpcResult, run_mpc_forward
+from baselines.spu import protocol as spu_protocol
 from protocols.accuracy import accuracy_rows, token_agreement_row
 from protocols.contract import ModelSpec, Protocol, ProtocolConfig, Row, RunRequest
 from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
 MODES = ("mpc", "simulate")
+ENGINES = ("crypten", "spu")
 
 
 @dataclass
@@ -56,8 +60,18 @@ class MpcConfig(ProtocolConfig):
     provider: str = "TFP"  # TFP (trusted first party) | TTP (third party; preprocessing reported apart)
     timeout_s: float = 1800.0
     mode: str = "mpc"  # mpc (two CrypTen parties) | simulate (float64 plaintext, same approximations, accuracy only)
+    engine: str = "crypten"  # crypten | spu (SecretFlow SPU in .venv-spu, baselines/spu)
+    mpc_protocol: Optional[str] = None  # SPU only: aby3 (default) | cheetah | semi2k
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown protocol.engine {self.engine!r}; choices: {list(ENGINES)}")
+        if self.engine == "spu":
+            spu_protocol.validate(self)
+            return
+        if self.mpc_protocol is not None:
+            raise ValueError(f"protocol.mpc_protocol={self.mpc_protocol!r} selects an SPU protocol; "
+                             "set protocol.engine=spu, or leave mpc_protocol unset for CrypTen")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choices: {list(MODES)}")
         approx = get_approximation(self.approx)
@@ -92,10 +106,14 @@ class MpcProtocol(Protocol):
         return self.approx.name
 
     def security_label(self) -> str:
-        """CrypTen's TFP and TTP providers are both trusted dealers (TFP: the server is the dealer)."""
+        """CrypTen's TFP and TTP are trusted dealers (TFP: the server is the dealer); SPU: by its protocol."""
+        if self.cfg.engine == "spu":
+            return spu_protocol.SECURITY[self.cfg.mpc_protocol]
         return "2pc-dealer"
 
     def run(self, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:
+        if self.cfg.engine == "spu":
+            return spu_protocol.run(self.cfg, model, network, request)
         if request.task not in ("forward", "generate"):
             raise ValueError(f"task {request.task!r} is not supported by protocol=mpc; "
                              "supported: 'forward', 'generate'")

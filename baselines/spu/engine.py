@@ -1,0 +1,95 @@
+"""The main-environment half of `protocol.engine=spu`: checkpoint out, driver subprocess in .venv-spu, results back.
+
+The weights the driver loads are the very model the runner built (save_pretrained, safetensors, into the run's
+workdir), so SPU and CrypTen rows of one run config judge the same network against the same plaintext.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+VENV = Path(os.environ.get("SPU_VENV", REPO / ".venv-spu"))
+PROTOCOLS = {"aby3": "ABY3", "cheetah": "CHEETAH", "semi2k": "SEMI2K"}
+APPROXIMATIONS = ("puma", "nimbus")
+MODEL_TYPES = {"bert": "last_hidden_state", "gpt2": "logits"}  # model_type -> the output accuracy is judged on
+
+
+@dataclass
+class SpuRun:
+    """One measured forward: wall seconds of all parties, per-party link totals, per-op profile (all parties')."""
+
+    seconds: float
+    links: list[dict[str, int]]
+    ops: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes all parties send (each party's own link counter)."""
+        return sum(p["send_bytes"] for p in self.links)
+
+    def rounds_per_party(self) -> float:
+        """All parties' send actions / parties. SPU splits the same total differently among the parties from
+        run to run here, so the per-party maximum is not reproducible; the total, hence the mean, is."""
+        return sum(p["send_actions"] for p in self.links) / len(self.links)
+
+
+@dataclass
+class SpuResult:
+    output: torch.Tensor
+    approx_plaintext: torch.Tensor
+    output_name: str
+    parties: int
+    compile_s: float
+    runs: list[SpuRun]
+    versions: dict[str, str]
+
+
+def python() -> Path:
+    """The SPU environment's interpreter, or an error naming `make install`."""
+    exe = VENV / "bin" / "python"
+    if not exe.exists():
+        raise FileNotFoundError(f"{exe} not found: the SPU engine needs its own environment; run `make install` "
+                                f"(it creates .venv-spu from requirements-spu.txt) or set SPU_VENV=DIR")
+    return exe
+
+
+def run_spu_forward(net: Any, model_type: str, ids: torch.Tensor, *, protocol: str, approx: str, n_runs: int,
+                    workdir: Path, timeout_s: float, fxp_fraction_bits: int = 0) -> SpuResult:
+    """Save `net`, run its forward `n_runs` times on SPU `protocol` with `approx`, and read the results back."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"protocol.engine=spu runs model types {sorted(MODEL_TYPES)}; got {model_type!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol.mpc_protocol={protocol!r}; choices: {sorted(PROTOCOLS)}")
+    ckpt = Path(workdir) / "spu_checkpoint"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    net.save_pretrained(ckpt, safe_serialization=True)
+    request = {"checkpoint": str(ckpt), "model_type": model_type, "output": MODEL_TYPES[model_type],
+               "input_ids": ids.tolist(), "protocol": PROTOCOLS[protocol], "approx": approx, "runs": n_runs,
+               "fxp_fraction_bits": fxp_fraction_bits, "timeout_s": timeout_s}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
+    log_path = Path(workdir) / "spu_driver.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.run([str(python()), "-m", "baselines.spu.driver"], input=json.dumps(request), text=True,
+                              stdout=subprocess.PIPE, stderr=log, env=env, cwd=REPO, timeout=timeout_s)
+    if proc.returncode != 0:
+        tail = log_path.read_text()[-3000:]
+        raise RuntimeError(f"SPU driver failed (exit {proc.returncode}); its log ({log_path}) ends:\n{tail}")
+    res = json.loads(proc.stdout)
+    return SpuResult(output=torch.tensor(res["output"], dtype=torch.float64),
+                     approx_plaintext=torch.tensor(res["approx_plaintext"], dtype=torch.float64),
+                     output_name=MODEL_TYPES[model_type], parties=int(res["parties"]),
+                     compile_s=float(res["compile_s"]),
+                     runs=[SpuRun(r["seconds"], r["links"], r.get("ops", {})) for r in res["runs"]],
+                     versions=res["versions"])
+
+
+if __name__ == "__main__":  # pragma: no cover - a manual probe: python -m baselines.spu.engine MODEL PROTOCOL APPROX
+    sys.exit("use protocol=mpc protocol.engine=spu through `python -m bench`")

@@ -1,0 +1,89 @@
+"""`protocol=mpc protocol.engine=spu`: config checks, security labels and rows of the SPU engine.
+
+Called from baselines/mpc/protocol.py (MpcProtocol dispatches here); runs in the main environment.
+Rows (vocabulary of protocols/vocabulary.py), per measured run (warm-up runs dropped):
+- `latency` at `compute`, source `engine`: wall time of one forward with every party running on this host
+  (threads over SPU's in-memory links; they share its cores);
+- `bytes` at `total` (engine): the bytes all parties send, each party's own SPU link counter;
+- `rounds` at `total` (engine): send actions per party (all parties' sends / parties): one message per party
+  per round in ABY3's ring, so it is the round count there, and an upper bound on rounds for Cheetah;
+- `latency` at `total`, source `modelled`: compute + network.time(rounds, bytes / parties) (each party's link
+  carries its own sends concurrently, as CrypTen's bytes / 2);
+- accuracy (phase `output`, source `engine`) by protocols.accuracy on the revealed output.
+No `preprocessing_*` rows: ABY3 draws its correlated randomness from pairwise PRG seeds and Cheetah runs its
+OT/HE preprocessing inside the forward, so both are in the online numbers above.
+SPU's own per-operator profile (HAL and MPC kernels: calls, seconds, bytes, sends) is written beside the run's
+rows as `spu_profile.json`: its operators are SPU kernels, not the operator classes of MPC_PHASES.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from baselines.spu.engine import APPROXIMATIONS, PROTOCOLS, SpuResult, run_spu_forward
+from protocols.accuracy import accuracy_rows
+from protocols.contract import ModelSpec, Row, RunRequest
+from transport.link import NetworkProfile
+
+SECURITY = {"aby3": "3pc-honest-majority", "cheetah": "2pc", "semi2k": "2pc-dealer"}
+DEFAULT_PROTOCOL = "aby3"
+
+
+def validate(cfg: Any) -> None:
+    """Reject what the SPU engine cannot run, naming the value and the choices (cfg: MpcConfig, engine=spu)."""
+    cfg.mpc_protocol = str(cfg.mpc_protocol or DEFAULT_PROTOCOL).lower()
+    if cfg.mpc_protocol not in PROTOCOLS:
+        raise ValueError(f"protocol.mpc_protocol={cfg.mpc_protocol!r}; choices with engine=spu: {sorted(PROTOCOLS)}")
+    if not isinstance(cfg.approx, str) or cfg.approx not in APPROXIMATIONS:
+        raise ValueError(f"protocol.approx={cfg.approx!r} has no SPU implementation; with engine=spu choose one of "
+                         f"{list(APPROXIMATIONS)} (crypten, mpcformer and per-operator dicts are CrypTen-only)")
+    if cfg.mode != "mpc":
+        raise ValueError(f"protocol.mode={cfg.mode!r} is CrypTen's float simulation; engine=spu runs mode=mpc only")
+    if cfg.embedding != "mpc":
+        raise ValueError(f"protocol.embedding={cfg.embedding!r}: engine=spu embeds in MPC (one-hot x table) only")
+    if str(cfg.provider).upper() != "TFP":
+        raise ValueError(f"protocol.provider={cfg.provider!r} is a CrypTen provider; engine=spu takes its "
+                         "correlated randomness from protocol.mpc_protocol (semi2k: a dealer, aby3/cheetah: none)")
+
+
+def run(cfg: Any, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:
+    """One SPU forward per warm-up + repeat of `model` on random token ids; rows as in the module docstring."""
+    if request.task != "forward":
+        raise ValueError(f"task {request.task!r} is not supported by protocol=mpc engine=spu; supported: 'forward'")
+    net = model.build()
+    inputs = model.make_inputs(request.batch_size, request.seq_len, request.seed)
+    if "input_ids" not in inputs:
+        raise ValueError(f"model {model.name!r} gives inputs {sorted(inputs)}; protocol=mpc needs input_ids")
+    ids = inputs["input_ids"]
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        out = net(input_ids=ids, attention_mask=mask)
+    result = run_spu_forward(net, model.model_type, ids, protocol=cfg.mpc_protocol, approx=cfg.approx,
+                             n_runs=request.warmup + request.repeats, workdir=request.workdir,
+                             timeout_s=cfg.timeout_s)
+    write_profile(result, request)
+    return rows(result, getattr(out, result.output_name), mask, network, request)
+
+
+def rows(result: SpuResult, reference: torch.Tensor, mask: torch.Tensor, network: NetworkProfile,
+         request: RunRequest) -> list[Row]:
+    """Rows of the measured runs (warm-up runs dropped) and of the accuracy."""
+    out: list[Row] = []
+    for rep, run in enumerate(result.runs[request.warmup:]):
+        rounds, n_bytes = run.rounds_per_party(), float(run.bytes)
+        out += [Row("compute", "latency", run.seconds, "engine", rep),
+                Row("total", "latency", run.seconds + network.time(rounds, n_bytes / result.parties), "modelled", rep),
+                Row("total", "rounds", rounds, "engine", rep),
+                Row("total", "bytes", n_bytes, "engine", rep)]
+    return out + accuracy_rows(result.output, reference, mask, 0, "engine")
+
+
+def write_profile(result: SpuResult, request: RunRequest) -> None:
+    """SPU's per-operator profile and versions beside the run's rows (the run folder outlives its workdir)."""
+    run_dir = request.workdir.parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    profile = {"versions": result.versions, "parties": result.parties, "compile_s": result.compile_s,
+               "runs": [{"seconds": r.seconds, "links": r.links, "ops": r.ops} for r in result.runs]}
+    (run_dir / "spu_profile.json").write_text(json.dumps(profile, indent=1))
