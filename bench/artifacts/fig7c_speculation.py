@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file backend
+import pandas as pd  # noqa: E402
 
 from bench.artifacts import Comparison, paper_value
 
@@ -64,7 +68,8 @@ def measured(results: Path) -> dict[str, dict[str, float | pd.Series]]:
         if plain.empty or spec.empty or trips.empty:
             continue
         rtt = rows[rows.network == net].rtt_s.dropna()
-        out[net] = {"plain": plain, "spec": spec, "trips": trips, "rtt_ms": float(rtt.iloc[0]) * 1e3 if len(rtt) else 0.0}
+        out[net] = {"plain": plain, "spec": spec, "trips": trips,
+                    "rtt_ms": float(rtt.iloc[0]) * 1e3 if len(rtt) else 0.0}
     return out
 
 
@@ -115,11 +120,6 @@ def compare(results: Path) -> list[Comparison]:
 
 def figure(results: Path, out: Path) -> list[Path]:
     """Per-token latency per network, without (filled) and with speculation, the paper's 30 / 510 hollow."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     found = measured(results)
     if not found:
         return []
@@ -134,8 +134,9 @@ def figure(results: Path, out: Path) -> list[Path]:
         ax.errorbar([i + shift for i in x], med, yerr=[lo, hi], fmt="o", color=color, label=label, capsize=3)
     labelled = False
     for i, n in enumerate(nets):
-        ax.annotate(f"{float(found[n]['trips'].median()):.2f} trips/token", (i + 0.15, float(found[n]["spec"].median())),
-                    textcoords="offset points", xytext=(6, -12), fontsize=8)
+        ax.annotate(f"{float(found[n]['trips'].median()):.2f} trips/token",
+                    (i + 0.15, float(found[n]["spec"].median())), textcoords="offset points",
+                    xytext=(6, -12), fontsize=8)
         if n in NETWORKS:
             ax.plot([i], [paper_value(NETWORKS[n], "ms/token")], "s", mfc="none", mec="black", ms=9,
                     label=None if labelled else "paper, STIP LLaMA2-7b (30 / 510 ms per token)")
