@@ -18,16 +18,18 @@ import pandas as pd  # noqa: E402
 from bench.artifacts import Comparison, paper_value
 
 ARTIFACT = "fig7c"
-EXPERIMENTS = ("speculation",)
+# the full sweep (make bench-all) first; make bench's reduced wireless run where the full one is missing
+EXPERIMENTS = ("speculation", "speculation_wireless")
 NETWORKS = {"wired": "fig7c-slope-stip-wired", "wireless": "fig7c-slope-stip-wireless"}
-RUN = "python -m bench -m experiment=speculation && python -m bench.aggregate"
+RUN = ("python -m bench -m experiment=speculation (or make bench's reduced step: experiment_name=speculation_wireless "
+       "network=wireless run.max_new_tokens=32) && python -m bench.aggregate")
 RTT_NOTE = ("configs/network/{net}.yaml models {rtt:.0f} ms per round trip; the paper's {paper:.0f} ms/token reads "
             "its latency as one-way (two per token)")
 
 
-def _rows(results: Path) -> pd.DataFrame | None:
-    """The speculation experiment's rows with the runs' protocol.speculate and rtt_s (None: not run)."""
-    folder = results / "speculation"
+def _rows(results: Path, experiment: str) -> pd.DataFrame | None:
+    """An experiment's rows with the runs' protocol.speculate and rtt_s (None: not run)."""
+    folder = results / experiment
     if not (folder / "rows.parquet").exists() or not (folder / "runs.parquet").exists():
         return None
     rows, runs = pd.read_parquet(folder / "rows.parquet"), pd.read_parquet(folder / "runs.parquet")
@@ -57,10 +59,17 @@ def _workload(rows: pd.DataFrame, net: str) -> str:
 
 def measured(results: Path) -> dict[str, dict[str, float | pd.Series]]:
     """Per network: per-token latency (ms) without and with speculation, round trips per token, their spreads."""
-    rows = _rows(results)
     out: dict[str, dict[str, float | pd.Series]] = {}
-    if rows is None:
-        return out
+    for experiment in EXPERIMENTS:
+        rows = _rows(results, experiment)
+        if rows is not None:
+            for net, m in _measured(rows).items():
+                out.setdefault(net, {**m, "experiment": experiment, "rows": rows})
+    return out
+
+
+def _measured(rows: pd.DataFrame) -> dict[str, dict[str, float | pd.Series]]:
+    out: dict[str, dict[str, float | pd.Series]] = {}
     for net in sorted(rows.network.dropna().unique()):
         plain = _values(rows, net, "none", "per_token", "latency") * 1e3
         spec = _values(rows, net, "prompt_lookup", "per_token", "latency") * 1e3
@@ -76,7 +85,6 @@ def measured(results: Path) -> dict[str, dict[str, float | pd.Series]]:
 def compare(results: Path) -> list[Comparison]:
     """Per paper network: per-token latency without and with speculation beside 30 / 510 ms, round trips, factor."""
     found = measured(results)
-    rows = _rows(results)
     out: list[Comparison] = []
     for net, rid in NETWORKS.items():
         paper = paper_value(rid, "ms/token")
@@ -85,28 +93,28 @@ def compare(results: Path) -> list[Comparison]:
             for label in ("without speculation", "with speculation"):
                 out.append(Comparison(ARTIFACT, f"STIP latency per generated token, {net}, {label}", "ms/token",
                                       "not_measured", paper=paper, reported_id=rid,
-                                      reason=f"no {net} rows in results/speculation/; run `{RUN}`"))
+                                      reason=f"no {net} rows in results/speculation*/; run `{RUN}`"))
             continue
         note = RTT_NOTE.format(net=net, rtt=m["rtt_ms"], paper=paper)
         plain, spec, trips = m["plain"], m["spec"], m["trips"]
-        work = _workload(rows, net)
+        work, exp = _workload(m["rows"], net), m["experiment"]
         out.append(Comparison(
             ARTIFACT, f"STIP latency per generated token, {net}, without speculation", "ms/token", "differs",
             measured=float(plain.median()), paper=paper, reported_id=rid, spread=_spread(plain),
             workload=work, differences="SmolLM2-135M on a shared 2-core CPU, not LLaMA2-7b on 4x A100",
-            source="results/speculation/ per_token/latency (socket), protocol.speculate=none",
+            source=f"results/{exp}/ per_token/latency (socket), protocol.speculate=none",
             reason=note + "; the compute differs with the model and host"))
         out.append(Comparison(
             ARTIFACT, f"STIP latency per generated token, {net}, with prompt-lookup speculation", "ms/token",
             "differs", measured=float(spec.median()), paper=paper, reported_id=rid, spread=_spread(spec),
             workload=work, differences="device-side speculation is this project's addition (issue 14), not the "
-                                       "paper's protocol", source="results/speculation/ per_token/latency (socket), "
-                                                                   "protocol.speculate=prompt_lookup",
+                                       "paper's protocol",
+            source=f"results/{exp}/ per_token/latency (socket), protocol.speculate=prompt_lookup",
             reason=f"{trips.median():.3g} round trips per token instead of the paper's one; " + note))
         out.append(Comparison(
             ARTIFACT, f"STIP round trips per generated token with speculation, {net}", "count/token", "differs",
             measured=float(trips.median()), paper=1.0, spread=_spread(trips), workload=work,
-            source="results/speculation/ generate/rounds_per_token (socket)",
+            source=f"results/{exp}/ generate/rounds_per_token (socket)",
             reason="the paper's STIP makes one round trip per token; the device here drafts and the cloud verifies "
                    "several per round trip (same greedy tokens)"))
         factor = float(spec.median() / plain.median())
