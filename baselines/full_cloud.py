@@ -28,7 +28,7 @@ from protocols.common import (
     to_device,
 )
 from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
-from protocols.speculation import SpeculativeConfig, check_speculative_request, per_token_latency
+from protocols.speculation import SpeculativeConfig, check_cloud_drafting, check_speculative_request, per_token_latency
 from protocols.workload import generation_prompt
 from transport import CloudProcess, checks
 from transport.cloud import CallCancelled, cancelled
@@ -240,6 +240,7 @@ class FullCloudProtocol(SocketProtocol):
         `per_token` latency and the speculation rows follow protocols/vocabulary.py.
         """
         check_speculative_request(self.cfg, request.batch_size)
+        check_cloud_drafting(self.cfg)
         n = int(request.max_new_tokens)
         meta: dict[str, Any] = {"max_new_tokens": n}
         if self.cfg.speculate == "prompt_lookup":

@@ -24,9 +24,12 @@ from bench.privacy_plots import plot_all
 from bench.results import atomic_write_bytes, atomic_write_csv, atomic_write_parquet
 from protocols.models import load_smollm2, minilm_path
 from protocols.privacy import dcor_both
-from stip.attacks import measure
+from stip.attacks import measure, speculation
 from stip.attacks.frontier import noise_frontier
+from stip.draft_corpus import package_texts, public_corpus
 from stip.parties import ModelDeveloper
+from stip.prompts import prompt_suite
+from stip.speculation import PromptLookup
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,9 @@ class AttackCfg:
     split_layers: list[int] = field(default_factory=list)
     sigmas_rel: list[float] = field(default_factory=list)
     kpa_rows: int = 8
+    new_tokens: int = 32
+    pairs: int = 12
+    draft_corpus: str = "public"
 
 
 @dataclass
@@ -233,10 +239,24 @@ def _frontier(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
     return noise_frontier(name, m.get(name)[0], m.ids(name), a.sigmas_rel, seed=seed, kpa_rows=a.kpa_rows)
 
 
+def _speculation(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    model, tok = m.get(name)
+    if tok is None:
+        raise ValueError(f"speculation_length needs a real tokenizer; model {name!r} has none")
+    if a.draft_corpus not in ("none", "public"):
+        raise ValueError(f"attacks.speculation_length.draft_corpus={a.draft_corpus!r}; choose none or public")
+    drafter = PromptLookup(corpus=public_corpus(tok) if a.draft_corpus == "public" else None)
+    snippets = speculation.public_snippets(package_texts()[::-1], a.pairs)  # the corpus holds the first texts
+    tasks = {"shipped suite: copying / code / summarisation / open-ended":
+             [(p.category, p.text) for p in prompt_suite()],
+             "public snippets: copy them / continue them": speculation.task_prompts(snippets)}
+    return measure.measure_speculation(name, model, tok, tasks, a.new_tokens, drafter, seed=seed)
+
+
 ATTACKS: dict[str, Callable[[Models, str, AttackCfg, int], Rows]] = {
     "multiset": _multiset, "weight_alignment": _weights, "known_plaintext": _kpa, "hidden_state": _hidden,
     "moe_routing": _moe, "vit_patch": _vit, "functional_theft": _theft, "output_frequency": _frequency,
-    "baselines": _baselines, "noise_frontier": _frontier,
+    "baselines": _baselines, "noise_frontier": _frontier, "speculation_length": _speculation,
 }
 
 

@@ -305,7 +305,7 @@ class StipProtocol(SocketProtocol):
             raise ValueError(f"task generate needs a causal LM; model {model.name!r} has head {model.head!r}")
         check_speculative_request(self.cfg, request.batch_size)
         top_k = self.cfg.top_k if self.cfg.return_mode == "topk" else None
-        drafter = self.cfg.drafter()
+        drafter = self.cfg.drafter(model.tokenizer)
         n = int(request.max_new_tokens)
         rows: list[Row] = []
         for repeat, seed in request.repeats_with_warmup():

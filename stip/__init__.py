@@ -9,6 +9,7 @@
     tokens = stip.generate(device, server, input_ids, 64, speculate=stip.PromptLookup(num_tokens=8))
 """
 from .device_package import load_device_package, save_device_package
+from .draft_corpus import DraftCorpus
 from .errors import StipInputError
 from .families import FAMILIES, UnsupportedModelError, get_family
 from .generate import generate
@@ -18,7 +19,7 @@ from .sampling import Sampling
 from .speculation import Drafter, GenerationStats, PromptLookup
 
 __all__ = [
-    "FAMILIES", "DEVELOPER_KEYS_FILE", "USER_KEYS_FILE", "DataOwner", "Drafter", "GenerationStats",
+    "FAMILIES", "DEVELOPER_KEYS_FILE", "USER_KEYS_FILE", "DataOwner", "DraftCorpus", "Drafter", "GenerationStats",
     "KeyMismatchError", "KeySet", "ModelDeveloper", "ModelServer", "PromptLookup", "Sampling", "StipInputError",
     "UnsupportedModelError", "generate", "get_family", "load_device_package", "save_device_package",
 ]

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
-from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
 
+from .draft_corpus import DraftCorpus
 from .parties import DataOwner
 from .sampling import Sampling
 
@@ -36,33 +36,48 @@ class Drafter(Protocol):
 
 @dataclass(frozen=True)
 class PromptLookup:
-    """Draft by prompt lookup: the tokens that followed the last n-gram's earliest earlier match.
+    """Draft by prompt lookup: the tokens that followed the last n-gram's latest earlier match.
 
-    Exactly transformers' PromptLookupCandidateGenerator (n-grams of `max_ngram_size` down to
-    1, the first match from the left, up to `num_tokens` tokens) over the device's own tokens.
+    The device's own tokens (prompt + generated) are searched for the last `max_ngram_size`
+    tokens, then shorter n-grams down to 1; the latest match wins and is copied on past the end
+    (a repeating loop drafts its next period too). With no match anywhere, `corpus` (a
+    stip.DraftCorpus of public text on the device) is searched instead. `latest=False` and no
+    corpus give exactly transformers' PromptLookupCandidateGenerator (earliest match, no wrap).
     """
 
-    num_tokens: int = 8
-    max_ngram_size: int = 2
+    num_tokens: int = 16
+    max_ngram_size: int = 3
+    latest: bool = True
+    corpus: DraftCorpus | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("num_tokens", "max_ngram_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"PromptLookup.{name} must be an int >= 1, got {value!r}")
+        if self.corpus is not None and not isinstance(self.corpus, DraftCorpus):
+            raise TypeError(f"PromptLookup.corpus must be a stip.DraftCorpus or None, got {type(self.corpus).__name__}")
 
     def propose(self, tokens: torch.Tensor, limit: int) -> torch.Tensor:
-        """Up to min(num_tokens, limit) tokens continuing the last n-gram's first match (none: empty)."""
+        """Up to min(num_tokens, limit) tokens continuing the last n-gram's match (none: empty)."""
         if tokens.dim() != 2 or tokens.shape[0] != 1:
             raise ValueError(f"prompt lookup drafts for one sequence [1, n], got shape {tuple(tokens.shape)}")
-        n = int(tokens.shape[1])
-        if limit < 1 or n < 2:
-            return tokens.new_empty(0)
-        lookup = PromptLookupCandidateGenerator(num_output_tokens=min(self.num_tokens, limit),
-                                                max_matching_ngram_size=self.max_ngram_size,
-                                                max_length=n + limit + 1)
-        candidates, _ = lookup.get_candidates(tokens)
-        return candidates[0, n:n + limit]
+        seq, limit = tokens[0], min(self.num_tokens, limit)
+        n_tokens = int(seq.numel())
+        if limit < 1:
+            return seq.new_empty(0)
+        for n in range(min(self.max_ngram_size, n_tokens - 1), 0, -1):
+            windows = seq[:-1].unfold(0, n, 1)  # windows starting before the last token: a continuation exists
+            found = (windows == seq[-n:]).all(dim=1).nonzero()
+            if found.numel():
+                start = int(found[-1 if self.latest else 0, 0]) + n
+                if not self.latest:
+                    return seq[start:start + limit]
+                period = n_tokens - start  # copy on past the end: the copied run repeats
+                return seq[start:][torch.arange(limit) % period]
+        if self.corpus is not None:
+            return torch.tensor(self.corpus.continuation(seq.tolist(), limit), dtype=seq.dtype)
+        return seq.new_empty(0)
 
 
 @dataclass

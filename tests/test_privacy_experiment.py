@@ -20,6 +20,7 @@ TOY = [  # config-built models only, small sweeps: ~30 s on 2 cores
     "attacks.functional_theft.models=[gpt2]", "attacks.output_frequency.enabled=false",
     "attacks.baselines.models=[llama]", "attacks.baselines.projection_ns=[16,128]", "attacks.baselines.split_layers=[1]",
     "attacks.noise_frontier.models=[llama]", "attacks.noise_frontier.sigmas_rel=[0.0,0.3,1.0,3.0,10.0]",
+    "attacks.speculation_length.enabled=false",  # real SmolLM2 generation: tests/test_stip_attack_speculation.py
 ]
 
 

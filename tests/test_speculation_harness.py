@@ -13,6 +13,7 @@ import torch
 import stip
 from protocols.common import greedy_tokens
 from protocols.contract import RunRequest
+from protocols.speculation import check_cloud_drafting
 from protocols.stip_protocol import RemoteModelServer, StipCloudHandler, StipConfig
 from helpers.stip_models import tiny_llama
 from transport import CloudError, RemoteCloud
@@ -72,7 +73,14 @@ def test_speculate_and_prompt_suite_options_are_validated():
     with pytest.raises(ValueError, match="protocol.draft_tokens=0"):
         StipConfig(draft_tokens=0)
     assert StipConfig().drafter() is None
-    assert StipConfig(speculate="prompt_lookup", draft_tokens=4).drafter() == stip.PromptLookup(4, 2)
+    assert StipConfig(speculate="prompt_lookup", draft_tokens=4).drafter() == stip.PromptLookup(4, 2, latest=False)
+    assert StipConfig(speculate="prompt_lookup", draft_latest=True).drafter() == stip.PromptLookup(8, 2)
+    with pytest.raises(ValueError, match="protocol.draft_corpus='wiki'"):
+        StipConfig(draft_corpus="wiki")
+    with pytest.raises(ValueError, match="needs a model with a tokenizer"):
+        StipConfig(speculate="prompt_lookup", draft_corpus="public").drafter(None)
+    with pytest.raises(ValueError, match="full cloud drafts with transformers' prompt lookup"):
+        check_cloud_drafting(StipConfig(speculate="prompt_lookup", draft_latest=True))
     with pytest.raises(ValueError, match="run.inputs='files'"):
         RunRequest(1, 8, 1, 0, 0, task="generate", max_new_tokens=2, inputs="files")
     with pytest.raises(ValueError, match="batch_size 1"):

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..parties import ModelDeveloper
-from . import baselines, drift, frequency, hidden, kpa, moe, multiset, theft, weights
+from ..parties import ModelDeveloper, ModelServer
+from ..speculation import Drafter
+from . import baselines, drift, frequency, hidden, kpa, moe, multiset, speculation, theft, weights
 from .frontier import public_table
 from .rows import row, timer
 
@@ -262,4 +264,25 @@ def measure_split(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequenc
         rows.append(row("split_inversion", name, family, baselines.SPLIT_ASSUMPTION, "token_recovery",
                         _rate(guess, ids[0]), "fraction", 1, t[0], layer=layer, candidates=n_cand,
                         baseline="model_split", n_tokens=ids.shape[1]))
+    return rows
+
+
+def measure_speculation(name: str, base: nn.Module, tokenizer: Any, tasks: dict[str, Sequence[tuple[str, str]]],
+                        new_tokens: int, drafter: Drafter, seed: int = 0) -> Rows:
+    """Per task set ({task: [(label, prompt)]}): how often the accepted lengths alone tell the label, vs chance."""
+    developer = ModelDeveloper(base, seed=seed)
+    device, server = developer.data_owner(), ModelServer(developer.cloud_model())
+    rows = []
+    for task, labelled in tasks.items():
+        labels = [label for label, _ in labelled]
+        ids = [tokenizer(text, return_tensors="pt")["input_ids"] for _, text in labelled]
+        with timer() as t:
+            traces = speculation.collect(device, server, ids, new_tokens, drafter)
+            accuracy = speculation.loo_nearest_centroid(np.stack([speculation.features(x) for x in traces]), labels)
+        rows.append(row("speculation_length", name, developer.family.name, speculation.ASSUMPTION,
+                        "prompt_kind_accuracy", accuracy, "fraction", len(traces), t[0], task=task,
+                        chance=speculation.chance(labels), labels=sorted(set(labels)), new_tokens=new_tokens,
+                        drafter=repr(drafter), classifier="leave-one-out nearest centroid",
+                        features=list(speculation.FEATURES),
+                        mean_round_trips_per_token=float(np.mean([speculation.features(x)[0] for x in traces]))))
     return rows
