@@ -11,7 +11,8 @@ Rows, in the vocabulary of protocols/vocabulary.py (phase = operator class of `M
   counts a transfer at both ends: sent + received).
 - `preprocessing_rounds`, `preprocessing_bytes` (engine): TTP provider only, rank 0's traffic with the
   third party (kept out of the online numbers above).
-- accuracy (phase `output`, repeat 0): protocols.accuracy on the output revealed to the device.
+- accuracy (phase `output`, repeat 0): protocols.accuracy on the output revealed to the device, against the
+  plaintext model (`model.reference()`: a distilled student is judged against its teacher).
 `mode: simulate` runs no parties: the same forward with the same approximations in float64 plaintext
 (baselines.mpc.forward.simulate), giving only the accuracy rows, source `simulated` (fast accuracy studies
 on many inputs; `mode: mpc` on a few checks that the engine agrees with the simulation).
@@ -102,7 +103,7 @@ class MpcProtocol(Protocol):
         mask = inputs.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
         with torch.no_grad():
-            out = net(input_ids=ids, attention_mask=mask)
+            out = model.reference(net)(input_ids=ids, attention_mask=mask)
         if self.cfg.mode == "simulate":
             weights = extract_weights(net)
             sim = simulate(net, ids, mask, self.approx, embedding=self.embedding, weights=weights)
