@@ -33,7 +33,8 @@ HEADS = {
 # RAM needed per model byte, a chosen bound: the developer's plaintext copy, the transformed copy
 # and the cloud process's own copy, plus one copy of headroom for the checkpoint write.
 HOST_MEMORY_FACTOR = 4.0
-SMOLLM2_CACHE = Path(os.environ.get("STIP_BENCH_CACHE", Path.home() / ".cache" / "stip-bench")) / "smollm2-135m"
+BENCH_CACHE = Path(os.environ.get("STIP_BENCH_CACHE", Path.home() / ".cache" / "stip-bench"))
+SMOLLM2_CACHE = BENCH_CACHE / "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

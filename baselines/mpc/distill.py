@@ -13,7 +13,8 @@ Corpus: English sentences of Python's own documentation (`pydoc_data.topics`, in
 evaluation sentences of protocols/sentences.py. The student is saved with save_pretrained plus a
 `distillation` entry in its config.json naming its teacher, which `model.path=DIR` runs judge against.
 
-Run: python -m baselines.mpc.distill --out DIR [--steps-layerwise N --steps-output N --batch-size B --seq-len S]
+Run: python -m baselines.mpc.distill [--out DIR --steps-layerwise N --steps-output N --batch-size B --seq-len S]
+(default DIR: the cache folder configs/model/minilm-l6-mpcformer-distilled.yaml reads).
 """
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ from typing import Any, Iterator
 import torch
 
 from baselines.mpc.student import mpcformer_student, range_penalty, restore_exact
+from protocols.models import BENCH_CACHE, minilm_path
 
 log = logging.getLogger(__name__)
 TEACHERS = ("minilm",)  # weight kinds of protocols/models.py a student can be distilled from
+DISTILLED_NAME = "minilm-l6-mpcformer-distilled"  # configs/model/<this>.yaml reads BENCH_CACHE/<this>
 
 
 @dataclass(frozen=True)
@@ -193,8 +196,6 @@ def load_teacher(kind: str) -> tuple[Any, Any]:
     """The real-weight teacher and its tokenizer (protocols/models.py), by weight kind."""
     from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415
 
-    from protocols.models import minilm_path  # noqa: PLC0415
-
     if kind not in TEACHERS:
         raise ValueError(f"teacher {kind!r} is not supported; choices: {list(TEACHERS)}")
     path = minilm_path()
@@ -204,7 +205,8 @@ def load_teacher(kind: str) -> tuple[Any, Any]:
 def main(argv: list[str] | None = None) -> Path:
     """CLI: distil the teacher into DIR (overwritten) and print where it went."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for the student (outside git)")
+    p.add_argument("--out", type=Path, default=BENCH_CACHE / DISTILLED_NAME,
+                   help="folder for the student, outside git (default: %(default)s)")
     p.add_argument("--teacher", default="minilm", choices=TEACHERS)
     d = DistillConfig()
     for name, value in asdict(d).items():
