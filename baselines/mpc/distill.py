@@ -41,9 +41,9 @@ DISTILLED_NAME = "minilm-l6-mpcformer-distilled"  # configs/model/<this>.yaml re
 class DistillConfig:
     """Training budget and recipe; the defaults take a few minutes for MiniLM-L6 on 2 cores."""
 
-    steps_layerwise: int = 150
-    steps_output: int = 100
-    batch_size: int = 16
+    steps_layerwise: int = 60
+    steps_output: int = 40
+    batch_size: int = 8
     seq_len: int = 16
     lr: float = 1e-4
     penalty_weight: float = 100.0
