@@ -53,6 +53,13 @@ class ModelSpec:
     fits_on_host: bool = True
     tokenizer: str | None = None  # the device's tokenizer kind (configs/model/*.yaml)
     source: str = ""
+    # The plaintext model accuracy is judged against when it is not this model (a distilled student's
+    # teacher, configs/model `reference`); None: the model itself.
+    build_reference: Callable[[], Any] | None = None
+
+    def reference(self, built: Any) -> Any:
+        """The plaintext model to compare outputs with; `built` is this model already built."""
+        return built if self.build_reference is None else self.build_reference()
 
     @property
     def torch_dtype(self) -> torch.dtype:

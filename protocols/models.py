@@ -33,7 +33,8 @@ HEADS = {
 # RAM needed per model byte, a chosen bound: the developer's plaintext copy, the transformed copy
 # and the cloud process's own copy, plus one copy of headroom for the checkpoint write.
 HOST_MEMORY_FACTOR = 4.0
-SMOLLM2_CACHE = Path(os.environ.get("STIP_BENCH_CACHE", Path.home() / ".cache" / "stip-bench")) / "smollm2-135m"
+BENCH_CACHE = Path(os.environ.get("STIP_BENCH_CACHE", Path.home() / ".cache" / "stip-bench"))
+SMOLLM2_CACHE = BENCH_CACHE / "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -211,6 +212,26 @@ def _make_inputs(cfg: Mapping[str, Any], config: Any):
     return make
 
 
+REFERENCES = ("minilm",)  # weight kinds a `reference` may name (or a local folder)
+
+
+def reference_builder(cfg: Mapping[str, Any]) -> Any:
+    """The builder of the plaintext model outputs are judged against, from `reference`; None: the model itself.
+
+    A distilled student (baselines/mpc/distill.py) is judged against its teacher, not against itself.
+    """
+    ref = cfg.get("reference")
+    if not ref:
+        return None
+    auto = auto_class(cfg.get("head", "base"))
+    if ref == "minilm":
+        return lambda: auto.from_pretrained(minilm_path()).eval()
+    if (Path(str(ref)).expanduser() / "config.json").is_file():
+        return lambda: auto.from_pretrained(Path(str(ref)).expanduser(), local_files_only=True).eval()
+    raise ValueError(f"model {cfg.get('name')!r}: reference={ref!r} is neither one of {list(REFERENCES)} "
+                     "nor a folder with config.json")
+
+
 def local_path(cfg: Mapping[str, Any]) -> Path:
     """`model.path`: a local Hugging Face folder (config.json + weights); never the hub."""
     path = Path(str(cfg["path"])).expanduser()
@@ -227,8 +248,10 @@ def from_folder(cfg: Mapping[str, Any]) -> dict:
     kinds = (("ForCausalLM", "causal_lm"), ("LMHeadModel", "causal_lm"),
              ("ForImageClassification", "image_classification"))
     head = next((h for suffix, h in kinds if any(a.endswith(suffix) for a in archs)), "base")
+    teacher = (getattr(config, "distillation", None) or {}).get("teacher")  # written by baselines.mpc.distill
     cfg.update(model_type=config.model_type, head=cfg.get("head") or head, weights="path",
-               name=cfg.get("name") or local_path(cfg).name, source=str(local_path(cfg)))
+               name=cfg.get("name") or local_path(cfg).name, source=str(local_path(cfg)),
+               reference=cfg.get("reference") or teacher)
     return cfg
 
 
@@ -250,5 +273,5 @@ def build_spec(cfg: Mapping[str, Any], seed: int = 0) -> ModelSpec:
         name=cfg["name"], model_type=cfg["model_type"], build=lambda: _build(cfg, seed),
         make_inputs=_make_inputs(cfg, config), config=config, head=cfg.get("head", "causal_lm"), dtype=dtype,
         weights=cfg.get("weights", "random"), n_params=n_params, fits_on_host=fits, tokenizer=cfg.get("tokenizer"),
-        source=cfg.get("source", ""),
+        source=cfg.get("source", ""), build_reference=reference_builder(cfg),
     )

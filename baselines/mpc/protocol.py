@@ -13,7 +13,8 @@ Rows, in the vocabulary of protocols/vocabulary.py (phase = operator class of `M
   weights (W - b of each Beaver product with a weight; no rounds of its own), paid again every forward.
 - `preprocessing_rounds`, `preprocessing_bytes` (engine): TTP provider only, rank 0's traffic with the
   third party (kept out of the online numbers above).
-- accuracy (phase `output`, repeat 0): protocols.accuracy on the output revealed to the device.
+- accuracy (phase `output`, repeat 0): protocols.accuracy on the output revealed to the device, against the
+  plaintext model (`model.reference()`: a distilled student is judged against its teacher).
 - `task: generate` (run.max_new_tokens=1): one generated token = the prompt's forward, the LM head on the last
   position and an argmax in MPC; the device learns the token id only. End-to-end rows at phase `generate`;
   accuracy is the token's agreement with plaintext greedy decoding (engine), and the float64 simulation's
@@ -135,7 +136,7 @@ class MpcProtocol(Protocol):
         mask = inputs.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
         with torch.no_grad():
-            out = net(input_ids=ids, attention_mask=mask)
+            out = model.reference(net)(input_ids=ids, attention_mask=mask)
         if self.cfg.mode == "simulate":
             weights = extract_weights(net)
             sim = simulate(net, ids, mask, self.approx, embedding=self.embedding, weights=weights)
