@@ -107,11 +107,21 @@ def test_stip_generation_topk_saves_downlink(tmp_path):
     assert topk.approx.isna().all()  # the return mode is a protocol parameter (runs table), not an approximation
 
 
+@pytest.fixture(scope="module")
+def toy_student(tmp_path_factory) -> Path:
+    """A distilled student made in two training steps: mpc_distilled* read one that `make bench` distils first."""
+    from baselines.mpc.distill import main as distil_main
+    return distil_main(["--out", str(tmp_path_factory.mktemp("student") / "student"), "--steps-layerwise", "1",
+                        "--steps-output", "1", "--batch-size", "2", "--seq-len", "8"])
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_runs_at_toy_size(tmp_path, experiment):
+def test_every_experiment_runs_at_toy_size(tmp_path, experiment, request):
     layers = 2 if experiment == "fig9_model_split" else 1  # model_split's default k = 1 needs 2 layers
     toy = [o for o in TOY if not o.startswith("run.max_new_tokens")] + ["run.max_new_tokens=1"] \
         if experiment == "mpc_gpt2_generate" else TOY  # MPC generates one token
+    if experiment.startswith("mpc_distilled"):
+        toy = [*toy, f"model.path={request.getfixturevalue('toy_student')}"]
     report = run(make_cfg(tmp_path, f"experiment={experiment}", f"model.n_layers={layers}", *toy))
     assert report.status == "ok", report.error
     assert len(rows_of(report)) > 0
