@@ -7,29 +7,20 @@ through the runner, no script of their own: STIP measured through the socket tra
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pandas as pd
 
 from bench.results import typed
 
-log = logging.getLogger(__name__)
 
 def read_rows(folder: Path) -> pd.DataFrame:
-    """The tidy rows `python -m bench.aggregate` wrote into `folder` (results/<experiment>/rows.parquet).
-
-    Rows written before the `source` column (phase suffixes `_modelled` / `_expected` said the same) are
-    read into today's schema with a warning: the committed results/ predate it until `make bench` rewrites
-    them; delete this branch then.
-    """
+    """The tidy rows `python -m bench.aggregate` wrote into `folder` (results/<experiment>/rows.parquet)."""
     rows = pd.read_parquet(Path(folder) / "rows.parquet")
-    if "source" in rows:
-        return typed(rows)  # columns added since (e.g. `security`) read as missing
-    log.warning("%s predates the `source` column; read through the legacy mapping (regenerate: make bench)", folder)
-    suffix = rows.phase.str.extract(r"_(modelled|expected)$")[0]
-    return typed(rows.assign(source=suffix.map({"modelled": "modelled", "expected": "shapes"}).fillna("socket"),
-                             phase=rows.phase.str.replace(r"_(modelled|expected)$", "", regex=True)))
+    if "source" not in rows:
+        raise ValueError(f"{folder}/rows.parquet predates the `source` column (phase suffixes _modelled/_expected); "
+                         "regenerate it: make bench, or python -m bench.aggregate over its runs")
+    return typed(rows)  # columns added since (e.g. `security`) read as missing
 
 
 KEYS = ["model", "seq_len", "batch_size", "network", "protocol", "approx", "security"]

@@ -59,10 +59,21 @@ RUN_KEYS = ("experiment_name", "model", "protocol", "network", "run")
 def run_key(cfg: Mapping[str, Any]) -> dict:
     """What defines a run (and its id): experiment, model, protocol, network, workload (and a remote cloud)."""
     key = {k: cfg.get(k) for k in RUN_KEYS}
+    folder = (cfg.get("model") or {}).get("path")
+    if folder:  # weights from a folder: rewriting it (a new distillation) is a new run, not a finished one
+        key["model_files"] = folder_fingerprint(Path(str(folder)))
     address = (cfg.get("cloud") or {}).get("address")
     if address:  # a remote cloud is another measurement (a real link); local run ids stay as they were
         key["cloud_address"] = address
     return key
+
+
+def folder_fingerprint(folder: Path) -> list[list]:
+    """Name, size and modification time of each file of a model folder (cheap: weights are not read)."""
+    if not folder.is_dir():
+        return []  # the model loader names the missing folder and the way out
+    return [[p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(folder.rglob("*")) if p.is_file()]
 
 
 def remote_cloud_of(cfg: Mapping[str, Any]) -> RemoteCloudConfig | None:

@@ -164,3 +164,18 @@ def test_headline_ratio_is_taken_against_the_configured_reference():
     assert out["cloud_compute_ratio_a_over_b[m1,seq8,batch1,lan]"]["a_s"] == 2.02  # 2.0 * 1.01, not 2.0200000001
     assert "cloud_compute_ratio_a_over_b[m1,seq8,batch1,all networks]" in out
     assert not any("_over_a" in k for k in out)
+
+
+def test_run_key_changes_when_a_model_folder_is_rewritten(tmp_path):
+    from bench.app import run_key
+
+    folder = tmp_path / "student"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    cfg = {"experiment_name": "e", "model": {"name": "m", "path": str(folder)}, "protocol": {}, "network": {},
+           "run": {}}
+    before = run_id(run_key(cfg))
+    assert run_id(run_key(cfg)) == before  # unchanged folder: the same run (resume skips it)
+    (folder / "model.safetensors").write_bytes(b"new weights")
+    assert run_id(run_key(cfg)) != before  # a new distillation into the same path is a new run
+    assert "model_files" not in run_key({**cfg, "model": {"name": "m", "path": None}})  # built models: ids as before
