@@ -1,44 +1,12 @@
-"""What the latency artifacts (fig7a, fig7c, generation_3s, fig7d, fig9) share: rows joined with their runs'
-protocol parameters, and the least-squares per-token slope of a generation's latency curve.
+"""What the latency artifacts (fig7a, fig7c, generation_3s, fig7d, fig9) share beyond _shared.py: a run's protocol
+parameter per row, and the least-squares per-token slope of a generation's latency curve.
 
 Not an artifact module (the leading underscore keeps `bench.artifacts.modules()` from listing it).
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-
-from bench.analysis import read_rows
-from bench.results import with_runs
-
-PAPER_HOST = "paper: cloud on 4x A100, device an 8-core Core i7 PC (CHAT testbed)"
-
-
-def host() -> str:
-    """This host in one phrase (device and cloud share it); a GPU is named when the cloud side can use one."""
-    try:
-        import torch  # noqa: PLC0415 - only to name a GPU
-
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        gpu = None
-    return f"{os.cpu_count()}-core CPU, " + (f"cloud on GPU {gpu}" if gpu else "no GPU") + \
-        ", device and cloud on one host"
-
-
-def load(results: Path, experiment: str) -> pd.DataFrame | None:
-    """results/<experiment>/rows.parquet joined with runs.parquet's protocol.* and link columns; None if not run."""
-    folder = Path(results) / experiment
-    if not (folder / "rows.parquet").is_file():
-        return None
-    rows = read_rows(folder)
-    runs_path = folder / "runs.parquet"
-    if runs_path.is_file():
-        rows = with_runs(rows, pd.read_parquet(runs_path))
-    return rows
 
 
 def param(df: pd.DataFrame, name: str, default: object) -> pd.Series:
@@ -88,12 +56,3 @@ def generation_slopes(rows: pd.DataFrame) -> pd.DataFrame:
                     else float("nan")})
     return pd.DataFrame(out)
 
-
-def spread(values: pd.Series | list[float], scale: float = 1.0, fmt: str = ".3g") -> str:
-    """'median of n, range a-b' in the row's unit (values x scale)."""
-    vals = sorted(float(v) * scale for v in values if pd.notna(v))
-    if not vals:
-        return ""
-    if len(vals) == 1:
-        return "one repeat"
-    return f"median of {len(vals)}, range {vals[0]:{fmt}}-{vals[-1]:{fmt}}"

@@ -1,5 +1,6 @@
-"""What the MPC artifact modules (fig2, mpc_engines) share: one line per MPC or STIP run configuration, with
-the median and range over repeats and a check that bytes and rounds are deterministic.
+"""What the MPC artifact modules (fig2, mpc_engines) share beyond _shared.py: an experiment's rows with the MPC
+run columns, one line per MPC or STIP run configuration (median and range over repeats, a check that bytes and
+rounds are deterministic), and the modelled latency of a configuration on another link.
 
 Not an artifact module (the leading underscore keeps `bench.artifacts.modules()` from listing it).
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from bench.analysis import read_rows
+from bench.artifacts._shared import experiment_rows
 from transport.link import NetworkProfile, network_profile
 
 NETWORK_DIR = Path(__file__).resolve().parents[2] / "configs" / "network"
@@ -27,13 +28,13 @@ def network(name: str) -> NetworkProfile:
     return network_profile(OmegaConf.to_container(OmegaConf.load(path)))  # as Hydra reads it (3.0e9 is a float)
 
 
-def experiment_rows(results: Path, experiment: str) -> pd.DataFrame | None:
-    """results/<experiment>/rows.parquet joined with its runs.csv (task, protocol.engine, ...); None if not run."""
-    folder = Path(results) / experiment
-    if not (folder / "rows.parquet").is_file():
+def mpc_rows(results: Path, experiment: str) -> pd.DataFrame | None:
+    """results/<experiment>/rows.parquet joined with its runs.csv (task, protocol.engine, ...) and the engine,
+    mpc_protocol, approx and security columns filled for every protocol; None if not run."""
+    rows = experiment_rows(results, experiment)
+    if rows is None:
         return None
-    rows = read_rows(folder)
-    runs_path = folder / "runs.csv"
+    runs_path = Path(results) / experiment / "runs.csv"
     runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame({"run_id": rows.run_id.unique()})
     keep = ["run_id"] + [c for c in ("task", "protocol.engine", "protocol.mpc_protocol") if c in runs]
     rows = rows.merge(runs[keep].drop_duplicates("run_id"), on="run_id", how="left")
@@ -56,8 +57,9 @@ def _values(g: pd.DataFrame, phase: str, metric: str, sources: tuple[str, ...]) 
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per run configuration: compute (engine) and modelled end-to-end latency as median/min/max/n,
-    bytes, rounds and weight re-opening bytes (median), and whether bytes and rounds are equal in every repeat."""
+    """One line per run configuration: compute (engine) and modelled end-to-end latency as median/min/max/n and
+    their per-repeat values (compute_values_s, modelled_values_s: for _shared.spread), bytes, rounds and weight
+    re-opening bytes (median), and whether bytes and rounds are equal in every repeat."""
     out = []
     for key, g in rows.groupby(GROUP, dropna=False, sort=True):
         end = "generate" if (g.phase == "generate").any() else "total"
@@ -74,6 +76,7 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
             "repeats": int(len(modelled)),
             "compute_s": compute.median(), "compute_min_s": compute.min(), "compute_max_s": compute.max(),
             "modelled_s": modelled.median(), "modelled_min_s": modelled.min(), "modelled_max_s": modelled.max(),
+            "compute_values_s": tuple(compute), "modelled_values_s": tuple(modelled),
             "bytes": n_bytes.median(), "rounds": rounds.median(),
             "weight_open_bytes": weight.median() if not weight.empty else float("nan"),
             "deterministic": bool(n_bytes.nunique() <= 1 and rounds.nunique() <= 1),
@@ -88,9 +91,3 @@ def modelled(compute_s: float, rounds: float, n_bytes: float, profile: NetworkPr
     (2PC opens are symmetric: each direction carries half the bytes)."""
     return float(compute_s + profile.time(rounds, n_bytes / 2.0))
 
-
-def spread(values_min: float, values_max: float, n: int, fmt: str = ".3g") -> str:
-    """'median of n, range a-b' (or 'one run')."""
-    if n <= 1:
-        return "one run"
-    return f"median of {n}, range {values_min:{fmt}}-{values_max:{fmt}}"

@@ -1,4 +1,5 @@
-"""What several artifact modules need: reading an experiment's rows, a not_measured row, spreads, the host.
+"""What several artifact modules need: reading an experiment's rows, a not_measured row, spreads, the host and
+the paper's testbed. The latency and MPC artifacts' own pieces build on these in _latency.py and _mpc.py.
 
 Not an artifact module (the leading underscore keeps `bench.artifacts.modules()` from listing it).
 """
@@ -13,20 +14,25 @@ import pandas as pd
 from baselines.reported import reported_by_id
 from bench.analysis import read_rows
 from bench.artifacts import Comparison, paper_value
+from bench.results import with_runs
 
-# The paper's testbed (Tab. 3, Sec. 7.2) in the words every `differences` cell uses.
-PAPER_HOST = "paper: 4x A100 cloud, Core i7 / Orin / MacBook devices"
+# The paper's testbed (Tab. 3, Sec. 7.2; configs/reported/stip_paper.yaml tab3-testbeds): one server, and a device
+# per model family, so the words hold for every artifact's `differences` cell whatever model it compares.
+PAPER_HOST = ("paper: cloud 4x A100; devices an 8-core Core i7 PC (GPT-2, LLaMA2), an NVIDIA Orin (ViT, LLaVA), "
+              "a 4-core Core i5 MacBook (BERT, Mixtral)")
 
 
 def host() -> str:
-    """This host in one phrase: '2-core CPU, no GPU' (device and cloud share it)."""
+    """This host in one phrase: '2-core CPU, no GPU, device and cloud on one host'; a GPU is named as the cloud's
+    (protocol.cloud_device=auto puts the cloud on it, the device stays on the CPU)."""
     try:
         import torch  # noqa: PLC0415 - a GPU changes the phrase; the report runs without one
 
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
         gpu = None
-    return f"{os.cpu_count()}-core CPU, " + (f"GPU {gpu}" if gpu else "no GPU") + ", device and cloud on it"
+    return f"{os.cpu_count()}-core CPU, " + (f"cloud on GPU {gpu}" if gpu else "no GPU") + \
+        ", device and cloud on one host"
 
 
 def host_differences(extra: str = "") -> str:
@@ -34,10 +40,17 @@ def host_differences(extra: str = "") -> str:
     return f"here: {host()}; {PAPER_HOST}" + (f"; {extra}" if extra else "")
 
 
-def experiment_rows(results: Path, experiment: str) -> pd.DataFrame | None:
-    """results/<experiment>/rows.parquet in today's schema, or None when the experiment has not been run."""
-    path = Path(results) / experiment / "rows.parquet"
-    return read_rows(path.parent) if path.is_file() else None
+def experiment_rows(results: Path, experiment: str, runs: bool = False) -> pd.DataFrame | None:
+    """results/<experiment>/rows.parquet in today's schema, or None when the experiment has not been run.
+
+    With `runs`, joined with runs.parquet's link and protocol.* columns (bench.results.with_runs) where it exists."""
+    folder = Path(results) / experiment
+    if not (folder / "rows.parquet").is_file():
+        return None
+    rows = read_rows(folder)
+    if runs and (folder / "runs.parquet").is_file():
+        rows = with_runs(rows, pd.read_parquet(folder / "runs.parquet"))
+    return rows
 
 
 def rows_of(results: Path, experiments: Iterable[str]) -> pd.DataFrame:
@@ -69,14 +82,15 @@ def not_measured(artifact: str, quantity: str, unit: str, command: str, reported
                       paper=paper_or_none(reported_id, unit), reported_id=reported_id, reason=reason)
 
 
-def spread(values: Iterable[float], fmt: str = ".3g") -> str:
-    """'median of n, range a-b' (or 'one run') for a spread column."""
-    vals = sorted(float(v) for v in values)
+def spread(values: Iterable[float], scale: float = 1.0, fmt: str = ".3g", of: str = "") -> str:
+    """A spread column: 'median of n[ <of>], range a-b' over the values x `scale` (the row's unit), NaN left out;
+    'one repeat' for a single value, '' for none."""
+    vals = sorted(float(v) * scale for v in values if pd.notna(v))
     if not vals:
         return ""
     if len(vals) == 1:
-        return "one run"
-    return f"median of {len(vals)}, range {vals[0]:{fmt}}-{vals[-1]:{fmt}}"
+        return "one repeat"
+    return f"median of {len(vals)}{' ' + of if of else ''}, range {vals[0]:{fmt}}-{vals[-1]:{fmt}}"
 
 
 def runner_experiments(results: Path) -> list[str]:

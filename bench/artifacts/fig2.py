@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.artifacts import Comparison, paper_value
-from bench.artifacts._mpc import experiment_rows, spread, summarise
+from bench.artifacts._mpc import mpc_rows, summarise
+from bench.artifacts._shared import spread
 
 ARTIFACT = "fig2"
 EXPERIMENTS = ("mpc_gpt2", "mpc_gpt2_generate")
@@ -53,7 +54,7 @@ def _mpc_rows(summary: pd.DataFrame, label: str) -> list[Comparison]:
         out.append(Comparison(quantity=f"2PC latency, {label}, {int(r.seq_len)} tokens ({r.engine}, {r.security})",
                               unit="min", measured=r.modelled_s / 60.0,
                               paper=paper_value("fig2-ciphergpt-latency", "min"), reported_id="fig2-ciphergpt-latency",
-                              spread=spread(r.modelled_min_s / 60, r.modelled_max_s / 60, r.repeats)
+                              spread=spread(r.modelled_values_s, 1 / 60)
                               + f"; compute {r.compute_s:.1f} s", source=f"{r.experiment}: {end} latency modelled",
                               **common))
         out.append(Comparison(quantity=f"2PC traffic, {label}, {int(r.seq_len)} tokens ({r.engine}, {r.security})",
@@ -80,7 +81,7 @@ def _stip_rows(summary: pd.DataFrame) -> list[Comparison]:
             artifact=ARTIFACT, quantity=f"CipherGPT reported time / STIP measured time ({int(seq_len)} tokens)",
             unit="x", measured=ratio, status="reproduced" if ok else "differs", reported_id="fig2-stip-latency",
             spread=f"STIP {s.modelled_s * 1e3:.1f} ms modelled "
-                   f"({spread(s.modelled_min_s, s.modelled_max_s, s.repeats)}), {s.bytes / 2**20:.2f} MiB",
+                   f"({spread(s.modelled_values_s)}), {s.bytes / 2**20:.2f} MiB",
             workload=workload, differences=f"CipherGPT reported (> 25 min, its host), STIP measured on a {HOST}",
             reason="" if ok else f"below {ORDERS_OF_MAGNITUDE:g}x: not 'orders of magnitude'",
             source="mpc_gpt2: stip total latency modelled"))
@@ -101,7 +102,7 @@ def _stip_rows(summary: pd.DataFrame) -> list[Comparison]:
 def compare(results: Path) -> list[Comparison]:
     rows: list[Comparison] = []
     for experiment, label in (("mpc_gpt2", "forward"), ("mpc_gpt2_generate", "one generated token")):
-        df = experiment_rows(results, experiment)
+        df = mpc_rows(results, experiment)
         if df is None:
             rows.append(Comparison(artifact=ARTIFACT, quantity=f"2PC GPT-2 124M {label} vs CipherGPT", unit="min",
                                    status="not_measured", paper=paper_value("fig2-ciphergpt-latency", "min"),
@@ -128,7 +129,7 @@ def figure(results: Path, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    frames = [df for e in EXPERIMENTS if (df := experiment_rows(results, e)) is not None]
+    frames = [df for e in EXPERIMENTS if (df := mpc_rows(results, e)) is not None]
     if not frames:
         return []
     summary = summarise(pd.concat(frames, ignore_index=True))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.artifacts import Comparison, paper_value, style
-from bench.artifacts._latency import PAPER_HOST, host, load, spread
+from bench.artifacts._shared import experiment_rows, host_differences, spread
 
 ARTIFACT = "fig7a"
 EXPERIMENTS = ("fig7a_throughput",)
@@ -25,7 +25,7 @@ CLOSE = (0.8, 1.25)  # STIP / full cloud within this band: "close" (the paper om
 
 def throughput(results: Path) -> pd.DataFrame | None:
     """Per (model, n_params, protocol, batch, repeat): throughput (tokens/s, socket)."""
-    rows = load(results, "fig7a_throughput")
+    rows = experiment_rows(results, "fig7a_throughput", runs=True)
     if rows is None or rows.empty:
         return None
     m = rows[(rows.phase == "total") & (rows.metric == "throughput") & (rows.source == "socket")]
@@ -40,7 +40,7 @@ def compare(results: Path) -> list[Comparison]:
         return [Comparison(ARTIFACT, "STIP throughput, GPT-2 124M", "token/s", "not_measured",
                            paper=paper_value(STIP_ID, "token/s"), reported_id=STIP_ID, reason=f"run `{COMMAND}`")]
     out = []
-    diff = f"here: {host()}; {PAPER_HOST}"
+    diff = host_differences()
     med = table.groupby(["model", "n_params", "protocol", "batch_size", "seq_len"])["tokens_per_s"].median()
     for model, g in table.groupby("model"):
         top = int(g.batch_size.max())

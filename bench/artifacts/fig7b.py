@@ -15,7 +15,7 @@ import yaml
 
 from baselines.reported import reported_by_id
 from bench.artifacts import Comparison, paper_value, style
-from bench.artifacts._shared import host_differences, rows_of, runner_experiments
+from bench.artifacts._shared import host_differences, rows_of, runner_experiments, spread
 
 ARTIFACT = "fig7b"
 # Every runner experiment in results/ is scanned; these are the ones that normally hold the largest models.
@@ -73,7 +73,7 @@ def _throughput(rows: pd.DataFrame) -> tuple[float, str, str] | None:
     vals = g.get_group(best)
     exp, batch, seq, net = best
     return (float(med[best]), f"gpt2-124m, batch {batch} x {seq} tokens, network {net} (results/{exp}/)",
-            f"median of {len(vals)}, range {vals.min():.3g}-{vals.max():.3g}")
+            spread(vals))
 
 
 def compare(results: Path) -> list[Comparison]:
@@ -140,12 +140,12 @@ def compare(results: Path) -> list[Comparison]:
                               reason="no STIP gpt2-124m throughput rows in results/; run "
                                      "`python -m bench -m experiment=fig7a_throughput`"))
     else:
-        value, workload, spread = tp
+        value, workload, tp_spread = tp
         gain = value / ciphergpt_tp
         out.append(Comparison(
             ARTIFACT, "STIP GPT2-124m throughput measured here / CipherGPT's reported 6.7e-4 token/s", "x",
             "reproduced" if gain >= printed_gain else "not_reproducible", measured=gain, paper=printed_gain,
-            reported_id="fig7b-throughput-improvement", spread=f"STIP {value:.4g} token/s, {spread}",
+            reported_id="fig7b-throughput-improvement", spread=f"STIP {value:.4g} token/s, {tp_spread}",
             workload=workload, differences=host_differences("paper: batch 100 x 100 tokens"),
             source="total/throughput rows (socket)",
             reason="the paper's method (measured STIP / reported CipherGPT) on this host" if gain >= printed_gain

@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.artifacts import Comparison, paper_value, style
-from bench.artifacts._latency import PAPER_HOST, generation_slopes, host, load, param, spread, token_curve
+from bench.artifacts._latency import generation_slopes, param, token_curve
+from bench.artifacts._shared import experiment_rows, host_differences, spread
 
 ARTIFACT = "fig7c"
 EXPERIMENTS = ("fig7c_generation",)
@@ -36,7 +37,7 @@ LOGITS_NOTE = " plus the permuted logits (49,152 fp32) at the assumed bandwidth"
 
 def slopes(results: Path) -> pd.DataFrame | None:
     """Per (run, repeat) fitted slopes of results/fig7c_generation (None when it has not been run)."""
-    rows = load(results, "fig7c_generation")
+    rows = experiment_rows(results, "fig7c_generation", runs=True)
     if rows is None or rows.empty:
         return None
     return generation_slopes(rows)
@@ -62,7 +63,7 @@ def compare(results: Path) -> list[Comparison]:
         return [Comparison(ARTIFACT, f"per-token slope, {line}", "ms/token", "not_measured",
                            paper=paper_value(rid, "ms/token"), reported_id=rid, reason=f"run `{COMMAND}`")
                 for line, rid in PAPER_SLOPE.items()]
-    work, diff = _workload(table), f"here: {host()}; {PAPER_HOST}; LLaMA2-7b in the paper"
+    work, diff = _workload(table), host_differences("LLaMA2-7b in the paper")
     compute_note = "the compute part of a slope is this host's (SmolLM2-135M on CPU vs LLaMA2-7b on an A100)"
     out: list[Comparison] = []
     paper_compute = paper_value(PAPER_SLOPE["full_cloud"], "ms/token")
@@ -143,7 +144,7 @@ def figure(results: Path, out: Path) -> list[Path]:
     """Latency vs generated tokens (median repeat per line) with the paper's slopes as hollow markers; and the link
     part per profile beside the paper's."""
     table = slopes(results)
-    rows = load(results, "fig7c_generation")
+    rows = experiment_rows(results, "fig7c_generation", runs=True)
     if table is None or rows is None:
         return []
     fig, (ax, bx) = style.figure(ncols=2)

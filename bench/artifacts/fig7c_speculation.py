@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file backend
 import pandas as pd  # noqa: E402
 
 from bench.artifacts import Comparison, paper_value
+from bench.artifacts._shared import experiment_rows, spread
 
 ARTIFACT = "fig7c"
 # the full sweep (make bench-all) first; make bench's reduced wireless run where the full one is missing
@@ -29,24 +30,14 @@ RTT_NOTE = ("configs/network/{net}.yaml models {rtt:.0f} ms per round trip; the 
 
 def _rows(results: Path, experiment: str) -> pd.DataFrame | None:
     """An experiment's rows with the runs' protocol.speculate and rtt_s (None: not run)."""
-    folder = results / experiment
-    if not (folder / "rows.parquet").exists() or not (folder / "runs.parquet").exists():
-        return None
-    rows, runs = pd.read_parquet(folder / "rows.parquet"), pd.read_parquet(folder / "runs.parquet")
-    if rows.empty or "protocol.speculate" not in runs:
-        return None
-    cols = ["run_id", "protocol.speculate", "rtt_s", "protocol.draft_corpus"]
-    return rows.merge(runs[[c for c in cols if c in runs]].drop_duplicates("run_id"), on="run_id", how="left")
+    rows = experiment_rows(results, experiment, runs=True)
+    return None if rows is None or rows.empty or "protocol.speculate" not in rows else rows
 
 
 def _values(rows: pd.DataFrame, net: str, speculate: str, phase: str, metric: str) -> pd.Series:
     d = rows[(rows.protocol == "stip") & (rows.network == net) & (rows["protocol.speculate"] == speculate)
              & (rows.phase == phase) & (rows.metric == metric)]
     return d.value.astype(float)
-
-
-def _spread(v: pd.Series, scale: float = 1.0, fmt: str = ".3g") -> str:
-    return f"median of {len(v)} prompts, range {v.min() * scale:{fmt}}-{v.max() * scale:{fmt}}"
 
 
 def _workload(rows: pd.DataFrame, net: str) -> str:
@@ -100,20 +91,20 @@ def compare(results: Path) -> list[Comparison]:
         work, exp = _workload(m["rows"], net), m["experiment"]
         out.append(Comparison(
             ARTIFACT, f"STIP latency per generated token, {net}, without speculation", "ms/token", "differs",
-            measured=float(plain.median()), paper=paper, reported_id=rid, spread=_spread(plain),
+            measured=float(plain.median()), paper=paper, reported_id=rid, spread=spread(plain, of="prompts"),
             workload=work, differences="SmolLM2-135M on a shared 2-core CPU, not LLaMA2-7b on 4x A100",
             source=f"results/{exp}/ per_token/latency (socket), protocol.speculate=none",
             reason=note + "; the compute differs with the model and host"))
         out.append(Comparison(
             ARTIFACT, f"STIP latency per generated token, {net}, with prompt-lookup speculation", "ms/token",
-            "differs", measured=float(spec.median()), paper=paper, reported_id=rid, spread=_spread(spec),
+            "differs", measured=float(spec.median()), paper=paper, reported_id=rid, spread=spread(spec, of="prompts"),
             workload=work, differences="device-side speculation is this project's addition (issue 14), not the "
                                        "paper's protocol",
             source=f"results/{exp}/ per_token/latency (socket), protocol.speculate=prompt_lookup",
             reason=f"{trips.median():.3g} round trips per token instead of the paper's one; " + note))
         out.append(Comparison(
             ARTIFACT, f"STIP round trips per generated token with speculation, {net}", "count/token", "differs",
-            measured=float(trips.median()), paper=1.0, spread=_spread(trips), workload=work,
+            measured=float(trips.median()), paper=1.0, spread=spread(trips, of="prompts"), workload=work,
             source=f"results/{exp}/ generate/rounds_per_token (socket)",
             reason="the paper's STIP makes one round trip per token; the device here drafts and the cloud verifies "
                    "several per round trip (same greedy tokens)"))

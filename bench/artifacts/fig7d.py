@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.artifacts import Comparison, paper_value, style
-from bench.artifacts._latency import PAPER_HOST, host, load, param, spread
+from bench.artifacts._latency import param
+from bench.artifacts._shared import experiment_rows, host_differences, spread
 
 ARTIFACT = "fig7d"
 EXPERIMENTS = ("fig7d_breakdown",)
@@ -29,7 +30,7 @@ NOISE = ("STIP's cloud runs the same layers on permuted inputs, skipping only th
 
 def phases(results: Path) -> pd.DataFrame | None:
     """Per (protocol, return mode, network, repeat): each phase's latency (s) and the request's bytes up / down."""
-    rows = load(results, "fig7d_breakdown")
+    rows = experiment_rows(results, "fig7d_breakdown", runs=True)
     if rows is None or rows.empty:
         return None
     rows = rows.assign(return_mode=param(rows, "return_mode", "full"))
@@ -66,7 +67,7 @@ def compare(results: Path) -> list[Comparison]:
     t = table[table.return_mode == mode]
     r = t.iloc[0]
     work = f"{r.model}, {r.seq_len}-token prompt -> next token, batch 1, return {mode}"
-    diff = f"here: {host()}; {PAPER_HOST}; paper model not stated (likely LLaMA2-7b per token)"
+    diff = host_differences("paper model not stated (likely LLaMA2-7b per token)")
     out = []
     device = t[t.protocol == "stip"][list(DEVICE)].sum(axis=1) * MS
     fc_device = t[t.protocol == "full_cloud"][list(DEVICE)].sum(axis=1) * MS

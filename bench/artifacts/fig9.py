@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from bench.artifacts import Comparison, style
-from bench.artifacts._latency import PAPER_HOST, host, load, param
+from bench.artifacts._latency import param
+from bench.artifacts._shared import experiment_rows, host_differences
 
 ARTIFACT = "fig9"
 EXPERIMENTS = ("fig9_model_split",)
@@ -23,7 +24,7 @@ COMMAND = "python -m bench -m experiment=fig9_model_split"
 def latencies(results: Path) -> pd.DataFrame | None:
     """Per (k, slowdown, source, repeat): the request's total latency (s): `socket` as measured, `modelled` with the
     device compute x slowdown."""
-    rows = load(results, "fig9_model_split")
+    rows = experiment_rows(results, "fig9_model_split", runs=True)
     if rows is None or rows.empty:
         return None
     rows = rows.assign(k=param(rows, "device_layers", 1).astype(int),
@@ -49,7 +50,7 @@ def compare(results: Path) -> list[Comparison]:
         how = f"device compute x {slowdown:g} (declared device_slowdown)" if source == "modelled" else \
             "as measured: device and cloud at the same speed on one host"
         work = f"{r.model}, {r.seq_len} tokens, batch 1, {r.network}, k = {', '.join(map(str, med.index))}; {how}"
-        diff = f"here: {host()}; {PAPER_HOST}; paper model not stated"
+        diff = host_differences("paper model not stated")
         per_layer = float(np.polyfit(med.index.to_numpy(float), med.to_numpy() * 1e3, 1)[0]) if len(med) > 1 else None
         rising = bool((med.diff().dropna() > 0).all())
         out.append(Comparison(ARTIFACT, f"latency added per on-device layer ({source})", "ms",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.artifacts import Comparison, paper_value
-from bench.artifacts._latency import PAPER_HOST, host, spread
+from bench.artifacts._shared import host_differences, spread
 from bench.artifacts.fig7c import COMMAND, PAPER_SLOPE, _workload, slopes
 
 ARTIFACT = "generation_3s"
@@ -26,7 +26,7 @@ def compare(results: Path) -> list[Comparison]:
                            paper=paper_value(STIP_ID, "s"), reported_id=STIP_ID, reason=f"run `{COMMAND}`"),
                 Comparison(ARTIFACT, "latency of 100 generated tokens, full cloud", "s", "not_measured",
                            paper=paper_value(FULL_ID, "s"), reported_id=FULL_ID, reason=f"run `{COMMAND}`")]
-    work, diff = _workload(table), f"here: {host()}; {PAPER_HOST}; LLaMA2-7b in the paper"
+    work, diff = _workload(table), host_differences("LLaMA2-7b in the paper")
     out = []
     paper_compute = paper_value(PAPER_SLOPE["full_cloud"], "s/token")
     for network in ("wired", "wired_oneway"):

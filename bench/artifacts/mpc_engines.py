@@ -15,7 +15,8 @@ import pandas as pd
 
 from baselines.reported import reported_by_id
 from bench.artifacts import Comparison, paper_value
-from bench.artifacts._mpc import experiment_rows, modelled, network, spread, summarise
+from bench.artifacts._mpc import modelled, mpc_rows, network, summarise
+from bench.artifacts._shared import spread
 
 ARTIFACT = "mpc_reported"
 EXPERIMENTS = ("mpc_bert_base", "mpc_gpt2", "mpc_gpt2_generate")  # plus every results/mpc_spu* experiment
@@ -60,7 +61,7 @@ def _phase_bytes(rows: pd.DataFrame, run_key: pd.Series) -> dict[str, float]:
 
 def measured_table(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one line per measured configuration of SHAPES, the rows it came from)."""
-    frames = [df for e in _experiments(results) if (df := experiment_rows(results, e)) is not None]
+    frames = [df for e in _experiments(results) if (df := mpc_rows(results, e)) is not None]
     if not frames:
         return pd.DataFrame(), pd.DataFrame()
     rows = pd.concat(frames, ignore_index=True)
@@ -89,7 +90,7 @@ def table(results: Path) -> pd.DataFrame:
             "row": f"{r.engine} {r.mpc_protocol} / {r.approx} (measured{', REDUCED' if reduced else ''})",
             "model": r.model, "tokens": int(r.seq_len), "task": r.task, "security": r.security,
             "bytes_GB": r.bytes / 1e9, "rounds": r.rounds, "weight_open_GB": r.weight_open_bytes / 1e9,
-            "compute_s": r.compute_s, "compute_range_s": spread(r.compute_min_s, r.compute_max_s, r.repeats),
+            "compute_s": r.compute_s, "compute_range_s": spread(r.compute_values_s),
             **{f"modelled_{k}_s": getattr(r, f"modelled_{k}_s") for k in LINKS},
             "bytes_rounds_identical_across_repeats": r.deterministic,
         })
@@ -148,7 +149,7 @@ def compare(results: Path) -> list[Comparison]:
                     ("bytes", traffic_id, "GB", r.bytes / 1e9,
                      "identical in every repeat" if r.deterministic else "NOT identical across repeats"),
                     ("latency", lat_id, "s", r.modelled_puma_lan_s,
-                     f"modelled on 5 Gbps / 1 ms; compute {spread(r.compute_min_s, r.compute_max_s, r.repeats)} s")):
+                     f"modelled on 5 Gbps / 1 ms; compute {spread(r.compute_values_s)} s")):
                 paper = paper_value(rid, unit)
                 same = (r.engine == "spu" and "aby3" in str(r.mpc_protocol).lower() and label.startswith("PUMA")
                         and metric == "bytes" and 0.8 <= value / paper <= 1.25)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.artifacts import Comparison
-from bench.artifacts._shared import host
+from bench.artifacts._shared import PAPER_HOST, host
 
 ARTIFACT = "tab1_tab3"
 EXPERIMENTS: tuple[str, ...] = ()
@@ -24,8 +24,7 @@ def compare(results: Path) -> list[Comparison]:
                           "privacy in fig6a/fig6b/tab4/kpa_bfa."),
         Comparison(ARTIFACT, "testbeds (Tab. 3)", "none", "qualitative", reported_id="tab3-testbeds",
                    workload=f"every experiment here: {host()}",
-                   differences="paper: cloud 4x A100; devices an 8-core Core i7 PC (GPT-2, LLaMA2), "
-                               "an NVIDIA Orin (ViT, LLaVA), a 4-core Core i5 MacBook (BERT, Mixtral)",
+                   differences=PAPER_HOST,
                    source="configs/reported/stip_paper.yaml",
                    reason="Tab. 3 describes hardware, not a result: absolute times here cannot match it, "
                           "ratios and bytes can (each artifact's differences column says which it compares)."),
