@@ -24,8 +24,8 @@ DEVICE = ("device_embed", "device_permute", "device_recover")
 LABELS = {"device_embed": "device", "device_permute": "device", "device_recover": "recover", "uplink": "uplink",
           "cloud_compute": "cloud", "downlink": "downlink"}
 MS = 1e3
-NOISE = ("STIP's cloud runs the same layers on permuted inputs, skipping only the embedding lookup; on a busy shared "
-         "host the medians differ by noise more than by that lookup")
+NOISE = ("STIP's cloud runs the same layers on permuted inputs, skipping only the embedding lookup, a negligible part "
+         "of a 128-token forward on this CPU: the medians differ by run-to-run noise more than by that lookup")
 
 
 def phases(results: Path) -> pd.DataFrame | None:

@@ -68,7 +68,7 @@ def compare(results: Path) -> list[Comparison]:
             "reproduced" if ok else "differs", measured=value, paper=bound, reported_id=FULL_ID,
             spread=spread(fc.generate_s), workload=work, differences=diff,
             source="fig7c_generation phase generate latency (socket)",
-            reason="" if ok else ("this host's compute (SmolLM2-135M on a loaded 2-core CPU) is far slower than the "
+            reason="" if ok else ("this host's compute (SmolLM2-135M on a 2-core CPU) is far slower than the "
                                   "paper's A100, so 'over 1 s' holds trivially" if value > bound else
                                   "this host generates faster than the paper's full cloud (a 135M model against 7B)")))
     return out
