@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
 from bench.artifacts import Comparison, paper_value, style
@@ -113,10 +114,12 @@ def figure(results: Path, out: Path) -> list[Path]:
     style.axes(ax, "parameters", "count", "throughput", "tokens/s")
     style.title(ax, "Fig. 7(a) throughput vs model size", "largest batch here x 100 tokens, no link")
     style.legend(ax, fontsize=6)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]  # one colour per model, marker per protocol
+    models = list(table.sort_values("n_params").model.drop_duplicates())
     for (model, protocol), g in table.groupby(["model", "protocol"]):
         s = style.summarize(g, ["batch_size"], "tokens_per_s")
         style.measured(bx, s.batch_size, s["median"], s.lo, s.hi, label=f"{model} · {protocol.replace('_', ' ')}",
-                       system=f"{model}{protocol}", marker="o" if protocol == "stip" else "s")
+                       colour=cycle[models.index(model) % len(cycle)], marker="o" if protocol == "stip" else "s")
     bx.set_xscale("log")
     bx.set_yscale("log")
     style.axes(bx, "batch", "sequences of 100 tokens", "throughput", "tokens/s")

@@ -92,10 +92,11 @@ def summarize(df: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd.D
 
 def measured(ax: plt.Axes, x: Iterable, median: Iterable[float], lo: Iterable[float] | None = None,
              hi: Iterable[float] | None = None, label: str = "measured", system: str | None = None,
-             marker: str = "o", line: bool = True) -> None:
-    """Measured values: filled markers at the median, error bars from min to max (when given)."""
+             marker: str = "o", line: bool = True, colour: str | None = None) -> None:
+    """Measured values: filled markers at the median, error bars from min to max (when given); `colour`
+    overrides the system's colour (e.g. one per model where several share a panel)."""
     x, y = list(x), [float(v) for v in median]
-    c = color(system or label)
+    c = colour or color(system or label)
     yerr = None
     if lo is not None and hi is not None:
         lo_l, hi_l = [float(v) for v in lo], [float(v) for v in hi]
