@@ -7,13 +7,14 @@ import hydra.utils
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import BertConfig, BertModel
 
 from baselines.mpc.protocol import MpcProtocol
 from baselines.mpc.session import MpcResult, RunStats, merge_parties
-from protocols.contract import ModelSpec, Row, RunRequest
+from protocols.contract import Row, RunRequest
 from protocols.vocabulary import MPC_PHASES
 from transport.link import NetworkProfile
+
+from helpers.mpc_models import toy_spec
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "protocol" / "mpc.yaml"
 LAN = NetworkProfile("lan", bandwidth_bps=3e9, rtt_s=0.8e-3, source="Nimbus appendix")
@@ -66,16 +67,7 @@ def test_rows_obey_the_one_vocabulary() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_protocol_run_end_to_end_on_tiny_bert() -> None:
-    torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=100)
-    model = BertModel(config).eval()
-
-    def make_inputs(batch: int, seq_len: int, seed: int) -> dict:
-        ids = torch.randint(0, 100, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    spec = ModelSpec("bert-toy", "bert", build=lambda: model, make_inputs=make_inputs, config=config)
+    spec = toy_spec("bert")
     req = RunRequest(batch_size=1, seq_len=6, repeats=1, warmup=0, seed=0, task="forward")
     rows = MpcProtocol({"approx": "puma", "provider": "TTP", "embedding": "device"}).run(spec, LAN, req)
     phases = {r.phase for r in rows}

@@ -6,15 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
 from baselines.mpc.protocol import MpcProtocol
 from baselines.spu import protocol as spu_protocol
 from baselines.spu.engine import SpuResult, SpuRun
-from protocols.contract import ModelSpec, Row, RunRequest
+from protocols.contract import Row, RunRequest
 from protocols.models import build_spec
 from protocols.vocabulary import SECURITY
 from transport.link import NetworkProfile
+
+from helpers.mpc_models import toy_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 LAN = NetworkProfile("puma_lan", bandwidth_bps=5e9, rtt_s=1e-3, source="PUMA")
@@ -86,25 +87,6 @@ def test_both_engines_on_bert_tiny_at_8_tokens(engine: str, tmp_path: Path) -> N
         assert (tmp_path / "spu_profile.json").exists()
 
 
-def _toy_spec(kind: str) -> ModelSpec:
-    """A small-vocabulary model, so the one-hot embedding stays cheap on Cheetah's HE matmuls."""
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        config = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100, n_positions=64)
-        model = GPT2LMHeadModel(config).eval()
-    else:
-        config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                            vocab_size=100)
-        model = BertModel(config).eval()
-
-    def make_inputs(batch: int, seq_len: int, seed: int) -> dict:
-        ids = torch.randint(0, 100, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    return ModelSpec(f"{kind}-toy", kind, build=lambda: model, make_inputs=make_inputs, config=config,
-                     head="causal_lm" if kind == "gpt2" else "base")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("kind, prot, approx", [("bert", "cheetah", "nimbus"), ("bert", "semi2k", "puma"),
@@ -112,7 +94,7 @@ def _toy_spec(kind: str) -> ModelSpec:
 def test_spu_protocols_on_toy_models(kind: str, prot: str, approx: str, tmp_path: Path) -> None:
     """Every SPU protocol runs; GPT-2's causal logits agree with plaintext (top-1); Cheetah's bytes are its own."""
     req = RunRequest(batch_size=1, seq_len=6, repeats=1, warmup=0, seed=0, workdir=tmp_path / "work")
-    rows = MpcProtocol({"approx": approx, "engine": "spu", "mpc_protocol": prot}).run(_toy_spec(kind), LAN, req)
+    rows = MpcProtocol({"approx": approx, "engine": "spu", "mpc_protocol": prot}).run(toy_spec(kind), LAN, req)
     by = {(r.phase, r.metric, r.source): r.value for r in rows}
     assert by[("total", "bytes", "engine")] > 0 and by[("total", "rounds", "engine")] > 0
     # Random toy weights give near-tied logits and tiny LayerNorm variances (fixed-point rsqrt's weak range):
