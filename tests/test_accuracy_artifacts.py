@@ -9,6 +9,8 @@ import pytest
 from bench.artifacts import fig6a, fig6b, fig8, tab2, tab4, tab5, traffic
 from bench.results import typed
 
+from helpers.comparisons import one_row
+
 MIB = 2**20
 
 
@@ -85,24 +87,18 @@ def results(tmp_path_factory) -> Path:
     return root
 
 
-def _one(rows, text):
-    found = [r for r in rows if text in r.quantity]
-    assert len(found) == 1, [r.quantity for r in rows]
-    return found[0]
-
-
 def test_tab5_rows_follow_the_measured_models(results):
     rows = tab5.compare(results)
-    gpt2 = _one(rows, "GPT2-124m")
+    gpt2 = one_row(rows, "GPT2-124m")
     assert gpt2.status == "reproduced" and gpt2.measured == pytest.approx(0.028) and "1,024" not in gpt2.reason
     assert "4 x 256 tokens" in gpt2.workload
-    assert _one(rows, "BERT-110m").status == "differs"  # 0.056x: outside the factor of 10
-    llama = _one(rows, "LLaMA2-7b")
+    assert one_row(rows, "BERT-110m").status == "differs"  # 0.056x: outside the factor of 10
+    llama = one_row(rows, "LLaMA2-7b")
     assert llama.status == "reproduced" and "streamed" in llama.workload and "not the checkpoint" in llama.differences
-    assert _one(rows, "LLaMA2-70b").status == "not_measured" and "bench.layer_stream" in _one(rows, "LLaMA2-70b").reason
-    assert _one(rows, "ViT-307m").status == "not_measured" and "tab5_full_vit" in _one(rows, "ViT-307m").reason
-    assert _one(rows, "LLaVA-13b").status == "not_reproducible"
-    assert _one(rows, "smollm2-135m (real").status == "differs"  # top-1 99.9%
+    assert one_row(rows, "LLaMA2-70b").status == "not_measured" and "bench.layer_stream" in one_row(rows, "LLaMA2-70b").reason
+    assert one_row(rows, "ViT-307m").status == "not_measured" and "tab5_full_vit" in one_row(rows, "ViT-307m").reason
+    assert one_row(rows, "LLaVA-13b").status == "not_reproducible"
+    assert one_row(rows, "smollm2-135m (real").status == "differs"  # top-1 99.9%
     assert tab5.figure(results, results / "fig")[0].is_file()
 
 
@@ -113,47 +109,47 @@ def test_tab5_without_results_names_the_commands(tmp_path):
 
 def test_tab2_rope_and_gqa_shrink_the_qk_key(results):
     rows = tab2.compare(results)
-    llama = _one(rows, "one layer's Q/K permutation, llama2-7b")
+    llama = one_row(rows, "one layer's Q/K permutation, llama2-7b")
     assert llama.measured == pytest.approx(35.4, abs=0.1)  # log10(32!): whole heads only under RoPE
-    assert _one(rows, "data key pi, llama2-70b").measured == pytest.approx(28503.1, abs=0.1)
-    assert _one(rows, "llama2-70b: grouped-query attention").measured < 89
+    assert one_row(rows, "data key pi, llama2-70b").measured == pytest.approx(28503.1, abs=0.1)
+    assert one_row(rows, "llama2-70b: grouped-query attention").measured < 89
     assert tab2.figure(results, results / "fig")[0].is_file()
 
 
 def test_traffic_rows_show_no_token_count_fits_both_numbers(results):
     rows = traffic.compare(results)
-    assert _one(rows, "downlink of one GPT-2 124M STIP pass at 39 tokens").status == "reproduced"
-    assert _one(rows, "uplink of one GPT-2 124M STIP pass at 39 tokens").status == "differs"
-    assert _one(rows, "uplink of one GPT-2 124M STIP pass at 1024 tokens").measured == pytest.approx(3.008, abs=0.01)
-    assert _one(rows, "5.8 MiB").measured == 1980
+    assert one_row(rows, "downlink of one GPT-2 124M STIP pass at 39 tokens").status == "reproduced"
+    assert one_row(rows, "uplink of one GPT-2 124M STIP pass at 39 tokens").status == "differs"
+    assert one_row(rows, "uplink of one GPT-2 124M STIP pass at 1024 tokens").measured == pytest.approx(3.008, abs=0.01)
+    assert one_row(rows, "5.8 MiB").measured == 1980
     assert traffic.figure(results, results / "fig")[0].is_file()
 
 
 def test_fig8_rows(results):
     rows = fig8.compare(results)
-    assert _one(rows, "LLaMA2-70b").measured == pytest.approx(1000.0) and _one(rows, "LLaMA2-70b").status == "differs"
-    assert _one(rows, "vit-base").status == "differs" and _one(rows, "vit-large").status == "reproduced"
-    assert _one(rows, "LLaMA-2's").status == "not_reproducible" and _one(rows, "LLaMA-2's").measured == 45.6
+    assert one_row(rows, "LLaMA2-70b").measured == pytest.approx(1000.0) and one_row(rows, "LLaMA2-70b").status == "differs"
+    assert one_row(rows, "vit-base").status == "differs" and one_row(rows, "vit-large").status == "reproduced"
+    assert one_row(rows, "LLaMA-2's").status == "not_reproducible" and one_row(rows, "LLaMA-2's").measured == 45.6
     assert fig8.figure(results, results / "fig")[0].is_file()
 
 
 def test_fig6b_conventions_and_random_projection(results):
     rows = fig6b.compare(results)
-    assert _one(rows, "d = 128, per-vector").status == "reproduced"
-    assert _one(rows, "d = 8192, sample-wise").status == "differs" and _one(rows, "d = 8192, sample-wise").measured == 1
-    per_vector = _one(rows, "randomly projected embeddings, mean over d, per-vector")
+    assert one_row(rows, "d = 128, per-vector").status == "reproduced"
+    assert one_row(rows, "d = 8192, sample-wise").status == "differs" and one_row(rows, "d = 8192, sample-wise").measured == 1
+    per_vector = one_row(rows, "randomly projected embeddings, mean over d, per-vector")
     assert per_vector.status == "differs" and per_vector.measured < 0.6
-    sample_wise = _one(rows, "randomly projected embeddings, mean over d, sample-wise")
+    sample_wise = one_row(rows, "randomly projected embeddings, mean over d, sample-wise")
     assert sample_wise.measured > 0.6 and "no single convention" in sample_wise.reason
     assert fig6b.figure(results, results / "fig")[0].is_file()
 
 
 def test_fig6a_and_tab4(results):
     rows = fig6a.compare(results)
-    assert _one(rows, "STIP, gpt2-1.5b").measured == pytest.approx(0.06) and _one(rows, "STIP, gpt2-1.5b").status == \
+    assert one_row(rows, "STIP, gpt2-1.5b").measured == pytest.approx(0.06) and one_row(rows, "STIP, gpt2-1.5b").status == \
         "reproduced"
-    assert _one(rows, "random projection, gpt2-1.5b").status == "differs"
+    assert one_row(rows, "random projection, gpt2-1.5b").status == "differs"
     assert fig6a.figure(results, results / "fig")[0].is_file()
     tab = tab4.compare(results)
-    assert _one(tab, "transformed cloud model").status == "reproduced" and "x x x" in _one(tab, "transformed").reason
+    assert one_row(tab, "transformed cloud model").status == "reproduced" and "x x x" in one_row(tab, "transformed").reason
     assert tab4.compare(results / "missing")[0].status == "not_measured"

@@ -10,6 +10,8 @@ import pytest
 from bench.artifacts import fig7a, fig7c, fig7d, fig9, generation_3s
 from bench.results import typed
 
+from helpers.comparisons import one_row
+
 SMOL = 134515008
 # STIP per-token latency (s) per profile: 40 ms compute, + 1 RTT (10 / 250 ms) or + 2 one-way waits (20 / 500 ms).
 TOKEN_S = {"none": 0.040, "wired": 0.050, "wired_oneway": 0.060, "wireless": 0.290, "wireless_oneway": 0.540}
@@ -89,62 +91,56 @@ def results(tmp_path_factory) -> Path:
     return root
 
 
-def _one(rows, text):
-    found = [r for r in rows if text in r.quantity]
-    assert len(found) == 1, [r.quantity for r in rows]
-    return found[0]
-
-
 def test_fig7c_slopes_and_the_one_way_reading_reproduces_the_paper(results):
     rows = fig7c.compare(results)
-    assert _one(rows, "slope, full cloud").measured == pytest.approx(35.0)
-    assert _one(rows, "per-token slope, STIP wired_oneway").measured == pytest.approx(60.0)
-    rtt, one_way = _one(rows, "link part of a token (the profile's uplink + downlink per round trip), STIP wired ("), \
-        _one(rows, "round trip), STIP wired_oneway")
+    assert one_row(rows, "slope, full cloud").measured == pytest.approx(35.0)
+    assert one_row(rows, "per-token slope, STIP wired_oneway").measured == pytest.approx(60.0)
+    rtt, one_way = one_row(rows, "link part of a token (the profile's uplink + downlink per round trip), STIP wired ("), \
+        one_row(rows, "round trip), STIP wired_oneway")
     assert (rtt.measured, rtt.paper, rtt.status) == (pytest.approx(10.2), 18.0, "differs")
     assert (one_way.measured, one_way.status) == (pytest.approx(20.2), "reproduced")
     assert "slope difference to no link: 20 ms/token" in one_way.spread
     assert "measured at the socket minus no link: 20 ms/token" in one_way.spread  # the host overhead cancels
-    assert _one(rows, "round trip), STIP wireless_oneway").status == "reproduced"
-    verdict = _one(rows, "which reading")
+    assert one_row(rows, "round trip), STIP wireless_oneway").status == "reproduced"
+    verdict = one_row(rows, "which reading")
     assert verdict.status == "reproduced" and "best: one way, return topk" in verdict.source
-    assert _one(rows, "extra latency").measured == pytest.approx(100 * (0.060 - 0.035))
+    assert one_row(rows, "extra latency").measured == pytest.approx(100 * (0.060 - 0.035))
 
 
 def test_generation_3s_projects_the_link_part_on_the_paper_compute(results):
     rows = generation_3s.compare(results)
-    projected = _one(rows, "projected on the paper's compute: 100 x (12 ms + the profile's link part), STIP wired_oneway")
+    projected = one_row(rows, "projected on the paper's compute: 100 x (12 ms + the profile's link part), STIP wired_oneway")
     assert projected.measured == pytest.approx(100 * (0.012 + 0.0202)) and projected.status == "reproduced"
-    assert _one(rows, "projected on the paper's compute: 100 x (12 ms + the profile's link part), STIP wired,").status \
+    assert one_row(rows, "projected on the paper's compute: 100 x (12 ms + the profile's link part), STIP wired,").status \
         == "differs"
-    full = _one(rows, "full cloud")
+    full = one_row(rows, "full cloud")
     assert full.measured == pytest.approx(0.5 + 0.035 * 31) and full.status == "reproduced"  # > 1 s, < 3 s
 
 
 def test_fig7d_device_extra_cloud_ratio_and_communication(results):
     rows = fig7d.compare(results)
-    assert _one(rows, "additional on-device latency").measured == pytest.approx(0.4)
-    assert _one(rows, "additional on-device latency").status == "reproduced"  # 0.4 ms <= 1.7 ms
-    ratio = _one(rows, "STIP / full cloud")
+    assert one_row(rows, "additional on-device latency").measured == pytest.approx(0.4)
+    assert one_row(rows, "additional on-device latency").status == "reproduced"  # 0.4 ms <= 1.7 ms
+    ratio = one_row(rows, "STIP / full cloud")
     assert ratio.measured == pytest.approx(100 / 101) and ratio.paper == pytest.approx(11 / 12)
-    comm = _one(rows, "communication")
+    comm = one_row(rows, "communication")
     assert comm.measured == pytest.approx(20.0 - 10.1) and comm.status == "reproduced"
 
 
 def test_fig9_trend_on_modelled_and_measured_rows(results):
     rows = fig9.compare(results)
-    assert _one(rows, "per on-device layer (modelled)").measured == pytest.approx(10.0)
-    assert _one(rows, "fastest split (modelled)").measured == 0.0
-    assert "device compute x 10" in _one(rows, "per on-device layer (modelled)").workload
+    assert one_row(rows, "per on-device layer (modelled)").measured == pytest.approx(10.0)
+    assert one_row(rows, "fastest split (modelled)").measured == 0.0
+    assert "device compute x 10" in one_row(rows, "per on-device layer (modelled)").workload
 
 
 def test_fig7a_ratio_saturation_and_reported_baselines(results):
     rows = fig7a.compare(results)
-    assert _one(rows, "STIP / full cloud, gpt2-124m").measured == pytest.approx(0.95)
-    gain = _one(rows, "gain from batch 10 to 100")
+    assert one_row(rows, "STIP / full cloud, gpt2-124m").measured == pytest.approx(0.95)
+    gain = one_row(rows, "gain from batch 10 to 100")
     assert gain.measured == pytest.approx(950 / 900) and gain.status == "reproduced"
-    assert _one(rows, "Iron and THE-X").status == "not_reproducible"
-    assert _one(rows, "over CipherGPT").measured == pytest.approx(0.95 * 950 / 6.7e-4)
+    assert one_row(rows, "Iron and THE-X").status == "not_reproducible"
+    assert one_row(rows, "over CipherGPT").measured == pytest.approx(0.95 * 950 / 6.7e-4)
 
 
 @pytest.mark.parametrize("module", [fig7a, fig7c, fig7d, fig9])

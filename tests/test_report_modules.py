@@ -9,6 +9,8 @@ import pytest
 from bench.artifacts import fig7b, indexing, kpa_bfa, millions, tab1_tab3
 from bench.results import typed
 
+from helpers.comparisons import one_row
+
 GPT2, TINY, BASE = 124439808, 4385920, 109482240
 
 
@@ -62,12 +64,6 @@ def results(tmp_path_factory) -> Path:
     return root
 
 
-def _by_quantity(rows, text):
-    found = [r for r in rows if text in r.quantity]
-    assert len(found) == 1, [r.quantity for r in rows]
-    return found[0]
-
-
 def test_indexing_rows_follow_the_measured_ratio(results):
     rows = indexing.compare(results)
     assert [(r.measured, r.status) for r in rows] == [(1.3, "differs"), (0.1, "reproduced")]  # sorted by d
@@ -76,30 +72,30 @@ def test_indexing_rows_follow_the_measured_ratio(results):
 
 def test_kpa_rows_one_pair_per_model_and_the_key_space(results):
     rows = kpa_bfa.compare(results)
-    assert _by_quantity(rows, "1 known pair(s), gpt2").status == "reproduced"
-    assert _by_quantity(rows, "1 known pair(s), bert").status == "differs"
+    assert one_row(rows, "1 known pair(s), gpt2").status == "reproduced"
+    assert one_row(rows, "1 known pair(s), bert").status == "differs"
     assert not [r for r in rows if "4 known pair(s)" in r.quantity]
-    assert _by_quantity(rows, "feature dimension d").measured == 4096
-    assert _by_quantity(rows, "Q/K permutation").measured == pytest.approx(35.4, abs=0.1)  # log10(32!)
+    assert one_row(rows, "feature dimension d").measured == 4096
+    assert one_row(rows, "Q/K permutation").measured == pytest.approx(35.4, abs=0.1)  # log10(32!)
 
 
 def test_millions_ratio_on_one_host_and_the_missing_stip_run(results):
     rows = millions.compare(results)
-    tiny = _by_quantity(rows, "bert-tiny")
+    tiny = one_row(rows, "bert-tiny")
     assert tiny.measured == pytest.approx(10.0 / 0.01) and tiny.status == "differs"  # fastest approximation
     assert "slowest gives 2e+03" in tiny.spread
-    base = _by_quantity(rows, "bert-base")
+    base = one_row(rows, "bert-base")
     assert base.status == "not_measured" and "protocol=stip model=bert-base run.seq_len=128" in base.reason
-    assert _by_quantity(rows, "paper's numbers").measured == pytest.approx(45366 / 6.7e-4)
+    assert one_row(rows, "paper's numbers").measured == pytest.approx(45366 / 6.7e-4)
 
 
 def test_fig7b_scale_and_the_paper_method_throughput(results):
     rows = fig7b.compare(results)
-    assert _by_quantity(rows, "served end to end").measured == GPT2
-    assert _by_quantity(rows, "2PC arm (CrypTen) ran").measured == BASE
-    tp = _by_quantity(rows, "measured here / CipherGPT")
+    assert one_row(rows, "served end to end").measured == GPT2
+    assert one_row(rows, "2PC arm (CrypTen) ran").measured == BASE
+    tp = one_row(rows, "measured here / CipherGPT")
     assert tp.measured == pytest.approx(110 / 6.7e-4) and tp.status == "not_reproducible"
-    assert _by_quantity(rows, "baselines' largest (paper").measured == pytest.approx(208.33, abs=0.01)
+    assert one_row(rows, "baselines' largest (paper").measured == pytest.approx(208.33, abs=0.01)
 
 
 def test_every_module_draws_its_figure_and_tab1_tab3_is_qualitative(results, tmp_path):
