@@ -1,7 +1,7 @@
 """The nonlinear approximations of PUMA and Nimbus as jax functions, patched into the Flax models (runs in .venv-spu).
 
 Copied from SecretFlow SPU's own code, coefficient for coefficient:
-- PUMA: `hack_gelu` and `hack_softmax` of examples/python/ml/flax_llama7b/flax_llama7b.py at secretflow/spu
+- PUMA: `hack_gelu` and `hack_softmax` (its zeroing moved before the sum, see puma_softmax) of examples/python/ml/flax_llama7b/flax_llama7b.py at secretflow/spu
   commit 8a8def9f (2023-07-17, the PUMA release); LayerNorm is SPU's own rsqrt (PUMA patches none).
 - Nimbus: `ours_fake_gelu` (degree 2 on [-1.8, 0.5]) and `ours_fake_softmax` (cubic exp above -3.9) of
   examples/python/ml/Nimbus/nonlinear.py at secretflow/spu commit 9ef61f5d (2024-10-31, "Nimbus update").
@@ -38,13 +38,19 @@ def puma_gelu(x):
 
 
 def puma_softmax(x, axis=-1, where=None, initial=None):
-    """PUMA's softmax: max-subtracted exp (SPU's exp, fxp_exp_mode taylor), exp of inputs below -14 zeroed."""
+    """PUMA's softmax: max-subtracted exp (SPU's exp, fxp_exp_mode taylor), exp of inputs below -14 zeroed.
+
+    As PUMA's paper defines exp (0 below -14), the zeroing comes before the sum. The example's `hack_softmax`
+    zeroes after dividing, which equals this only while no score is far below -14: a causal mask's bias (clamped
+    to about -1.8e13 in SPU's fixed point) sends the Taylor exp to +-1e8 and the row sum with it (GPT-2's top-1
+    fell to 6% at 16 tokens). Same operations, one multiplication moved.
+    """
     x_max = jnp.max(x, axis, where=where, initial=initial, keepdims=True)
     x = x - x_max
     b = x > -14
-    nexp = jnp.exp(x)
+    nexp = b * jnp.exp(x)
     divisor = jnp.sum(nexp, axis, where=where, keepdims=True)
-    return b * (nexp / divisor)
+    return nexp / divisor
 
 
 def nimbus_gelu(x):
