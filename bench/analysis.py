@@ -23,7 +23,7 @@ def read_rows(folder: Path) -> pd.DataFrame:
     return typed(rows)  # columns added since (e.g. `security`) read as missing
 
 
-KEYS = ["model", "seq_len", "batch_size", "network", "protocol", "approx", "security"]
+KEYS = ["model", "seq_len", "batch_size", "network", "protocol", "engine", "approx", "security"]
 
 
 def _median(df: pd.DataFrame, phase: str, metric: str, sources: tuple[str, ...]) -> pd.Series:
@@ -32,7 +32,7 @@ def _median(df: pd.DataFrame, phase: str, metric: str, sources: tuple[str, ...])
 
 
 def latency_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, seq_len, batch, network, protocol, approx, security): modelled end-to-end latency, its compute part,
+    """Per (model, seq_len, batch, network, protocol, engine, approx, security): modelled end-to-end latency, its compute part,
     rounds, bytes, max error, and the ratio of each latency to the fastest protocol on that network.
 
     Empty when the rows hold no modelled total latency (forward requests only; generation is apart).

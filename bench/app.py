@@ -168,7 +168,8 @@ def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
         rows = protocol.run(spec, network, request)
         context = {
             "run_id": rid, "experiment": c["experiment_name"], "protocol": protocol.name,
-            "approx": protocol.approx_name(), "security": check_security(protocol.security_label()), "model": spec.name,
+            "approx": protocol.approx_name(), "security": check_security(protocol.security_label()),
+            "engine": protocol.engine_name(), "model": spec.name,
             "n_params": spec.n_params,
             "network": network.name, "batch_size": request.batch_size, "seq_len": request.seq_len,
             "seed": request.seed,

@@ -24,11 +24,12 @@ from protocols.contract import Row
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "run_id", "experiment", "protocol", "approx", "security", "model", "n_params", "network", "batch_size",
+    "run_id", "experiment", "protocol", "approx", "security", "engine", "model", "n_params", "network", "batch_size",
     "seq_len", "phase", "metric", "source", "value", "unit", "seed", "repeat",
 ]
 DTYPES = {
     "run_id": "string", "experiment": "string", "protocol": "string", "approx": "string", "security": "string",
+    "engine": "string",
     "model": "string", "n_params": "Int64", "network": "string", "batch_size": "Int64",
     "seq_len": "Int64", "phase": "string", "metric": "string", "source": "string", "value": "float64",
     "unit": "string", "seed": "Int64", "repeat": "Int64",

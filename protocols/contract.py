@@ -173,6 +173,10 @@ class Protocol(abc.ABC):
         """The threat model the rows' `security` column names (protocols.vocabulary.SECURITY; None: not MPC)."""
         return None
 
+    def engine_name(self) -> str | None:
+        """The MPC engine the rows' `engine` column names (crypten | spu; None: not MPC)."""
+        return None
+
     @abc.abstractmethod
     def run(self, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:
         """Run the workload and return raw per-repeat rows."""

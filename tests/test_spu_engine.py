@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from baselines.mpc.protocol import MpcProtocol
+from bench.analysis import latency_table
 from baselines.spu import protocol as spu_protocol
 from baselines.spu.engine import SpuResult, SpuRun
 from protocols.contract import Row, RunRequest
@@ -60,6 +62,21 @@ def test_rows_use_the_vocabulary_and_model_each_partys_link() -> None:
     assert got[("compute", "latency", "engine", 0)] == 2.0  # the warm-up run (9 s) is dropped
     assert got[("total", "latency", "modelled", 1)] == pytest.approx(3.0 + LAN.time(10, 1200 / 3))
     assert got[("output", "max_abs_error", "engine", 0)] == 0.0
+
+
+def test_latency_table_keeps_engines_with_one_security_label_apart() -> None:
+    """CrypTen (TFP) and SPU SEMI2K are both `2pc-dealer`; their rows must not be pooled into one median."""
+    assert MpcProtocol({"approx": "puma"}).engine_name() == "crypten"
+    assert MpcProtocol({"approx": "puma", "engine": "spu", "mpc_protocol": "semi2k"}).engine_name() == "spu"
+    common = {"model": "m", "seq_len": 8, "batch_size": 1, "network": "puma_lan", "protocol": "mpc", "approx": "puma",
+              "security": "2pc-dealer", "repeat": 0}
+    rows = pd.DataFrame([{**common, "run_id": engine, "engine": engine, "phase": phase, "metric": "latency",
+                          "source": source, "value": value}
+                         for engine, seconds in (("crypten", 10.0), ("spu", 30.0))
+                         for phase, source, value in (("total", "modelled", seconds), ("compute", "engine", seconds))])
+    table = latency_table(rows).set_index("engine")
+    assert table.loc["crypten", "latency_modelled_s"] == 10.0 and table.loc["spu", "latency_modelled_s"] == 30.0
+    assert table.loc["spu", "over_fastest"] == 3.0
 
 
 def test_config_file_keeps_crypten_the_default() -> None:

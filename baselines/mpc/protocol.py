@@ -112,6 +112,9 @@ class MpcProtocol(Protocol):
             return spu_protocol.SECURITY[self.cfg.mpc_protocol]
         return "2pc-dealer"
 
+    def engine_name(self) -> str:
+        return self.cfg.engine
+
     def run(self, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:
         if self.cfg.engine == "spu":
             return spu_protocol.run(self.cfg, model, network, request)

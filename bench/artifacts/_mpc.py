@@ -29,7 +29,7 @@ def network(name: str) -> NetworkProfile:
 
 
 def mpc_rows(results: Path, experiment: str) -> pd.DataFrame | None:
-    """results/<experiment>/rows.parquet joined with its runs.csv (task, protocol.engine, ...) and the engine,
+    """results/<experiment>/rows.parquet joined with its runs.csv (task, protocol.mpc_protocol, ...) and the engine,
     mpc_protocol, approx and security columns filled for every protocol; None if not run."""
     rows = experiment_rows(results, experiment)
     if rows is None:
@@ -40,7 +40,9 @@ def mpc_rows(results: Path, experiment: str) -> pd.DataFrame | None:
     rows = rows.merge(runs[keep].drop_duplicates("run_id"), on="run_id", how="left")
     if "task" not in rows:
         rows["task"] = "forward"
-    engine = rows["protocol.engine"] if "protocol.engine" in rows else pd.Series(pd.NA, index=rows.index, dtype=object)
+    engine = rows["engine"].astype(object)  # rows written before the column: the run's config, else CrypTen
+    if "protocol.engine" in rows:
+        engine = engine.where(engine.notna(), rows["protocol.engine"])
     rows["engine"] = engine.where(engine.notna(), rows.protocol.map({"mpc": "crypten"})).fillna("")
     mpc_proto = rows["protocol.mpc_protocol"] if "protocol.mpc_protocol" in rows else pd.Series(pd.NA, index=rows.index)
     rows["mpc_protocol"] = mpc_proto.where(mpc_proto.notna(), rows.engine.map({"crypten": "beaver-tfp"})).fillna("")

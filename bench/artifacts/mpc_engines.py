@@ -22,6 +22,13 @@ ARTIFACT = "mpc_reported"
 EXPERIMENTS = ("mpc_bert_base", "mpc_gpt2", "mpc_gpt2_generate")  # plus every results/mpc_spu* experiment
 SHAPES = (("bert-base", 128, "forward"), ("gpt2-124m", 128, "forward"), ("gpt2-124m", 32, "generate"))
 FULL_PARAMS = {"bert-base": 109_482_240, "gpt2-124m": 124_439_808}
+# The engine grid the table promises at each forward shape: (engine, mpc_protocol, approx) -> how to run a cell
+# the results lack (a line saying so stands in its place).
+GRID = {("crypten", "beaver-tfp", "puma"): "experiment={crypten} run.seq_len={seq_len}",
+        **{("spu", prot, approx): "experiment=mpc_spu_paper model={model} run.seq_len={seq_len} "
+                                  f"protocol.mpc_protocol={prot} protocol.approx={approx}"
+           for prot, approx in (("aby3", "puma"), ("cheetah", "nimbus"), ("cheetah", "puma"))}}
+CRYPTEN_EXPERIMENT = {"bert-base": "mpc_bert_base", "gpt2-124m": "mpc_gpt2"}
 LINKS = ("lan", "wan", "puma_lan")
 NONLINEAR = ("attention_softmax", "activation", "layernorm")
 BEAVER = ("embedding", "linear", "head")
@@ -94,6 +101,7 @@ def table(results: Path) -> pd.DataFrame:
             **{f"modelled_{k}_s": getattr(r, f"modelled_{k}_s") for k in LINKS},
             "bytes_rounds_identical_across_repeats": r.deterministic,
         })
+    lines += _missing_cells(summary)
     for label, lat_id, traffic_id, (model, seq_len, task), security, _ in REPORTED:
         lat = reported_by_id()[lat_id]
         lines.append({"row": label, "model": model, "tokens": seq_len, "task": task, "security": security,
@@ -101,6 +109,24 @@ def table(results: Path) -> pd.DataFrame:
                       "reported_s": paper_value(lat_id, "s"),
                       "reported_network": (lat.setting or {}).get("network", "not stated")})
     return pd.DataFrame(lines)
+
+
+def _missing_cells(summary: pd.DataFrame) -> list[dict]:
+    """A line for each cell of GRID x forward SHAPES the results lack, naming the command that measures it."""
+    have = set() if summary.empty else {
+        (r.model, int(r.seq_len), r.task, r.engine, str(r.mpc_protocol).lower(), r.approx)
+        for r in summary.itertuples()}
+    lines = []
+    for model, seq_len, task in SHAPES:
+        if task != "forward":
+            continue
+        for (engine, prot, approx), args in GRID.items():
+            if (model, seq_len, task, engine, prot, approx) in have:
+                continue
+            cmd = args.format(crypten=CRYPTEN_EXPERIMENT[model], model=model, seq_len=seq_len)
+            lines.append({"row": f"{engine} {prot} / {approx} (not measured: python -m bench {cmd})",
+                          "model": model, "tokens": seq_len, "task": task})
+    return lines
 
 
 def _reason(r: pd.Series, phases: dict[str, float], label: str, kind: str, metric: str) -> str:
@@ -122,8 +148,8 @@ def _reason(r: pd.Series, phases: dict[str, float], label: str, kind: str, metri
                      f"embedding, matmuls and head, {nonlinear:.2f} GB the non-linear layers (GeLU, softmax, norms; "
                      f"CrypTen compares through 64-bit adder circuits)")
         return text
-    return (text + f"; {r.compute_s:.1f} s of the modelled time is compute on this 2-core host, shared with other "
-            f"jobs (range {r.compute_min_s:.1f}-{r.compute_max_s:.1f} s), against the reporting paper's servers")
+    return (text + f"; {r.compute_s:.1f} s of the modelled time is compute on this 2-core host (range "
+            f"{r.compute_min_s:.1f}-{r.compute_max_s:.1f} s), against the reporting paper's servers")
 
 
 def compare(results: Path) -> list[Comparison]:
