@@ -32,8 +32,8 @@ def _median(df: pd.DataFrame, phase: str, metric: str, sources: tuple[str, ...])
 
 
 def latency_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, seq_len, batch, network, protocol, engine, approx, security): modelled end-to-end latency, its compute part,
-    rounds, bytes, max error, and the ratio of each latency to the fastest protocol on that network.
+    """Per (model, seq_len, batch, network, protocol, engine, approx, security): modelled end-to-end latency, its
+    compute part, rounds, bytes, max error, and the ratio of each latency to the fastest protocol on that network.
 
     Empty when the rows hold no modelled total latency (forward requests only; generation is apart).
     """

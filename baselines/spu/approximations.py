@@ -1,8 +1,9 @@
 """The nonlinear approximations of PUMA and Nimbus as jax functions, patched into the Flax models (runs in .venv-spu).
 
 Copied from SecretFlow SPU's own code, coefficient for coefficient:
-- PUMA: `hack_gelu` and `hack_softmax` (its zeroing moved before the sum, see puma_softmax) of examples/python/ml/flax_llama7b/flax_llama7b.py at secretflow/spu
-  commit 8a8def9f (2023-07-17, the PUMA release); LayerNorm is SPU's own rsqrt (PUMA patches none).
+- PUMA: `hack_gelu` and `hack_softmax` (its zeroing moved before the sum, see puma_softmax) of
+  examples/python/ml/flax_llama7b/flax_llama7b.py at secretflow/spu commit 8a8def9f (2023-07-17, the PUMA release);
+  LayerNorm is SPU's own rsqrt (PUMA patches none).
 - Nimbus: `ours_fake_gelu` (degree 2 on [-1.8, 0.5]) and `ours_fake_softmax` (cubic exp above -3.9) of
   examples/python/ml/Nimbus/nonlinear.py at secretflow/spu commit 9ef61f5d (2024-10-31, "Nimbus update").
 """
