@@ -91,7 +91,7 @@ def test_mpc_table_has_measured_and_labelled_reported_rows(results: Path, tmp_pa
     missing = t[t.row.str.contains("not measured")]
     assert len(missing) == 6  # the grid's 8 forward cells but the two CrypTen runs the fixture holds
     cheetah = missing[(missing.model == "bert-base") & missing.row.str.startswith("spu cheetah / nimbus")].row.item()
-    assert "python -m bench experiment=mpc_spu_paper model=bert-base run.seq_len=128 " \
+    assert "python -m bench -m experiment=mpc_spu_paper model=bert-base run.seq_len=128 " \
            "protocol.mpc_protocol=cheetah protocol.approx=nimbus" in cheetah
     bert = t[(t.model == "bert-base") & t.row.str.contains(r"\(measured")].iloc[0]
     assert bert.bytes_GB == pytest.approx(13.76) and bert.weight_open_GB == pytest.approx(1.73)

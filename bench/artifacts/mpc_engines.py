@@ -124,7 +124,7 @@ def _missing_cells(summary: pd.DataFrame) -> list[dict]:
             if (model, seq_len, task, engine, prot, approx) in have:
                 continue
             cmd = args.format(crypten=CRYPTEN_EXPERIMENT[model], model=model, seq_len=seq_len)
-            lines.append({"row": f"{engine} {prot} / {approx} (not measured: python -m bench {cmd})",
+            lines.append({"row": f"{engine} {prot} / {approx} (not measured: python -m bench -m {cmd})",
                           "model": model, "tokens": seq_len, "task": task})
     return lines
 
