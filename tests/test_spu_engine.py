@@ -37,7 +37,7 @@ def test_security_label_follows_the_spu_protocol(prot: str | None, label: str) -
     ({"engine": "spu", "approx": "crypten"}, "CrypTen-only"),
     ({"engine": "spu", "approx": "mpcformer"}, "CrypTen-only"),
     ({"engine": "spu", "mode": "simulate"}, "mode"),
-    ({"engine": "spu", "embedding": "device"}, "embedding"),
+    ({"engine": "spu", "embedding": "client"}, "embedding"),
     ({"engine": "spu", "provider": "TTP"}, "provider"),
     ({"mpc_protocol": "aby3"}, "engine=spu"),
 ])
@@ -116,6 +116,21 @@ def test_gpt2_causal_mask_survives_pumas_softmax_on_spu(tmp_path: Path) -> None:
     by = {(r.phase, r.metric, r.source): r.value for r in rows}
     assert by[("output", "max_abs_error", "engine")] < 0.05, by
     assert by[("output", "cosine_similarity", "engine")] > 0.98, by
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_device_embedding_skips_the_one_hot_product_and_keeps_the_output(kind: str, tmp_path: Path) -> None:
+    """embedding=device: the device's token vectors enter as its secret; same output, fewer bytes than one-hot."""
+    got = {}
+    for embedding in ("mpc", "device"):
+        req = RunRequest(batch_size=1, seq_len=6, repeats=1, warmup=0, seed=0, workdir=tmp_path / embedding)
+        rows = MpcProtocol({"approx": "puma", "engine": "spu", "mpc_protocol": "aby3", "embedding": embedding}).run(
+            toy_spec(kind), LAN, req)
+        got[embedding] = {(r.phase, r.metric): r.value for r in rows if r.source == "engine"}
+    assert 0 < got["device"][("total", "bytes")] < got["mpc"][("total", "bytes")], got
+    assert got["device"][("output", "max_abs_error")] < 0.05, got
+    assert got["device"][("output", "cosine_similarity")] > 0.98, got
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ counted where a party hands a message to its link, whatever the link's transport
 both are secret-shared by SPU's Io before the run, outside the counted traffic.
 Request keys: checkpoint, model_type (bert | gpt2), output (last_hidden_state | logits), input_ids, protocol
 (ABY3 | CHEETAH | SEMI2K), approx (puma | nimbus), runs, fxp_fraction_bits (0: SPU's default), timeout_s
-(a party's longest wait for a peer's message).
+(a party's longest wait for a peer's message), embedding (mpc: one-hot x table in MPC | device: the device looks
+its tokens up in its own copy of the token table and secret-shares the vectors, as CrypTen's embedding=device;
+positions and token types are then added in MPC from the server's tables at public indices, a local operation).
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ from spu.utils import frontend as spu_fe
 from baselines.spu.approximations import patched
 
 PARTIES = {"ABY3": 3, "CHEETAH": 2, "SEMI2K": 2}
+EMBEDDINGS = ("mpc", "device")
+WORD_EMBEDDING = {"bert": ("embeddings", "word_embeddings"), "gpt2": ("transformer", "wte")}  # Flax param paths
+DEVICE_EMBEDS: list[Any] = []  # the device's token vectors while forward() traces (embedding=device)
 LINK = re.compile(r"Link details: total send bytes (\d+), recv bytes (\d+), send actions (\d+), recv actions (\d+)")
 OP = re.compile(r"- (\S+), executed (\d+) times, duration ([0-9.e+-]+)s, send bytes (\d+) recv bytes (\d+), "
                 r"send actions (\d+), recv actions (\d+)")
@@ -71,10 +76,14 @@ def compiler_options(approx: str) -> Any:
 
 
 def onehot_embed() -> Any:
-    """Make flax's Embed take a one-hot input (last axis = vocabulary) as one-hot x table: PUMA's secure embedding."""
+    """Make flax's Embed take a one-hot input (last axis = vocabulary) as one-hot x table: PUMA's secure embedding;
+    while DEVICE_EMBEDS holds the device's token vectors, the word-embedding module returns them instead."""
     original = nn.Embed.__call__
+    names = {path[-1] for path in WORD_EMBEDDING.values()}
 
     def call(self, inputs):
+        if DEVICE_EMBEDS and self.name in names:
+            return DEVICE_EMBEDS[-1]
         if inputs.ndim == 3 and inputs.shape[-1] == self.num_embeddings:  # [batch, seq, vocab] one-hot
             return jnp.matmul(inputs.astype(self.embedding.dtype), self.embedding)
         return original(self, inputs)
@@ -176,9 +185,18 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
     n = PARTIES[protocol]
     model = load_model(req["checkpoint"], req["model_type"])
     ids = np.asarray(req["input_ids"], dtype=np.int64)
-    vocab = int(model.config.vocab_size)
-    # int32 one-hot: Flax casts input_ids to int32 (a no-op here); int -> fixed point is a local shift in SPU.
-    onehot = np.eye(vocab, dtype=np.int32)[ids]
+    embedding = req.get("embedding", "mpc")
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding {embedding!r}; choices: {list(EMBEDDINGS)}")
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float32), model.params)
+    if embedding == "device":
+        table = params
+        for key in WORD_EMBEDDING[req["model_type"]]:
+            table = table[key]
+        device_input = table["embedding"][ids]  # the device's own table lookup, in the clear on the device
+    else:
+        # int32 one-hot: Flax casts input_ids to int32 (a no-op here); int -> fixed point is a local shift in SPU.
+        device_input = np.eye(int(model.config.vocab_size), dtype=np.int32)[ids]
     output = req["output"]
     onehot_embed()
 
@@ -190,10 +208,16 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         extra["token_type_ids"] = np.zeros((batch, seq), dtype=np.int32)
 
     def forward(x, params):  # the Flax module itself: the model wrappers read (batch, seq) from input_ids' shape
-        return getattr(model.module.apply({"params": params}, input_ids=x, deterministic=True, **extra), output)
+        if embedding == "mpc":
+            return getattr(model.module.apply({"params": params}, input_ids=x, deterministic=True, **extra), output)
+        DEVICE_EMBEDS.append(x)  # ids below are a public placeholder: the word-embedding module returns x
+        try:
+            return getattr(model.module.apply({"params": params}, input_ids=np.zeros((batch, seq), np.int32),
+                                              deterministic=True, **extra), output)
+        finally:
+            DEVICE_EMBEDS.pop()
 
-    params = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float32), model.params)
-    args = (onehot, params)
+    args = (device_input, params)
     flat, _ = jax.tree_util.tree_flatten(args)
     with patched(approx):
         plain = np.asarray(forward(*args), dtype=np.float64)  # the approximation in float, for the driver's check

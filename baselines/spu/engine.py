@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("SPU_VENV", REPO / ".venv-spu"))
 PROTOCOLS = {"aby3": "ABY3", "cheetah": "CHEETAH", "semi2k": "SEMI2K"}
 APPROXIMATIONS = ("puma", "nimbus")
+EMBEDDINGS = ("mpc", "device")  # one-hot x table in MPC | the device's own lookup, secret-shared (CrypTen's names)
 MODEL_TYPES = {"bert": "last_hidden_state", "gpt2": "logits"}  # model_type -> the output accuracy is judged on
 
 
@@ -62,7 +63,7 @@ def python() -> Path:
 
 
 def run_spu_forward(net: Any, model_type: str, ids: torch.Tensor, *, protocol: str, approx: str, n_runs: int,
-                    workdir: Path, timeout_s: float, fxp_fraction_bits: int = 0) -> SpuResult:
+                    workdir: Path, timeout_s: float, fxp_fraction_bits: int = 0, embedding: str = "mpc") -> SpuResult:
     """Save `net`, run its forward `n_runs` times on SPU `protocol` with `approx`, and read the results back."""
     if model_type not in MODEL_TYPES:
         raise ValueError(f"protocol.engine=spu runs model types {sorted(MODEL_TYPES)}; got {model_type!r}")
@@ -73,7 +74,8 @@ def run_spu_forward(net: Any, model_type: str, ids: torch.Tensor, *, protocol: s
     net.save_pretrained(ckpt, safe_serialization=True)
     request = {"checkpoint": str(ckpt), "model_type": model_type, "output": MODEL_TYPES[model_type],
                "input_ids": ids.tolist(), "protocol": PROTOCOLS[protocol], "approx": approx, "runs": n_runs,
-               "fxp_fraction_bits": fxp_fraction_bits, "timeout_s": timeout_s}
+               "fxp_fraction_bits": fxp_fraction_bits, "timeout_s": timeout_s,
+               "embedding": embedding}
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
     log_path = Path(workdir) / "spu_driver.log"
     with open(log_path, "w") as log:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from baselines.spu.engine import APPROXIMATIONS, PROTOCOLS, SpuResult, run_spu_forward
+from baselines.spu.engine import APPROXIMATIONS, EMBEDDINGS, PROTOCOLS, SpuResult, run_spu_forward
 from protocols.accuracy import accuracy_rows
 from protocols.contract import ModelSpec, Row, RunRequest
 from transport.link import NetworkProfile
@@ -41,8 +41,8 @@ def validate(cfg: Any) -> None:
                          f"{list(APPROXIMATIONS)} (crypten, mpcformer and per-operator dicts are CrypTen-only)")
     if cfg.mode != "mpc":
         raise ValueError(f"protocol.mode={cfg.mode!r} is CrypTen's float simulation; engine=spu runs mode=mpc only")
-    if cfg.embedding != "mpc":
-        raise ValueError(f"protocol.embedding={cfg.embedding!r}: engine=spu embeds in MPC (one-hot x table) only")
+    if cfg.embedding not in EMBEDDINGS:
+        raise ValueError(f"protocol.embedding={cfg.embedding!r}; choices with engine=spu: {list(EMBEDDINGS)}")
     if str(cfg.provider).upper() != "TFP":
         raise ValueError(f"protocol.provider={cfg.provider!r} is a CrypTen provider; engine=spu takes its "
                          "correlated randomness from protocol.mpc_protocol (semi2k: a dealer, aby3/cheetah: none)")
@@ -62,7 +62,7 @@ def run(cfg: Any, model: ModelSpec, network: NetworkProfile, request: RunRequest
         out = net(input_ids=ids, attention_mask=mask)
     result = run_spu_forward(net, model.model_type, ids, protocol=cfg.mpc_protocol, approx=cfg.approx,
                              n_runs=request.warmup + request.repeats, workdir=request.workdir,
-                             timeout_s=cfg.timeout_s)
+                             timeout_s=cfg.timeout_s, embedding=cfg.embedding)
     write_profile(result, request)
     return rows(result, getattr(out, result.output_name), mask, network, request)
 
