@@ -109,3 +109,24 @@ def test_fig2_figure_is_drawn_from_the_rows(results: Path, tmp_path: Path) -> No
     paths = fig2.figure(results, tmp_path / "figures")
     assert [p.name for p in paths] == ["fig2.png", "fig2.pdf"] and all(p.stat().st_size > 1000 for p in paths)
     assert fig2.figure(tmp_path / "empty", tmp_path / "none") == []
+
+
+def test_spu_rows_are_modelled_over_their_parties_and_labelled_by_embedding(results: Path) -> None:
+    """ABY3's bytes spread over 3 links (as the engine's own `modelled` rows); a device-embedding run says so."""
+    spu = []
+    for run_id, security in (("a1", "3pc-honest-majority"), ("c1", "2pc")):
+        rows = _run(run_id, "mpc_spu_paper", "mpc", "bert-base", 109_482_240, 128, "forward",
+                    {"total": (100.0, 5000, 7.5 * GB)}, repeats=1)
+        spu += [{**r, "security": security, "engine": "spu"} for r in rows]
+    folder = results / "mpc_spu_paper"
+    folder.mkdir()
+    pd.DataFrame(spu).to_parquet(folder / "rows.parquet")
+    pd.DataFrame({"run_id": ["a1", "c1"], "task": "forward", "protocol.engine": "spu",
+                  "protocol.mpc_protocol": ["aby3", "cheetah"], "protocol.embedding": ["mpc", "device"]}
+                 ).to_csv(folder / "runs.csv", index=False)
+    t = mpc_engines.table(results).set_index("row")
+    aby3 = t.loc["spu aby3 / puma (measured)"]
+    assert aby3.modelled_puma_lan_s == pytest.approx(100.0 + 5000 * 1e-3 + 7.5 * GB * 8 / 3 / 5e9, rel=1e-3)
+    cheetah = t.loc["spu cheetah / puma, device embeds (measured)"]
+    assert cheetah.modelled_puma_lan_s == pytest.approx(100.0 + 5000 * 1e-3 + 7.5 * GB * 8 / 2 / 5e9, rel=1e-3)
+    assert not any(r.startswith("spu cheetah / puma") and "not measured" in r for r in t.index if "bert" in r)

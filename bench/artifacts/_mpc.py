@@ -16,7 +16,7 @@ from transport.link import NetworkProfile, network_profile
 
 NETWORK_DIR = Path(__file__).resolve().parents[2] / "configs" / "network"
 GROUP = ["experiment", "model", "n_params", "seq_len", "batch_size", "protocol", "engine", "mpc_protocol", "approx",
-         "security", "network", "task"]
+         "embedding", "security", "network", "task"]
 
 
 def network(name: str) -> NetworkProfile:
@@ -36,7 +36,8 @@ def mpc_rows(results: Path, experiment: str) -> pd.DataFrame | None:
         return None
     runs_path = Path(results) / experiment / "runs.csv"
     runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame({"run_id": rows.run_id.unique()})
-    keep = ["run_id"] + [c for c in ("task", "protocol.engine", "protocol.mpc_protocol") if c in runs]
+    keep = ["run_id"] + [c for c in ("task", "protocol.engine", "protocol.mpc_protocol", "protocol.embedding")
+                         if c in runs]
     rows = rows.merge(runs[keep].drop_duplicates("run_id"), on="run_id", how="left")
     if "task" not in rows:
         rows["task"] = "forward"
@@ -46,6 +47,8 @@ def mpc_rows(results: Path, experiment: str) -> pd.DataFrame | None:
     rows["engine"] = engine.where(engine.notna(), rows.protocol.map({"mpc": "crypten"})).fillna("")
     mpc_proto = rows["protocol.mpc_protocol"] if "protocol.mpc_protocol" in rows else pd.Series(pd.NA, index=rows.index)
     rows["mpc_protocol"] = mpc_proto.where(mpc_proto.notna(), rows.engine.map({"crypten": "beaver-tfp"})).fillna("")
+    embedding = rows["protocol.embedding"] if "protocol.embedding" in rows else pd.Series(pd.NA, index=rows.index)
+    rows["embedding"] = embedding.where(embedding.notna(), rows.protocol.map({"mpc": "mpc"})).fillna("")
     for col in ("approx", "security"):
         if col not in rows:
             rows[col] = ""
@@ -83,13 +86,14 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
             "weight_open_bytes": weight.median() if not weight.empty else float("nan"),
             "deterministic": bool(n_bytes.nunique() <= 1 and rounds.nunique() <= 1),
             "top1_agreement": top1.median() if not top1.empty else float("nan"),
+            "parties": 3 if str(rec["security"]).startswith("3pc") else 2,
         })
         out.append(rec)
     return pd.DataFrame(out)
 
 
-def modelled(compute_s: float, rounds: float, n_bytes: float, profile: NetworkProfile) -> float:
-    """The vocabulary's modelled latency on another link: compute + rounds x RTT + (bytes / 2) / bandwidth
-    (2PC opens are symmetric: each direction carries half the bytes)."""
-    return float(compute_s + profile.time(rounds, n_bytes / 2.0))
+def modelled(compute_s: float, rounds: float, n_bytes: float, profile: NetworkProfile, parties: int = 2) -> float:
+    """The vocabulary's modelled latency on another link: compute + rounds x RTT + (bytes / parties) / bandwidth
+    (each party's link carries its own sends concurrently, as the engines' own `modelled` rows)."""
+    return float(compute_s + profile.time(rounds, n_bytes / parties))
 
