@@ -112,10 +112,11 @@ def test_fig2_figure_is_drawn_from_the_rows(results: Path, tmp_path: Path) -> No
 
 
 def test_spu_rows_are_modelled_over_their_parties_and_labelled_by_embedding(results: Path) -> None:
-    """ABY3's bytes spread over 3 links (as the engine's own `modelled` rows); a device-embedding run says so."""
+    """ABY3's bytes spread over 3 links (as the engine's own `modelled` rows); a device-embedding run says so; a
+    reduced-depth run gets no ratio against a full model's reported number."""
     spu = []
-    for run_id, security in (("a1", "3pc-honest-majority"), ("c1", "2pc")):
-        rows = _run(run_id, "mpc_spu_paper", "mpc", "bert-base", 109_482_240, 128, "forward",
+    for run_id, security, n_params in (("a1", "3pc-honest-majority", 109_482_240), ("c1", "2pc", 14_000_000)):
+        rows = _run(run_id, "mpc_spu_paper", "mpc", "bert-base", n_params, 128, "forward",
                     {"total": (100.0, 5000, 7.5 * GB)}, repeats=1)
         spu += [{**r, "security": security, "engine": "spu"} for r in rows]
     folder = results / "mpc_spu_paper"
@@ -127,6 +128,9 @@ def test_spu_rows_are_modelled_over_their_parties_and_labelled_by_embedding(resu
     t = mpc_engines.table(results).set_index("row")
     aby3 = t.loc["spu aby3 / puma (measured)"]
     assert aby3.modelled_puma_lan_s == pytest.approx(100.0 + 5000 * 1e-3 + 7.5 * GB * 8 / 3 / 5e9, rel=1e-3)
-    cheetah = t.loc["spu cheetah / puma, device embeds (measured)"]
+    cheetah = t.loc["spu cheetah / puma, device embeds (measured, REDUCED depth)"]
     assert cheetah.modelled_puma_lan_s == pytest.approx(100.0 + 5000 * 1e-3 + 7.5 * GB * 8 / 2 / 5e9, rel=1e-3)
     assert not any(r.startswith("spu cheetah / puma") and "not measured" in r for r in t.index if "bert" in r)
+    # the reduced-depth run is in the table but never set against a full model's reported number
+    compared = [c for c in mpc_engines.compare(results) if "spu" in c.quantity]
+    assert compared and all("cheetah" not in c.workload for c in compared)

@@ -173,8 +173,9 @@ def compare(results: Path) -> list[Comparison]:
         r = pd.Series(r._asdict())
         phases = _phase_bytes(rows, r)
         shape = (r.model, int(r.seq_len), r.task)
-        reduced = int(r.n_params) != FULL_PARAMS.get(r.model, -1)
-        workload = (f"{r.model}{' (REDUCED depth)' if reduced else ''}, {int(r.seq_len)} tokens, {r.task}, "
+        if int(r.n_params) != FULL_PARAMS.get(r.model, -1):
+            continue  # a reduced-depth run stays in the table (labelled); no ratio against a full model's number
+        workload = (f"{r.model}, {int(r.seq_len)} tokens, {r.task}, "
                     f"{r.engine} {r.mpc_protocol} / {r.approx}{DEVICE_EMBEDS * (r.embedding == 'device')}, "
                     f"security {r.security}")
         for label, lat_id, traffic_id, rep_shape, _, kind in REPORTED:
@@ -192,7 +193,7 @@ def compare(results: Path) -> list[Comparison]:
                     artifact=ARTIFACT, quantity=f"{metric} of {r.engine} {r.approx} vs {label}", unit=unit,
                     status="reproduced" if same else "differs", measured=value, paper=paper, reported_id=rid,
                     spread=spr, workload=workload,
-                    differences="reduced depth; " * reduced + f"security here {r.security}",
+                    differences=f"security here {r.security}",
                     reason="" if same else _reason(r, phases, label, kind, metric),
                     source=f"{r.experiment}: {'generate' if r.task == 'generate' else 'total'} {metric}"))
     return [c for c in out if c.measured is None or math.isfinite(c.measured)]
