@@ -117,10 +117,10 @@ def table(results: Path) -> pd.DataFrame:
 
 
 def _missing_cells(summary: pd.DataFrame) -> list[dict]:
-    """A line for each cell of GRID x forward SHAPES the results lack, naming the command that measures it."""
+    """A line for each cell of GRID x forward SHAPES the results lack at full depth, naming the command."""
     have = set() if summary.empty else {
         (r.model, int(r.seq_len), r.task, r.engine, str(r.mpc_protocol).lower(), r.approx)
-        for r in summary.itertuples()}
+        for r in summary.itertuples() if int(r.n_params) == FULL_PARAMS.get(r.model, -1)}
     lines = []
     for model, seq_len, task in SHAPES:
         if task != "forward":
