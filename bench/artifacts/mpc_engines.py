@@ -33,6 +33,7 @@ GRID = {("crypten", "beaver-tfp", "puma"): "experiment={crypten} run.seq_len={se
         ("spu", "cheetah", "puma"): SPU_CELL + " protocol.embedding=device"}
 DEVICE_EMBEDS = ", device embeds"  # a row label's mark for protocol.embedding=device
 CRYPTEN_EXPERIMENT = {"bert-base": "mpc_bert_base", "gpt2-124m": "mpc_gpt2"}
+
 LINKS = ("lan", "wan", "puma_lan")
 NONLINEAR = ("attention_softmax", "activation", "layernorm")
 BEAVER = ("embedding", "linear", "head")
@@ -55,6 +56,11 @@ AGAINST = {
     "ciphergpt": "2PC secure against the server: OT/HE preprocessing counted in its traffic, its own GeLU/softmax/"
                  "top-k protocols, prompt length not stated",
 }
+
+
+def _full_depth(r: object) -> bool:
+    """Whether a summary line ran the model at its published size (not a model.n_layers reduction)."""
+    return int(r.n_params) == FULL_PARAMS.get(r.model, -1)
 
 
 def _experiments(results: Path) -> list[str]:
@@ -96,7 +102,7 @@ def table(results: Path) -> pd.DataFrame:
     summary, _ = measured_table(results)
     lines = []
     for r in summary.itertuples():
-        reduced = int(r.n_params) != FULL_PARAMS.get(r.model, -1)
+        reduced = not _full_depth(r)
         lines.append({
             "row": f"{r.engine} {r.mpc_protocol} / {r.approx}{DEVICE_EMBEDS * (r.embedding == 'device')} "
                    f"(measured{', REDUCED depth' if reduced else ''})",
@@ -120,7 +126,7 @@ def _missing_cells(summary: pd.DataFrame) -> list[dict]:
     """A line for each cell of GRID x forward SHAPES the results lack at full depth, naming the command."""
     have = set() if summary.empty else {
         (r.model, int(r.seq_len), r.task, r.engine, str(r.mpc_protocol).lower(), r.approx)
-        for r in summary.itertuples() if int(r.n_params) == FULL_PARAMS.get(r.model, -1)}
+        for r in summary.itertuples() if _full_depth(r)}
     lines = []
     for model, seq_len, task in SHAPES:
         if task != "forward":
@@ -173,7 +179,7 @@ def compare(results: Path) -> list[Comparison]:
         r = pd.Series(r._asdict())
         phases = _phase_bytes(rows, r)
         shape = (r.model, int(r.seq_len), r.task)
-        if int(r.n_params) != FULL_PARAMS.get(r.model, -1):
+        if not _full_depth(r):
             continue  # a reduced-depth run stays in the table (labelled); no ratio against a full model's number
         workload = (f"{r.model}, {int(r.seq_len)} tokens, {r.task}, "
                     f"{r.engine} {r.mpc_protocol} / {r.approx}{DEVICE_EMBEDS * (r.embedding == 'device')}, "
