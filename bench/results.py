@@ -128,7 +128,10 @@ class RunReport:
     run_id: str
     experiment: str
     config: dict
-    status: str = "running"  # running | ok | failed
+    status: str = "running"  # running | ok | failed | diverged (rows kept, outputs not to be trusted: status_reason)
+    status_reason: str | None = None  # why a finished run is not plainly ok (diverged: the failed check and bound)
+    conditions: dict = field(default_factory=dict)  # threads per process, cores, load before/after, CPU vs wall
+    noisy: list = field(default_factory=list)  # reasons the host's conditions make its timings doubtful; [] = clean
     provenance: dict = field(default_factory=dict)
     started: str | None = None
     finished: str | None = None
