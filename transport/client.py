@@ -43,6 +43,7 @@ from transport.wire import (
     Message,
     WireError,
     decode_body,
+    encode_frame,
     encode_message,
     expected_payload_bytes,
 )
@@ -217,7 +218,7 @@ class CloudClient:
               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
         t_encode = time.perf_counter()
-        frame = encode_message(method, tensors, meta, max_bytes=self.max_message_bytes)
+        frame = encode_frame(method, tensors, meta, max_bytes=self.max_message_bytes)  # the tensors' own memory
         self._ensure_started()
         request_payload = expected_payload_bytes(tensors or {})
         start = time.perf_counter()

@@ -41,7 +41,16 @@ from typing import Any, Callable
 from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, profile_from_dict
-from transport.wire import KIND_ERROR, KIND_RESULT, MessageTooLarge, WireError, decode_body, encode_message
+from transport.wire import (
+    KIND_ERROR,
+    KIND_RESULT,
+    Frame,
+    MessageTooLarge,
+    WireError,
+    decode_body,
+    encode_frame,
+    encode_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +288,7 @@ class CloudServer:
             pass
         self._sock.close()
 
-    def _send(self, conn: socket.socket, frame: bytes | bytearray) -> None:
+    def _send(self, conn: socket.socket, frame: bytes | bytearray | Frame) -> None:
         self.link.send(conn, frame, deadline=time.monotonic() + self.frame_timeout_s)
 
     def _serve_connection(self, conn: socket.socket, addr: Any) -> None:
@@ -395,7 +404,7 @@ class CloudServer:
             return False
 
     def handle_frame(self, header: bytes, body: bytes | bytearray, *, caller: str | None = None,
-                     cancel: threading.Event | None = None) -> bytearray | None:
+                     cancel: threading.Event | None = None) -> bytearray | Frame | None:
         """Decode a request whose framing is intact and return the reply frame (never raises).
 
         Returns None when `cancel` was set (the client left) before the handler could start.
@@ -430,7 +439,7 @@ class CloudServer:
         try:
             tensors, meta = self._unpack_result(request.kind, result)
             meta = {**meta, RUNTIME_META_KEY: {"cloud_compute": cloud_compute}}
-            return encode_message(KIND_RESULT, tensors, meta, max_bytes=self.max_message_bytes)
+            return encode_frame(KIND_RESULT, tensors, meta, max_bytes=self.max_message_bytes)  # sent unjoined
         except Exception as exc:  # bad types, non-JSON meta, too large, tensors that will not copy
             log.error("handler method %r returned an unsendable result: %s", request.kind, exc)
             return _error_frame(f"{request.kind}: cannot send the result: {redact(str(exc))}", BAD_REPLY)

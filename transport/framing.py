@@ -1,21 +1,37 @@
 """Moving whole wire frames (transport.wire) over a stream socket, counting bytes as they cross it.
 
-The prefix is read and validated first, so an oversized declared length is refused before any
-large buffer is allocated; the body is then received into a buffer that grows with the bytes that
-actually arrived (at most doubling), so a declared length alone commits no memory. Byte counts
-are reported through `on_bytes` per chunk, so a meter sees exactly what crossed the socket,
-partial frames included.
+Sending is scatter-gather: a `transport.wire.Frame` goes out with `sendmsg` over its parts (the
+tensors' own memory), so the kernel's copy into the socket is the only copy (a TLS socket, which
+has no sendmsg, gets the parts one after another, still unjoined). Receiving reads the prefix and
+validates it first, so an oversized declared length is refused before anything is allocated; the
+body is then received in place into one buffer of the declared size, which the decoder views
+(`torch.frombuffer`). Bodies of 64 KiB and more get an anonymous private memory map: the kernel
+commits its pages only as bytes arrive, so a declared length alone still commits no memory.
+Byte counts are reported through `on_bytes` per chunk, so a meter sees exactly what crossed the
+socket, partial frames included.
 """
 from __future__ import annotations
 
+import mmap
 import socket
+import ssl
 import time
-from typing import Callable
+from typing import Callable, Union
 
-from transport.wire import DEFAULT_MAX_MESSAGE_BYTES, FRAME_PREFIX_BYTES, MAX_HEADER_BYTES, decode_prefix
+from transport.wire import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FRAME_PREFIX_BYTES,
+    MAX_HEADER_BYTES,
+    Frame,
+    MessageTooLarge,
+    decode_prefix,
+)
 
 ByteCounter = Callable[[int], None]
-_CHUNK = 1 << 20
+RecvBuffer = Union[bytearray, mmap.mmap]
+_CHUNK = 1 << 20  # bytes per send/recv call: the meter's granularity
+_MAX_PARTS = 512  # buffers per sendmsg call, well under the kernel's IOV_MAX (1024)
+_MAPPED_FROM = 64 << 10  # bodies this large are received into a lazily committed memory map
 
 
 class ConnectionClosed(ConnectionError):
@@ -35,16 +51,39 @@ def _remaining(deadline: float | None) -> float | None:
     return left
 
 
-def send_bytes(sock: socket.socket, data: bytes | bytearray, *, deadline: float | None = None,
-               on_bytes: ByteCounter | None = None) -> None:
-    """Send all of `data`, reporting each chunk the kernel accepted to `on_bytes`."""
-    view = memoryview(data)
-    while view:
+def send_bytes(sock: socket.socket, data: bytes | bytearray | memoryview | Frame, *,
+               deadline: float | None = None, on_bytes: ByteCounter | None = None) -> None:
+    """Send all of `data` (a Frame: its parts, scatter-gather), reporting each accepted chunk to `on_bytes`."""
+    parts = [p.cast("B") for p in (data.parts if isinstance(data, Frame) else (memoryview(data),)) if p.nbytes]
+    gather = hasattr(sock, "sendmsg") and not isinstance(sock, ssl.SSLSocket)  # SSLSocket refuses sendmsg
+    first = 0
+    while first < len(parts):
         sock.settimeout(_remaining(deadline))
-        n = sock.send(view[:_CHUNK])
+        if gather:
+            n = sock.sendmsg(_chunk_of(parts, first))
+        else:
+            n = sock.send(parts[first][:_CHUNK])
         if on_bytes is not None:
             on_bytes(n)
-        view = view[n:]
+        while n:  # drop what was sent: whole parts, then the head of the next one
+            if n >= len(parts[first]):
+                n -= len(parts[first])
+                first += 1
+            else:
+                parts[first] = parts[first][n:]
+                n = 0
+
+
+def _chunk_of(parts: list[memoryview], first: int) -> list[memoryview]:
+    """At most _CHUNK bytes in at most _MAX_PARTS buffers, from parts[first] on."""
+    chunk: list[memoryview] = []
+    room = _CHUNK
+    for part in parts[first:first + _MAX_PARTS]:
+        chunk.append(part[:room])
+        room -= len(chunk[-1])
+        if not room:
+            break
+    return chunk
 
 
 def _recv_into(sock: socket.socket, buf: memoryview, deadline: float | None,
@@ -62,28 +101,34 @@ def _recv_into(sock: socket.socket, buf: memoryview, deadline: float | None,
             on_bytes(n)
 
 
-def _recv_growing(sock: socket.socket, n: int, deadline: float | None, on_bytes: ByteCounter | None,
-                  got_before: int) -> bytearray:
-    """Receive exactly `n` bytes into a buffer that grows only as they arrive (never more than 2x)."""
-    buf = bytearray(min(n, _CHUNK))
-    got = 0
-    while True:
-        _recv_into(sock, memoryview(buf)[got:], deadline, on_bytes, got_before + got)
-        got = len(buf)
-        if got == n:
-            return buf
-        grown = bytearray(min(n, 2 * got))
-        grown[:got] = buf
-        buf = grown
+def _buffer(n: int) -> RecvBuffer:
+    """A writable buffer of n bytes; from _MAPPED_FROM on a private anonymous map, committed as it is written."""
+    if n < _MAPPED_FROM:
+        return bytearray(n)
+    try:
+        return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)
+    except OSError as exc:  # the address space or overcommit policy refuses the declared size
+        raise MessageTooLarge(f"cannot reserve {n} B for a declared frame part ({exc}); lower the sender's "
+                              "message size or this side's max_message_bytes") from None
+
+
+def _recv_exactly(sock: socket.socket, n: int, deadline: float | None, on_bytes: ByteCounter | None,
+                  got_before: int) -> RecvBuffer:
+    """Receive exactly `n` bytes into one buffer of that size (no regrowth, no copy)."""
+    buf = _buffer(n)
+    if n:
+        _recv_into(sock, memoryview(buf), deadline, on_bytes, got_before)
+    return buf
 
 
 def recv_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
                deadline: float | None = None, frame_timeout_s: float | None = None,
                idle_timeout_s: float | None = None, max_header_bytes: int = MAX_HEADER_BYTES,
-               on_bytes: ByteCounter | None = None) -> tuple[bytes, bytearray]:
+               on_bytes: ByteCounter | None = None) -> tuple[bytes, RecvBuffer]:
     """Receive one frame and return its (JSON header, safetensors body) bytes.
 
-    The body is returned as the bytearray it was received into, so decoding can view it in place.
+    The body is returned as the writable buffer it was received into (a bytearray or a memory map),
+    so decoding views it in place.
 
     `deadline` (time.monotonic) bounds the whole frame; `idle_timeout_s` bounds the wait for its
     first byte and `frame_timeout_s` the rest of it once that byte arrived (a server waits a while
@@ -102,6 +147,6 @@ def recv_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, 
         deadline = frame_deadline if deadline is None else min(deadline, frame_deadline)
     _recv_into(sock, view[1:], deadline, on_bytes, 1)
     header_len, body_len = decode_prefix(bytes(prefix), max_bytes, max_header_bytes)
-    header = _recv_growing(sock, header_len, deadline, on_bytes, FRAME_PREFIX_BYTES)
-    body = _recv_growing(sock, body_len, deadline, on_bytes, FRAME_PREFIX_BYTES + header_len)
+    header = _recv_exactly(sock, header_len, deadline, on_bytes, FRAME_PREFIX_BYTES)
+    body = _recv_exactly(sock, body_len, deadline, on_bytes, FRAME_PREFIX_BYTES + header_len)
     return bytes(header), body

@@ -24,10 +24,17 @@ So a frame is exactly ``16 + H + 8 + S + payload`` bytes, where ``payload`` is
 maximum (`DEFAULT_MAX_MESSAGE_BYTES` by default), checked from the prefix alone so that a reader
 never allocates for an oversized declared length.
 
-The body is written and read by the safetensors library (`safetensors.torch.save` / `load`),
-which validates every offset, dtype and shape of a received body.
+The body is standard safetensors, byte for byte what `safetensors.torch.save` writes (tensors
+ordered by dtype, then name; JSON padded with spaces to a multiple of 8; tests compare the two),
+but built here without copying the tensors: `encode_frame` returns a `Frame`, a list of buffers
+(prefix + JSON header + safetensors header in one small block, then each tensor's own memory)
+that the framing layer sends with one scatter-gather `sendmsg` per chunk. Decoding validates every
+dtype, shape and offset as the safetensors library does (gap-free, in bounds, sizes consistent)
+and returns tensors that are views of the received buffer (`torch.frombuffer`), copied only where
+a foreign body places a tensor at an offset misaligned for its dtype (never in our own frames:
+the data starts 8-aligned and the dtype order keeps every tensor aligned).
 
-This module is pure (bytes in, bytes out); socket I/O lives in the runtime that uses it.
+This module is pure (buffers in, buffers out); socket I/O lives in transport.framing.
 """
 from __future__ import annotations
 
@@ -38,8 +45,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
 
 MAGIC = b"STW1"
 _PREFIX = struct.Struct("<4sIQ")
@@ -62,6 +67,14 @@ _ST_DTYPES: dict[torch.dtype, str] = {
         ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
     ) if hasattr(torch, name)
 }
+
+
+# safetensors' own tensor order in a body (its Dtype enum, largest first): keeps every tensor aligned
+_ST_ORDER = ("U64", "I64", "F64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16", "F8_E4M3", "F8_E5M2",
+             "I8", "U8", "BOOL")
+_ST_RANK = {tag: rank for rank, tag in enumerate(_ST_ORDER)}
+_TAG_DTYPES: dict[str, torch.dtype] = {tag: dtype for dtype, tag in _ST_DTYPES.items()}
+assert set(_ST_DTYPES.values()) <= set(_ST_ORDER)
 
 
 class WireError(ValueError):
@@ -96,6 +109,29 @@ class Message:
         return self.frame_bytes - self.payload_bytes
 
 
+@dataclass(frozen=True)
+class Frame:
+    """One encoded frame as the buffers it is made of, in order; the tensors' own memory is not copied.
+
+    `len(frame)` is its size on the wire. The frame shares memory with the tensors it was encoded
+    from: send it before changing them. `to_bytearray()` joins it (one copy) where one buffer is needed.
+    """
+
+    parts: tuple[memoryview, ...]
+
+    def __len__(self) -> int:
+        return sum(part.nbytes for part in self.parts)
+
+    def to_bytearray(self) -> bytearray:
+        """The whole frame in one buffer (one copy of each tensor)."""
+        out = bytearray(len(self))
+        offset = 0
+        for part in self.parts:
+            out[offset:offset + part.nbytes] = part
+            offset += part.nbytes
+        return out
+
+
 def expected_payload_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
     """Raw tensor bytes a frame carries, from shapes and dtypes only (no serialisation)."""
     total = 0
@@ -122,8 +158,35 @@ def _prepare_tensors(tensors: Mapping[str, torch.Tensor] | None) -> dict[str, to
                             f"supported: {sorted(str(d) for d in _ST_DTYPES)}")
         if name == "__metadata__":
             raise WireError("tensor name '__metadata__' is reserved by safetensors")
-        out[name] = t.detach().contiguous()
+        if t.layout != torch.strided:
+            raise WireError(f"tensor {name!r} has layout {t.layout}; send a dense tensor (.to_dense())")
+        out[name] = t.detach().cpu().contiguous()  # copies only a GPU or non-contiguous tensor
     return out
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw bytes of a contiguous CPU tensor, as a view of its own memory (bf16 and bool included)."""
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def _safetensors_layout(tensors: dict[str, torch.Tensor]) -> tuple[bytes, list[memoryview]]:
+    """The safetensors length field + JSON (as `safetensors.torch.save` writes it) and the data buffers."""
+    ordered = sorted(tensors.items(), key=lambda item: (_ST_RANK[_ST_DTYPES[item[1].dtype]], item[0]))
+    entries: dict[str, dict[str, Any]] = {}
+    data: list[memoryview] = []
+    offset = 0
+    for name, t in ordered:
+        n = t.numel() * t.element_size()
+        entries[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+        if n:
+            data.append(_tensor_bytes(t))
+    try:
+        text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise WireError(f"a tensor name is not encodable as UTF-8 ({exc}); use plain str names") from None
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, data
 
 
 def encode_header(kind: str, meta: Mapping[str, Any] | None = None, error: str | None = None) -> bytes:
@@ -149,10 +212,10 @@ def _json_ok(value: Any) -> bool:
         return False
 
 
-def encode_message(kind: str, tensors: Mapping[str, torch.Tensor] | None = None,
-                   meta: Mapping[str, Any] | None = None, *, error: str | None = None,
-                   max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytearray:
-    """Encode one frame (a bytearray, filled with one copy of each tensor).
+def encode_frame(kind: str, tensors: Mapping[str, torch.Tensor] | None = None,
+                 meta: Mapping[str, Any] | None = None, *, error: str | None = None,
+                 max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Frame:
+    """Encode one frame as buffers for a scatter-gather send, without copying contiguous CPU tensors.
 
     Raises WireError naming a bad tensor or meta value, MessageTooLarge beyond `max_bytes`.
     """
@@ -160,16 +223,22 @@ def encode_message(kind: str, tensors: Mapping[str, torch.Tensor] | None = None,
     if len(header) > MAX_HEADER_BYTES:
         raise MessageTooLarge(f"JSON header of {len(header)} B exceeds {MAX_HEADER_BYTES} B; "
                               "move bulky meta into tensors")
-    body = safetensors_save(_prepare_tensors(tensors))
-    total = FRAME_PREFIX_BYTES + len(header) + len(body)
+    prepared = _prepare_tensors(tensors)
+    st_header, data = _safetensors_layout(prepared)
+    body_len = len(st_header) + expected_payload_bytes(prepared)
+    total = FRAME_PREFIX_BYTES + len(header) + body_len
     if total > max_bytes:
-        raise MessageTooLarge(f"message {kind!r} is {total} B ({expected_payload_bytes(tensors or {})} B of "
+        raise MessageTooLarge(f"message {kind!r} is {total} B ({expected_payload_bytes(prepared)} B of "
                               f"tensors), over the {max_bytes} B limit")
-    frame = bytearray(total)
-    _PREFIX.pack_into(frame, 0, MAGIC, len(header), len(body))
-    frame[FRAME_PREFIX_BYTES:FRAME_PREFIX_BYTES + len(header)] = header
-    frame[FRAME_PREFIX_BYTES + len(header):] = body
-    return frame
+    head = _PREFIX.pack(MAGIC, len(header), body_len) + header + st_header
+    return Frame((memoryview(head), *data))
+
+
+def encode_message(kind: str, tensors: Mapping[str, torch.Tensor] | None = None,
+                   meta: Mapping[str, Any] | None = None, *, error: str | None = None,
+                   max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytearray:
+    """Encode one frame in one buffer (one copy of each tensor); `encode_frame` copies none."""
+    return encode_frame(kind, tensors, meta, error=error, max_bytes=max_bytes).to_bytearray()
 
 
 def encode_error(error: str, meta: Mapping[str, Any] | None = None) -> bytearray:
@@ -224,17 +293,82 @@ def decode_body(header: bytes, body: bytes | bytearray | memoryview) -> Message:
 
 
 def decode_tensors(body: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor], int]:
-    """Decode a safetensors body with the safetensors library; returns (tensors, S)."""
-    if len(body) < SAFETENSORS_LEN_BYTES:
-        raise WireError(f"body of {len(body)} B is too short for a safetensors payload")
-    (st_header_len,) = struct.unpack_from("<Q", body, 0)
-    if SAFETENSORS_LEN_BYTES + st_header_len > len(body):
-        raise WireError(f"safetensors header length {st_header_len} B exceeds the {len(body)} B body")
-    try:
-        tensors = safetensors_load(bytes(body))
-    except Exception as exc:  # SafetensorError and friends: report them as a bad frame
-        raise WireError(f"body is not a valid safetensors payload: {exc}") from exc
+    """Decode a safetensors body into tensors that view it; returns (tensors, S).
+
+    A writable body (the buffer a frame was received into) is viewed in place; a read-only one
+    (bytes) is copied once first. Raises WireError for any inconsistent dtype, shape or offset.
+    """
+    view = memoryview(body).cast("B")
+    if len(view) < SAFETENSORS_LEN_BYTES:
+        raise WireError(f"body of {len(view)} B is too short for a safetensors payload")
+    (st_header_len,) = struct.unpack_from("<Q", view, 0)
+    if SAFETENSORS_LEN_BYTES + st_header_len > len(view):
+        raise WireError(f"safetensors header length {st_header_len} B exceeds the {len(view)} B body")
+    data_start = SAFETENSORS_LEN_BYTES + st_header_len
+    layout = _parse_safetensors_header(bytes(view[SAFETENSORS_LEN_BYTES:data_start]), len(view) - data_start)
+    if view.readonly and layout:
+        view = memoryview(bytearray(view))
+    tensors: dict[str, torch.Tensor] = {}
+    for name, dtype, shape, begin, end in layout:
+        if begin == end:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+            continue
+        raw = torch.frombuffer(view, dtype=torch.uint8, count=end - begin, offset=data_start + begin)
+        if raw.data_ptr() % dtype.itemsize:
+            raw = raw.clone()  # misaligned for its dtype (a foreign body): one aligned copy
+        tensors[name] = raw.view(dtype).reshape(shape)
     return tensors, st_header_len
+
+
+def _invalid(reason: str) -> WireError:
+    return WireError(f"body is not a valid safetensors payload: {reason}")
+
+
+def _parse_safetensors_header(text: bytes, data_len: int) -> list[tuple[str, torch.dtype, list[int], int, int]]:
+    """(name, dtype, shape, begin, end) per tensor, in data order, checked as the safetensors library checks."""
+    try:
+        entries = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _invalid(f"header is not UTF-8 JSON ({exc})") from None
+    except RecursionError:
+        raise _invalid("header is nested too deeply") from None
+    if not isinstance(entries, dict):
+        raise _invalid(f"header must be a JSON object, got {type(entries).__name__}")
+    layout = []
+    for name, info in entries.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise _invalid("__metadata__ must map str to str")
+            continue
+        if not isinstance(info, dict):
+            raise _invalid(f"entry {name!r} must be an object, got {type(info).__name__}")
+        tag, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if tag not in _TAG_DTYPES:
+            raise _invalid(f"tensor {name!r} has unknown dtype {tag!r}; known: {sorted(_TAG_DTYPES)}")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise _invalid(f"tensor {name!r} has shape {shape!r}; expected a list of ints >= 0")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets) \
+                or offsets[0] > offsets[1]:
+            raise _invalid(f"tensor {name!r} has data_offsets {offsets!r}; expected [begin, end], 0 <= begin <= end")
+        dtype = _TAG_DTYPES[tag]
+        size = math.prod(shape) * dtype.itemsize
+        if offsets[1] - offsets[0] != size:
+            raise _invalid(f"tensor {name!r} ({tag}, shape {shape}) needs {size} B, its data_offsets {offsets} "
+                           f"span {offsets[1] - offsets[0]} B")
+        layout.append((name, dtype, shape, offsets[0], offsets[1]))
+    layout.sort(key=lambda entry: (entry[3], entry[4]))
+    expected = 0
+    for name, _, _, begin, end in layout:
+        if begin != expected:
+            raise _invalid(f"tensor {name!r} starts at {begin} B, expected {expected} B (gap or overlap)")
+        expected = end
+    if expected != data_len:
+        raise _invalid(f"tensors cover {expected} B of a {data_len} B data section")
+    return layout
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def decode_message(frame: bytes | bytearray, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
@@ -246,4 +380,4 @@ def decode_message(frame: bytes | bytearray, max_bytes: int = DEFAULT_MAX_MESSAG
         raise WireError(f"frame is {len(frame)} B but its prefix declares {expected} B "
                         f"({'truncated' if len(frame) < expected else 'trailing bytes'})")
     header = bytes(frame[FRAME_PREFIX_BYTES:FRAME_PREFIX_BYTES + header_len])
-    return decode_body(header, bytearray(frame[FRAME_PREFIX_BYTES + header_len:]))  # aligned copy
+    return decode_body(header, bytearray(frame[FRAME_PREFIX_BYTES + header_len:]))  # one aligned, writable copy
