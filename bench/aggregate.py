@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis import accuracy_table, latency_table, markdown
+from bench.analysis import (
+    RUN_COLUMNS,  # noqa: F401 - the runs table's columns, importable from here as before
+    accuracy_table,
+    join_runs,
+    latency_table,
+    markdown,
+    run_record,
+    runs_frame,
+    workload_keys,
+)
 from bench.answer import print_answer
 from bench.results import (
     REPORT,
@@ -22,37 +31,16 @@ from bench.results import (
     atomic_write_json,
     atomic_write_parquet,
     typed,
-    with_runs,
 )
 
 log = logging.getLogger(__name__)
 
-RUN_COLUMNS = ["run_id", "experiment", "status", "error", "model", "protocol", "network", "bandwidth_bps", "rtt_s",
-               "reference_protocol", "task", "measured", "fits_on_host", "n_rows", "git_sha", "started", "duration_s"]
-PARAM_PREFIX = "protocol."  # protocol parameters from the resolved config: protocol.<key> columns
-
-
-def _run_record(report: RunReport) -> dict:
-    """One line of the runs table from a report: what ran, on which link, with which protocol parameters."""
-    cfg = report.config
-    network = cfg.get("network") or {}
-    protocol = cfg.get("protocol") or {}
-    params = {f"{PARAM_PREFIX}{k}": (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
-              for k, v in protocol.items() if k not in ("_target_", "name")}
-    return {
-        "run_id": report.run_id, "experiment": report.experiment, "status": report.status, "error": report.error,
-        "model": (cfg.get("model") or {}).get("name"), "protocol": protocol.get("name"),
-        "network": network.get("name"), "bandwidth_bps": network.get("bandwidth_bps"), "rtt_s": network.get("rtt_s"),
-        "reference_protocol": cfg.get("reference_protocol"),
-        "task": (cfg.get("run") or {}).get("task"), "measured": report.measured, "fits_on_host": report.fits_on_host,
-        "n_rows": report.n_rows, "git_sha": report.provenance.get("git_sha"), "started": report.started,
-        "duration_s": report.duration_s, **params,
-    }
+KEPT = ("ok", "diverged")  # statuses whose rows are tabled (a diverged run's numbers are shown, marked)
 
 
 def collect(runs_root: Path, experiment: str | None = None,
             unreadable: list[Path] | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
-    """Rows of ok runs and the runs table, per experiment; unreadable files are skipped, logged and
+    """Rows of ok and diverged runs and the runs table, per experiment; unreadable files are skipped, logged and
     appended to `unreadable` (one damaged run folder never stops the others)."""
     rows: dict[str, list[pd.DataFrame]] = {}
     runs: dict[str, list[dict]] = {}
@@ -64,9 +52,9 @@ def collect(runs_root: Path, experiment: str | None = None,
             skipped.append(report_path)
             continue
         exp = str(report.experiment or report_path.parent.parent.name)
-        record = _run_record(report)
+        record = run_record(report)
         rows_path = report_path.parent / ROWS
-        if report.status == "ok" and rows_path.exists():
+        if report.status in KEPT and rows_path.exists():
             try:
                 rows.setdefault(exp, []).append(pd.read_parquet(rows_path))
             except Exception as e:  # noqa: BLE001 - pyarrow raises several types for damaged files
@@ -78,14 +66,8 @@ def collect(runs_root: Path, experiment: str | None = None,
     if skipped:
         log.warning("%d unreadable file(s) skipped:\n  %s", len(skipped), "\n  ".join(map(str, skipped)))
     tables = {e: typed(pd.concat(dfs, ignore_index=True)) for e, dfs in rows.items()}
-    run_tables = {e: _runs_frame(r) for e, r in runs.items()}
+    run_tables = {e: runs_frame(r) for e, r in runs.items()}
     return tables, run_tables
-
-
-def _runs_frame(records: list[dict]) -> pd.DataFrame:
-    """The runs table: fixed columns first, then the protocol parameters that any run has."""
-    extra = sorted({k for r in records for k in r} - set(RUN_COLUMNS))
-    return pd.DataFrame.from_records(records, columns=RUN_COLUMNS + extra)
 
 
 def _med(df: pd.DataFrame, **eq: object) -> float | None:
@@ -111,21 +93,36 @@ def headline(df: pd.DataFrame) -> dict:
     refs = df["reference_protocol"].dropna().unique() if "reference_protocol" in df else []
     ref = str(refs[0]) if len(refs) == 1 else None  # the run config's efficiency reference
     others = sorted(p for p in fwd.protocol.dropna().unique() if p != ref) if ref else []
-    # Never pool different models, lengths or batches: one ratio per (model, seq_len, batch, network).
-    for (model, seq_len, batch), g in fwd.groupby(["model", "seq_len", "batch_size"], sort=True):
-        for p in others:
-            for net in [*sorted(g.network.dropna().unique()), None]:
-                where = {} if net is None else {"network": net}
-                s = _med(g, protocol=p, phase="cloud_compute", metric="latency", **where)
-                f = _med(g, protocol=ref, phase="cloud_compute", metric="latency", **where)
-                if s and f:  # [all networks]: the link does not change cloud compute, more repeats damp host noise
-                    key = f"{model},seq{seq_len},batch{batch},{net or 'all networks'}"
-                    out[f"cloud_compute_ratio_{p}_over_{ref}[{key}]"] = {
-                        f"{p}_s": s, f"{ref}_s": f, "ratio": s / f}
+    # Never pool different workloads: one ratio per (model, seq_len, batch, network) and per configuration of each
+    # protocol (approx, engine, security, task, variant: _configs), never over all networks (a link is a workload key).
+    for (model, seq_len, batch, net), g in fwd.groupby(["model", "seq_len", "batch_size", "network"], sort=True):
+        key = f"{model},seq{seq_len},batch{batch},{net}"
+        for ref_label, ref_rows in _configs(g, ref):
+            f = _med(ref_rows, phase="cloud_compute", metric="latency")
+            for p in others:
+                for label, rows in _configs(g, p):
+                    s = _med(rows, phase="cloud_compute", metric="latency")
+                    if s and f:
+                        name = p + (f"[{label}]" if label else "") + "_over_" + ref + (f"[{ref_label}]" if ref_label
+                                                                                        else "")
+                        out[f"cloud_compute_ratio_{name}[{key}]"] = {f"{p}_s": s, f"{ref}_s": f, "ratio": s / f}
     gen_all = df[df.run_id.isin(df[df.phase == "generate"].run_id)]
     for p in sorted(gen_all.protocol.dropna().unique()):
         out.update(_generation_headline(p, gen_all[gen_all.protocol == p]))
     return rounded(out)
+
+
+def _configs(df: pd.DataFrame, protocol: str | None) -> list[tuple[str, pd.DataFrame]]:
+    """The rows of `protocol` split by every other workload key that varies among them: (label, rows) per
+    configuration, label '' when the protocol ran one configuration ('approx=puma,variant=return_mode=topk')."""
+    rows = df[df.protocol == protocol]
+    fixed = ("model", "seq_len", "batch_size", "network", "bandwidth_bps", "rtt_s", "protocol")
+    keys = [k for k in workload_keys(rows) if k not in fixed]
+    keys = [k for k in keys if rows[k].astype(str).nunique(dropna=False) > 1]
+    if not keys:
+        return [("", rows)] if len(rows) else []
+    return [(",".join(f"{k}={v}" for k, v in zip(keys, vals)), g)
+            for vals, g in rows.groupby(keys, dropna=False, sort=True)]
 
 
 def rounded(obj: object, digits: int = 4) -> object:
@@ -189,10 +186,10 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
         atomic_write_parquet(out / "rows.parquet", df)
         atomic_write_csv(out / "rows.csv", df)
         atomic_write_csv(out / "runs.csv", runs)
-        n_failed = int((runs["status"] != "ok").sum())
+        n_failed = int((~runs["status"].isin(KEPT)).sum())
         log.info("%s: %d rows from %d runs (%d not ok) -> %s", exp, len(df), len(runs), n_failed, out)
         atomic_write_parquet(out / "runs.parquet", runs)
-        joined = with_runs(df, runs)
+        joined = join_runs(df, runs)
         summary = headline(joined) if not df.empty else {}
         writers = {
             "latency_table": (latency_table, "modelled end-to-end latency per request",
@@ -214,8 +211,8 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
             atomic_write_json(out / "summary.json", summary)
             log.info("%s headline numbers (%s):\n%s", exp, out / "summary.json", json.dumps(summary, indent=2))
         failed = [f"FAILED {r.protocol} · {r.model} · {r.network}: {r.error} · run {r.run_id}"
-                  for r in runs.itertuples() if r.status != "ok"]
-        print_answer(df, failed, title=exp)
+                  for r in runs.itertuples() if r.status not in KEPT]
+        print_answer(joined, failed, title=exp)
         if plots and not df.empty:
             from bench.plots import plot_experiment  # noqa: PLC0415 - matplotlib only when figures are asked for
 

@@ -7,11 +7,14 @@ through the runner, no script of their own: STIP measured through the socket tra
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from math import nan
 from pathlib import Path
 
 import pandas as pd
 
-from bench.results import typed
+from bench.results import RunReport, typed
 
 
 def read_rows(folder: Path) -> pd.DataFrame:
@@ -23,39 +26,88 @@ def read_rows(folder: Path) -> pd.DataFrame:
     return typed(rows)  # columns added since (e.g. `security`) read as missing
 
 
-KEYS = ["model", "seq_len", "batch_size", "network", "protocol", "engine", "approx", "security"]
+# Every column that says what workload a row measured: a summary never pools rows that differ in any of these
+# that exist (`task` and `variant` come from the runs table: see join_runs).
+WORKLOAD_KEYS = ["model", "seq_len", "batch_size", "network", "bandwidth_bps", "rtt_s", "protocol", "engine", "approx",
+                 "security", "task", "variant"]
+KEYS = ["model", "seq_len", "batch_size", "network", "protocol", "engine", "approx", "security"]  # in every row
 
 
-def _median(df: pd.DataFrame, phase: str, metric: str, sources: tuple[str, ...]) -> pd.Series:
+def workload_keys(df: pd.DataFrame) -> list[str]:
+    """The workload keys present as columns of `df`, in WORKLOAD_KEYS order."""
+    return [k for k in WORKLOAD_KEYS if k in df.columns]
+
+
+# The one definition of spread in every table and figure: the interquartile range (25th-75th percentile, linear
+# interpolation) of the per-repeat values around their median, and the 90th percentile where there are at least
+# P90_MIN values (fewer cannot place a p90 above the maximum's neighbour). min-max is kept beside it.
+P90_MIN = 10
+
+
+def interval(values: Iterable[float]) -> dict[str, float]:
+    """median, q25, q75 (the IQR), p90 (NaN below P90_MIN values), min, max and n of the finite values."""
+    v = pd.Series([float(x) for x in values], dtype="float64").dropna()
+    if v.empty:
+        return {"median": nan, "q25": nan, "q75": nan, "p90": nan, "min": nan, "max": nan, "n": 0}
+    return {"median": float(v.median()), "q25": float(v.quantile(0.25)), "q75": float(v.quantile(0.75)),
+            "p90": float(v.quantile(0.9)) if len(v) >= P90_MIN else nan,
+            "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
+
+
+def interval_frame(df: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
+    """interval() of `value` per group of `by`, one column per statistic (median, q25, q75, p90, min, max, n)."""
+    def p90(v: pd.Series) -> float:
+        return float(v.quantile(0.9)) if v.count() >= P90_MIN else nan
+
+    g = df.groupby(by, dropna=False)[value]
+    return g.agg(median="median", q25=lambda v: v.quantile(0.25), q75=lambda v: v.quantile(0.75), p90=p90,
+                 min="min", max="max", n="count")
+
+
+def _median(df: pd.DataFrame, phase: str, metric: str, sources: tuple[str, ...], keys: list[str]) -> pd.Series:
     m = df[(df.phase == phase) & (df.metric == metric) & df.source.isin(sources)]
-    return m.groupby(KEYS, dropna=False)["value"].median()
+    return m.groupby(keys, dropna=False)["value"].median()
 
 
 def latency_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, seq_len, batch, network, protocol, engine, approx, security): modelled end-to-end latency, its
-    compute part, rounds, bytes, max error, and the ratio of each latency to the fastest protocol on that network.
+    """Per workload (every WORKLOAD_KEYS column present): modelled end-to-end latency (median, IQR, p90 from 10
+    repeats), its compute part, rounds, bytes, max error, and the ratio of each latency to the fastest protocol on
+    that network. Phases are summed within one run and one repeat, never across runs (two seeds are two runs).
 
     Empty when the rows hold no modelled total latency (forward requests only; generation is apart).
     """
+    keys = workload_keys(rows)
     fwd = rows[~rows.run_id.isin(rows[rows.phase == "generate"].run_id)]
-    latency = _median(fwd, "total", "latency", ("modelled",))
-    if latency.empty:
+    total = fwd[(fwd.phase == "total") & (fwd.metric == "latency") & (fwd.source == "modelled")]
+    if total.empty:
         return pd.DataFrame()
+    spread = interval_frame(total, keys)
     host = fwd[(fwd.metric == "latency") & fwd.source.isin(("host", "socket"))
                & fwd.phase.isin(("device_embed", "device_permute", "cloud_compute", "device_recover"))]
-    socket_compute = host.groupby(KEYS + ["repeat"], dropna=False)["value"].sum().groupby(KEYS, dropna=False).median()
-    compute = _median(fwd, "compute", "latency", ("engine",)).combine_first(socket_compute)
+    per_request = host.groupby([*keys, "run_id", "repeat"], dropna=False)["value"].sum()
+    socket_compute = per_request.groupby(keys, dropna=False).median()
+    compute = _median(fwd, "compute", "latency", ("engine",), keys).combine_first(socket_compute)
     table = pd.DataFrame({
-        "latency_modelled_s": latency,
+        "latency_modelled_s": spread["median"], "q25_s": spread["q25"], "q75_s": spread["q75"],
+        "p90_s": spread["p90"], "repeats": spread["n"],
         "compute_s": compute,
-        "rounds": _median(fwd, "total", "rounds", ("socket", "engine")),
-        "bytes": _median(fwd, "total", "bytes", ("socket", "engine")),
-        "max_abs_error": _median(fwd, "output", "max_abs_error", ("host", "engine")),
+        "rounds": _median(fwd, "total", "rounds", ("socket", "engine"), keys),
+        "bytes": _median(fwd, "total", "bytes", ("socket", "engine"), keys),
+        "max_abs_error": _median(fwd, "output", "max_abs_error", ("host", "engine"), keys),
     }).reset_index()
     table = table[table.latency_modelled_s.notna()]
-    fastest = table.groupby(["model", "seq_len", "batch_size", "network"])["latency_modelled_s"].transform("min")
-    table["over_fastest"] = table.latency_modelled_s / fastest
+    fastest = table.groupby(["model", "seq_len", "batch_size", "network"], dropna=False)["latency_modelled_s"]
+    table["over_fastest"] = table.latency_modelled_s / fastest.transform("min")
+    for col in ("status", "noisy"):  # marked, never dropped: a diverged or noisy run is still a number to read
+        if col in rows:
+            marks = rows.groupby(keys, dropna=False)[col].agg(_marks).rename(col)
+            table = table.merge(marks.reset_index(), on=keys, how="left")
     return table.sort_values(["model", "seq_len", "network", "latency_modelled_s"]).reset_index(drop=True)
+
+
+def _marks(values: pd.Series) -> str:
+    """The distinct non-empty, not-ok marks of a group's runs ('' when all are ok and clean)."""
+    return "; ".join(sorted({str(v) for v in values.dropna() if str(v) not in ("", "ok")}))
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -72,16 +124,84 @@ ACCURACY = ["cosine_similarity", "top1_agreement", "max_abs_error", "diverged_fr
 
 
 def accuracy_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, seq_len, batch, protocol, approx, source): the accuracy metrics of protocols.accuracy, one
-    column each (median over repeats); `source` tells an engine's numbers from a simulation's.
+    """Per workload (every WORKLOAD_KEYS column present) and source: the accuracy metrics of protocols.accuracy,
+    one column each (median over repeats); `source` tells an engine's numbers from a simulation's.
 
     Empty when the rows hold no accuracy at phase `output`.
     """
     acc = rows[(rows.phase == "output") & rows.metric.isin(ACCURACY)]
     if acc.empty:
         return pd.DataFrame()
-    keys = ["model", "seq_len", "batch_size", "protocol", "approx", "source"]
+    keys = [*workload_keys(acc), "source"]
     table = acc.pivot_table(index=keys, columns="metric", values="value", aggfunc="median", dropna=False)
     table = table.dropna(how="all").reindex(columns=[m for m in ACCURACY if m in table.columns])
     table.columns.name = None
-    return table.reset_index().sort_values(keys).reset_index(drop=True)
+    return table.reset_index().sort_values(keys, na_position="first").reset_index(drop=True)
+
+
+# The runs table (runs.csv): one line per run, from its report.json; protocol parameters as protocol.<key>,
+# the host's conditions as conditions.<key> (whatever the runner recorded).
+RUN_COLUMNS = ["run_id", "experiment", "status", "status_reason", "noisy", "error", "model", "protocol", "network",
+               "bandwidth_bps", "rtt_s", "reference_protocol", "task", "measured", "fits_on_host", "n_rows",
+               "git_sha", "started", "duration_s"]
+PARAM_PREFIX = "protocol."
+CONDITION_PREFIX = "conditions."
+
+
+def _cell(value: object) -> object:
+    """A table cell: dicts and lists as JSON, the rest as it is."""
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else value
+
+
+def run_record(report: RunReport) -> dict:
+    """One line of the runs table from a report: what ran, on which link, how it ended, under which conditions."""
+    cfg = report.config
+    network = cfg.get("network") or {}
+    protocol = cfg.get("protocol") or {}
+    params = {f"{PARAM_PREFIX}{k}": _cell(v) for k, v in protocol.items() if k not in ("_target_", "name")}
+    conditions = {f"{CONDITION_PREFIX}{k}": _cell(v) for k, v in (report.conditions or {}).items()}
+    return {
+        "run_id": report.run_id, "experiment": report.experiment, "status": report.status,
+        "status_reason": report.status_reason, "noisy": "; ".join(map(str, report.noisy or [])),
+        "error": report.error, "model": (cfg.get("model") or {}).get("name"), "protocol": protocol.get("name"),
+        "network": network.get("name"), "bandwidth_bps": network.get("bandwidth_bps"), "rtt_s": network.get("rtt_s"),
+        "reference_protocol": cfg.get("reference_protocol"),
+        "task": (cfg.get("run") or {}).get("task"), "measured": report.measured, "fits_on_host": report.fits_on_host,
+        "n_rows": report.n_rows, "git_sha": report.provenance.get("git_sha"), "started": report.started,
+        "duration_s": report.duration_s, **params, **conditions,
+    }
+
+
+def runs_frame(records: list[dict]) -> pd.DataFrame:
+    """The runs table: fixed columns first, then the protocol parameters and conditions that any run has."""
+    extra = sorted({k for r in records for k in r} - set(RUN_COLUMNS))
+    return pd.DataFrame.from_records(records, columns=RUN_COLUMNS + extra)
+
+
+def variants(runs: pd.DataFrame) -> pd.Series:
+    """Per run_id, the protocol parameters that differ between the runs of the same protocol ('transform=permutation'),
+    '' where none does: two arms of a sweep that share a protocol name are told apart by what they set differently.
+
+    Parameters that are workload keys of their own (approx, engine, security) are left to those columns."""
+    params = [c for c in runs.columns if c.startswith(PARAM_PREFIX) and c[len(PARAM_PREFIX):] not in WORKLOAD_KEYS]
+    label = pd.Series("", index=runs.index, dtype="object")
+    for _, g in runs.groupby("protocol", dropna=False):
+        differing = [c for c in params if g[c].astype(str).nunique(dropna=False) > 1]
+        if differing:
+            label.loc[g.index] = g[differing].astype(str).apply(
+                lambda r: ",".join(f"{c[len(PARAM_PREFIX):]}={v}" for c, v in r.items()), axis=1)
+    return pd.Series(label.to_numpy(), index=runs["run_id"].to_numpy(), name="variant")
+
+
+def join_runs(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Rows with the run-level columns a summary keys or marks on: status, status_reason, noisy, task, variant,
+    the link's values and protocol.* (values the rows already carry are kept, their gaps filled)."""
+    runs = runs.drop_duplicates("run_id").reset_index(drop=True)
+    extra = runs.assign(variant=variants(runs).to_numpy())
+    cols = ["status", "status_reason", "noisy", "task", "variant", "bandwidth_bps", "rtt_s", "reference_protocol"]
+    cols = [c for c in cols if c in extra] + [c for c in extra.columns if c.startswith(PARAM_PREFIX)]
+    shared = [c for c in cols if c in rows.columns]  # the rows' own values kept, gaps filled from the runs table
+    out = rows.merge(extra[["run_id", *cols]], on="run_id", how="left", suffixes=("", "@runs"))
+    for col in shared:
+        out[col] = out[col].fillna(out.pop(f"{col}@runs").astype(out[col].dtype))
+    return out

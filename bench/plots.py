@@ -16,12 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from bench.analysis import P90_MIN, interval_frame, workload_keys  # noqa: E402
 from protocols.vocabulary import STIP_PHASES  # noqa: E402
 
 log = logging.getLogger(__name__)
 MEASURED = ("socket", "host", "engine")  # what a figure of measured time draws (not modelled, not shapes)
 # One style for every figure: a fixed colour per protocol (and per transform of the dcor figures), a line
-# style per network, a fixed colour per request phase; error bars span min-max over the repeats.
+# style per network, a fixed colour per request phase; error bars span the IQR over the repeats (the one definition:
+# bench.analysis.interval), p90 drawn as a small cross where a point has at least 10 repeats.
 PROTOCOL_COLORS = {"stip": "#1f77b4", "full_cloud": "#7f7f7f", "model_split": "#2ca02c",
                    "random_projection": "#d62728", "mpc": "#9467bd",
                    "permutation": "#1f77b4", "projection": "#d62728"}
@@ -58,8 +60,36 @@ def _title(ax: plt.Axes, what: str, d: pd.DataFrame, keys: tuple[str, ...] = ("m
 
 
 def _spread(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Median, min and max over repeats per group (the error bars)."""
-    return df.groupby(by, dropna=False)["value"].agg(value="median", lo="min", hi="max").reset_index()
+    """Median, IQR (lo, hi) and p90 over repeats per group of `by` plus every other workload key present (a figure
+    never pools runs whose workload differs; the extra keys become part of the line's label: `_line_label`)."""
+    keys = [*by, *(k for k in workload_keys(df) if k not in by)]
+    m = interval_frame(df, keys).reset_index()
+    return m.rename(columns={"median": "value", "q25": "lo", "q75": "hi"})
+
+
+def _line_label(r: pd.Series, keys: list[str]) -> str:
+    """The values of `keys` that tell a figure's lines apart (engine, approx, variant ...), joined by ' · '."""
+    extra = [str(r[k]) for k in keys if k in r and pd.notna(r[k]) and str(r[k])]
+    return " · ".join(extra)
+
+
+def _varying(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The keys among `keys` whose value differs between rows of `df`."""
+    return [k for k in keys if k in df and df[k].astype(str).nunique(dropna=False) > 1]
+
+
+def _p90(ax: plt.Axes, x: pd.Series, m: pd.DataFrame, color: str) -> None:
+    """p90 as a small cross above the IQR bar where the point has at least P90_MIN repeats."""
+    has = m["n"] >= P90_MIN
+    if has.any():
+        ax.plot(x[has], m.loc[has, "p90"], linestyle="none", marker="x", color=color, markersize=4)
+
+
+def request_totals(d: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """interval_frame of one request's total per group of `keys`: its phases summed within one run and one repeat,
+    never across runs (two seeds of one workload are two runs, not one request twice as long)."""
+    per_request = d.groupby([*keys, "run_id", "repeat"], dropna=False)["value"].sum().reset_index()
+    return interval_frame(per_request, keys)
 
 
 def _param(df: pd.DataFrame, key: str) -> pd.Series:
@@ -141,16 +171,22 @@ def fig7a_throughput(df: pd.DataFrame, out: Path) -> list[Path]:
     if d.n_params.nunique() < 2:  # throughput against size needs two sizes; one point is no figure
         return []
     m = _spread(d, ["protocol", "network", "model", "n_params"])
+    lines = ["protocol", "network", *_varying(m, [k for k in workload_keys(m) if k not in ("model", "network",
+                                                                                            "protocol")])]
     nets = sorted(m.network.dropna().unique())
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for (proto, net), g in m.groupby(["protocol", "network"]):
+    for key, g in m.groupby(lines, dropna=False):
+        proto, net = key[0], key[1]
         g = g.sort_values("n_params")
+        extra = _line_label(g.iloc[0], lines[2:])
         ax.errorbar(g["n_params"], g["value"], yerr=[g["value"] - g["lo"], g["hi"] - g["value"]], marker="o",
-                    capsize=3, color=_color(proto), linestyle=_style(net, nets), label=f"{proto} / {net}")
+                    capsize=3, color=_color(proto), linestyle=_style(net, nets),
+                    label=f"{proto} / {net}" + (f" · {extra}" if extra else ""))
+        _p90(ax, g["n_params"], g, _color(proto))
     ax.set_xscale("log")  # lines over orders of magnitude of model size: log axes, never for bars
     ax.set_yscale("log")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("throughput (tokens/s); bars: min–max over repeats")
+    ax.set_ylabel("throughput (tokens/s), median;\nbars: IQR over repeats, x: p90 (n ≥ 10)")
     _title(ax, "forward throughput", d, ("seq_len", "batch_size"))
     ax.legend()
     return _save(fig, out, "fig7a_throughput")
@@ -183,19 +219,28 @@ def fig7d_breakdown(df: pd.DataFrame, out: Path) -> list[Path]:
     if d.empty:
         return []
     keys = ["model", "seq_len", "protocol", "network"]
-    m = d.groupby([*keys, "phase"])["value"].median().unstack("phase").fillna(0.0)
+    keys += _varying(d, [k for k in workload_keys(d) if k not in keys])
+    m = d.groupby([*keys, "phase"], dropna=False)["value"].median().unstack("phase").fillna(0.0)
     m = m[[p for p in STIP_PHASES if p in m.columns]]
-    totals = d.groupby([*keys, "repeat"])["value"].sum().groupby(keys).agg(["min", "max"])
-    m.index = [f"{p} / {n}" + (f"\n{mo} · seq {sl}" if len(m.index.unique(0)) > 1 or len(m.index.unique(1)) > 1
-                               else "") for mo, sl, p, n in m.index]
+    totals = request_totals(d, keys).reindex(m.index)
+    many = len(m.index.unique(0)) > 1 or len(m.index.unique(1)) > 1
+    m.index = [f"{k[2]} / {k[3]}" + "".join(f" · {v}" for v in k[4:] if pd.notna(v) and str(v))
+               + (f"\n{k[0]} · seq {k[1]}" if many else "") for k in m.index]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(m) + 1.8))
     left = pd.Series(0.0, index=m.index)
     for phase in m.columns:
         ax.barh(m.index, m[phase] * 1e3, left=left * 1e3, color=PHASE_COLORS.get(phase), label=phase)
         left += m[phase]
-    ax.errorbar(left.values * 1e3, range(len(m)), xerr=[(left.values - totals["min"].values).clip(min=0) * 1e3,
-                (totals["max"].values - left.values).clip(min=0) * 1e3], fmt="none", ecolor="black", capsize=3)
-    ax.set_xlabel("latency per request (ms): median per phase;\nerror bar: min–max of the total over repeats")
+    # the bar's length is the sum of per-phase medians; the error bar is the IQR of the per-request total
+    ax.errorbar(totals["median"].values * 1e3, range(len(m)), xerr=[
+        (totals["median"].values - totals["q25"].values).clip(min=0) * 1e3,
+        (totals["q75"].values - totals["median"].values).clip(min=0) * 1e3], fmt="|", color="black", capsize=3)
+    has = (totals["n"] >= P90_MIN).to_numpy()
+    if has.any():
+        ax.plot(totals["p90"].to_numpy()[has] * 1e3, [i for i in range(len(m)) if has[i]], "x", color="black",
+                markersize=4)
+    ax.set_xlabel("latency per request (ms): bars, median per phase;\n"
+                  "black: median and IQR of the request's total over repeats, x: p90 (n ≥ 10)")
     _title(ax, "where a request's time goes", d, ("seq_len", "batch_size"))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the bars, never over them
     return _save(fig, out, "fig7d_breakdown")
@@ -227,13 +272,18 @@ def fig9_model_split(df: pd.DataFrame, out: Path) -> list[Path]:
         return []
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     nets = sorted(d.network.dropna().unique())
-    for (model, net), g in d.groupby(["model", "network"]):
-        m = g.groupby("k")["value"].agg(["median", "min", "max"]).sort_index()
-        ax.errorbar(m.index, m["median"], yerr=[m["median"] - m["min"], m["max"] - m["median"]], marker="o",
-                    capsize=3, color=_color(str(model)), linestyle=_style(net, nets), label=f"{model} / {net}")
+    lines = ["model", "network", *_varying(d, [k for k in workload_keys(d) if k not in ("model", "network")])]
+    for key, g in d.groupby(lines, dropna=False):
+        model, net = key[0], key[1]
+        m = interval_frame(g, ["k"]).sort_index()
+        extra = _line_label(g.iloc[0], lines[2:])
+        ax.errorbar(m.index, m["median"], yerr=[m["median"] - m["q25"], m["q75"] - m["median"]], marker="o",
+                    capsize=3, color=_color(str(model)), linestyle=_style(net, nets),
+                    label=f"{model} / {net}" + (f" · {extra}" if extra else ""))
+        _p90(ax, pd.Series(m.index, index=m.index), m, _color(str(model)))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # k counts layers
     ax.set_xlabel("transformer layers on the device (k)")
-    ax.set_ylabel("latency per request (s); bars: min–max over repeats")
+    ax.set_ylabel("latency per request (s), median;\nbars: IQR over repeats, x: p90 (n ≥ 10)")
     _title(ax, "model split", d, ("seq_len", "batch_size"))
     ax.legend()
     return _save(fig, out, "fig9_model_split")

@@ -34,7 +34,8 @@ def _report(tmp_path, status="ok", error=None):
 def test_run_line_names_everything_a_reader_needs(tmp_path):
     atomic_write_parquet(tmp_path / ROWS, _rows("r1", "bert-tiny", "stip", [0.010, 0.020, 0.012]))
     line = run_line(_report(tmp_path), tmp_path)
-    assert line.startswith("stip · bert-tiny · lan (seq 8, batch 1, forward): 12 ms total [NOISY]")
+    assert line.startswith("stip · bert-tiny · lan (seq 8, batch 1, forward): total: measured 12 ms (socket; IQR ")
+    assert "[NOISY: max/min 2.00 > 1.5]" in line and "()" not in line
     assert "cloud_compute 6 ms" in line and "up 1.5 kB / down 2.5 MB" in line and "top-1 100.0%" in line
     assert line.endswith(str(tmp_path))
     old = _report(tmp_path)

@@ -8,8 +8,10 @@ from bench.artifacts import style
 def test_paper_hollow_measured_filled_units_and_title(tmp_path):
     fig, ax = style.figure()
     summary = style.summarize(pd.DataFrame({"model": ["a", "a", "b"], "value": [1.0, 3.0, 2.0]}), ["model"])
-    assert summary.to_dict("list") == {"model": ["a", "b"], "median": [2.0, 2.0], "lo": [1.0, 2.0],
-                                       "hi": [3.0, 2.0], "n": [2, 1]}
+    assert summary.drop(columns="p90").to_dict("list") == {
+        "model": ["a", "b"], "median": [2.0, 2.0], "lo": [1.5, 2.0], "hi": [2.5, 2.0], "min": [1.0, 2.0],
+        "max": [3.0, 2.0], "n": [2, 1]}  # lo-hi: the IQR (25th-75th percentile), min-max beside it
+    assert summary.p90.isna().all()  # p90 only from 10 values
     style.measured(ax, summary["model"], summary["median"], summary["lo"], summary["hi"], label="STIP")
     style.paper(ax, ["a"], [2.5], label="paper", system="STIP")
     style.axes(ax, "model", None, "latency", "ms")

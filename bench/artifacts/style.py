@@ -2,7 +2,8 @@
 
 Artifact modules draw with these helpers so a reader sees at a glance which point the paper printed and
 which one this host measured: `paper()` draws hollow markers labelled "paper", `measured()` filled markers
-with median and min-max error bars, `title()` names the workload and the host ("2-core CPU"), `axes()`
+with median and IQR error bars (`summarize`; the one definition: bench.analysis.interval) and p90 where given,
+`title()` names the workload and the host ("2-core CPU"), `axes()`
 puts a unit on every axis, `assumed()` labels an assumed quantity (a bandwidth, a speed factor) on the
 plot, `save()` writes a PNG. Labels pass through `readable()`, so no pandas tuple reaches a figure.
 """
@@ -17,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from bench.analysis import interval_frame  # noqa: E402
 
 # A fixed colour per system, shared with bench/plots.py's protocol colours.
 COLORS = {"stip": "#1f77b4", "STIP": "#1f77b4", "full_cloud": "#7f7f7f", "full cloud": "#7f7f7f",
@@ -83,18 +86,21 @@ def axes(ax: plt.Axes, x: str, x_unit: str | None, y: str, y_unit: str | None) -
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd.DataFrame:
-    """Median, min, max and count of `value` per group: the points and error bars of `measured()`."""
+    """Per group: median, the IQR as lo-hi (25th-75th percentile), p90 (NaN below 10 values), min, max and count
+    of `value`: the points and error bars of `measured()` (bench.analysis.interval defines them once)."""
     if df.empty:
-        return pd.DataFrame(columns=[*by, "median", "lo", "hi", "n"])
-    g = df.groupby(list(by), dropna=False)[value]
-    return g.agg(median="median", lo="min", hi="max", n="count").reset_index()
+        return pd.DataFrame(columns=[*by, "median", "lo", "hi", "p90", "min", "max", "n"])
+    m = interval_frame(df, list(by), value).reset_index()
+    return m.rename(columns={"q25": "lo", "q75": "hi"})[[*by, "median", "lo", "hi", "p90", "min", "max", "n"]]
 
 
 def measured(ax: plt.Axes, x: Iterable, median: Iterable[float], lo: Iterable[float] | None = None,
              hi: Iterable[float] | None = None, label: str = "measured", system: str | None = None,
-             marker: str = "o", line: bool = True, colour: str | None = None) -> None:
-    """Measured values: filled markers at the median, error bars from min to max (when given); `colour`
-    overrides the system's colour (e.g. one per model where several share a panel)."""
+             marker: str = "o", line: bool = True, colour: str | None = None,
+             p90: Iterable[float] | None = None) -> None:
+    """Measured values: filled markers at the median, error bars from lo to hi (the IQR from `summarize`, when
+    given), p90 as a small cross where it is not NaN; `colour` overrides the system's colour (e.g. one per model
+    where several share a panel)."""
     x, y = list(x), [float(v) for v in median]
     c = colour or color(system or label)
     yerr = None
@@ -103,6 +109,10 @@ def measured(ax: plt.Axes, x: Iterable, median: Iterable[float], lo: Iterable[fl
         yerr = [[max(m - a, 0.0) for m, a in zip(y, lo_l)], [max(b - m, 0.0) for m, b in zip(y, hi_l)]]
     ax.errorbar(x, y, yerr=yerr, fmt=marker + ("-" if line else ""), color=c, markerfacecolor=c, capsize=3,
                 label=readable(label), linewidth=1.2, markersize=5)
+    if p90 is not None:
+        pts = [(a, float(v)) for a, v in zip(x, p90) if pd.notna(v)]
+        if pts:
+            ax.plot([a for a, _ in pts], [v for _, v in pts], linestyle="none", marker="x", color=c, markersize=4)
 
 
 def paper(ax: plt.Axes, x: Iterable, y: Iterable[float], label: str = "paper", system: str | None = None,
