@@ -7,6 +7,7 @@ KV cache), so its per-token latency is pure cloud compute, as in the paper's Fig
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -91,6 +92,8 @@ class FullCloudHandler(CloudHandler):
     def __init__(self, checkpoint: str, head: str, threads: int | None = None, device: str = "cpu") -> None:
         configure_threads(threads)
         self.model = load_for_cloud(checkpoint, head, device)
+        # causal LMs take logits_to_keep; a head without it (encoders) is refused by last_position anyway
+        self.takes_logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def infer(self, tensors: dict[str, torch.Tensor], return_mode: str = "full", top_k: int | None = None,
               **_: Any) -> tuple[dict, dict]:
@@ -103,8 +106,11 @@ class FullCloudHandler(CloudHandler):
         return_mode = checks.meta_str("return_mode", return_mode)
         if return_mode not in RETURN_MODES:
             raise ValueError(f"return_mode {return_mode!r}; choose one of {list(RETURN_MODES)}")
+        inputs = to_device(tensors, self.model)
+        if return_mode != "full" and self.takes_logits_to_keep:
+            inputs["logits_to_keep"] = 1  # the head runs on the last position only (what the reply carries)
         with torch.no_grad():
-            out = self.model(**to_device(tensors, self.model))
+            out = self.model(**inputs)
         if return_mode == "full":
             return self.reply(out)
         return self.reply(last_position(out, return_mode, checks.meta_int("top_k", top_k, optional=True) or 1))

@@ -327,6 +327,9 @@ class ModelServer:
         self.key_id: str | None = getattr(cloud_model.config, KEY_ID_FIELD, None)
         self.pools_last_token = last_token_pooling(cloud_model) is not None
         self._takes_position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
+        # causal LMs of transformers 5 compute the head only at the kept positions; others (BERT's MLM, ViT,
+        # base models) have no equivalent and run their head everywhere, sliced afterwards as before
+        self.takes_logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.max_sessions = max_sessions
         self.session_ttl_s = session_ttl_s  # a session unused this long is dropped (None: kept until closed)
         self.max_sessions_per_owner = max_sessions_per_owner  # None: only max_sessions bounds an owner
@@ -533,6 +536,9 @@ class ModelServer:
             kwargs.update(self._session_inputs(session, attention_mask, shape, cache_length))
         elif attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
+        keep = last_n or (1 if last_only or top_k else None)  # positions the reply carries (None: all)
+        if keep and self.takes_logits_to_keep:
+            kwargs["logits_to_keep"] = int(keep)  # the head runs on those positions only: same work as plain
         result, cache = self._forward(x, kwargs)
         if session is not None:
             self._end_step(session, kwargs, cache, shape)
