@@ -27,6 +27,7 @@ from tqdm import tqdm
 from bench.answer import RUN_POINTER, print_answer, run_line, sweep_runs
 from bench.hostslot import host_slot
 from bench.results import LOCK, ROWS, RunReport, atomic_write_parquet, provenance, run_id, to_frame
+from bench.status import run_status
 from bench.validate import ConfigError, check_run_config, sweep_without_multirun
 from protocols.contract import Protocol, RemoteCloudConfig, RunRequest
 from protocols.models import build_spec
@@ -144,7 +145,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> RunReport:
 def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
     """The run itself, with the run folder's lock held."""
     previous = RunReport.from_json(out)
-    if previous and previous.status == "ok" and (out / ROWS).exists() and not c.get("force", False):
+    if previous and previous.status in ("ok", "diverged") and (out / ROWS).exists() and not c.get("force", False):
         log.info("run %s (%s) already done: skipped; pass force=true to redo", rid, out)
         previous.skipped = True
         return previous
@@ -179,6 +180,9 @@ def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
             raise RuntimeError(f"protocol {context['protocol']!r} returned no rows")
         atomic_write_parquet(out / ROWS, df)
         report.status, report.n_rows, report.n_params = "ok", len(df), spec.n_params
+        report.status, report.status_reason = run_status(df, protocol.accuracy_bound())  # diverged: rows kept
+        if report.status == "diverged":
+            log.warning("run %s DIVERGED: %s", rid, report.status_reason)
         report.measured, report.fits_on_host = spec.fits_on_host and request.task != "shapes", spec.fits_on_host
     except Exception as e:  # noqa: BLE001 - a failed run is a result; the sweep goes on
         log.error("run %s failed: %s: %s", rid, type(e).__name__, e)
@@ -266,7 +270,7 @@ def main(cfg: DictConfig) -> float | None:
             return None
         raise
     print(run_line(report, run_dir_of(_plain(cfg))), flush=True)
-    if report.status != "ok":
+    if report.status == "failed":
         _record_failure(f"run {report.run_id} ({' '.join(overrides) or 'defaults'}): {report.error} "
                         f"[{run_dir_of(_plain(cfg))}]")
     return None

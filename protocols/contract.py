@@ -151,6 +151,26 @@ class Row:
         self.value = float(self.value)
 
 
+@dataclass(frozen=True)
+class AccuracyBound:
+    """What a protocol's accuracy (phase `output`, protocols.accuracy) must reach for a run to count as converged.
+
+    A finished run with a non-finite output, a `top1_agreement` below `min_top1` or a `max_abs_error` above
+    `max_abs_error` is `diverged` (bench/status.py); None skips that check. `holds` says where the bound was
+    measured and what to do outside it (named in the run's status_reason).
+    """
+
+    min_top1: Optional[float]
+    max_abs_error: Optional[float]
+    holds: str = ""
+
+
+# Exact protocols (STIP, full cloud, model split): only float32 rounding separates them from plaintext; the largest
+# error measured in results/ is 1.9e-4 (SmolLM2 logits), top-1 is 1.0 everywhere.
+EXACT_BOUND = AccuracyBound(min_top1=1.0 - 1e-9, max_abs_error=1e-2,
+                            holds="exact up to float32 rounding: any top-1 flip or error above 1e-2 is a bug")
+
+
 class Protocol(abc.ABC):
     """A protocol prepares once (keys, transformed weights, shares) and runs many requests."""
 
@@ -176,6 +196,10 @@ class Protocol(abc.ABC):
     def engine_name(self) -> str | None:
         """The MPC engine the rows' `engine` column names (crypten | spu; None: not MPC)."""
         return None
+
+    def accuracy_bound(self) -> AccuracyBound | None:
+        """The accuracy below which a finished run is `diverged` (None: no check); exact unless overridden."""
+        return EXACT_BOUND
 
     @abc.abstractmethod
     def run(self, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:

@@ -35,16 +35,29 @@ SOURCES = {
     "simulated": "an MPC forward simulated in float64 plaintext with the same approximations (no parties, no link)",
     "shapes": "derived from tensor shapes and dtypes, nothing run",
 }
-# The `security` column of MPC rows: who must be trusted for the measured numbers to mean privacy.
+# The `security` column of MPC rows: who must be trusted for the measured numbers to mean privacy. Each label is
+# read from the engine's own setting where the parties run (CrypTen: crypten.cfg.mpc.provider; SPU: the runtime
+# config's protocol and, for SEMI2K, its beaver_type), never assumed from the config's name.
 SECURITY = {
-    "2pc-dealer": "two parties plus a dealer that draws the correlated randomness in the clear (CrypTen TFP/TTP, "
-                  "SPU SEMI2K): with TFP the dealer is the server itself, which can then unmask the device's input",
+    "2pc-dealer-is-server": "two parties, semi-honest, the correlated randomness (Beaver triples) drawn in the clear "
+                            "by the server itself (CrypTen TFP; SPU SEMI2K with beaver_type TrustedFirstParty, 0.9.5's "
+                            "default: rank 0 deals): the server holds the triples' masks and could unmask the "
+                            "device's input; a benchmark of the online cost, not a private deployment",
+    "2pc-dealer-third-party": "two parties plus a third party that draws the correlated randomness in the clear "
+                              "(CrypTen TTP; SPU SEMI2K with beaver_type TrustedThirdParty): private while the dealer "
+                              "colludes with neither party",
     "2pc": "two parties, semi-honest, preprocessing by OT/HE between them (SPU Cheetah): secure against the server",
     "3pc-honest-majority": "three parties, semi-honest, at most one corrupted (SPU ABY3, as PUMA reports)",
+}
+# Labels written by earlier versions, kept only to read old results: what they meant and what to do.
+LEGACY_SECURITY = {
+    "2pc-dealer": "written before the labels were read from the engine (CrypTen TFP or TTP, SPU SEMI2K: dealer = "
+                  "server or a third party, not told apart); regenerate the results with `make bench`",
 }
 # Metric -> unit.
 METRICS = {
     "latency": "s",
+    "cpu_time": "s",  # process CPU time (every thread) in a phase, beside its wall-time latency (source host)
     "bytes": "B",
     "rounds": "count",
     "messages": "count",
@@ -100,6 +113,8 @@ def check(phase: str, metric: str, source: str) -> str:
 def check_security(label: str | None) -> str | None:
     """A row's `security` label, refused (naming SECURITY) when it is not one this vocabulary defines."""
     if label is not None and label not in SECURITY:
+        if label in LEGACY_SECURITY:
+            raise ValueError(f"security {label!r} is an old label: {LEGACY_SECURITY[label]}; known: {sorted(SECURITY)}")
         raise ValueError(f"security {label!r} is not in the measurement vocabulary; known: {sorted(SECURITY)} "
                          f"(add it to protocols/vocabulary.py with its definition)")
     return label

@@ -156,6 +156,8 @@ def test_full_cloud_prompt_lookup_is_one_request_with_fewer_forward_passes(tmp_p
 
 
 def test_security_labels_come_from_the_vocabulary():
-    assert check_security("2pc-dealer") == "2pc-dealer" and check_security(None) is None
+    assert check_security("2pc-dealer-is-server") == "2pc-dealer-is-server" and check_security(None) is None
+    with pytest.raises(ValueError, match="old label.*make bench"):
+        check_security("2pc-dealer")
     with pytest.raises(ValueError, match="security 'secure'"):
         check_security("secure")

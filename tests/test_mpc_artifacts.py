@@ -19,7 +19,7 @@ def _run(run_id: str, experiment: str, protocol: str, model: str, n_params: int,
     base = {"run_id": run_id, "experiment": experiment, "protocol": protocol, "model": model, "n_params": n_params,
             "network": "puma_lan", "batch_size": 1, "seq_len": seq_len, "seed": 0,
             "approx": "puma" if protocol == "mpc" else None,
-            "security": "2pc-dealer" if protocol == "mpc" else None}
+            "security": "2pc-dealer-is-server" if protocol == "mpc" else None}
     out = []
     for rep in range(repeats):
         for phase, (sec, rounds, n_bytes) in phases.items():

@@ -24,7 +24,7 @@ def _run(experiment, protocol, model, n_params, network, seq_len, values, phase=
     return [{"run_id": run_id or f"{experiment}-{protocol}-{approx}-{model}-{network}", "experiment": experiment,
              "protocol": protocol, "approx": approx, "model": model, "n_params": n_params, "network": network,
              "seq_len": seq_len, "phase": phase, "metric": metric, "source": source, "value": v, "repeat": i,
-             "security": "2pc-dealer" if protocol == "mpc" else None} for i, v in enumerate(values)]
+             "security": "2pc-dealer-is-server" if protocol == "mpc" else None} for i, v in enumerate(values)]
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,11 @@ from typing import Any, Callable, Protocol
 import torch
 
 from baselines.mpc.ops import PlainOps
+from protocols.contract import AccuracyBound
 
 Tensor = Any  # torch.Tensor (float64) in the simulation, crypten MPCTensor in MPC
 MASK_FILL = 1.0e4  # what masked scores become for the max: below any real attention score
+SOFTMAX_DENOMINATORS = ("raw", "scaled")
 
 
 class Backend(Protocol):
@@ -217,10 +219,32 @@ def _softmax_with_exp(exp_fn: Callable[[Backend, Tensor], Tensor]):
         num = exp_fn(ops, logits)
         if mask is not None:
             num = num.mul(mask)
-        return num.mul(reciprocal_positive(num.sum(-1, keepdim=True), iters=approx.reciprocal_iters))
+        return num.mul(row_sum_reciprocal(num.sum(-1, keepdim=True), x, mask, approx))
 
     softmax.__doc__ = f"max -> {exp_fn.__name__} -> reciprocal -> multiply."
     return softmax
+
+
+RECIPROCAL_TARGET = 64.0  # scaled: the row sum / max(1, n / 64) lies in [64 / n, 64] (CrypTen's input_in_01: x 64)
+
+
+def row_sum_reciprocal(total: Tensor, x: Tensor, mask: torch.Tensor | None, approx: "Approximation") -> Tensor:
+    """1 / (row sum of max-subtracted exps), a sum in [1, n] for n attended positions.
+
+    `raw`: CrypTen's reciprocal on the sum itself; its start 3 exp(1 - 2x) + 0.003 (an 8-squaring exp) blows up
+    once x passes ~256, so rows of more than ~256 near-equal scores diverge. `scaled` (the remedy, as CrypTen's own
+    input_in_01 and SPU's range-normalised reciprocal): divide by the public c = max(1, n / 64) first and by c
+    again after, so the reciprocal sees [64 / n, 64]; dividing by a public value is local in 2PC (no rounds, no
+    bytes), and with n <= 64 nothing changes.
+    """
+    if approx.softmax_denominator == "raw":
+        return reciprocal_positive(total, iters=approx.reciprocal_iters)
+    count = (torch.tensor(float(x.size(-1)), dtype=torch.float64) if mask is None
+             else mask.sum(-1, keepdim=True).to(torch.float64))
+    scale = (count / RECIPROCAL_TARGET).clamp(min=1.0)
+    if bool((scale == 1.0).all()):
+        return reciprocal_positive(total, iters=approx.reciprocal_iters)
+    return reciprocal_positive(total.mul(1.0 / scale), iters=approx.reciprocal_iters).mul(1.0 / scale)
 
 
 def softmax_exact(ops: Backend, x: Tensor, mask: torch.Tensor | None, approx: "Approximation") -> Tensor:
@@ -297,13 +321,16 @@ class Approximation:
     inv_sqrt_variant: str = "crypten"
     reciprocal_iters: int = 10
     inv_sqrt_iters: int = 3
+    softmax_denominator: str = "raw"  # raw (CrypTen's reciprocal of the row sum) | scaled (see row_sum_reciprocal)
     description: str = field(default="", compare=False)
+    bound: AccuracyBound | None = field(default=None, compare=False)  # where a run counts as diverged (BOUNDS)
 
     def __post_init__(self) -> None:
         _check("gelu", self.gelu_variant, GELU_VARIANTS)
         _check("softmax", self.softmax_variant, SOFTMAX_VARIANTS)
         _check("silu", self.silu_variant, SILU_VARIANTS)
         _check("inv_sqrt", self.inv_sqrt_variant, INV_SQRT_VARIANTS)
+        _check("softmax_denominator", self.softmax_denominator, {d: None for d in SOFTMAX_DENOMINATORS})
 
     @property
     def plaintext_only(self) -> bool:
@@ -329,6 +356,24 @@ class Approximation:
 
 
 RR = {"inv_sqrt_variant": "range_reduced", "inv_sqrt_iters": 5}  # see the module docstring
+# Below these a run is `diverged` (bench/status.py). Error bound 50: an order above the largest error any family
+# showed on converged runs (4.7, MPCFormer on MiniLM logits; PUMA 1.15 on SmolLM2 logits), far below overflow
+# (4.3e9). Top-1 bounds: under the lowest converged value measured (results/mpc_*, bert-tiny..gpt2-124m).
+# Range: bert-tiny float64 simulation, seq_len 32..512 (README "Where each approximation holds").
+_WAY_OUT = ("way out: run.seq_len <= {n}, or protocol.approx='{{base: {name}, softmax_denominator: scaled}}' "
+            "(holds to 512)")
+BOUNDS = {
+    "crypten": AccuracyBound(0.85, 50.0, "holds to seq_len 128 at bert-tiny, diverges from 256 (softmax row sums "
+                             "leave CrypTen's reciprocal range; its inv_sqrt leaves [0.5, 150] on MiniLM/SmolLM2); "
+                             + _WAY_OUT.format(n=128, name="crypten")),
+    "puma": AccuracyBound(0.85, 50.0, "holds to seq_len 256 at bert-tiny (top-1 >= 0.98), diverges from 320 "
+                          "(softmax row sums past ~256); " + _WAY_OUT.format(n=256, name="puma")),
+    "nimbus": AccuracyBound(0.6, 50.0, "holds to seq_len 256 at bert-tiny (top-1 >= 0.97; 0.68 on MiniLM-L6), "
+                            "diverges from 320; " + _WAY_OUT.format(n=256, name="nimbus")),
+    "mpcformer": AccuracyBound(None, 50.0, "no top-1 claim without distillation (0.05..0.63 measured); 2Quad's mean "
+                               "denominator holds to seq_len 512 at bert-tiny"),
+    "exact": None,  # a plaintext reference: a distilled student is judged against its teacher, whatever its gap
+}
 FAMILIES: dict[str, Approximation] = {
     "crypten": Approximation("crypten", "crypten_tanh", "crypten",
                              description="CrypTen 0.4.1 defaults; GELU in tanh form via sigmoid"),
@@ -340,10 +385,12 @@ FAMILIES: dict[str, Approximation] = {
                                description="MPCFormer Quad + 2Quad, no distillation"),
     "exact": Approximation("exact", "exact", "exact", "exact", "exact", description="plaintext float64 reference"),
 }
+FAMILIES = {n: replace(a, bound=BOUNDS[n]) for n, a in FAMILIES.items()}
 MPC_FAMILIES = tuple(n for n, a in FAMILIES.items() if not a.plaintext_only)
 _OVERRIDES = {"gelu": "gelu_variant", "softmax": "softmax_variant", "silu": "silu_variant",
               "inv_sqrt": "inv_sqrt_variant",
-              "reciprocal_iters": "reciprocal_iters", "inv_sqrt_iters": "inv_sqrt_iters"}
+              "reciprocal_iters": "reciprocal_iters", "inv_sqrt_iters": "inv_sqrt_iters",
+              "softmax_denominator": "softmax_denominator"}
 
 
 def get_approximation(spec: str | dict | Approximation) -> Approximation:

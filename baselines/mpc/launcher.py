@@ -33,6 +33,8 @@ from transport.processes import die_with_parent, signal_tree
 
 log = logging.getLogger(__name__)
 PROVIDERS = ("TFP", "TTP")
+# crypten.cfg.mpc.provider -> protocols.vocabulary.SECURITY: TFP is rank 0 (the server) dealing the Beaver triples.
+PROVIDER_SECURITY = {"TFP": "2pc-dealer-is-server", "TTP": "2pc-dealer-third-party"}
 PartyFn = Callable[[int, Any, Any], Any]  # (rank, crypten module, payload) -> plain result
 RENDEZVOUS_PREFIX = "mpc-rdv-"
 
@@ -53,6 +55,30 @@ def loopback_interface() -> str:
     raise RuntimeError("no network interface holds 127.0.0.1; local MPC parties need a loopback interface")
 
 
+def configure_provider(crypten: Any, provider: str) -> None:
+    """Set CrypTen's provider of correlated randomness as every party process does before crypten.init()."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}; choices: {list(PROVIDERS)}")
+    crypten.cfg.mpc.provider = provider
+
+
+def provider_security(crypten: Any) -> str:
+    """The SECURITY label of the provider CrypTen is configured with (read from crypten.cfg, not from our config)."""
+    provider = str(crypten.cfg.mpc.provider)
+    if provider not in PROVIDER_SECURITY:
+        raise ValueError(f"crypten.cfg.mpc.provider={provider!r} has no security label; "
+                         f"known: {sorted(PROVIDER_SECURITY)}")
+    return PROVIDER_SECURITY[provider]
+
+
+def configured_security(provider: str) -> str:
+    """The label the parties will read for `provider`: configured as they do, in a temporary override of crypten.cfg."""
+    crypten = import_crypten()
+    with crypten.cfg.temp_override({"mpc.provider": str(crypten.cfg.mpc.provider)}):
+        configure_provider(crypten, provider)
+        return provider_security(crypten)
+
+
 def _party_main(fn: PartyFn, rank: int, world_size: int, rendezvous: str, provider: str,
                 payload: Any, results: Any, threads: int, seed: int | None, parent_pid: int = 0,
                 tmpdir: str = "") -> None:
@@ -70,7 +96,7 @@ def _party_main(fn: PartyFn, rank: int, world_size: int, rendezvous: str, provid
         if seed is not None:  # CrypTen draws its share seeds from torch's global generator at init
             torch.manual_seed(seed * 1009 + rank)
         crypten = import_crypten()
-        crypten.cfg.mpc.provider = provider
+        configure_provider(crypten, provider)
         crypten.cfg.communicator.verbose = True
         if rank == world_size:  # the trusted third party serves until rank 0 shuts it down
             from crypten.mpc.provider.ttp_provider import TTPServer  # noqa: PLC0415

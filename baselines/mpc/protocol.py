@@ -40,11 +40,12 @@ import torch
 
 from baselines.mpc.approximations import Approximation, get_approximation
 from baselines.mpc.forward import EMBEDDING_MODES, extract_weights, simulate
-from baselines.mpc.launcher import PROVIDERS
+from baselines.mpc.launcher import PROVIDERS, configured_security
 from baselines.mpc.session import MpcResult, run_mpc_forward
 from baselines.spu import protocol as spu_protocol
+from baselines.spu.engine import spu_bound
 from protocols.accuracy import accuracy_rows, token_agreement_row
-from protocols.contract import ModelSpec, Protocol, ProtocolConfig, Row, RunRequest
+from protocols.contract import AccuracyBound, ModelSpec, Protocol, ProtocolConfig, Row, RunRequest
 from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
@@ -102,22 +103,33 @@ class MpcProtocol(Protocol):
         super().__init__(cfg)
         self.approx = self.cfg.approximation
         self.embedding, self.provider = self.cfg.embedding, self.cfg.provider
+        self.engine_security: str | None = None  # set by run() from what the engine's parties read
 
     def approx_name(self) -> str:
         return self.approx.name
 
-    def security_label(self) -> str:
-        """CrypTen's TFP and TTP are trusted dealers (TFP: the server is the dealer); SPU: by its protocol."""
+    def security_label(self) -> str | None:
+        """Read from the engine: what the parties of the last run read (crypten.cfg.mpc.provider; SPU's RuntimeConfig),
+        before a run what they would read; None for mode=simulate (no parties, no protocol)."""
+        if self.engine_security is not None:
+            return self.engine_security
         if self.cfg.engine == "spu":
-            return spu_protocol.SECURITY[self.cfg.mpc_protocol]
-        return "2pc-dealer"
+            return spu_protocol.configured_security(self.cfg)
+        return None if self.cfg.mode == "simulate" else configured_security(self.provider)
+
+    def accuracy_bound(self) -> AccuracyBound | None:
+        """The approximation's own bound, beside it (baselines/mpc/approximations.py BOUNDS, baselines/spu)."""
+        if self.cfg.engine == "spu":
+            return spu_bound(self.cfg.approx)
+        return self.approx.bound
 
     def engine_name(self) -> str:
         return self.cfg.engine
 
     def run(self, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:
         if self.cfg.engine == "spu":
-            return spu_protocol.run(self.cfg, model, network, request)
+            rows, self.engine_security = spu_protocol.run(self.cfg, model, network, request)
+            return rows
         if request.task not in ("forward", "generate"):
             raise ValueError(f"task {request.task!r} is not supported by protocol=mpc; "
                              "supported: 'forward', 'generate'")
@@ -147,6 +159,7 @@ class MpcProtocol(Protocol):
         result = run_mpc_forward(net, ids, mask, approx=self.approx, embedding=self.embedding,
                                  provider=self.provider, n_runs=request.warmup + request.repeats,
                                  timeout_s=self.cfg.timeout_s, seed=request.seed, next_token=generate)
+        self.engine_security = result.security
         if generate:
             if not hasattr(out, "logits"):
                 raise ValueError(f"task generate needs a causal LM head; model {model.name!r} gives no logits")

@@ -15,7 +15,7 @@ import torch
 
 from baselines.mpc.approximations import Approximation, get_approximation
 from baselines.mpc.forward import EMBEDDING_MODES, ModelWeights, TransformerForward, extract_weights, share_weights
-from baselines.mpc.launcher import run_parties
+from baselines.mpc.launcher import provider_security, run_parties
 from baselines.mpc.meter import Meter, WeightOpenings, crypten_comm_reader, hook_ttp_requests, hook_weight_openings
 from baselines.mpc.ops import MpcOps
 
@@ -59,7 +59,7 @@ def party(rank: int, crypten: Any, job: Job) -> dict[str, Any]:
                          "weight_open_bytes": openings.bytes})
             if out is not None:
                 output = out.double().numpy()
-        return {"rank": rank, "setup": setup, "runs": runs, "output": output}
+        return {"rank": rank, "setup": setup, "runs": runs, "output": output, "security": provider_security(crypten)}
     finally:
         for unhook in unhooks:
             unhook()
@@ -84,6 +84,7 @@ class MpcResult:
     approx: str
     provider: str
     embedding: str
+    security: str | None = None  # protocols.vocabulary.SECURITY, as the parties read crypten.cfg.mpc.provider
 
 
 def merge_parties(p0: dict[str, float], p1: dict[str, float]) -> dict[str, float]:
@@ -128,5 +129,7 @@ def run_mpc_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
         phases["total"] = merge_parties(run0["total"], run1["total"])
         runs.append(RunStats(phases, (run0["weight_open_bytes"] + run1["weight_open_bytes"]) / 2.0))
     output_name = "next_token" if next_token else weights.output_name
+    if r0["security"] != r1["security"]:
+        raise RuntimeError(f"the parties read different CrypTen providers: {r0['security']!r} vs {r1['security']!r}")
     return MpcResult(torch.from_numpy(np.asarray(r1["output"])), output_name, runs,
-                     merge_parties(r0["setup"], r1["setup"]), approx.name, provider, embedding)
+                     merge_parties(r0["setup"], r1["setup"]), approx.name, provider, embedding, r0["security"])

@@ -7,6 +7,7 @@ Bytes and send actions are read from SPU's own per-party "Link details" log line
 counted where a party hands a message to its link, whatever the link's transport). The device's input is one-hot
 (PUMA's secure embedding: the table lookup is a secret one-hot x table product), the weights are the server's;
 both are secret-shared by SPU's Io before the run, outside the counted traffic.
+A request {"settings_only": true, "protocol": ..., "approx": ...} returns only {"runtime": runtime_settings(...)}.
 Request keys: checkpoint, model_type (bert | gpt2), output (last_hidden_state | logits), input_ids, protocol
 (ABY3 | CHEETAH | SEMI2K), approx (puma | nimbus), runs, fxp_fraction_bits (0: SPU's default), timeout_s
 (a party's longest wait for a peer's message), embedding (mpc: one-hot x table in MPC | device: the device looks
@@ -64,6 +65,12 @@ def runtime_config(protocol: str, approx: str, fraction_bits: int) -> Any:
     if fraction_bits:
         cfg.fxp_fraction_bits = int(fraction_bits)
     return cfg
+
+
+def runtime_settings(cfg: Any) -> dict[str, str]:
+    """What the security label is read from: the runtime config's protocol and beaver type (SEMI2K's dealer:
+    TrustedFirstParty = rank 0, the server, in 0.9.5 by default; TrustedThirdParty; ignored by ABY3/Cheetah)."""
+    return {"protocol": cfg.protocol.name, "beaver_type": cfg.beaver_type.name}
 
 
 def compiler_options(approx: str) -> Any:
@@ -242,8 +249,8 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         runs.append({"seconds": wall, **prof})
     out = np.asarray(io.reconstruct(list(parties[r][0] for r in range(n))), dtype=np.float64)
     return {"output": out.tolist(), "approx_plaintext": plain.tolist(), "parties": n, "compile_s": compile_s,
-            "runs": runs, "versions": {"spu": spu.__version__, "jax": jax.__version__,
-                                       "transformers": transformers.__version__}}
+            "runs": runs, "runtime": runtime_settings(cfg),
+            "versions": {"spu": spu.__version__, "jax": jax.__version__, "transformers": transformers.__version__}}
 
 
 def exit_with_parent() -> None:
@@ -262,7 +269,11 @@ def main() -> None:
     req = json.load(sys.stdin)
     real_stdout = os.dup(1)
     os.dup2(2, 1)  # library chatter on stdout goes to stderr; the result goes to the real stdout
-    result = run(req)
+    if req.get("settings_only"):  # the runtime settings a run of this protocol would use, nothing run
+        cfg = runtime_config(str(req["protocol"]).upper(), str(req["approx"]), int(req.get("fxp_fraction_bits", 0)))
+        result: dict[str, Any] = {"runtime": runtime_settings(cfg)}
+    else:
+        result = run(req)
     with os.fdopen(real_stdout, "w") as f:
         json.dump(result, f)
 

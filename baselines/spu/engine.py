@@ -15,12 +15,20 @@ from typing import Any
 
 import torch
 
+from protocols.contract import AccuracyBound
+
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("SPU_VENV", REPO / ".venv-spu"))
 PROTOCOLS = {"aby3": "ABY3", "cheetah": "CHEETAH", "semi2k": "SEMI2K"}
 APPROXIMATIONS = ("puma", "nimbus")
 EMBEDDINGS = ("mpc", "device")  # one-hot x table in MPC | the device's own lookup, secret-shared (CrypTen's names)
 MODEL_TYPES = {"bert": "last_hidden_state", "gpt2": "logits"}  # model_type -> the output accuracy is judged on
+# Below these a run is `diverged` (bench/status.py): under the lowest converged top-1 of results/mpc_spu* (PUMA 0.89
+# on GPT-2 124M, Nimbus 0.86 on BERT-base; both 1.0 at bert-tiny); errors as CrypTen's families' (approximations.py).
+BOUNDS = {"puma": AccuracyBound(0.85, 50.0, "SPU's reciprocal is range-normalised: no row-sum limit measured; "
+                                "way out: report the run and its inputs"),
+          "nimbus": AccuracyBound(0.6, 50.0, "SPU's reciprocal is range-normalised: no row-sum limit measured; "
+                                  "way out: report the run and its inputs")}
 
 
 @dataclass
@@ -51,6 +59,14 @@ class SpuResult:
     compile_s: float
     runs: list[SpuRun]
     versions: dict[str, str]
+    runtime: dict[str, str] = field(default_factory=dict)  # the driver's RuntimeConfig: protocol, beaver_type
+
+
+def spu_bound(approx: str) -> AccuracyBound | None:
+    """The accuracy bound of an SPU approximation (BOUNDS)."""
+    if approx not in BOUNDS:
+        raise ValueError(f"SPU approximation {approx!r} has no accuracy bound; known: {sorted(BOUNDS)}")
+    return BOUNDS[approx]
 
 
 def python() -> Path:
@@ -90,7 +106,21 @@ def run_spu_forward(net: Any, model_type: str, ids: torch.Tensor, *, protocol: s
                      output_name=MODEL_TYPES[model_type], parties=int(res["parties"]),
                      compile_s=float(res["compile_s"]),
                      runs=[SpuRun(r["seconds"], r["links"], r.get("ops", {})) for r in res["runs"]],
-                     versions=res["versions"])
+                     versions=res["versions"], runtime=res["runtime"])
+
+
+def runtime_settings(protocol: str, approx: str = "puma", timeout_s: float = 300.0) -> dict[str, str]:
+    """The RuntimeConfig settings (protocol, beaver_type) the driver would run `protocol` with, read in .venv-spu."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol.mpc_protocol={protocol!r}; choices: {sorted(PROTOCOLS)}")
+    request = {"settings_only": True, "protocol": PROTOCOLS[protocol], "approx": approx}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(python()), "-m", "baselines.spu.driver"], input=json.dumps(request), text=True,
+                          capture_output=True, env=env, cwd=REPO, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"SPU driver failed reading its runtime settings (exit {proc.returncode}): "
+                           f"{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)["runtime"]
 
 
 if __name__ == "__main__":  # pragma: no cover - a manual probe: python -m baselines.spu.engine MODEL PROTOCOL APPROX

@@ -22,12 +22,26 @@ from typing import Any
 
 import torch
 
-from baselines.spu.engine import APPROXIMATIONS, EMBEDDINGS, PROTOCOLS, SpuResult, run_spu_forward
+from baselines.spu.engine import APPROXIMATIONS, EMBEDDINGS, PROTOCOLS, SpuResult, run_spu_forward, runtime_settings
 from protocols.accuracy import accuracy_rows
 from protocols.contract import ModelSpec, Row, RunRequest
 from transport.link import NetworkProfile
 
-SECURITY = {"aby3": "3pc-honest-majority", "cheetah": "2pc", "semi2k": "2pc-dealer"}
+# (RuntimeConfig protocol, beaver_type or None: any) -> protocols.vocabulary.SECURITY. SEMI2K's dealer is its beaver
+# type: TrustedFirstParty (0.9.5's default) is rank 0, the server; TrustedThirdParty a beaver service of its own.
+SECURITY = {("ABY3", None): "3pc-honest-majority", ("CHEETAH", None): "2pc",
+            ("SEMI2K", "TrustedFirstParty"): "2pc-dealer-is-server",
+            ("SEMI2K", "TrustedThirdParty"): "2pc-dealer-third-party"}
+
+
+def security_of(runtime: dict[str, str]) -> str:
+    """The security label of the runtime settings SPU ran with (baselines.spu.driver.runtime_settings)."""
+    protocol, beaver = runtime.get("protocol"), runtime.get("beaver_type")
+    label = SECURITY.get((protocol, None)) or SECURITY.get((protocol, beaver))
+    if label is None:
+        raise ValueError(f"SPU runtime protocol={protocol!r} beaver_type={beaver!r} has no security label; "
+                         f"known: {sorted(SECURITY)} (add it with its definition to protocols/vocabulary.py)")
+    return label
 DEFAULT_PROTOCOL = "aby3"
 
 
@@ -45,11 +59,18 @@ def validate(cfg: Any) -> None:
         raise ValueError(f"protocol.embedding={cfg.embedding!r}; choices with engine=spu: {list(EMBEDDINGS)}")
     if str(cfg.provider).upper() != "TFP":
         raise ValueError(f"protocol.provider={cfg.provider!r} is a CrypTen provider; engine=spu takes its "
-                         "correlated randomness from protocol.mpc_protocol (semi2k: a dealer, aby3/cheetah: none)")
+                         "correlated randomness from protocol.mpc_protocol (semi2k: the server deals, "
+                         "aby3/cheetah: none)")
 
 
-def run(cfg: Any, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> list[Row]:
-    """One SPU forward per warm-up + repeat of `model` on random token ids; rows as in the module docstring."""
+def configured_security(cfg: Any) -> str:
+    """The label of the settings the driver would run cfg.mpc_protocol with (read in .venv-spu, nothing run)."""
+    return security_of(runtime_settings(cfg.mpc_protocol, cfg.approx))
+
+
+def run(cfg: Any, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> tuple[list[Row], str]:
+    """One SPU forward per warm-up + repeat of `model` on random token ids: the rows (module docstring) and the
+    security label read from the RuntimeConfig the driver ran with."""
     if request.task != "forward":
         raise ValueError(f"task {request.task!r} is not supported by protocol=mpc engine=spu; supported: 'forward'")
     net = model.build()
@@ -64,7 +85,7 @@ def run(cfg: Any, model: ModelSpec, network: NetworkProfile, request: RunRequest
                              n_runs=request.warmup + request.repeats, workdir=request.workdir,
                              timeout_s=cfg.timeout_s, embedding=cfg.embedding)
     write_profile(result, request)
-    return rows(result, getattr(out, result.output_name), mask, network, request)
+    return rows(result, getattr(out, result.output_name), mask, network, request), security_of(result.runtime)
 
 
 def rows(result: SpuResult, reference: torch.Tensor, mask: torch.Tensor, network: NetworkProfile,
@@ -84,6 +105,7 @@ def write_profile(result: SpuResult, request: RunRequest) -> None:
     """SPU's per-operator profile and versions beside the run's rows (the run folder outlives its workdir)."""
     run_dir = request.workdir.parent
     run_dir.mkdir(parents=True, exist_ok=True)
-    profile = {"versions": result.versions, "parties": result.parties, "compile_s": result.compile_s,
+    profile = {"versions": result.versions, "runtime": result.runtime, "parties": result.parties,
+               "compile_s": result.compile_s,
                "runs": [{"seconds": r.seconds, "links": r.links, "ops": r.ops} for r in result.runs]}
     (run_dir / "spu_profile.json").write_text(json.dumps(profile, indent=1))
