@@ -29,8 +29,11 @@ HOST = "2-core CPU host, both parties on it (loopback); link modelled on PUMA's 
 
 
 def _security_words(security: str) -> str:
-    return {"2pc-dealer": "a trusted dealer draws every Beaver triple in the clear (CrypTen TFP: the server itself, "
-                          "which could unmask the device's input), so no OT/HE preprocessing is paid",
+    return {"2pc-dealer-is-server": "the server itself draws every Beaver triple in the clear (CrypTen TFP), so it "
+                                    "could unmask the device's input and no OT/HE preprocessing is paid",
+            "2pc-dealer-third-party": "a third party draws every Beaver triple in the clear (CrypTen TTP), so no "
+                                      "OT/HE preprocessing is paid",
+            "2pc-dealer": "a trusted dealer (an old label: regenerate with make bench to tell server from third party)",
             "2pc": "two parties with OT/HE preprocessing between them, as CipherGPT",
             "3pc-honest-majority": "three parties with an honest majority (a setting CipherGPT does not assume)",
             }.get(security, f"security {security!r}")
