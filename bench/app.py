@@ -27,6 +27,7 @@ from tqdm import tqdm
 from bench.answer import RUN_POINTER, print_answer, run_line, sweep_runs
 from bench.hostslot import host_slot
 from bench.results import LOCK, ROWS, RunReport, atomic_write_parquet, provenance, run_id, to_frame
+from bench.schema import RootConfig, labelled_network
 from bench.status import run_status
 from bench.validate import ConfigError, check_run_config, sweep_without_multirun
 from protocols.contract import Protocol, RemoteCloudConfig, RunRequest
@@ -58,8 +59,12 @@ RUN_KEYS = ("experiment_name", "model", "protocol", "network", "run")
 
 
 def run_key(cfg: Mapping[str, Any]) -> dict:
-    """What defines a run (and its id): experiment, model, protocol, network, workload (and a remote cloud)."""
+    """What defines a run (and its id): experiment, model, protocol, network, workload (and a remote cloud).
+
+    The network under its label (bench.schema.labelled_network): unchanged profiles keep their run ids."""
     key = {k: cfg.get(k) for k in RUN_KEYS}
+    if isinstance(key["network"], Mapping):
+        key["network"] = labelled_network(key["network"])
     folder = (cfg.get("model") or {}).get("path")
     if folder:  # weights from a folder: rewriting it (a new distillation) is a new run, not a finished one
         key["model_files"] = folder_fingerprint(Path(str(folder)))
@@ -120,6 +125,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> RunReport:
     """
     c = _plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     check_run_config(c)
+    c["network"] = labelled_network(c["network"])  # a changed profile is no longer that profile: rows, report, line
     rid = run_id(run_key(c))
     out = run_dir_of(c)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +133,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> RunReport:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        wait = float(c.get("lock_timeout_s", 3600))
+        wait = float(c.get("lock_timeout_s", RootConfig.lock_timeout_s))
         log.warning("run %s (%s) is being written by another process (lock %s): waiting up to %.0f s",
                     rid, out, lock.lock_file, wait)
         try:
@@ -149,7 +155,7 @@ def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
         log.info("run %s (%s) already done: skipped; pass force=true to redo", rid, out)
         previous.skipped = True
         return previous
-    keep = bool(c.get("keep_checkpoints", False))
+    keep = bool(c.get("keep_checkpoints", RootConfig.keep_checkpoints))
     if not keep:
         _clear_stale_work(out)
     report = RunReport(run_id=rid, experiment=c["experiment_name"], config=c, provenance=provenance(),
@@ -172,7 +178,8 @@ def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
             "approx": protocol.approx_name(), "security": check_security(protocol.security_label()),
             "engine": protocol.engine_name(), "model": spec.name,
             "n_params": spec.n_params,
-            "network": network.name, "batch_size": request.batch_size, "seq_len": request.seq_len,
+            "network": network.name, "bandwidth_bps": network.bandwidth_bps, "rtt_s": network.rtt_s,
+            "batch_size": request.batch_size, "seq_len": request.seq_len,
             "seed": request.seed,
         }
         df = to_frame(rows, context)
@@ -261,6 +268,7 @@ def main(cfg: DictConfig) -> float | None:
             return None
         raise ConfigError(refusal)
     try:
+        check_run_config(_plain(cfg))  # unknown keys and bad values refused before waiting for the host
         with host_slot(protocol_class(cfg.protocol).parallel_safe, what=f"protocol {cfg.protocol.get('name')!r}"):
             report = run(cfg)
     except ConfigError as e:

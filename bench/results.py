@@ -24,13 +24,14 @@ from protocols.contract import Row
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "run_id", "experiment", "protocol", "approx", "security", "engine", "model", "n_params", "network", "batch_size",
-    "seq_len", "phase", "metric", "source", "value", "unit", "seed", "repeat",
+    "run_id", "experiment", "protocol", "approx", "security", "engine", "model", "n_params", "network", "bandwidth_bps",
+    "rtt_s", "batch_size", "seq_len", "phase", "metric", "source", "value", "unit", "seed", "repeat",
 ]
 DTYPES = {
     "run_id": "string", "experiment": "string", "protocol": "string", "approx": "string", "security": "string",
     "engine": "string",
-    "model": "string", "n_params": "Int64", "network": "string", "batch_size": "Int64",
+    "model": "string", "n_params": "Int64", "network": "string", "bandwidth_bps": "float64",
+    "rtt_s": "float64", "batch_size": "Int64",
     "seq_len": "Int64", "phase": "string", "metric": "string", "source": "string", "value": "float64",
     "unit": "string", "seed": "Int64", "repeat": "Int64",
 }
@@ -67,7 +68,11 @@ def with_runs(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Rows with the runs table's link and protocol-parameter columns (bandwidth_bps, rtt_s, protocol.*)."""
     cols = ["run_id"] + [c for c in runs.columns
                          if c in ("bandwidth_bps", "rtt_s", "reference_protocol") or c.startswith("protocol.")]
-    return rows.merge(runs[cols].drop_duplicates("run_id"), on="run_id", how="left")
+    shared = [c for c in cols[1:] if c in rows.columns]  # the rows' own link columns: kept, gaps filled from runs
+    out = rows.merge(runs[cols].drop_duplicates("run_id"), on="run_id", how="left", suffixes=("", "@runs"))
+    for col in shared:
+        out[col] = out[col].fillna(out.pop(f"{col}@runs").astype(out[col].dtype))
+    return out
 
 
 def _fsync_dir(folder: Path) -> None:

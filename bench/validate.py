@@ -108,7 +108,13 @@ def cloud_problems(cloud: Mapping[str, Any], network: Mapping[str, Any]) -> list
 
 
 def check_run_config(cfg: Mapping[str, Any]) -> None:
-    """Raise ConfigError listing every problem of a composed run config (plain mapping), before any work."""
+    """Raise ConfigError listing every problem of a composed run config (plain mapping), before any work:
+    unknown keys first (bench.schema), then the values."""
+    from bench.schema import schema_problems  # noqa: PLC0415 - the schema reads the protocol classes
+
+    problems = schema_problems(cfg)
+    if problems:  # a misspelt key would make the value checks below misleading: name it alone
+        raise ConfigError("invalid run configuration (nothing was built or run):\n  - " + "\n  - ".join(problems))
     problems = workload_problems(cfg.get("run") or {}, cfg.get("model"))
     problems += network_problems(cfg.get("network") or {})
     problems += cloud_problems(cfg.get("cloud") or {}, cfg.get("network") or {})

@@ -113,9 +113,9 @@ def shape_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
 def output_bytes(model: ModelSpec, request: RunRequest) -> int:
     """Payload bytes of the model's full outputs for one forward request, from shapes."""
     b, t, h = request.batch_size, model.tokens_per_sample(request.seq_len), model.hidden_size
-    if model.head == "causal_lm":
+    if model.head in ("causal_lm", "masked_lm"):
         return shape_bytes((b, t, model.vocab_size), model.torch_dtype)
-    if model.head == "image_classification":
+    if model.head in ("image_classification", "sequence_classification"):  # a STIP decoder classifier: t x this
         return shape_bytes((b, model.num_labels), model.torch_dtype)
     return shape_bytes((b, t, h), model.torch_dtype) + shape_bytes((b, h), model.torch_dtype)
 

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,12 +25,41 @@ from protocols.sentences import INPUTS, sentence_inputs
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# The stock auto class per head kind; a model yaml names one of these keys as `head`.
+# The stock auto class per head kind; a model yaml names one of these keys as `head`. These are the heads
+# STIP transforms (README's family table; tests/test_stip_heads_reload.py), keyed by transformers' auto classes.
 HEADS = {
     "causal_lm": "AutoModelForCausalLM",
     "base": "AutoModel",
     "image_classification": "AutoModelForImageClassification",
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "masked_lm": "AutoModelForMaskedLM",
 }
+# transformers' per-family class names of each auto class (to read a folder's head from `architectures`).
+HEAD_MAPPINGS = {
+    "causal_lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "base": "MODEL_MAPPING_NAMES",
+    "image_classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    "sequence_classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "masked_lm": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+}
+
+
+@dataclass
+class ModelConfig:
+    """Every key a model config (configs/model/*.yaml) may have: what build_spec reads; bench refuses others."""
+
+    name: str | None = None
+    model_type: str | None = None  # transformers' model_type (from config.json with model.path)
+    head: str | None = None  # one of HEADS (model.path: from config.json's architectures)
+    weights: str = "random"  # random | minilm | smollm2 | path
+    path: str | None = None  # a save_pretrained folder (model=local)
+    reference: str | None = None  # the plaintext model accuracy is judged against (minilm | a folder)
+    tokenizer: str | None = None  # minilm | smollm2 | vit_image_processor | null
+    inputs: str = "random"  # random token ids | sentences
+    source: str = ""
+    n_layers: int | None = None  # fewer layers than published, to run big shapes at CPU size
+    dtype: str = "float32"
+    config: dict = field(default_factory=dict)  # transformers config values (published shapes)
 # RAM needed per model byte, a chosen bound: the developer's plaintext copy, the transformed copy
 # and the cloud process's own copy, plus one copy of headroom for the checkpoint write.
 HOST_MEMORY_FACTOR = 4.0
@@ -240,16 +270,31 @@ def local_path(cfg: Mapping[str, Any]) -> Path:
     return path
 
 
+def head_of(model_type: str, architectures: list[str]) -> str:
+    """The HEADS kind of a folder's `architectures` (transformers' auto mappings); refuses a head STIP lacks."""
+    from transformers.models.auto import modeling_auto  # noqa: PLC0415
+
+    if not architectures:
+        return "base"
+    for arch in architectures:
+        for head, mapping in HEAD_MAPPINGS.items():
+            names = getattr(modeling_auto, mapping).get(model_type)
+            if arch in ((names,) if isinstance(names, str) else tuple(names or ())):
+                return head
+    raise ValueError(f"model.path: architectures {architectures} (model_type {model_type!r}) is a head the "
+                     f"benchmark does not run; supported heads: {', '.join(HEADS)} (set model.head=<one of them> to "
+                     "load the folder with that head instead)")
+
+
 def from_folder(cfg: Mapping[str, Any]) -> dict:
     """A model config mapping completed from `model.path`'s config.json: family, head, name, weights."""
     cfg = dict(cfg)
     config = AutoConfig.from_pretrained(local_path(cfg), local_files_only=True)
     archs = list(getattr(config, "architectures", None) or [])
-    kinds = (("ForCausalLM", "causal_lm"), ("LMHeadModel", "causal_lm"),
-             ("ForImageClassification", "image_classification"))
-    head = next((h for suffix, h in kinds if any(a.endswith(suffix) for a in archs)), "base")
+    head = cfg.get("head") or head_of(config.model_type, archs)
+    auto_class(head)  # an explicit head is one of HEADS, or refused by name
     teacher = (getattr(config, "distillation", None) or {}).get("teacher")  # written by baselines.mpc.distill
-    cfg.update(model_type=config.model_type, head=cfg.get("head") or head, weights="path",
+    cfg.update(model_type=config.model_type, head=head, weights="path",
                name=cfg.get("name") or local_path(cfg).name, source=str(local_path(cfg)),
                reference=cfg.get("reference") or teacher)
     return cfg

@@ -122,7 +122,7 @@ def test_second_writer_gives_up_after_lock_timeout_saying_so(tmp_path, caplog):
 
 
 def test_stale_work_folders_of_killed_attempts_are_removed(tmp_path):
-    cfg = make_cfg(tmp_path, "+protocol.no_such_key=1")  # fails fast, after the lock and the clean-up
+    cfg = make_cfg(tmp_path, "protocol.return_mode=no_such_mode")  # fails fast, after the lock and the clean-up
     folder = run_dir_of(plain(cfg))
     (folder / "work-4242-deadbeef" / "cloud_checkpoint").mkdir(parents=True)
     report = run(cfg)

@@ -7,6 +7,7 @@ time (wait + socket push) are returned separately so a result never mixes them u
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +44,36 @@ def network_profile(cfg: Mapping[str, Any]) -> NetworkProfile:
     if missing:
         raise ValueError(f"network config lacks {missing}; see configs/network/*.yaml")
     return NetworkProfile(**{k: cfg[k] for k in keys if k in cfg})
+
+
+LINK_VALUES = ("bandwidth_bps", "rtt_s")  # what a link is; a name is only a label for these values
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two link values equal (None = no bandwidth limit; 0.04 == 4e-2 == 0.040)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+
+
+def _value(v: Any) -> str:
+    return "null" if v is None else f"{float(v):g}"
+
+
+def link_label(cfg: Mapping[str, Any], profiles: Mapping[str, Mapping[str, Any]]) -> str:
+    """The name a link's numbers are filed under: a profile's name only while its values are that profile's.
+
+    `profiles` are the shipped profiles by name. A profile with changed values is `wan[rtt_s=0.3]`; a name
+    that is no shipped profile (one's own link) carries all its values: `mylink[bandwidth_bps=1e+08,rtt_s=0.3]`.
+    Idempotent: the label of a labelled link is its label.
+    """
+    name = str(cfg.get("name"))
+    base_name = name.split("[", 1)[0]
+    base = profiles.get(base_name)
+    keys = [k for k in LINK_VALUES if base is None or not _same(cfg.get(k), base.get(k))]
+    if not keys:
+        return base_name
+    return f"{base_name}[{','.join(f'{k}={_value(cfg.get(k))}' for k in keys)}]"
 
 
 NO_NETWORK = NetworkProfile(name="none", bandwidth_bps=None, rtt_s=0.0, source="no emulation")
