@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bench.answer import RUN_POINTER, print_answer, run_line, sweep_runs
+from bench.conditions import RunConditions
 from bench.hostslot import host_slot
 from bench.results import LOCK, ROWS, RunReport, atomic_write_parquet, provenance, run_id, to_frame
 from bench.schema import RootConfig, labelled_network
@@ -172,7 +173,11 @@ def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
                              remote_cloud=remote_cloud_of(c))
         log.info("run %s: model=%s protocol=%s network=%s task=%s", rid, spec.name, protocol.name, network.name,
                  request.task)
+        sampler = RunConditions(request.threads).start()  # sets the device's threads; host load before
         rows = protocol.run(spec, network, request)
+        report.conditions, report.noisy = sampler.finish(rows, getattr(protocol, "process_threads", None))
+        for reason in report.noisy:
+            log.warning("run %s noisy: %s", rid, reason)
         context = {
             "run_id": rid, "experiment": c["experiment_name"], "protocol": protocol.name,
             "approx": protocol.approx_name(), "security": check_security(protocol.security_label()),

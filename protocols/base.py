@@ -46,6 +46,22 @@ class SocketConfig(ProtocolConfig):
             raise ValueError(f"protocol.cloud_device={self.cloud_device!r}; choose one of {list(CLOUD_DEVICES)}")
 
 
+def cpu_rows(sw: Stopwatch, cloud: CloudProcess, repeat: int) -> list[Row]:
+    """Process CPU time of the device's phases and of the cloud's compute (as the cloud reported it)."""
+    rows = [Row(name, "cpu_time", t, "host", repeat=repeat) for name, t in sw.cpu.items()]
+    call = cloud.last_call
+    if call is not None and call.cloud_compute_cpu is not None:
+        rows.append(Row("cloud_compute", "cpu_time", float(call.cloud_compute_cpu), "host", repeat=repeat))
+    return rows
+
+
+def cloud_threads_seen(cloud: CloudProcess) -> dict:
+    """The cloud process's torch threads as its last reply reported them (for report.conditions)."""
+    call = cloud.last_call
+    return {"intra_op": call.cloud_threads if call is not None else None,
+            "requested": getattr(cloud, "threads", None)}
+
+
 class CloudHandler:
     """Base of a cloud process's handler: tensors in, tensors + meta out, contiguous for the wire."""
 
@@ -130,6 +146,7 @@ class SocketProtocol(Protocol):
                 rows += self.forward(cloud, model, network, request)
             else:
                 rows += self.generate(cloud, model, network, request)
+            self.process_threads = {"cloud": cloud_threads_seen(cloud)}  # read by the runner (report.conditions)
         return rows
 
     def shape_rows(self, model: ModelSpec, request: RunRequest) -> list[Row]:
@@ -157,6 +174,7 @@ class SocketProtocol(Protocol):
             delta = cloud.meter.delta(before, cloud.meter.snapshot())
             for k in CLOUD_PHASES:
                 sw.add(k, cloud.last_timing[k])
+            rows += cpu_rows(sw, cloud, repeat)
             rows += [Row(name, "latency", t, "socket" if name in CLOUD_PHASES else "host", repeat=repeat)
                      for name, t in sw.times.items()]
             factor = self.device_slowdown()

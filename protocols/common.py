@@ -20,6 +20,7 @@ from transport.client import CloudClient, CloudError, RemoteCloud
 from transport.cloud import DESCRIBE
 from transport.link import NetworkProfile
 from transport.serve import TOKEN_ENV
+from transport.threads import apply_threads, resolve_threads
 from transport.wire import expected_payload_bytes
 
 log = logging.getLogger(__name__)
@@ -52,16 +53,22 @@ def to_device(tensors: Mapping[str, torch.Tensor], model: torch.nn.Module) -> di
 
 
 def configure_threads(n: int | None) -> None:
-    """Pin torch's intra-op threads so device and cloud processes do not fight over cores."""
-    if n:
-        torch.set_num_threads(int(n))
+    """Pin this process's torch threads to `n` (None: leave the count its starter set by transport.threads' policy)."""
+    if n is not None:
+        apply_threads(n)
 
 
 def cloud_process(factory: str, kwargs: dict, network: NetworkProfile, request: RunRequest) -> CloudClient:
     """Start the cloud party as a separate OS process, or reach the remote one `cloud.address` names."""
     if request.remote_cloud is not None:
         return remote_cloud(factory, kwargs, network, request)
-    return CloudProcess(factory, kwargs, network=network, timeout_s=request.cloud_timeout_s)
+    return CloudProcess(factory, kwargs, network=network, timeout_s=request.cloud_timeout_s,
+                        threads=cloud_threads(kwargs.get("threads"), request))
+
+
+def cloud_threads(protocol_threads: int | None, request: RunRequest) -> int:
+    """The cloud process's threads: `protocol.cloud_threads`, else `run.threads`, else the policy's default."""
+    return resolve_threads(protocol_threads if protocol_threads is not None else request.threads)
 
 
 def remote_cloud(factory: str, kwargs: dict, network: NetworkProfile, request: RunRequest) -> RemoteCloud:

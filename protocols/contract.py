@@ -110,6 +110,7 @@ class RunRequest:
     workdir: Path = field(default_factory=lambda: Path.cwd() / "outputs" / "scratch")
     cloud_timeout_s: float = 120.0
     remote_cloud: Optional[RemoteCloudConfig] = None  # None: the runner starts its own cloud process
+    threads: Optional[int] = None  # torch/OMP threads per process the run starts (None: transport.threads default)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -127,6 +128,8 @@ class RunRequest:
             raise ValueError(f"run.inputs=prompt_suite is for task generate with batch_size 1 (one prompt per pass); "
                              f"got task={self.task!r}, batch_size={self.batch_size}")
         self.workdir = Path(self.workdir)
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"run.threads={self.threads} must be >= 1, or null for the default (transport.threads)")
 
     def repeats_with_warmup(self):
         """(repeat, seed) for each pass: warm-up passes have repeat < 0 and are not recorded."""

@@ -1,4 +1,4 @@
-"""The one phase timer: wall time per named phase, plus any cumulative counters hooked in (MPC traffic).
+"""The one phase timer: wall and process CPU time per named phase, plus any hooked cumulative counters (MPC traffic).
 
 Socket protocols time device phases with it; the MPC meter hooks CrypTen's per-party round and byte
 counters into it, so every protocol's phases are charged the same way.
@@ -19,6 +19,7 @@ class Stopwatch:
         self.times: dict[str, float] = {}
         self.counts: dict[str, dict[str, float]] = {}
         self.calls: dict[str, int] = {}
+        self.cpu: dict[str, float] = {}  # process CPU time per phase (every thread), beside the wall time
         self._counters = counters
         self._active: str | None = None
 
@@ -29,11 +30,12 @@ class Stopwatch:
             raise RuntimeError(f"phase {name!r} opened inside phase {self._active!r}; phases do not nest")
         self._active = name
         before = dict(self._counters()) if self._counters else {}
-        start = time.perf_counter()
+        cpu_start, start = time.process_time(), time.perf_counter()
         try:
             yield
         finally:
             self.add(name, time.perf_counter() - start)
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu_start
             if self._counters:
                 acc = self.counts.setdefault(name, {})
                 for key, value in self._counters().items():
@@ -50,3 +52,4 @@ class Stopwatch:
         self.times.clear()
         self.counts.clear()
         self.calls.clear()
+        self.cpu.clear()

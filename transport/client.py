@@ -37,6 +37,7 @@ from transport.limits import ServerLimits
 from transport.link import EmulatedLink, NetworkProfile, profile_to_dict
 from transport.meter import DOWN, UP, TrafficMeter
 from transport.processes import signal_tree, spawn
+from transport.threads import resolve_threads, thread_env
 from transport.wire import (
     DEFAULT_MAX_MESSAGE_BYTES,
     KIND_ERROR,
@@ -89,6 +90,8 @@ class CallRecord:
     link_time_down: float  # modelled by the profile
     request_overhead_bytes: int
     reply: Message | None = field(default=None, repr=False)
+    cloud_compute_cpu: float | None = None  # the cloud process's CPU time in the handler (None: server did not say)
+    cloud_threads: int | None = None  # the cloud's torch intra-op threads during the call (as it reported)
 
     @property
     def timing(self) -> dict[str, float]:
@@ -266,7 +269,8 @@ class CloudClient:
             encode=start - t_encode, decode=t_decoded - t_end,
             bytes_up=int(traffic["bytes_up"]), bytes_down=int(traffic["bytes_down"]),
             link_time_up=self.link.one_way_time(len(frame)), link_time_down=link_down,
-            request_overhead_bytes=len(frame) - request_payload, reply=reply)
+            request_overhead_bytes=len(frame) - request_payload, reply=reply,
+            cloud_compute_cpu=runtime.get("cloud_compute_cpu"), cloud_threads=runtime.get("threads"))
         self.last_call, self.last_timing = record, record.timing
         if reply.kind == KIND_ERROR:
             raise CloudError(f"{self.describe} refused {method!r}: {reply.error}",
@@ -292,7 +296,7 @@ class CloudProcess(CloudClient):
                  startup_timeout_s: float | None = None, host: str = "127.0.0.1", port: int = 0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, frame_timeout_s: float = 120.0,
                  log_path: str | os.PathLike | None = None, log_level: str = "INFO",
-                 limits: ServerLimits | None = None) -> None:
+                 limits: ServerLimits | None = None, threads: int | None = None) -> None:
         module, sep, attr = factory.partition(":")
         if not sep or not module or not attr:
             raise ValueError(f"handler factory {factory!r} must look like 'pkg.module:function'")
@@ -309,6 +313,7 @@ class CloudProcess(CloudClient):
         super().__init__(network=network, timeout_s=timeout_s, host=host, port=port,
                          max_message_bytes=limits.max_message_bytes)
         self.factory = factory
+        self.threads = resolve_threads(threads)  # the child's torch threads and OMP/MKL/BLAS env (transport.threads)
         self.limits = limits
         self.startup_timeout_s = float(startup_timeout_s or max(self.timeout_s, 120.0))
         self._requested_port = port
@@ -347,8 +352,8 @@ class CloudProcess(CloudClient):
             self.log_path = Path(name)
         config = {"factory": self.factory, "kwargs": self.kwargs, "network": profile_to_dict(self.network),
                   "host": self.host, "port": self.port, "limits": self.limits.to_dict(), "log_level": self.log_level,
-                  "sys_path": [os.path.abspath(p) for p in sys.path if p]}
-        env = dict(os.environ)
+                  "sys_path": [os.path.abspath(p) for p in sys.path if p], "threads": self.threads}
+        env = {**os.environ, **thread_env(self.threads)}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, env.get("PYTHONPATH")]))
         self.port = self._requested_port
         ready_r, ready_w = os.pipe()

@@ -38,9 +38,12 @@ import time
 import traceback
 from typing import Any, Callable
 
+import torch
+
 from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, profile_from_dict
+from transport.threads import apply_threads, read_threads
 from transport.wire import (
     KIND_ERROR,
     KIND_RESULT,
@@ -424,9 +427,10 @@ class CloudServer:
         caller_token = _CALLER.set(caller)
         cancel_token = _CANCEL.set(cancel)
         try:
-            start = time.perf_counter()
+            cpu_start, start = time.process_time(), time.perf_counter()
             result = method(request.tensors, **request.meta)
             cloud_compute = time.perf_counter() - start
+            cloud_cpu = time.process_time() - cpu_start  # every thread of this process, torch's pool included
         except Exception as exc:  # the handler's bug is the caller's news, not the server's death
             error_id = secrets.token_hex(4)
             log.exception("handler method %r failed [error %s]", request.kind, error_id)
@@ -438,7 +442,8 @@ class CloudServer:
             self._handler_lock.release()
         try:
             tensors, meta = self._unpack_result(request.kind, result)
-            meta = {**meta, RUNTIME_META_KEY: {"cloud_compute": cloud_compute}}
+            meta = {**meta, RUNTIME_META_KEY: {"cloud_compute": cloud_compute, "cloud_compute_cpu": cloud_cpu,
+                                               "threads": torch.get_num_threads()}}
             return encode_frame(KIND_RESULT, tensors, meta, max_bytes=self.max_message_bytes)  # sent unjoined
         except Exception as exc:  # bad types, non-JSON meta, too large, tensors that will not copy
             log.error("handler method %r returned an unsendable result: %s", request.kind, exc)
@@ -504,10 +509,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.path.append(entry)
     threading.Thread(target=_exit_on_stdin_eof, daemon=True, name="parent-watch").start()
     try:
+        threads = apply_threads(config.get("threads"))  # before the handler loads: nothing parallel ran yet
         handler = load_factory(config["factory"])(**config.get("kwargs", {}))
         server = CloudServer(handler, network=EmulatedLink(profile_from_dict(config.get("network"))),
                              host=config.get("host", "127.0.0.1"), port=config.get("port", 0),
-                             limits=ServerLimits.from_dict(config.get("limits")))
+                             limits=ServerLimits.from_dict(config.get("limits")),
+                             description={"threads": read_threads(threads.get("requested"))})
     except BaseException as exc:
         log.exception("cloud handler startup failed")
         _write_ready(args.ready_fd, {"ready": False, "error": f"{type(exc).__name__}: {exc}",

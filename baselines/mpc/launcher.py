@@ -30,6 +30,7 @@ import psutil
 
 from baselines.mpc.compat import import_crypten
 from transport.processes import die_with_parent, signal_tree
+from transport.threads import apply_threads, inherited_threads
 
 log = logging.getLogger(__name__)
 PROVIDERS = ("TFP", "TTP")
@@ -92,7 +93,7 @@ def _party_main(fn: PartyFn, rank: int, world_size: int, rendezvous: str, provid
     try:
         import torch  # noqa: PLC0415
 
-        torch.set_num_threads(threads)
+        apply_threads(threads)  # intra-op, inter-op (where the forked pool allows) and the OMP/MKL/BLAS env
         if seed is not None:  # CrypTen draws its share seeds from torch's global generator at init
             torch.manual_seed(seed * 1009 + rank)
         crypten = import_crypten()
@@ -145,7 +146,7 @@ def _kill(proc: mp.Process) -> None:
 
 
 def run_parties(fn: PartyFn, payload: Any = None, *, world_size: int = 2, provider: str = "TFP",
-                timeout_s: float = 600.0, threads_per_party: int = 1, seed: int | None = None) -> list[Any]:
+                timeout_s: float = 600.0, threads_per_party: int | None = None, seed: int | None = None) -> list[Any]:
     """Run `fn` at every party and return their results ordered by rank (TTP not included).
 
     `seed` fixes each party's randomness (shares, triples) so that a run can be reproduced exactly.
@@ -154,6 +155,7 @@ def run_parties(fn: PartyFn, payload: Any = None, *, world_size: int = 2, provid
     """
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choices: {list(PROVIDERS)}")
+    threads_per_party = inherited_threads(threads_per_party)  # None: what the runner set (transport.threads)
     ctx = mp.get_context("fork")  # parties inherit the model and the function: nothing to pickle
     tmpdir = tempfile.mkdtemp(prefix=RENDEZVOUS_PREFIX)
     rendezvous = f"file://{os.path.join(tmpdir, 'rendezvous')}"

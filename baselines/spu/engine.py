@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from transport.threads import inherited_threads, thread_env, xla_flags
+
 from protocols.contract import AccuracyBound
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +71,13 @@ def spu_bound(approx: str) -> AccuracyBound | None:
     return BOUNDS[approx]
 
 
+
+def spu_env() -> dict[str, str]:
+    """The driver's thread settings (transport.threads): the runner's count in OMP/MKL/BLAS and XLA_FLAGS."""
+    n = inherited_threads()
+    return {**thread_env(n), "XLA_FLAGS": xla_flags(n, os.environ.get("XLA_FLAGS", ""))}
+
+
 def python() -> Path:
     """The SPU environment's interpreter, or an error naming `make install`."""
     exe = VENV / "bin" / "python"
@@ -92,7 +101,7 @@ def run_spu_forward(net: Any, model_type: str, ids: torch.Tensor, *, protocol: s
                "input_ids": ids.tolist(), "protocol": PROTOCOLS[protocol], "approx": approx, "runs": n_runs,
                "fxp_fraction_bits": fxp_fraction_bits, "timeout_s": timeout_s,
                "embedding": embedding}
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", **spu_env()}
     log_path = Path(workdir) / "spu_driver.log"
     with open(log_path, "w") as log:
         proc = subprocess.run([str(python()), "-m", "baselines.spu.driver"], input=json.dumps(request), text=True,
