@@ -5,18 +5,20 @@ tensors' own memory), so the kernel's copy into the socket is the only copy (a T
 has no sendmsg, gets the parts one after another, still unjoined). Receiving reads the prefix and
 validates it first, so an oversized declared length is refused before anything is allocated; the
 body is then received in place into one buffer of the declared size, which the decoder views
-(`torch.frombuffer`). Bodies of 64 KiB and more get an anonymous private memory map: the kernel
-commits its pages only as bytes arrive, so a declared length alone still commits no memory.
+(`torch.frombuffer`). The buffer is an uninitialised torch allocation: malloc serves a large one
+with a fresh mapping whose pages the kernel commits only as bytes arrive (so a declared length
+alone still commits no memory) and reuses freed memory for the next message of a similar size.
 Byte counts are reported through `on_bytes` per chunk, so a meter sees exactly what crossed the
 socket, partial frames included.
 """
 from __future__ import annotations
 
-import mmap
 import socket
 import ssl
 import time
-from typing import Callable, Union
+from typing import Callable
+
+import torch
 
 from transport.wire import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -28,10 +30,8 @@ from transport.wire import (
 )
 
 ByteCounter = Callable[[int], None]
-RecvBuffer = Union[bytearray, mmap.mmap]
 _CHUNK = 1 << 20  # bytes per send/recv call: the meter's granularity
 _MAX_PARTS = 512  # buffers per sendmsg call, well under the kernel's IOV_MAX (1024)
-_MAPPED_FROM = 64 << 10  # bodies this large are received into a lazily committed memory map
 
 
 class ConnectionClosed(ConnectionError):
@@ -101,34 +101,33 @@ def _recv_into(sock: socket.socket, buf: memoryview, deadline: float | None,
             on_bytes(n)
 
 
-def _buffer(n: int) -> RecvBuffer:
-    """A writable buffer of n bytes; from _MAPPED_FROM on a private anonymous map, committed as it is written."""
-    if n < _MAPPED_FROM:
-        return bytearray(n)
+def _buffer(n: int) -> memoryview:
+    """A writable n-byte buffer that torch owns, uninitialised: malloc reuses freed pages (no page faults
+    per message), and a large declared size is mapped by malloc and committed only as bytes arrive."""
     try:
-        return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)
-    except OSError as exc:  # the address space or overcommit policy refuses the declared size
-        raise MessageTooLarge(f"cannot reserve {n} B for a declared frame part ({exc}); lower the sender's "
+        return memoryview(torch.empty(n, dtype=torch.uint8).numpy())
+    except RuntimeError as exc:  # the allocator refuses the declared size
+        raise MessageTooLarge(f"cannot allocate {n} B for a declared frame part ({exc}); lower the sender's "
                               "message size or this side's max_message_bytes") from None
 
 
 def _recv_exactly(sock: socket.socket, n: int, deadline: float | None, on_bytes: ByteCounter | None,
-                  got_before: int) -> RecvBuffer:
+                  got_before: int) -> memoryview:
     """Receive exactly `n` bytes into one buffer of that size (no regrowth, no copy)."""
     buf = _buffer(n)
     if n:
-        _recv_into(sock, memoryview(buf), deadline, on_bytes, got_before)
+        _recv_into(sock, buf, deadline, on_bytes, got_before)
     return buf
 
 
 def recv_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
                deadline: float | None = None, frame_timeout_s: float | None = None,
                idle_timeout_s: float | None = None, max_header_bytes: int = MAX_HEADER_BYTES,
-               on_bytes: ByteCounter | None = None) -> tuple[bytes, RecvBuffer]:
+               on_bytes: ByteCounter | None = None) -> tuple[bytes, memoryview]:
     """Receive one frame and return its (JSON header, safetensors body) bytes.
 
-    The body is returned as the writable buffer it was received into (a bytearray or a memory map),
-    so decoding views it in place.
+    The body is returned as a writable view of the buffer it was received into, so decoding views
+    it in place.
 
     `deadline` (time.monotonic) bounds the whole frame; `idle_timeout_s` bounds the wait for its
     first byte and `frame_timeout_s` the rest of it once that byte arrived (a server waits a while
