@@ -28,6 +28,7 @@ PROTOCOL_COLORS = {"stip": "#1f77b4", "full_cloud": "#7f7f7f", "model_split": "#
                    "random_projection": "#d62728", "mpc": "#9467bd",
                    "permutation": "#1f77b4", "projection": "#d62728"}
 NETWORK_STYLES = ["-", "--", ":", "-."]
+MARKERS = "os^Dv<>pP*"
 PHASE_COLORS = dict(zip(STIP_PHASES, ["#aec7e8", "#1f77b4", "#ffbb78", "#7f7f7f", "#ff7f0e", "#98df8a"]))
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "legend.fontsize": 7, "axes.grid": True,
                      "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
@@ -67,15 +68,40 @@ def _spread(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return m.rename(columns={"median": "value", "q25": "lo", "q75": "hi"})
 
 
+LINK_VALUES = ("bandwidth_bps", "rtt_s")
+
+
 def _line_label(r: pd.Series, keys: list[str]) -> str:
-    """The values of `keys` that tell a figure's lines apart (engine, approx, variant ...), joined by ' · '."""
-    extra = [str(r[k]) for k in keys if k in r and pd.notna(r[k]) and str(r[k])]
-    return " · ".join(extra)
+    """The values of `keys` that tell a figure's lines apart, named ('batch 10 · return_mode=topk')."""
+    names = {"batch_size": "batch ", "seq_len": "seq ", "task": "task ", "bandwidth_bps": "bandwidth_bps=",
+             "rtt_s": "rtt_s="}
+    extra = [names.get(k, f"{k}=" if k.startswith("protocol.") else "") + str(r[k]) for k in keys
+             if k in r and pd.notna(r[k]) and str(r[k])]
+    return " · ".join(e.removeprefix("protocol.") for e in extra)
+
+
+def _line_keys(df: pd.DataFrame, fixed: tuple[str, ...], x_param: str | None = None) -> list[str]:
+    """The workload keys that vary in `df` beyond `fixed` (what a figure's lines are keyed and labelled by). With
+    `x_param` (a protocol parameter on the x axis) the variant is replaced by the other varying protocol.* columns."""
+    keys = [k for k in workload_keys(df) if k not in fixed and not (x_param and k == "variant")]
+    if x_param:
+        keys += [c for c in df.columns if c.startswith("protocol.") and c != f"protocol.{x_param}"]
+    return _varying(df, keys)
 
 
 def _varying(df: pd.DataFrame, keys: list[str]) -> list[str]:
-    """The keys among `keys` whose value differs between rows of `df`."""
-    return [k for k in keys if k in df and df[k].astype(str).nunique(dropna=False) > 1]
+    """The keys among `keys` whose value differs between rows of `df`; the link's values (bandwidth_bps, rtt_s) only
+    where they differ within one network label (the label already names them otherwise)."""
+    out = []
+    for k in keys:
+        if k not in df:
+            continue
+        within = df.groupby("network", dropna=False)[k] if k in LINK_VALUES and "network" in df else None
+        n = within.agg(lambda v: v.astype(str).nunique(dropna=False)).max() if within is not None else \
+            df[k].astype(str).nunique(dropna=False)
+        if n > 1:
+            out.append(k)
+    return out
 
 
 def _p90(ax: plt.Axes, x: pd.Series, m: pd.DataFrame, color: str) -> None:
@@ -158,7 +184,8 @@ def table5_accuracy(df: pd.DataFrame, out: Path) -> list[Path]:
     d = df[(df.phase == "output") & df.metric.isin(["max_abs_error", "sum_abs_error", "top1_agreement"])]
     if d.empty:
         return []
-    t = d.pivot_table(index=["protocol", "model", "n_params"], columns="metric", values="value", aggfunc="median")
+    keys = [k for k in workload_keys(d) if d[k].notna().any()] + ["n_params"]  # never pools two configurations
+    t = d.pivot_table(index=keys, columns="metric", values="value", aggfunc="median", dropna=False).dropna(how="all")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "table5_accuracy.csv"
     t.reset_index().to_csv(path, index=False)
@@ -171,15 +198,16 @@ def fig7a_throughput(df: pd.DataFrame, out: Path) -> list[Path]:
     if d.n_params.nunique() < 2:  # throughput against size needs two sizes; one point is no figure
         return []
     m = _spread(d, ["protocol", "network", "model", "n_params"])
-    lines = ["protocol", "network", *_varying(m, [k for k in workload_keys(m) if k not in ("model", "network",
-                                                                                            "protocol")])]
+    lines = ["protocol", "network", *_line_keys(m, ("model", "network", "protocol"))]
     nets = sorted(m.network.dropna().unique())
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    extras = sorted({_line_label(r, lines[2:]) for _, r in m.iterrows()})
     for key, g in m.groupby(lines, dropna=False):
         proto, net = key[0], key[1]
         g = g.sort_values("n_params")
         extra = _line_label(g.iloc[0], lines[2:])
-        ax.errorbar(g["n_params"], g["value"], yerr=[g["value"] - g["lo"], g["hi"] - g["value"]], marker="o",
+        marker = MARKERS[extras.index(extra) % len(MARKERS)]  # a marker per configuration, a colour per protocol
+        ax.errorbar(g["n_params"], g["value"], yerr=[g["value"] - g["lo"], g["hi"] - g["value"]], marker=marker,
                     capsize=3, color=_color(proto), linestyle=_style(net, nets),
                     label=f"{proto} / {net}" + (f" · {extra}" if extra else ""))
         _p90(ax, g["n_params"], g, _color(proto))
@@ -188,7 +216,7 @@ def fig7a_throughput(df: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_xlabel("parameters")
     ax.set_ylabel("throughput (tokens/s), median;\nbars: IQR over repeats, x: p90 (n ≥ 10)")
     _title(ax, "forward throughput", d, ("seq_len", "batch_size"))
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the lines, never over them
     return _save(fig, out, "fig7a_throughput")
 
 
@@ -219,7 +247,7 @@ def fig7d_breakdown(df: pd.DataFrame, out: Path) -> list[Path]:
     if d.empty:
         return []
     keys = ["model", "seq_len", "protocol", "network"]
-    keys += _varying(d, [k for k in workload_keys(d) if k not in keys])
+    keys += _line_keys(d, tuple(keys))
     m = d.groupby([*keys, "phase"], dropna=False)["value"].median().unstack("phase").fillna(0.0)
     m = m[[p for p in STIP_PHASES if p in m.columns]]
     totals = request_totals(d, keys).reindex(m.index)
@@ -270,9 +298,9 @@ def fig9_model_split(df: pd.DataFrame, out: Path) -> list[Path]:
     d = d.assign(k=_param(d, "device_layers")).dropna(subset=["k"])
     if d.k.nunique() < 2:  # latency against k needs two values of k
         return []
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     nets = sorted(d.network.dropna().unique())
-    lines = ["model", "network", *_varying(d, [k for k in workload_keys(d) if k not in ("model", "network")])]
+    lines = ["model", "network", *_line_keys(d, ("model", "network"), x_param="device_layers")]
     for key, g in d.groupby(lines, dropna=False):
         model, net = key[0], key[1]
         m = interval_frame(g, ["k"]).sort_index()
@@ -285,7 +313,7 @@ def fig9_model_split(df: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_xlabel("transformer layers on the device (k)")
     ax.set_ylabel("latency per request (s), median;\nbars: IQR over repeats, x: p90 (n ≥ 10)")
     _title(ax, "model split", d, ("seq_len", "batch_size"))
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, out, "fig9_model_split")
 
 

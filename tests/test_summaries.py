@@ -157,3 +157,18 @@ def test_memory_and_dcor_sweeps_print_their_quantities(tmp_path):
     text = console.export_text()
     assert "transform=permutation" in text and "dcor: embeddings 0.16" in text and "dcor: embeddings 0.175" in text
     assert "latency" not in text.split("\n", 1)[1].lower()  # no column of dashes for a quantity that is not there
+
+
+def test_figure_points_keep_configurations_apart(tmp_path):
+    from bench import plots
+
+    runs = pd.DataFrame({"run_id": ["a", "b"], "protocol": ["stip", "stip"], "status": ["ok", "ok"],
+                         "protocol.return_mode": ["full", "topk"]})
+    rows = join_runs(pd.concat([_stip_run("a"), _stip_run("b", 0.05)]), runs)
+    d = rows[(rows.phase == "total") & (rows.source == "socket") & (rows.metric == "latency")]
+    points = plots._spread(d, ["protocol", "network", "model"])
+    assert sorted(points.value) == [pytest.approx(0.101), pytest.approx(0.201)]  # pooled: one point at 0.151
+    acc = rows.assign(engine=rows.run_id.map({"a": "crypten", "b": "spu"}))
+    acc.loc[acc.run_id == "b", "value"] = 0.5
+    (path,) = plots.table5_accuracy(acc, tmp_path)
+    assert sorted(pd.read_csv(path).top1_agreement) == [0.5, 1.0]

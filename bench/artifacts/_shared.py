@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from baselines.reported import reported_by_id
-from bench.analysis import read_rows
+from bench.analysis import interval, read_rows
 from bench.artifacts import Comparison, paper_value
 from bench.results import with_runs
 
@@ -83,14 +83,18 @@ def not_measured(artifact: str, quantity: str, unit: str, command: str, reported
 
 
 def spread(values: Iterable[float], scale: float = 1.0, fmt: str = ".3g", of: str = "") -> str:
-    """A spread column: 'median of n[ <of>], range a-b' over the values x `scale` (the row's unit), NaN left out;
-    'one repeat' for a single value, '' for none."""
-    vals = sorted(float(v) * scale for v in values if pd.notna(v))
+    """A spread column: 'median of n[ <of>], IQR a-b[, p90 c], range d-e' over the values x `scale` (the row's
+    unit), NaN left out (IQR and p90 as bench.analysis.interval defines them); 'one repeat' for a single value,
+    '' for none."""
+    vals = [float(v) * scale for v in values if pd.notna(v)]
     if not vals:
         return ""
     if len(vals) == 1:
         return "one repeat"
-    return f"median of {len(vals)}{' ' + of if of else ''}, range {vals[0]:{fmt}}-{vals[-1]:{fmt}}"
+    iv = interval(vals)
+    p90 = f", p90 {iv['p90']:{fmt}}" if pd.notna(iv["p90"]) else ""
+    return (f"median of {iv['n']}{' ' + of if of else ''}, IQR {iv['q25']:{fmt}}-{iv['q75']:{fmt}}{p90}, "
+            f"range {iv['min']:{fmt}}-{iv['max']:{fmt}}")
 
 
 def runner_experiments(results: Path) -> list[str]:
