@@ -18,6 +18,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .generation_rules import generation_rules
 from .keys import USER_KEYS_FILE, KeySet
 from .parties import DataOwner, _family_of
 from .pooling import last_token_pooling
@@ -67,7 +68,8 @@ def load_device_package(directory: str | os.PathLike) -> DataOwner:
             for n, t in named:
                 t.copy_(tensors[f"{kind}.{n}"])
     keys = KeySet.load(directory / USER_KEYS_FILE)
-    return DataOwner(module, keys, _family_of(skeleton), pooling=last_token_pooling(skeleton))
+    return DataOwner(module, keys, _family_of(skeleton), pooling=last_token_pooling(skeleton),
+                     generation=generation_rules(config))
 
 
 def package_from_folders(model_dir: str | os.PathLike, keys_dir: str | os.PathLike, out: str | os.PathLike,

@@ -7,6 +7,7 @@ wrong model. Every failure names what differs and the way out; key values are ne
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import torch
 
@@ -106,3 +107,26 @@ def _check_heads(keys: KeySet, layer: int, dims: Dims) -> None:
         fail("the O-projection key does not follow V's order inside a head")
     if dims.rope and not torch.equal(k_within, torch.arange(hd).expand_as(k_within)):
         fail("under RoPE the order inside a Q/K head must stay fixed, but these keys permute it")
+
+
+WEIGHTS_ID_FIELD = "stip_weights_id"  # the cloud config's fingerprint of the device module it was made with
+
+
+def weights_fingerprint(module: torch.nn.Module, keys: KeySet) -> str:
+    """A keyed hash of the device module's tensors, so a device built for other weights is refused.
+
+    The key id names keys, not weights: a fine-tune re-transformed with the same keys would accept an
+    old device. Keyed by the user keys (pi, pi_c), so the cloud, which sees it, cannot test a guess of
+    the weights. Floats are hashed as float32: a bf16 copy of the same weights matches.
+    """
+    secret = hashlib.sha256(b"stip-weights-id-v1")
+    for name in sorted(n for n in USER_KEYS if n in keys.tensors):
+        secret.update(keys[name].to(torch.long).contiguous().numpy().tobytes())
+    digest = hashlib.blake2b(key=secret.digest(), digest_size=16)
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        t = t.float() if t.is_floating_point() else t
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()

@@ -5,6 +5,7 @@ import copy
 import inspect
 import logging
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -16,8 +17,9 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .errors import StipInputError
 from .families import Family, get_family
+from .generation_rules import GenerationRules, RopeState, generation_rules
 from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE, KeyMismatchError, KeySet
-from .keycheck import check_keys
+from .keycheck import WEIGHTS_ID_FIELD, check_keys, weights_fingerprint
 from .pooling import LastTokenPooling, last_token_pooling
 from .sampling import Sampling, choose_tokens
 from .tied import untie_parameters
@@ -67,6 +69,7 @@ class ModelDeveloper:
         untie_parameters(cloud)  # LM head and embedding, BERT's decoder bias: each saved on its own
         cloud.config.tie_word_embeddings = False
         setattr(cloud.config, KEY_ID_FIELD, self.keys.key_id)
+        setattr(cloud.config, WEIGHTS_ID_FIELD, weights_fingerprint(self.family.device_module(self.model), self.keys))
         new = self.transformed_state_dict()
         targets = cloud.state_dict(keep_vars=True)
         with torch.no_grad():
@@ -102,7 +105,8 @@ class DataOwner:
 
     def __init__(self, embedding: nn.Module, keys: KeySet, family: Family,
                  pooling: LastTokenPooling | None = None, noise_sigma: float = 0.0,
-                 noise_generator: torch.Generator | None = None) -> None:
+                 noise_generator: torch.Generator | None = None,
+                 generation: GenerationRules | None = None) -> None:
         if not noise_sigma >= 0.0:
             raise StipInputError(f"noise_sigma must be >= 0 (0 turns the noise defence off), got {noise_sigma}")
         self.noise_sigma = float(noise_sigma)
@@ -114,6 +118,21 @@ class DataOwner:
         self.hidden_size = int(self.keys["pi"].numel())
         self.pooling = pooling  # set for decoder sequence classifiers: the device pools (stip/pooling.py)
         self._float_dtype = _float_input_dtype(self.embedding)
+        # the model's generation-time thresholds (stip/generation_rules.py); None: built without its config
+        self.generation = generation
+        self._weights_id: str | None = None
+
+    @property
+    def weights_id(self) -> str:
+        """Keyed fingerprint of the device module (keycheck.weights_fingerprint); sent beside the key id."""
+        if self._weights_id is None:
+            self._weights_id = weights_fingerprint(self.embedding, self.keys)
+        return self._weights_id
+
+    @property
+    def device_id(self) -> str | None:
+        """What the device sends as `key_id`: the key id and its weights fingerprint, `key/weights`."""
+        return None if self.key_id is None else f"{self.key_id}/{self.weights_id}"
 
     @property
     def key_id(self) -> str | None:
@@ -130,7 +149,7 @@ class DataOwner:
                    user_only=True)
         embedding = copy.deepcopy(family.device_module(model))
         return cls(embedding, keys, family, pooling=last_token_pooling(model), noise_sigma=noise_sigma,
-                   noise_generator=noise_generator)
+                   noise_generator=noise_generator, generation=generation_rules(model.config))
 
     @torch.no_grad()
     def embed(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
@@ -186,7 +205,7 @@ class DataOwner:
                 raise StipInputError(f"{name} has shape {tuple(getattr(value, 'shape', ()))}, expected "
                                      f"[batch, seq] = {list(x.shape[:2])} to match the inputs")
         speculation = {k: v for k, v in (("last_n", last_n), ("cache_length", cache_length)) if v is not None}
-        return {"inputs_embeds": x, **clear, "key_id": self.key_id, "session": session,
+        return {"inputs_embeds": x, **clear, "key_id": self.device_id, "session": session,
                 "last_only": last_only, "top_k": top_k, **speculation}
 
     def _route_inputs(self, named: Mapping[str, torch.Tensor | None],
@@ -325,6 +344,7 @@ class ModelServer:
             self.family.prepare_server(self.model)
         self.hidden_size = self.family.dims(cloud_model.config).hidden
         self.key_id: str | None = getattr(cloud_model.config, KEY_ID_FIELD, None)
+        self.weights_id: str | None = getattr(cloud_model.config, WEIGHTS_ID_FIELD, None)
         self.pools_last_token = last_token_pooling(cloud_model) is not None
         self._takes_position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
         # causal LMs of transformers 5 compute the head only at the kept positions; others (BERT's MLM, ViT,
@@ -335,6 +355,13 @@ class ModelServer:
         self.max_sessions_per_owner = max_sessions_per_owner  # None: only max_sessions bounds an owner
         self._sessions: dict[str, dict] = {}
         self._session_owner: dict[str, tuple[str | None, float]] = {}  # id -> (owner, last used, monotonic)
+        # transformers 5 names the cache `cache` (`past_key_values` is deprecated, gone in 5.40)
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"
+        self.generation_rules = generation_rules(cloud_model.config)
+        # RoPE state a forward changes (dynamic, longrope): each session gets its own, from the original
+        self._rope = RopeState(self.model) if self.generation_rules.rope else None
+        self._forward_lock = threading.Lock()  # the RoPE state swap and the forward happen as one
 
     def open_session(self, owner: str | None = None) -> str:
         """Start a generation session; the server keeps its KV cache until closed or unused for session_ttl_s.
@@ -350,7 +377,7 @@ class ModelServer:
                                f"{self.max_sessions_per_owner}); close finished ones")
         session = uuid.uuid4().hex
         self._sessions[session] = {"cache": None, "mask": None, "length": 0, "step": 0, "batch": None,
-                                   "last_position": None}
+                                   "last_position": None, "rope": None}
         self._session_owner[session] = (owner, time.monotonic())
         return session
 
@@ -390,7 +417,16 @@ class ModelServer:
         return len(mine)
 
     def check_key_id(self, key_id: str | None) -> None:
-        """Raise KeyMismatchError if the device's key id is not the one this cloud model was made with."""
+        """Raise KeyMismatchError if the device's key id (`key` or `key/weights`, DataOwner.device_id) is not
+        this cloud model's, or its weights fingerprint is not the one the model was made from."""
+        key_id, _, weights = (key_id or "").partition("/")
+        key_id = key_id or None
+        if key_id is not None and key_id == self.key_id and weights and self.weights_id \
+                and weights != self.weights_id:
+            raise KeyMismatchError(f"the device's embedding weights (fingerprint {weights[:12]}...) are not the ones "
+                                   f"this cloud model was made from ({self.weights_id[:12]}...): same keys, other "
+                                   "weights (a fine-tune re-transformed with old keys?); give the device the package "
+                                   "made from this checkpoint's model (stip device-package)")
         if key_id is not None and key_id != self.key_id:
             found = f"key id {self.key_id}" if self.key_id else "no stip_key_id in its config (not a STIP cloud model?)"
             raise KeyMismatchError(f"the device holds keys {key_id} but the cloud model has {found}: its weights "
@@ -439,7 +475,7 @@ class ModelServer:
         if state["cache"] is None:  # recording past states lets sliding-window layers be cropped exactly
             state["cache"] = DynamicCache(config=self.model.config)
             state["cache"].activate_past_recording()
-        kwargs: dict[str, Any] = {"past_key_values": state["cache"], "use_cache": True}
+        kwargs: dict[str, Any] = {self._cache_kwarg: state["cache"], "use_cache": True}
         if attention_mask is None and state["mask"] is None:
             return kwargs
         past = state["mask"]
@@ -467,13 +503,13 @@ class ModelServer:
         if cache_length is None:
             drop = 0
         else:
-            low, high = state["length"] - state["step"] + 1, state["length"]
+            low, high = state["length"] - state["step"], state["length"]
             if isinstance(cache_length, bool) or not isinstance(cache_length, int) or state["step"] == 0 \
                     or not low <= cache_length <= high:
                 allowed = f"an int in [{low}, {high}]" if state["step"] else "none before the first step"
                 raise StipInputError(f"cache_length={cache_length!r} does not fit session '{session}': it holds "
                                      f"{high} tokens, {state['step']} of them from the last request; a roll-back "
-                                     f"may only drop that request's drafts and keep its first token, so "
+                                     f"may only drop tokens of that request (rejected drafts, or all of it to redo it), so "
                                      f"cache_length must be {allowed}")
             drop = high - cache_length
         if cache is None:
@@ -481,7 +517,9 @@ class ModelServer:
         if drop:
             _check_croppable(cache, self.family.name)
         cache.crop(-drop)
-        if drop:
+        if drop and cache_length == 0:  # the whole prompt is redone: positions come from its mask again
+            state.update(cache=None, mask=None, length=0, step=0, batch=None, last_position=None, rope=None)
+        elif drop:
             mask, last = state["mask"], state["last_position"]
             state.update(length=cache_length, step=state["step"] - drop,
                          mask=None if mask is None else mask[:, :cache_length],
@@ -539,7 +577,7 @@ class ModelServer:
         keep = last_n or (1 if last_only or top_k else None)  # positions the reply carries (None: all)
         if keep and self.takes_logits_to_keep:
             kwargs["logits_to_keep"] = int(keep)  # the head runs on those positions only: same work as plain
-        result, cache = self._forward(x, kwargs)
+        result, cache = self._generation_forward(x, kwargs, session, last_n)
         if session is not None:
             self._end_step(session, kwargs, cache, shape)
         if last_n:
@@ -553,6 +591,40 @@ class ModelServer:
             result = {"topk_values": values, "topk_indices": indices}
         return result
 
+    def _generation_forward(self, x: torch.Tensor, kwargs: dict[str, Any], session: str | None,
+                            last_n: int | None) -> tuple[dict[str, torch.Tensor], Any]:
+        """The forward, from the session's own RoPE state (a stateless call: the original state).
+
+        Refuses what transformers' generation would compute differently (stip/generation_rules.py):
+        drafts across a RoPE frequency change, and a cached step across Phi-3's cache recompute.
+        """
+        if session is not None:
+            self._check_thresholds(session, int(x.shape[1]), last_n)
+        if self._rope is None:
+            return self._forward(x, kwargs)
+        with self._forward_lock:
+            self._rope.restore(None if session is None else self._sessions[session]["rope"])
+            out = self._forward(x, kwargs)
+            if session is not None:
+                self._sessions[session]["rope"] = self._rope.capture()
+            self._rope.restore(None)
+        return out
+
+    def _check_thresholds(self, session: str, seq: int, last_n: int | None) -> None:
+        rules, past = self.generation_rules, self._sessions[session]["length"]
+        if rules.recomputes(past, past + seq):
+            raise StipInputError(f"this {rules.model_type} model drops its KV cache when the sequence grows past "
+                                 f"{rules.recompute_at} tokens (transformers recomputes it there); this request "
+                                 f"grows a {past}-token session to {past + seq}: send the whole sequence in a new "
+                                 "session (stip.generate does)")
+        drafts = (last_n or 1) - 1
+        limit = rules.max_drafts(past + seq - drafts)
+        if drafts and limit is not None and drafts > limit:
+            raise StipInputError(f"{drafts} drafted tokens at sequence length {past + seq - drafts} would change "
+                                 f"the RoPE frequencies ({dict(rules.rope)}) or cross a cache recompute "
+                                 f"({rules.recompute_at}) that greedy decoding applies one token at a time; "
+                                 f"send at most {limit} drafts here (stip.generate limits them itself)")
+
     def _forward(self, x: torch.Tensor, kwargs: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Any]:
         """The stock forward (a decoder classifier: its base model + score head, unpooled)."""
         if self.pools_last_token:
@@ -563,4 +635,4 @@ class ModelServer:
         else:
             out = self.model(inputs_embeds=x, **kwargs)
         result = {k: out[k] for k in OUTPUT_SPACES if k in out and out[k] is not None}
-        return result, out.get("past_key_values")
+        return result, kwargs.get(self._cache_kwarg)  # the session's cache object, updated in place

@@ -8,6 +8,8 @@ needs the candidates at their token ids. What crosses `pi_c` per row:
 
 - greedy: one index (plus, only when the maximum is tied, the tied positions);
 - top-k (alone or before top-p): the k candidates (more only when the k-th score is tied);
+- a top-n return from the cloud (n = k + 1): enough to see a tie at the boundary, which raises
+  IncompleteCandidates (stip.generate then asks for the whole row);
 - top-p alone, or plain sampling: the whole row (the same gather as `DataOwner.decode`),
   since every token stays a candidate until top-p has sorted the row.
 
@@ -24,6 +26,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+
+class IncompleteCandidates(ValueError):
+    """The cloud's top candidates tie at their boundary, so the choice may need one it did not return.
+
+    stip.generate catches it and asks the cloud for that position's whole row.
+    """
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,13 @@ class Sampling:
     def k(self) -> int | None:
         """The top-k filter's size, or None when there is no top-k filter."""
         return self.top_k or None
+
+    @property
+    def needed(self) -> int | None:
+        """How many top scores decide the choice (greedy: the maximum), None: every score."""
+        if not self.do_sample:
+            return 1
+        return self.k
 
     @property
     def p(self) -> float | None:
@@ -132,10 +148,8 @@ def choose_tokens(
         raise ValueError(f"scores must be [batch, candidates], got shape {tuple(scores.shape)}")
     n = scores.shape[-1]
     full_row = n == vocab_size
-    if not full_row and (sampling.do_sample and (sampling.k is None or sampling.k > n)):
-        raise ValueError(f"{n} candidate scores of a {vocab_size}-token vocabulary are exact only for greedy "
-                         f"or top_k <= {n} sampling (got top_k={sampling.top_k}); return more candidates or "
-                         "set top_k")
+    if not full_row:
+        check_candidates(scores, sampling, vocab_size)
     scores = scores.float()
     if not sampling.do_sample:
         return _greedy(scores, token_ids)
@@ -161,6 +175,38 @@ def choose_tokens(
     else:
         token_scores.scatter_(1, _map(token_ids, positions[:, :k]), values[:, :k])
     return _draw(token_scores, sampling, generator)
+
+
+def check_candidates(scores: torch.Tensor, sampling: Sampling, vocab_size: int) -> None:
+    """Refuse candidate scores [B, n] (a top-n return) that cannot decide the choice exactly.
+
+    The choice needs the top `needed` scores and every score tied with the last of them; the
+    (needed+1)-th returned score shows whether one more is tied. Raises IncompleteCandidates on
+    a tie at the boundary (the whole row is needed), ValueError when n is too small to tell.
+    """
+    n, need = scores.shape[-1], sampling.needed
+    if need is None or need >= n:
+        raise ValueError(f"{n} candidate scores of a {vocab_size}-token vocabulary are exact only for greedy "
+                         f"or top_k < {n} sampling (one more candidate than top_k shows a tie at the boundary; "
+                         f"got do_sample={sampling.do_sample}, top_k={sampling.top_k}); return more candidates "
+                         "or set top_k")
+    ordered = scores.float().sort(dim=-1, descending=True).values
+    if bool((ordered[:, n - 1] == ordered[:, need - 1]).any()):
+        raise IncompleteCandidates(f"the top {n} scores tie from rank {need} to {n}, so the choice may need a "
+                                   "candidate the cloud did not return; ask for the whole row")
+
+
+def incomplete_rows(values: torch.Tensor, need: int = 1) -> torch.Tensor:
+    """Per row of candidate scores [m, n]: whether a tie at rank `need` may reach past the n returned."""
+    ordered = values.float().sort(dim=-1, descending=True).values
+    if ordered.shape[-1] <= need:
+        return torch.ones(ordered.shape[0], dtype=torch.bool)
+    return ordered[:, -1] == ordered[:, need - 1]
+
+
+def greedy_among(values: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Greedy's token per row [m] among candidates (lowest token id among the maxima); rows must be complete."""
+    return _greedy(values.float(), token_ids)[:, 0]
 
 
 def reference_next_token(logits: torch.Tensor, sampling: Sampling,

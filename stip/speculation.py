@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 
 from .draft_corpus import DraftCorpus
+from .generation_rules import GenerationRules
 from .parties import DataOwner
-from .sampling import Sampling
+from .sampling import Sampling, greedy_among, incomplete_rows
+from .sequence import SequenceInputs
 
 if TYPE_CHECKING:
     from .generate import InferenceServer
 
-SPECULATION_TOPK = 2  # per drafted position: the argmax, and the runner-up to see a tie at the top
+SPECULATION_TOPK = 2  # candidates per drafted position by default: the argmax, and the runner-up to see a tie
 
 
 @runtime_checkable
@@ -136,63 +138,80 @@ def check_speculation(speculate: Drafter, input_ids: torch.Tensor, sampling: Sam
         raise ValueError(f"return_topk must be an int >= 1, got {return_topk!r}")
 
 
-def _drafts(speculate: Drafter, tokens: torch.Tensor, limit: int, eos_token_id: int | None) -> torch.Tensor:
+def _drafts(speculate: Drafter, tokens: torch.Tensor, limit: int, eos: torch.Tensor | None) -> torch.Tensor:
     """The drafter's proposal, at most `limit` long and cut before an EOS (as transformers' prompt lookup)."""
     drafts = speculate.propose(tokens, limit).reshape(-1).to(tokens.dtype)[:max(limit, 0)]
-    if eos_token_id is not None:
-        eos = (drafts == eos_token_id).nonzero()
-        if eos.numel():
-            drafts = drafts[:int(eos[0, 0])]
+    if eos is not None:
+        stop = torch.isin(drafts, eos).nonzero()
+        if stop.numel():
+            drafts = drafts[:int(stop[0, 0])]
     return drafts
 
 
 def _choose_greedy(device: DataOwner, out: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy token after every returned position [m], and whether its top-k leaves the choice open [m]."""
+    """Greedy token after every returned position [m], and whether a tie may reach past the candidates [m]."""
     if "topk_values" not in out:
         raise ValueError(f"a speculative step expects the cloud's top-k, got {sorted(out)}")
-    values, indices = out["topk_values"][0], out["topk_indices"][0]  # [m, k]
-    chosen = device.next_token({"topk_values": values, "topk_indices": indices})[:, 0]
-    open_tie = (values[:, -1] == values[:, 0]) if values.shape[-1] > 1 else torch.zeros_like(chosen, dtype=torch.bool)
-    return chosen, open_tie
+    values = out["topk_values"][0]  # [m, k]
+    ids = device.decode({"topk_values": values, "topk_indices": out["topk_indices"][0]})["topk_indices"]
+    return greedy_among(values, ids), incomplete_rows(values, 1)
 
 
 def generate_speculative(
-    device: DataOwner, server: InferenceServer, input_ids: torch.Tensor, max_new_tokens: int,
-    speculate: Drafter, top_k: int, eos_token_id: int | None,
-    on_token: Callable[[int, torch.Tensor], None] | None, attention_mask: torch.Tensor | None,
-    device_inputs: Mapping[str, torch.Tensor] | None, stats: GenerationStats | None,
+    device: DataOwner, server: InferenceServer, inputs: SequenceInputs, max_new_tokens: int,
+    speculate: Drafter, top_k: int, eos: torch.Tensor | None,
+    on_token: Callable[[int, torch.Tensor], None] | None, rules: GenerationRules, stats: GenerationStats | None,
 ) -> torch.Tensor:
-    """Draft, verify in one round trip, keep the greedy prefix + one token, crop the cloud's cache."""
-    tokens, remaining = input_ids, max_new_tokens
-    # device inputs (LLaVA's image) embed with the prompt only: drafting starts after it
-    drafts = _drafts(speculate, tokens, remaining - 1 if not device_inputs else 0, eos_token_id)
-    mask = None if attention_mask is None else torch.cat(
-        [attention_mask, attention_mask.new_ones(1, drafts.numel())], dim=-1)
-    session = server.open_session()
+    """Draft, verify in one round trip, keep the greedy prefix + one token, crop the cloud's cache.
+
+    Drafts stop where a forward carrying them would differ from greedy's one-token forwards
+    (rules.max_drafts: RoPE frequencies that change with length, Phi-3's cache recompute), and
+    a position whose top-`top_k` ties at the boundary is redone with its whole row.
+    """
+    from .generate import infer
+
+    remaining, session, fresh_needed = max_new_tokens, None, True
     try:
-        request = device.request(torch.cat([input_ids, drafts[None]], dim=-1), attention_mask=mask,
-                                 session=session, top_k=top_k, last_n=drafts.numel() + 1, **(device_inputs or {}))
         while remaining > 0:
-            out = server.infer(request.pop("inputs_embeds"), **request)
-            chosen, open_tie = _choose_greedy(device, out)
+            length = inputs.length  # the last token (already chosen) is the request's first returned position
+            limit = remaining - 1 if not (session is None and inputs.prompt_only) else 0  # LLaVA: image first
+            allowed = rules.max_drafts(length)
+            drafts = _drafts(speculate, inputs.ids, limit if allowed is None else min(limit, allowed), eos)
+            fresh = fresh_needed or rules.recomputes(length - 1, length + drafts.numel())
+            if fresh:  # the prompt, or transformers drops the cache here: the whole sequence in a new session
+                if session is not None:
+                    server.close_session(session)
+                session = server.open_session()
+                request = inputs.prompt_request(device, session, top_k, drafts)
+            else:
+                request = inputs.step_request(device, torch.cat([inputs.ids[0, -1:], drafts])[None], session, top_k,
+                                              last_n=drafts.numel() + 1, cache_length=length - 1)
+            fresh_needed = False
+            chosen, open_tie = _choose_greedy(device, infer(server, request))
             n = accepted_length(drafts, chosen)
-            if bool(open_tie[:n + 1].any()):
-                raise ValueError(f"the top {top_k} scores at a drafted position are all tied, so greedy's "
-                                 "lowest-token-id rule may need a candidate the cloud did not return; raise "
-                                 "return_topk")
-            new = torch.cat([drafts[:n], chosen[n:n + 1]])
+            ties = open_tie[:n + 1].nonzero()
+            if ties.numel():  # the position's whole row decides: redo it alone, keeping the drafts before it
+                n = int(ties[0, 0])
+                keep = length - 1 + n
+                if fresh and keep == 0:
+                    redo = inputs.prompt_request(device, session, None, upto=1)
+                    redo["cache_length"] = 0
+                else:
+                    token = torch.cat([inputs.ids[0, -1:], drafts])[n:n + 1][None]
+                    redo = inputs.step_request(device, token, session, None, cache_length=keep)
+                new = torch.cat([drafts[:n], device.next_token(infer(server, redo))[0]])
+            else:
+                new = torch.cat([drafts[:n], chosen[n:n + 1]])
             for i, token in enumerate(new):
                 if on_token is not None:
                     on_token(max_new_tokens - remaining + i, token.view(1, 1))
-            tokens = torch.cat([tokens, new[None]], dim=-1)
+            inputs.append(new[None])
             remaining -= new.numel()
             if stats is not None:
                 stats.record(drafted=drafts.numel(), accepted=n, new_tokens=new.numel())
-            if remaining == 0 or (eos_token_id is not None and int(new[-1]) == eos_token_id):
+            if eos is not None and bool(torch.isin(new[-1:], eos).any()):
                 break
-            drafts = _drafts(speculate, tokens, remaining - 1, eos_token_id)
-            request = device.request(torch.cat([new[-1:], drafts])[None], session=session, top_k=top_k,
-                                     last_n=drafts.numel() + 1, cache_length=tokens.shape[1] - 1)
     finally:
-        server.close_session(session)
-    return tokens
+        if session is not None:
+            server.close_session(session)
+    return inputs.ids

@@ -150,8 +150,8 @@ def test_server_validates_cache_length_and_last_n():
     step = device.request(ids[:, :3], session=session, last_n=3)
     out = server.infer(**step)
     assert out["logits"].shape == (1, 3, model.config.vocab_size)
-    for bad in (8, 12, 2.5, True):  # must keep 9..11: the last request's first token, at most all of it
-        with pytest.raises(stip.StipInputError, match=r"must be an int in \[9, 11\]"):
+    for bad in (7, 12, 2.5, True):  # may drop only the last request's tokens (all of them: a redo)
+        with pytest.raises(stip.StipInputError, match=r"must be an int in \[8, 11\]"):
             server.infer(**device.request(ids[:, :1], session=session, cache_length=bad))
     with pytest.raises(stip.StipInputError, match="pass the session"):
         server.infer(**device.request(ids[:, :1], cache_length=9))
@@ -188,16 +188,23 @@ def test_accepted_length():
     assert accepted_length(torch.tensor([], dtype=torch.long), chosen) == 0
 
 
-def test_a_tie_the_top_k_cannot_resolve_is_refused():
-    """Greedy takes the lowest token id among tied maxima: with every returned score tied, it cannot know."""
+def test_a_tie_the_top_k_cannot_resolve_is_redone_with_the_whole_row():
+    """Greedy takes the lowest token id among tied maxima: with every returned score tied, the device
+    cannot know, so it redoes that position alone with its whole row (was: a refusal; with return_topk=1
+    the check was skipped)."""
     model = tiny_llama()
     device, server = setup(model)
 
     class TiedServer(CountingServer):
         def infer(self, x, **kwargs):
             out = super().infer(x, **kwargs)
+            if "topk_values" not in out:
+                return out
             return {**out, "topk_values": out["topk_values"][..., :1].expand_as(out["topk_values"])}
 
     ids = sample_inputs(model, batch=1, seq=5)["input_ids"]
-    with pytest.raises(ValueError, match="all tied.*raise return_topk"):
-        stip.generate(device, TiedServer(server.server), ids, 4, speculate=stip.PromptLookup())
+    plain = stip.generate(device, server, ids, 4)
+    for k in (1, 2):
+        tied = TiedServer(server.server)
+        assert torch.equal(stip.generate(device, tied, ids, 4, speculate=stip.PromptLookup(), return_topk=k), plain)
+        assert len(tied.requests) == 8, "each position redone once with its whole row"
