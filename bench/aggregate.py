@@ -194,8 +194,10 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
         writers = {
             "latency_table": (latency_table, "modelled end-to-end latency per request",
                               "latency = measured compute + rounds x RTT + bytes / bandwidth of the run's network "
-                              "(protocols/vocabulary.py); over_fastest = latency / the fastest protocol's on that "
-                              "network."),
+                              "(protocols/vocabulary.py), median over every repeat of the workload's runs; q25_s-q75_s:"
+                              " its IQR, p90_s from 10 repeats (bench.analysis.interval); compute_s: phases summed "
+                              "within one run and repeat; over_fastest = latency / the fastest protocol's on that "
+                              "network; status/noisy: marks of the workload's runs (diverged, noisy host)."),
             "accuracy_table": (accuracy_table, "accuracy against the plaintext model",
                                "Definitions in protocols/accuracy.py (counted positions: attention mask 1); source "
                                "`engine`: the protocol's real output, `simulated`: the float64 simulation of the "

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -145,7 +146,7 @@ def _traffic(rows: pd.DataFrame) -> list[str]:
         parts.append(f"{_bytes(b)} sent")
     rounds = _median(rows, "total", "rounds", MEASURED)
     if rounds is not None:
-        parts.append(f"{rounds:.0f} rounds")
+        parts.append(f"{rounds:.0f} round" + ("" if rounds == 1 else "s"))
     if not parts:
         return []
     srcs = rows[rows.metric.isin(("bytes", "rounds")) & rows.phase.isin(("total", "uplink", "downlink"))
@@ -171,11 +172,27 @@ def quantities(rows: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+PROTOCOL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "protocol"
+
+
+def set_params(protocol: dict) -> str:
+    """The protocol parameters a run set away from its config group's file ('transform=permutation'), so that two
+    arms of a sweep that share a protocol name read apart in their lines ('' when none, or no such file)."""
+    path = PROTOCOL_CONFIGS / f"{protocol.get('name')}.yaml"
+    if not path.is_file():
+        return ""
+    defaults = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    return ",".join(f"{k}={v}" for k, v in protocol.items() if k in defaults and k not in ("_target_", "name")
+                    and not isinstance(v, (dict, list)) and defaults[k] != v)
+
+
 def run_line(report: RunReport, run_dir: Path) -> str:
     """One line: what ran; its total (measured and/or modelled, named), phases, bytes and rounds, accuracy, other
     quantities (memory, dcor), status marks, and the run folder."""
     cfg = report.config
     what = " · ".join(str((cfg.get(k) or {}).get("name")) for k in ("protocol", "model", "network"))
+    if params := set_params(cfg.get("protocol") or {}):
+        what = what.replace(" · ", f"[{params}] · ", 1)
     work = cfg.get("run") or {}
     what += f" (seq {work.get('seq_len')}, batch {work.get('batch_size')}, {work.get('task')})"
     if report.status not in KEPT:
@@ -233,7 +250,7 @@ def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
         rec["spread"] = rec["max_s"] / rec["min_s"] if iv["n"] > 1 and rec["min_s"] else None
         status = _marks(g["status"]) if "status" in g else ""
         reason = _marks(g["status_reason"]) if "status_reason" in g else ""
-        rec["status"] = (status + (f" ({reason})" if reason else "")) or "ok"
+        rec["status"], rec["status_reason"] = status or "ok", reason
         rec["noisy"] = _marks(g["noisy"]) if "noisy" in g else ""
         records.append(rec)
     return pd.DataFrame.from_records(records)
@@ -245,16 +262,24 @@ def _label(r: pd.Series) -> str:
     return str(r.protocol) + (f" [{', '.join(extra)}]" if extra else "")
 
 
+def _reasons(r: pd.Series) -> list[str]:
+    """Why a summary line is marked: its runs' status (diverged: the reason), noisy reasons, a wide spread."""
+    out = [str(r.status).upper() + (f" ({r.status_reason})" if r.status_reason else "")] if r.status != "ok" else []
+    if r.noisy:
+        out.append(f"NOISY host: {r.noisy}")
+    if r.spread is not None and pd.notna(r.spread) and r.spread > NOISY:
+        out.append(f"noisy latency: max/min {r.spread:.2f} > {NOISY}")
+    return out
+
+
 def _mark(r: pd.Series) -> str:
+    """The table's short status cell: DIVERGED in red, NOISY in yellow, ok (the reasons are printed below)."""
     out = []
     if r.status != "ok":
         out.append(f"[bold red]{escape(str(r.status).upper())}[/bold red]")
-    noise = [n for n in [r.noisy] if n]
-    if r.spread is not None and pd.notna(r.spread) and r.spread > NOISY:
-        noise.append(f"max/min {r.spread:.2f}")
-    if noise:
-        out.append(f"[yellow]NOISY: {escape('; '.join(noise))}[/yellow]")
-    return " ".join(out)
+    if r.noisy or (r.spread is not None and pd.notna(r.spread) and r.spread > NOISY):
+        out.append("[yellow]NOISY[/yellow]")
+    return " ".join(out) or "ok"
 
 
 def print_answer(rows: pd.DataFrame, failed: list[str], title: str, console: Console | None = None) -> None:
@@ -277,15 +302,15 @@ def print_answer(rows: pd.DataFrame, failed: list[str], title: str, console: Con
         show_modelled = g.modelled_s.notna().any() and set(sources) != {"modelled"}
         cols += ["modelled"] if show_modelled else []
         cols += ["bytes · rounds", "top-1"]
-        show_q = (g.quantities != "").any()
+        show_q = ((g.quantities != "") & g.latency_s.isna()).any()  # rows that hold no latency show theirs
         cols += ["quantities"] if show_q else []
         cols += ["status"]
         for col in cols:
             t.add_column(col, justify="left" if col in ("protocol", "network", "source", "quantities", "status")
                          else "right")
         for _, r in g.iterrows():
-            if r.spread is not None and pd.notna(r.spread) and r.spread > NOISY:
-                noisy.append(f"{r.protocol} · {key[0]} · {r.network}: max/min {r.spread:.2f}")
+            if reasons := _reasons(r):
+                noisy.append(f"{_label(r)} · {key[0]} · {r.network}: " + "; ".join(reasons))
             has = pd.notna(r.latency_s)
             traffic = (f"{_bytes(r.uplink_B or 0)} / {_bytes(r.downlink_B or 0)}"
                        if pd.notna(r.uplink_B) or pd.notna(r.downlink_B)
@@ -300,13 +325,15 @@ def print_answer(rows: pd.DataFrame, failed: list[str], title: str, console: Con
                       f"{r.spread:.2f}" if pd.notna(r.spread) else "–"]
             cells += [_seconds(r.modelled_s) if pd.notna(r.modelled_s) else "–"] if show_modelled else []
             cells += [traffic, f"{r.top1:.1%}" if pd.notna(r.top1) else "–"]
-            cells += [escape(r.quantities) or "–"] if show_q else []
-            cells += [_mark(r) or "ok"]
+            cells += [(escape(r.quantities) if not has else "") or "–"] if show_q else []
+            cells += [_mark(r)]
             t.add_row(*cells)
         console.print(t)
     for n in noisy:
-        console.print(f"[yellow]WARNING noisy latency (> {NOISY} max/min over repeats): {n}; "
-                      "run more repeats (run.repeats=) or on a quiet host[/yellow]", soft_wrap=True)
+        console.print(f"[yellow]WARNING {escape(n)}[/yellow]", soft_wrap=True)
+    if noisy:
+        console.print("[yellow]a NOISY line: run more repeats (run.repeats=) or on a quiet host; a DIVERGED one: "
+                      "its outputs are not to be trusted (see the reason)[/yellow]", soft_wrap=True)
     if len(table):
         console.print("latency: median over repeats; IQR: 25th–75th percentile; p90 from 10 repeats "
                       "(bench.analysis.interval)", style="dim")
@@ -325,8 +352,12 @@ def _print_quantities(table: pd.DataFrame, title: str, console: Console) -> None
         t.add_column(col, justify="right" if col in ("seq", "batch", "top-1") else "left")
     for _, r in table.iterrows():
         t.add_row(str(r.model), str(r.seq_len), str(r.batch_size), escape(_label(r)), str(r.network),
-                  escape(r.quantities) or "–", f"{r.top1:.1%}" if pd.notna(r.top1) else "–", _mark(r) or "ok")
+                  escape(r.quantities) or "–", f"{r.top1:.1%}" if pd.notna(r.top1) else "–", _mark(r))
     console.print(t)
+    for _, r in table.iterrows():
+        if reasons := _reasons(r):
+            console.print(f"[yellow]WARNING {escape(_label(r))} · {r.model}: {escape('; '.join(reasons))}[/yellow]",
+                          soft_wrap=True)
 
 
 def sweep_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:

@@ -54,7 +54,7 @@ def test_summary_never_pools_models_and_flags_noise():
     print_answer(rows, ["FAILED mpc · m1 · lan: boom"], "t", console=console)
     text = console.export_text()
     assert "t: m1 · seq 8 · batch 1" in text and "t: m2 · seq 8 · batch 1" in text
-    assert "WARNING noisy latency" in text and "stip · m2 · lan: max/min 3.00" in text
+    assert "WARNING stip · m2 · lan: noisy latency: max/min 3.00 > 1.5" in text
     assert "stip · m1" not in text.split("WARNING", 1)[1]  # m1's spread (1.1) is not flagged
     assert "1 run(s) failed" in text and "FAILED mpc · m1 · lan: boom" in text
 

@@ -119,7 +119,7 @@ def test_mpc_line_names_its_total_and_prints_bytes_and_rounds(tmp_path):
 def test_stip_line_shows_measured_and_modelled(tmp_path):
     atomic_write_parquet(tmp_path / ROWS, _stip_run("r1"))
     line = run_line(_report(), tmp_path)
-    assert "total: measured 101 ms (socket" in line and ", modelled 100 ms" in line and "1 rounds" in line
+    assert "total: measured 101 ms (socket" in line and ", modelled 100 ms" in line and "1 round (socket)" in line
     assert "[NOISY" not in line
 
 
@@ -133,7 +133,8 @@ def test_diverged_and_noisy_runs_are_loud(tmp_path):
     console = Console(record=True, width=220)
     print_answer(join_runs(_stip_run("r1"), runs), [], "t", console=console)
     text = console.export_text()
-    assert "DIVERGED (TOP-1 1.2% < BOUND 90%)" in text and "NOISY: load 3.1 > 2 cores" in text
+    assert "DIVERGED (top-1 1.2% < bound 90%)" in text and "NOISY host: load 3.1 > 2 cores" in text
+    assert "│ DIVERGED NOISY" in text  # the table's own cell, the reasons printed under it
     assert "latency (median, socket)" in text and "IQR" in text
 
 
@@ -172,3 +173,12 @@ def test_figure_points_keep_configurations_apart(tmp_path):
     acc.loc[acc.run_id == "b", "value"] = 0.5
     (path,) = plots.table5_accuracy(acc, tmp_path)
     assert sorted(pd.read_csv(path).top1_agreement) == [0.5, 1.0]
+
+
+def test_run_line_names_the_parameters_a_run_set(tmp_path):
+    atomic_write_parquet(tmp_path / ROWS, to_frame([Row("embeddings", "dcor", 0.16, "host", repeat=0)], _ctx("r1")))
+    report = _report()
+    report.config["protocol"] = {"name": "random_projection", "transform": "permutation", "dcor_vectors": 16}
+    assert run_line(report, tmp_path).startswith("random_projection[transform=permutation] · bert-tiny · lan")
+    report.config["protocol"]["transform"] = "random_projection"  # the file's own value: nothing to say
+    assert run_line(report, tmp_path).startswith("random_projection · bert-tiny · lan")
