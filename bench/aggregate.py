@@ -30,6 +30,7 @@ from bench.results import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_parquet,
+    safe_name,
     typed,
 )
 
@@ -40,34 +41,51 @@ KEPT = ("ok", "diverged")  # statuses whose rows are tabled (a diverged run's nu
 
 def collect(runs_root: Path, experiment: str | None = None,
             unreadable: list[Path] | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
-    """Rows of ok and diverged runs and the runs table, per experiment; unreadable files are skipped, logged and
+    """Rows of ok and diverged runs and the runs table, per experiment; unreadable files (damaged or wrong-typed
+    reports, torn or wrong-schema rows) are skipped, logged, listed as status `unreadable` in the runs table and
     appended to `unreadable` (one damaged run folder never stops the others)."""
+    if experiment is not None and not safe_name(experiment):
+        raise ValueError(f"--experiment {experiment!r} must be one folder name (no '/' or '..'), e.g. quick")
     rows: dict[str, list[pd.DataFrame]] = {}
     runs: dict[str, list[dict]] = {}
     skipped = unreadable if unreadable is not None else []
     for report_path in sorted(runs_root.glob(f"{experiment or '*'}/*/{REPORT}")):
-        report = RunReport.from_json(report_path.parent)
-        if report is None:
-            log.warning("skipping unreadable %s", report_path)
+        folder_exp = report_path.parent.parent.name  # a real folder under runs_root: one path component
+        try:
+            report = RunReport.read(report_path.parent)
+            record = run_record(report)
+        except Exception as e:  # noqa: BLE001 - any damage (UnreadableReport, OSError, odd nested types) skips it
+            log.warning("skipping unreadable %s (%s); rerun that run to redo it", report_path, e)
             skipped.append(report_path)
+            runs.setdefault(folder_exp, []).append(run_record(RunReport(
+                run_id=report_path.parent.name, experiment=folder_exp, config={}, status="unreadable",
+                error=f"{REPORT} unreadable: {e}")))
             continue
-        exp = str(report.experiment or report_path.parent.parent.name)
-        record = run_record(report)
+        exp = report.experiment  # RunReport.read checked it is one safe folder name
         rows_path = report_path.parent / ROWS
         if report.status in KEPT and rows_path.exists():
             try:
-                rows.setdefault(exp, []).append(pd.read_parquet(rows_path))
-            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for damaged files
+                df = typed(pd.read_parquet(rows_path))  # typed inside the guard: wrong-schema rows skip this file
+                rows.setdefault(exp, []).append(df)
+            except Exception as e:  # noqa: BLE001 - pyarrow and pandas raise several types for damaged files
                 log.warning("skipping unreadable %s (%s: %s); rerun with force=true to redo it",
                             rows_path, type(e).__name__, e)
                 skipped.append(rows_path)
-                record.update(status="unreadable", error=f"{ROWS} unreadable: {type(e).__name__}")
+                record.update(status="unreadable", error=f"{ROWS} unreadable: {type(e).__name__}: {e}")
         runs.setdefault(exp, []).append(record)
     if skipped:
         log.warning("%d unreadable file(s) skipped:\n  %s", len(skipped), "\n  ".join(map(str, skipped)))
     tables = {e: typed(pd.concat(dfs, ignore_index=True)) for e, dfs in rows.items()}
     run_tables = {e: runs_frame(r) for e, r in runs.items()}
     return tables, run_tables
+
+
+def output_folder(results: Path, experiment: str) -> Path:
+    """results/<experiment>, refused unless it stays inside `results` (names come from files on disk)."""
+    out = (results / experiment).resolve()
+    if not safe_name(experiment) or out.parent != results.resolve():
+        raise ValueError(f"experiment {experiment!r} would write outside {results}; not written")
+    return results / experiment
 
 
 def _med(df: pd.DataFrame, **eq: object) -> float | None:
@@ -181,7 +199,7 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
     tables, run_tables = collect(runs_root, experiment)
     written = []
     for exp, runs in run_tables.items():
-        out = results / exp
+        out = output_folder(results, exp)
         df = tables.get(exp, typed(pd.DataFrame()))
         atomic_write_parquet(out / "rows.parquet", df)
         atomic_write_csv(out / "rows.csv", df)

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench.analysis import interval, join_runs, run_record, runs_frame, workload_keys
-from bench.results import ROWS, RunReport, git_sha
+from bench.results import ROWS, RunReport, git_sha, typed
 from protocols.vocabulary import MPC_PHASES, STIP_PHASES
 
 NOISY = 1.5  # max/min of the repeats above which a latency is flagged as noisy
@@ -374,7 +374,12 @@ def sweep_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
         if report is None or report.status not in KEPT:
             failed.append(run_line(report, run_dir) if report else f"job {job.name}: no report in {run_dir}")
         elif (run_dir / ROWS).exists():
-            frames.append(pd.read_parquet(run_dir / ROWS))
+            try:  # one torn or wrong-schema rows file is named, never stops the sweep's answer
+                frames.append(typed(pd.read_parquet(run_dir / ROWS)))
+            except Exception as e:  # noqa: BLE001 - pyarrow and pandas raise several types for damaged files
+                failed.append(f"job {job.name}: {run_dir / ROWS} unreadable ({type(e).__name__}: {e}); "
+                              "rerun with force=true to redo it")
+                continue
             records.append(run_record(report))
     if not frames:
         return pd.DataFrame(), failed

@@ -27,7 +27,18 @@ from tqdm import tqdm
 from bench.answer import RUN_POINTER, print_answer, run_line, sweep_runs
 from bench.conditions import RunConditions
 from bench.hostslot import host_slot
-from bench.results import LOCK, ROWS, RunReport, atomic_write_parquet, provenance, run_id, to_frame
+from bench.results import (
+    LOCK,
+    ROWS,
+    RunReport,
+    UnreadableReport,
+    atomic_write_parquet,
+    provenance,
+    rows_problem,
+    run_id,
+    safe_name,
+    to_frame,
+)
 from bench.schema import RootConfig, labelled_network
 from bench.status import run_status
 from bench.validate import ConfigError, check_run_config, sweep_without_multirun
@@ -151,11 +162,20 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> RunReport:
 
 def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
     """The run itself, with the run folder's lock held."""
-    previous = RunReport.from_json(out)
-    if previous and previous.status in ("ok", "diverged") and (out / ROWS).exists() and not c.get("force", False):
-        log.info("run %s (%s) already done: skipped; pass force=true to redo", rid, out)
-        previous.skipped = True
-        return previous
+    try:
+        previous: RunReport | None = RunReport.read(out)
+    except FileNotFoundError:
+        previous = None
+    except (OSError, UnreadableReport) as e:  # damaged: never trusted, never a reason to stop; the run is redone
+        log.warning("run %s: %s; redoing the run", rid, e)
+        previous = None
+    if previous and previous.status in ("ok", "diverged") and not c.get("force", False):
+        damaged = rows_problem(out, previous.n_rows)  # finished only if its rows read back (footer only: cheap)
+        if damaged is None:
+            log.info("run %s (%s) already done: skipped; pass force=true to redo", rid, out)
+            previous.skipped = True
+            return previous
+        log.warning("run %s was recorded %s but %s; redoing the run", rid, previous.status, damaged)
     keep = bool(c.get("keep_checkpoints", RootConfig.keep_checkpoints))
     if not keep:
         _clear_stale_work(out)
@@ -251,6 +271,30 @@ def _record_failure(line: str) -> None:
             f.write(line.replace("\n  - ", " | ").replace("\n", " ") + "\n")
 
 
+def _record_crash(c: dict, error: str, trace: str) -> Path | None:
+    """Record a job that crashed outside the protocol as a `failed` report in its run folder (unless another
+    writer holds the folder or a finished run is there); returns the folder, or None when nothing was written."""
+    if not safe_name(c.get("experiment_name")):
+        return None  # never build a folder from an unchecked name
+    try:
+        out = run_dir_of(c)
+        out.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(out / LOCK))
+        lock.acquire(timeout=0)
+    except Exception:  # noqa: BLE001 - no folder for this config (or it is busy): the failure line still names it
+        return None
+    try:
+        previous = RunReport.from_json(out)
+        if previous and previous.status in ("ok", "diverged") and rows_problem(out, previous.n_rows) is None:
+            return out  # a finished run stays finished; this job's crash is named on its failure line
+        rid = out.name
+        RunReport(run_id=rid, experiment=str(c.get("experiment_name")), config=c, status="failed", error=error,
+                  traceback=trace, finished=datetime.now(timezone.utc).isoformat()).save_json(out)
+        return out
+    finally:
+        lock.release()
+
+
 def _multirun_params() -> tuple[bool, dict, list[str]]:
     """(is multirun, hydra.sweeper.params, the command line's overrides) of this Hydra job."""
     if not HydraConfig.initialized():
@@ -280,6 +324,14 @@ def main(cfg: DictConfig) -> float | None:
         _record_failure(f"{' '.join(overrides) or '(defaults)'}: {e}")
         if os.environ.get(FAILURES_ENV):
             log.error("%s", e)
+            return None
+        raise
+    except Exception as e:  # noqa: BLE001 - a crash outside the protocol: recorded and named, the sweep goes on
+        error = f"{type(e).__name__}: {e}"
+        where = _record_crash(_plain(cfg), error, traceback.format_exc())
+        _record_failure(f"crashed ({' '.join(overrides) or 'defaults'}): {error}" + (f" [{where}]" if where else ""))
+        if os.environ.get(FAILURES_ENV):
+            log.exception("job crashed (%s)", " ".join(overrides) or "defaults")
             return None
         raise
     print(run_line(report, run_dir_of(_plain(cfg))), flush=True)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import subprocess
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import psutil
+import pyarrow.parquet as pq
 import torch
 
 from protocols.contract import Row
@@ -42,6 +44,32 @@ PROVENANCE_PACKAGES = (
 REPORT = "report.json"
 ROWS = "rows.parquet"
 LOCK = ".lock"  # the run folder's writer lock (filelock; released by the OS if its holder dies)
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,127}")  # one path component: no '/', '..', or absolute path
+
+
+class UnreadableReport(ValueError):
+    """A report.json that cannot be trusted (not JSON, not an object, wrong types, unsafe names): redo the run."""
+
+
+def safe_name(value: object) -> bool:
+    """Whether `value` may become one folder name of an output path (experiment names, run ids)."""
+    return isinstance(value, str) and SAFE_NAME.fullmatch(value) is not None and ".." not in value
+
+
+def rows_problem(run_dir: Path, n_rows: int | None = None) -> str | None:
+    """Why a run's rows.parquet does not read back (absent, torn, row count off), or None when it does.
+
+    Cheap: reads the parquet footer only, never the rows."""
+    path = Path(run_dir) / ROWS
+    try:
+        meta = pq.read_metadata(path)
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for damaged files
+        return f"{path} does not read back ({type(e).__name__}: {e})"
+    if n_rows is not None and meta.num_rows != n_rows:
+        return f"{path} holds {meta.num_rows} rows, its report says {n_rows}"
+    return None
 
 
 def run_id(key: Mapping[str, Any]) -> str:
@@ -157,13 +185,42 @@ class RunReport:
         atomic_write_json(run_dir / REPORT, {k: v for k, v in self.to_dict().items() if k != "skipped"})
 
     @classmethod
+    def read(cls, run_dir: Path) -> RunReport:
+        """The run's report; raises FileNotFoundError when absent, UnreadableReport (naming why) when damaged."""
+        path = Path(run_dir) / REPORT
+        raw = path.read_bytes()
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError
+            raise UnreadableReport(f"{path} is not JSON text ({type(e).__name__})") from None
+        if not isinstance(data, dict):
+            raise UnreadableReport(f"{path} holds a {type(data).__name__}, not a report object")
+        wrong = [f"{k}={data.get(k)!r:.60}" for k, kind in _REPORT_TYPES.items()
+                 if not isinstance(data.get(k, _DEFAULTS.get(k)), kind)]
+        if wrong:
+            raise UnreadableReport(f"{path} has fields of the wrong type: {', '.join(wrong)}")
+        for k in ("experiment", "run_id"):
+            if not safe_name(data[k]):
+                raise UnreadableReport(f"{path} has an unsafe {k}={data[k]!r:.80} (one folder name expected: "
+                                       f"letters, digits, _ . = + -)")
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
     def from_json(cls, run_dir: Path) -> RunReport | None:
         """The run's report, or None when absent or unreadable (then the run is redone)."""
         try:
-            data = json.loads((run_dir / REPORT).read_text())
-            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        except (OSError, json.JSONDecodeError, TypeError):
+            return cls.read(run_dir)
+        except (OSError, UnreadableReport):
             return None
+
+
+_REPORT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "run_id": str, "experiment": str, "config": dict, "status": str, "status_reason": (str, type(None)),
+    "conditions": dict, "noisy": list, "provenance": dict, "error": (str, type(None)),
+    "n_rows": (int, type(None)),
+}
+_DEFAULTS: dict[str, Any] = {"status_reason": None, "conditions": {}, "noisy": [], "provenance": {}, "error": None,
+                             "n_rows": None, "status": "running"}
 
 
 def git_sha(cwd: Path | None = None) -> str | None:

@@ -107,6 +107,16 @@ def cloud_problems(cloud: Mapping[str, Any], network: Mapping[str, Any]) -> list
     return out
 
 
+def experiment_problems(name: Any) -> list[str]:
+    """The experiment name becomes a folder of runs and results: one safe path component, never a path."""
+    from bench.results import safe_name  # noqa: PLC0415
+
+    if safe_name(name):
+        return []
+    return [f"experiment_name={name!r} must be one folder name (letters, digits, _ . = + -; no '/' or '..'); "
+            "e.g. experiment_name=adhoc"]
+
+
 def check_run_config(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError listing every problem of a composed run config (plain mapping), before any work:
     unknown keys first (bench.schema), then the values."""
@@ -115,7 +125,8 @@ def check_run_config(cfg: Mapping[str, Any]) -> None:
     problems = schema_problems(cfg)
     if problems:  # a misspelt key would make the value checks below misleading: name it alone
         raise ConfigError("invalid run configuration (nothing was built or run):\n  - " + "\n  - ".join(problems))
-    problems = workload_problems(cfg.get("run") or {}, cfg.get("model"))
+    problems = experiment_problems(cfg.get("experiment_name"))
+    problems += workload_problems(cfg.get("run") or {}, cfg.get("model"))
     problems += network_problems(cfg.get("network") or {})
     problems += cloud_problems(cfg.get("cloud") or {}, cfg.get("network") or {})
     if problems:
