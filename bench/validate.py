@@ -6,6 +6,7 @@ error deep inside torch; these checks read only the config (and the model's tran
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -90,17 +91,25 @@ def cloud_problems(cloud: Mapping[str, Any], network: Mapping[str, Any]) -> list
     address = cloud.get("address")
     if not address:
         return []
+    from transport.auth import TOKEN_ENV, plaintext_token_problem, token_file_problem  # noqa: PLC0415
     from transport.client import parse_address  # noqa: PLC0415
 
     out = []
+    host = None
     try:
-        parse_address(str(address))
+        host, _ = parse_address(str(address))
     except ValueError as e:
         out.append(f"cloud.address: {e}; e.g. cloud.address=127.0.0.1:7443")
     for key in ("token_file", "ca_file"):
         path = cloud.get(key)
         if path and not Path(str(path)).is_file():
             out.append(f"cloud.{key}={path!r} is not a readable file; give the path of the {key.replace('_', ' ')}")
+        elif path and key == "token_file" and (problem := token_file_problem(str(path))):
+            out.append(f"cloud.token_file: {problem}")
+    has_token = bool(cloud.get("token_file") or os.environ.get(TOKEN_ENV))
+    if host is not None and (exposed := plaintext_token_problem(host, "" if has_token else None,
+                                                                bool(cloud.get("ca_file")))):
+        out.append(f"cloud.address={address}: {exposed}")
     if network.get("bandwidth_bps") or network.get("rtt_s"):
         out.append(f"network={network.get('name')!r} emulates a link, but cloud.address measures the real one "
                    "(the remote server emulates no downlink); use network=none with cloud.address")

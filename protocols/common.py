@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -16,10 +15,10 @@ from protocols.contract import ModelSpec, Row, RunRequest
 from protocols.models import auto_class
 from protocols.timing import Stopwatch  # noqa: F401 - the phase timer, for plug-ins importing helpers here
 from transport import CloudProcess
+from transport.auth import TOKEN_ENV, read_token_file
 from transport.client import CloudClient, CloudError, RemoteCloud
 from transport.cloud import DESCRIBE
 from transport.link import NetworkProfile
-from transport.serve import TOKEN_ENV
 from transport.threads import apply_threads, resolve_threads
 from transport.wire import expected_payload_bytes
 
@@ -75,7 +74,7 @@ def remote_cloud(factory: str, kwargs: dict, network: NetworkProfile, request: R
     """Connect to a served cloud and refuse it unless it runs this protocol's handler with prepare()'s settings."""
     r = request.remote_cloud
     assert r is not None
-    token = Path(r.token_file).read_text().strip() if r.token_file else os.environ.get(TOKEN_ENV) or None
+    token = read_token_file(r.token_file) if r.token_file else os.environ.get(TOKEN_ENV) or None  # 0600 only
     cloud = RemoteCloud(r.address, token=token, ca_file=r.ca_file, server_hostname=r.server_hostname,
                         network=network, timeout_s=request.cloud_timeout_s).start()
     try:

@@ -154,3 +154,88 @@ def test_an_experiment_name_that_is_not_one_folder_is_refused_before_anything(tm
     with pytest.raises(ConfigError, match=r"experiment_name=.* must be one folder name.*experiment_name=adhoc"):
         run(make_cfg(tmp_path, f"experiment_name='{name}'"))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
+
+
+# --- remote cloud: token and TLS (items 2, 3, 4) --------------------------------------------------------------
+
+def _token_file(tmp_path, mode: int):
+    path = tmp_path / "token"
+    path.write_text("t" * 32)
+    path.chmod(mode)
+    return path
+
+
+def test_client_refuses_to_send_a_token_in_clear_off_loopback(tmp_path, monkeypatch):
+    from transport import RemoteCloud
+
+    connected = []
+    monkeypatch.setattr("socket.create_connection", lambda *a, **k: connected.append(a) or 1 / 0)
+    with pytest.raises(ValueError, match=r"refusing to send the cloud token to 10\.1\.2\.3:7443.*clear text.*ca_file"):
+        RemoteCloud("10.1.2.3:7443", token="t" * 32).start()
+    assert not connected  # refused before any connection
+    token = _token_file(tmp_path, 0o600)
+    monkeypatch.delenv("STIP_CLOUD_TOKEN", raising=False)
+    with pytest.raises(Exception, match=r"cloud\.address=10\.1\.2\.3:7443: .*clear text"):
+        run(make_cfg(tmp_path, "protocol=stip", "network=none", "cloud.address=10.1.2.3:7443",
+                     f"cloud.token_file={token}"))
+    monkeypatch.setenv("STIP_CLOUD_TOKEN", "t" * 32)  # the environment's token is a token too
+    with pytest.raises(Exception, match=r"clear text"):
+        run(make_cfg(tmp_path, "protocol=stip", "network=none", "cloud.address=10.1.2.3:7443"))
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_token_file_others_can_read_is_refused_naming_it_and_the_fix(tmp_path, mode):
+    import subprocess
+
+    from transport.auth import TokenError, read_token_file
+    from transport.serve import ServeConfigError, read_token
+
+    token = _token_file(tmp_path, mode)
+    fix = f"chmod 600 {token}"
+    with pytest.raises(TokenError, match=fix):
+        read_token_file(token)
+    with pytest.raises(ServeConfigError, match=fix):
+        read_token(str(token))
+    with pytest.raises(Exception, match=r"cloud\.token_file: .*" + fix):
+        run(make_cfg(tmp_path, "protocol=stip", "network=none", "cloud.address=127.0.0.1:7443",
+                     f"cloud.token_file={token}"))
+    proc = subprocess.run([sys.executable, "-m", "transport", "serve", "--factory",
+                           "transport.testing:make_echo_handler", "--token-file", str(token)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and fix in proc.stderr and proc.stdout == ""
+    token.chmod(0o600)
+    assert read_token_file(token) == "t" * 32
+
+
+@pytest.mark.parametrize("bad", ["\ud800x", "x\udfff", 12, None, ["t" * 32]])
+def test_a_hello_whose_token_is_not_text_is_unauthorized_without_a_traceback(caplog, bad):
+    import socket
+    import time
+
+    from test_transport_reliability import serving
+    from transport.framing import recv_frame
+    from transport.testing import EchoHandler
+    from transport.wire import decode_body, encode_message
+
+    with serving(EchoHandler(), token="t" * 32) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(encode_message("hello", None, {"token": bad}))
+            reply = decode_body(*recv_frame(sock, deadline=time.monotonic() + 5))
+    assert reply.meta.get("error_type") == "Unauthorized", reply
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]
+
+
+def test_tokens_are_compared_in_constant_time_on_bytes(monkeypatch):
+    import hmac
+
+    import transport.auth
+
+    seen = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(transport.auth.hmac, "compare_digest", lambda a, b: seen.append((a, b)) or real(a, b))
+    assert transport.auth.tokens_match("t" * 32, "t" * 32)
+    assert not transport.auth.tokens_match("t" * 31 + "u", "t" * 32)
+    assert not transport.auth.tokens_match("\ud800", "t" * 32) and not transport.auth.tokens_match(None, "x")
+    assert not transport.auth.tokens_match("", "t" * 32)
+    assert seen and all(isinstance(a, bytes) and isinstance(b, bytes) for a, b in seen)
+    assert len(seen) == 5  # every comparison, even of a token that is not text, goes through compare_digest

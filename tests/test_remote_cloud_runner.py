@@ -36,6 +36,7 @@ def served_stip(tmp_path):
     (ckpt,) = run_dir_of(local.config).glob("work-*/cloud_checkpoint")
     token = tmp_path / "token"
     token.write_text("t" * 32)
+    token.chmod(0o600)  # a token file others can read is refused (issue 24)
     cmd = [sys.executable, "-m", "transport", "serve", "--factory", "protocols.stip_protocol:make_cloud_handler",
            "--kwargs", json.dumps({"checkpoint": str(ckpt), "head": "base"}), "--token-file", str(token)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True,

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 import torch
 
+from transport.auth import plaintext_token_problem
 from transport.cloud import HELLO, RUNTIME_META_KEY, UNAUTHORIZED, _peer_gone
 from transport.framing import recv_frame
 from transport.limits import ServerLimits
@@ -468,6 +469,9 @@ class RemoteCloud(CloudClient):
                  server_hostname: str | None = None, network: NetworkProfile | None = None,
                  timeout_s: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         host, port = parse_address(address)
+        exposed = plaintext_token_problem(host, token, ca_file is not None)
+        if exposed:  # the server refuses to serve off loopback without TLS; the client never sends it in clear
+            raise ValueError(f"refusing to send the cloud token to {address}: {exposed}")
         context = None
         if ca_file is not None:
             context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.fspath(ca_file))

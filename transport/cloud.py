@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextvars
-import hmac
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from typing import Any, Callable
 
 import torch
 
+from transport.auth import tokens_match
 from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, profile_from_dict
@@ -361,9 +361,8 @@ class CloudServer:
             request = decode_body(header, body)
         except WireError as exc:
             return _error_frame(str(exc), BAD_MESSAGE), False
-        token = request.meta.get("token")
-        if request.kind != HELLO or not isinstance(token, str) \
-                or not hmac.compare_digest(token.encode(), self.token.encode()):  # type: ignore[union-attr]
+        token = request.meta.get("token")  # any JSON value: not valid text (a lone surrogate) is a wrong token
+        if request.kind != HELLO or not tokens_match(token, self.token):  # type: ignore[arg-type]
             log.warning("connection %s refused: no valid token in its first request", addr)
             return _error_frame("this cloud requires a token: send a 'hello' request with the shared token "
                                 "first", UNAUTHORIZED), False

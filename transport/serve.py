@@ -13,7 +13,6 @@ stderr; runs until SIGINT or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -21,14 +20,14 @@ import signal
 import socket
 import ssl
 import sys
-from pathlib import Path
 
+from transport import auth
 from transport.cloud import CloudServer, load_factory
 from transport.limits import ServerLimits
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "STIP_CLOUD_TOKEN"
+TOKEN_ENV = auth.TOKEN_ENV
 MIN_TOKEN_CHARS = 16
 PATH_KWARGS = ("checkpoint",)  # factory arguments that are paths on the server: never told to clients
 
@@ -40,19 +39,19 @@ class ServeConfigError(ValueError):
 def is_loopback(host: str) -> bool:
     """Whether every address `host` resolves to is a loopback address."""
     try:
-        infos = socket.getaddrinfo(host, None)
+        return auth.is_loopback(host)
     except socket.gaierror as exc:
         raise ServeConfigError(f"cannot resolve host {host!r}: {exc}") from exc
-    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
 def read_token(token_file: str | None) -> str | None:
-    """The shared token from `token_file` (stripped) or $STIP_CLOUD_TOKEN; None if neither is given."""
+    """The shared token from `token_file` (stripped; refused unless only its owner can read it) or
+    $STIP_CLOUD_TOKEN; None if neither is given."""
     if token_file is not None:
-        token = Path(token_file).read_text().strip()
-        if not token:
-            raise ServeConfigError(f"token file {token_file} is empty")
-        return token
+        try:
+            return auth.read_token_file(token_file)
+        except auth.TokenError as exc:
+            raise ServeConfigError(str(exc)) from None
     return os.environ.get(TOKEN_ENV) or None
 
 
