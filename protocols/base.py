@@ -35,7 +35,7 @@ CLOUD_PHASES = ("uplink", "cloud_compute", "downlink")
 class SocketConfig(ProtocolConfig):
     """What every socket protocol's config has."""
 
-    cloud_threads: Optional[int] = None  # torch threads in the cloud process (None: torch's default)
+    cloud_threads: Optional[int] = None  # the cloud process's threads (None: run.threads, else transport.threads)
     accuracy_every_repeat: bool = False  # accuracy rows for every repeat (else repeat 0 only)
     cloud_device: str = "auto"  # auto (cuda where torch sees a GPU, else cpu) | cpu | cuda (refused without a GPU)
 
