@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from protocols.contract import Row
+from transport.threads import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,8 @@ def host_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "cpu_usable": usable_cores(),  # this process's CPU affinity (containers, taskset)
+        "torch_threads": torch.get_num_threads(),  # before the run sets its own: those are in report.conditions
         "memory_total_bytes": psutil.virtual_memory().total,
     }
 

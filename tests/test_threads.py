@@ -120,3 +120,4 @@ def test_report_records_conditions(tmp_path, restore_threads):
     assert cond["cpu_wall"]["cloud_compute"]["cpu_s"] > 0 and cond["cpu_wall"]["cloud_compute"]["wall_s"] > 0
     assert cond["backend"]["parallel_info"] and "other_load_cores" in cond
     assert isinstance(saved["noisy"], list)
+    assert saved["provenance"]["host"]["cpu_usable"] == len(os.sched_getaffinity(0))
