@@ -5,6 +5,7 @@ configs/protocol/*.yaml) and the factory of its cloud handler (imported in the c
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from typing import Callable, Mapping
@@ -155,9 +156,12 @@ def modelled_total(compute_s: float, delta: Mapping[str, float], network: Networ
 
 def greedy_tokens(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
                   on_token: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Greedy tokens of a plaintext causal LM with its own KV cache; `on_token(step)` after each choice."""
+    """Greedy tokens of a plaintext causal LM with its own KV cache; `on_token(step)` after each choice.
+
+    The head runs on the last position only where the model takes `logits_to_keep` (only it is used)."""
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     with torch.no_grad():
-        out = model(input_ids=input_ids, use_cache=True)
+        out = model(input_ids=input_ids, use_cache=True, **keep)
         tokens = []
         for step in range(max_new_tokens):
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -165,5 +169,5 @@ def greedy_tokens(model: torch.nn.Module, input_ids: torch.Tensor, max_new_token
             if on_token is not None:
                 on_token(step)
             if step + 1 < max_new_tokens:
-                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True, **keep)
     return torch.cat(tokens, dim=1)

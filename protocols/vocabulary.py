@@ -58,7 +58,6 @@ LEGACY_SECURITY = {
 METRICS = {
     "latency": "s",
     "cpu_time": "s",  # process CPU time (every thread) in a phase, beside its wall-time latency (source host)
-    "cpu_time": "s",  # process CPU time (every thread) in a phase, beside its wall-time latency (source host)
     "bytes": "B",
     "rounds": "count",
     "messages": "count",

@@ -79,3 +79,20 @@ def test_full_cloud_runs_the_head_on_the_last_position_only(tmp_path, return_mod
     else:
         assert torch.equal(reply["topk_indices"], last.topk(4, dim=-1).indices)
         torch.testing.assert_close(reply["topk_values"], last.topk(4, dim=-1).values)
+
+
+def test_full_cloud_generation_runs_the_head_on_the_last_position_only(tmp_path):
+    """Full cloud's greedy generation returns tokens: its prefill runs the head on the last position only."""
+    model = FACTORIES["llama"]()
+    model.save_pretrained(tmp_path)
+    handler = FullCloudHandler(str(tmp_path), "causal_lm")
+    ids = torch.randint(0, model.config.vocab_size, (1, SEQ), generator=torch.Generator().manual_seed(2))
+    seen, handle = _head_positions(handler.model)
+    try:
+        reply, _ = handler.generate({"input_ids": ids}, max_new_tokens=3)
+    finally:
+        handle.remove()
+    assert seen == [1, 1, 1]
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)[:, SEQ:]
+    assert torch.equal(reply["tokens"], expected)
