@@ -190,16 +190,18 @@ class TimedDataOwner:
     def embed(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
         """Embedding starts a new step."""
         self.steps.append({"start": time.perf_counter()})
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         out = self._owner.embed(inputs, **device_inputs)
         self._add("device_embed", time.perf_counter() - t)
+        self._add("cpu:device_embed", time.process_time() - c)  # process CPU time beside the wall time
         self.last_embeddings = out
         return out
 
     def permute(self, e: torch.Tensor) -> torch.Tensor:
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         out = self._owner.permute(e)
         self._add("device_permute", time.perf_counter() - t)
+        self._add("cpu:device_permute", time.process_time() - c)
         return out
 
     def encode(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
@@ -253,6 +255,7 @@ class StipProtocol(SocketProtocol):
             request = device.request(inputs[key], top_k=top_k, **{k: v for k, v in inputs.items() if k != key})
         for phase in ("device_embed", "device_permute"):
             sw.add(phase, device.steps[-1][phase])
+            sw.cpu[phase] = sw.cpu.get(phase, 0.0) + device.steps[-1][f"cpu:{phase}"]
         self._sent = (device.last_embeddings, request["inputs_embeds"])
         self._input_ids = inputs.get("input_ids")  # a decoder classifier pools on the device
         tensors = {k: v.contiguous() for k, v in request.items() if isinstance(v, torch.Tensor)}
