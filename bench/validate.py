@@ -12,6 +12,9 @@ from typing import Any, Mapping
 
 from protocols.contract import TASKS
 
+MAX_RTT_S = 3600.0  # an emulated round trip longer than an hour is a typo, not a link
+MIN_BANDWIDTH_BPS, MAX_BANDWIDTH_BPS = 1e3, 1e13  # 1 kbit/s .. 10 Tbit/s: outside, a typo (bits vs bytes, exponent)
+
 
 class ConfigError(ValueError):
     """A run config that cannot work; the message lists every problem with the override that fixes it."""
@@ -37,11 +40,17 @@ def network_problems(net: Mapping[str, Any]) -> list[str]:
         if v is None or not math.isfinite(v) or v <= 0:
             out.append(f"network.bandwidth_bps={bw!r} (network {name!r}) must be a positive number of bits/s, or null "
                        "for no modelled link; e.g. network.bandwidth_bps=1e8, or pick a profile: network=wired")
+        elif not MIN_BANDWIDTH_BPS <= v <= MAX_BANDWIDTH_BPS:
+            out.append(f"network.bandwidth_bps={bw!r} (network {name!r}) is outside {MIN_BANDWIDTH_BPS:g}.."
+                       f"{MAX_BANDWIDTH_BPS:g} bits/s (a typo?); e.g. network.bandwidth_bps=1e8")
     rtt = net.get("rtt_s")
     v = _number(rtt)
     if v is None or not math.isfinite(v) or v < 0:
         out.append(f"network.rtt_s={rtt!r} (network {name!r}) must be a finite number of seconds >= 0; "
                    "e.g. network.rtt_s=0.01, or pick a profile: network=wired")
+    elif v > MAX_RTT_S:
+        out.append(f"network.rtt_s={rtt!r} (network {name!r}) is above {MAX_RTT_S:g} s (an hour; a typo?); "
+                   "e.g. network.rtt_s=0.01")
     return out
 
 

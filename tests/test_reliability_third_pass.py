@@ -239,3 +239,92 @@ def test_tokens_are_compared_in_constant_time_on_bytes(monkeypatch):
     assert not transport.auth.tokens_match("", "t" * 32)
     assert seen and all(isinstance(a, bytes) and isinstance(b, bytes) for a, b in seen)
     assert len(seen) == 5  # every comparison, even of a token that is not text, goes through compare_digest
+
+
+# --- bad values (items 10, 12) ----------------------------------------------------------------------------------
+
+def test_the_emulated_link_honours_the_calls_deadline():
+    import socket
+    import time
+
+    from transport.link import EmulatedLink, NetworkProfile
+
+    link = EmulatedLink(NetworkProfile("typo", None, rtt_s=1e7))
+    a, b = socket.socketpair()
+    with a, b:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="passes the call's deadline"):
+            link.send(a, b"x" * 10, deadline=t0 + 0.3)
+        assert 0.25 < time.monotonic() - t0 < 2.0
+
+
+def test_a_call_over_a_link_slower_than_its_timeout_times_out_in_time():
+    import time
+
+    from test_transport_reliability import serving
+    from transport import RemoteCloud
+    from transport.client import CloudTimeout
+    from transport.link import NetworkProfile
+    from transport.testing import EchoHandler
+
+    with serving(EchoHandler()) as server:
+        cloud = RemoteCloud(f"127.0.0.1:{server.port}", network=NetworkProfile("typo", None, rtt_s=1e7), timeout_s=0.5)
+        with cloud:
+            t0 = time.monotonic()
+            with pytest.raises(CloudTimeout, match="within 0.5 s"):
+                cloud.call("echo")
+            assert time.monotonic() - t0 < 3.0
+
+
+@pytest.mark.parametrize("override,named", [
+    ("network.rtt_s=1e7", "network.rtt_s=10000000.0"), ("network.rtt_s=3601", "network.rtt_s=3601"),
+    ("network.bandwidth_bps=10", "network.bandwidth_bps=10"), ("network.bandwidth_bps=1e20", "network.bandwidth_bps=1e+20"),
+])
+def test_link_values_that_are_typos_are_refused_naming_them(tmp_path, override, named):
+    from bench.validate import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        run(make_cfg(tmp_path, "network=wired", override))
+    assert named in str(err.value) and ("3600" in str(err.value) or "bits/s" in str(err.value)), str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_server_refuses_batch_x_sequence_above_its_cap_before_compute():
+    import torch
+
+    from test_transport_reliability import client, serving
+    from transport import CloudError, ServerLimits
+    from transport.testing import EchoHandler
+
+    class Counting(EchoHandler):
+        calls = 0
+
+        def echo(self, tensors, **meta):
+            Counting.calls += 1
+            return super().echo(tensors, **meta)
+
+    with serving(Counting(), limits=ServerLimits(max_batch_tokens=64)) as server, client(server) as cloud:
+        ids = torch.zeros(8, 8, dtype=torch.int64)
+        assert torch.equal(cloud.call("echo", {"input_ids": ids})[0]["input_ids"], ids)  # 64: at the cap
+        with pytest.raises(CloudError, match=r"input_ids has shape \(8, 9\).*72.*max_batch_tokens=64") as info:
+            cloud.call("echo", {"input_ids": torch.zeros(8, 9, dtype=torch.int64)})
+        assert info.value.error_type == "BadRequest" and Counting.calls == 1  # refused before the handler ran
+    assert ServerLimits.from_dict({"max_batch_tokens": 10}).max_batch_tokens == 10
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        ServerLimits(max_batch_tokens=0)
+
+
+@pytest.mark.parametrize("values", [[1, 2], [1, -1], [0.5, 1.0]])
+def test_mask_values_other_than_0_and_1_are_refused(values):
+    import torch
+
+    from test_transport_reliability import client, serving
+    from transport import CloudError
+    from transport.testing import EchoHandler
+
+    with serving(EchoHandler()) as server, client(server) as cloud:
+        good = torch.tensor([[1, 0]])
+        assert torch.equal(cloud.call("echo", {"attention_mask": good})[0]["attention_mask"], good)
+        with pytest.raises(CloudError, match="attention_mask must hold only 0 and 1") as info:
+            cloud.call("echo", {"attention_mask": torch.tensor([values])})
+        assert info.value.error_type == "BadRequest"

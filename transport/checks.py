@@ -65,3 +65,28 @@ def only(tensors: Mapping[str, torch.Tensor], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(tensors) - set(allowed))
     if unknown:
         raise RequestError(f"unexpected tensors {unknown}; this call takes {list(allowed)}")
+
+
+MASK_NAMES = ("attention_mask",)  # request tensors that are masks wherever they appear: 0 or 1 only
+
+
+def mask(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` if every value is 0 or 1 (a mask; other values would be read as 1 silently)."""
+    if tensor.is_complex() or not bool(((tensor == 0) | (tensor == 1)).all()):
+        bad = tensor[(tensor != 0) & (tensor != 1)].flatten()[:3].tolist() if not tensor.is_complex() else "complex"
+        raise RequestError(f"{name} must hold only 0 and 1, got {bad}; send 1 for tokens to attend, 0 for padding")
+    return tensor
+
+
+def request_size(tensors: Mapping[str, torch.Tensor], max_batch_tokens: int) -> None:
+    """Refuse a request whose batch x sequence (the first two dimensions of any tensor) passes the server's
+    `max_batch_tokens`, before any compute: memory grows with it far beyond the frame's bytes."""
+    for name, tensor in tensors.items():
+        if tensor.dim() >= 2 and int(tensor.shape[0]) * int(tensor.shape[1]) > max_batch_tokens:
+            raise RequestError(f"{name} has shape {tuple(tensor.shape)}: batch x sequence = "
+                               f"{int(tensor.shape[0]) * int(tensor.shape[1])} passes this server's "
+                               f"max_batch_tokens={max_batch_tokens}; send smaller batches, or serve with "
+                               f"--limits '{{\"max_batch_tokens\": N}}'")
+    for name in MASK_NAMES:
+        if name in tensors:
+            mask(name, tensors[name])

@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import torch
 
+from transport import checks
 from transport.auth import tokens_match
 from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
 from transport.limits import ServerLimits
@@ -73,6 +74,7 @@ HANDLER_ERROR = "HandlerError"
 BAD_REPLY = "BadReply"
 UNAUTHORIZED = "Unauthorized"
 TOO_MANY_CONNECTIONS = "TooManyConnections"
+BAD_REQUEST = "BadRequest"  # a request the server refuses before compute (too large a batch, a mask not 0/1)
 
 _CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("transport_caller", default=None)
 _CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("transport_cancel", default=None)
@@ -420,6 +422,11 @@ class CloudServer:
         method = self._lookup(request.kind)
         if isinstance(method, str):
             return _error_frame(method, UNKNOWN_METHOD)
+        try:  # size and mask checks before the handler (and its memory) is reached
+            checks.request_size(request.tensors, self.limits.max_batch_tokens)
+        except checks.RequestError as exc:
+            log.warning("refusing %r: %s", request.kind, exc)
+            return _error_frame(f"{request.kind}: {exc}", BAD_REQUEST)
         if not self._acquire(cancel):
             log.info("client left before %r could run: skipped", request.kind)
             return None

@@ -23,11 +23,14 @@ class ServerLimits:
     frame_timeout_s: float = 120.0  # a frame whose first byte arrived must be complete within this
     handshake_timeout_s: float = 10.0  # TLS handshake and token check of a new connection
     max_sessions_per_connection: int = 8  # open generation sessions one connection may hold
+    max_batch_tokens: int = 1 << 18  # batch x sequence of any request tensor, checked before compute (memory
+    # grows with it times the hidden size: a legal 1 GiB frame of token ids could otherwise ask for ~50 GiB)
     session_ttl_s: float = 900.0  # a session unused for this long is dropped
     accept_error_pause_s: float = 0.05  # back-off after accept() fails (e.g. out of file descriptors)
 
     def __post_init__(self) -> None:
-        ints = ("max_message_bytes", "max_header_bytes", "max_connections", "max_sessions_per_connection")
+        ints = ("max_message_bytes", "max_header_bytes", "max_connections", "max_sessions_per_connection",
+                "max_batch_tokens")
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

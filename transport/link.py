@@ -128,10 +128,18 @@ class EmulatedLink:
 
     def send(self, sock: socket.socket, frame: bytes | bytearray, *, deadline: float | None = None,
              on_bytes: ByteCounter | None = None) -> LinkSend:
-        """Wait the modelled one-way time, then push `frame` into the socket."""
+        """Wait the modelled one-way time, then push `frame` into the socket.
+
+        `deadline` (time.monotonic()) bounds the wait too: a link slower than the call's time left waits
+        only until the deadline, then raises TimeoutError, as a real link would time the call out."""
         modelled = self.one_way_time(len(frame))
         start = time.perf_counter()
         if modelled > 0:
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if modelled > left:
+                time.sleep(max(left, 0.0))
+                raise TimeoutError(f"network {self.profile.name!r}: the emulated one-way time {modelled:.3g} s of a "
+                                   f"{len(frame)} B message passes the call's deadline ({max(left, 0.0):.3g} s left)")
             sleep_until(start + modelled)
         waited = time.perf_counter() - start
         send_bytes(sock, frame, deadline=deadline, on_bytes=on_bytes)
