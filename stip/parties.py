@@ -27,6 +27,9 @@ from .transform import generate_keys, output_dim, permute_features, transform_na
 
 log = logging.getLogger(__name__)
 
+SESSION_REFUSED = ("unknown session (none open under that id for this client, or it expired); open one with "
+                   "open_session()")  # never the id itself, never whether it is another client's live session
+
 KEY_ID_FIELD = "stip_key_id"  # the cloud config's record of the keys its weights were transformed with
 
 # Which key each model output is permuted by (the head carries pi_c; hidden states carry pi).
@@ -382,19 +385,16 @@ class ModelServer:
         return session
 
     def close_session(self, session: str, owner: str | None = None) -> None:
-        """Drop a session's KV cache (unknown ids are ignored; another owner's session is refused)."""
-        if session in self._sessions:
-            self.check_session(session, owner)
-        self._sessions.pop(session, None)
-        self._session_owner.pop(session, None)
+        """Drop a session's KV cache (unknown ids and other owners' sessions are ignored alike)."""
+        if session in self._sessions and self._session_owner[session][0] == owner:  # another's: as if unknown
+            self._sessions.pop(session, None)
+            self._session_owner.pop(session, None)
 
     def check_session(self, session: str, owner: str | None = None) -> None:
         """Refuse a session id that is unknown, expired or another owner's; mark it used."""
         self.expire_sessions()
-        if session not in self._sessions:
-            raise StipInputError(f"unknown session '{session}'; open one with open_session()")
-        if self._session_owner[session][0] != owner:
-            raise StipInputError(f"session '{session}' belongs to another client; open your own with open_session()")
+        if session not in self._sessions or self._session_owner[session][0] != owner:
+            raise StipInputError(SESSION_REFUSED)  # the same words for a live id of another client: no oracle, no echo
         self._session_owner[session] = (owner, time.monotonic())
 
     def expire_sessions(self) -> list[str]:
@@ -466,7 +466,7 @@ class ModelServer:
         left-padded row. New tokens sent without a mask are attended.
         """
         if session not in self._sessions:
-            raise StipInputError(f"unknown session '{session}'; open one with open_session()")
+            raise StipInputError(SESSION_REFUSED)
         state = self._sessions[session]
         batch, seq = shape
         if state["batch"] is not None and batch != state["batch"]:

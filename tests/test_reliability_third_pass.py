@@ -328,3 +328,29 @@ def test_mask_values_other_than_0_and_1_are_refused(values):
         with pytest.raises(CloudError, match="attention_mask must hold only 0 and 1") as info:
             cloud.call("echo", {"attention_mask": torch.tensor([values])})
         assert info.value.error_type == "BadRequest"
+
+
+def test_session_refusals_neither_tell_a_live_id_from_an_unknown_one_nor_echo_it():
+    import torch
+
+    from test_transport_reliability import _stip_handler, client, serving
+    from transport import CloudError
+
+    handler, owner = _stip_handler()
+    with serving(handler) as server, client(server) as alice, client(server) as mallory:
+        live = alice.call("open_session")[1]["session"]
+        unknown = "f" * len(live)
+        replies = {}
+        for sid in (live, unknown):
+            request = owner.request(torch.tensor([[1, 2, 3]]), session=sid)
+            tensors = {k: v for k, v in request.items() if isinstance(v, torch.Tensor)}
+            meta = {k: v for k, v in request.items() if not isinstance(v, torch.Tensor)}
+            with pytest.raises(CloudError) as info:
+                mallory.call("infer", tensors, meta)
+            replies[sid] = str(info.value).split("(error ")[0]  # the error id differs per call by design
+            assert sid not in str(info.value)
+            mallory.call("close_session", None, {"session": sid})  # ignored alike: nothing to learn
+        assert replies[live] == replies[unknown] and "unknown session" in replies[live]
+        request = owner.request(torch.tensor([[1, 2, 3]]), session=live)
+        alice.call("infer", {k: v for k, v in request.items() if isinstance(v, torch.Tensor)},
+                   {k: v for k, v in request.items() if not isinstance(v, torch.Tensor)})  # still alice's
