@@ -354,3 +354,106 @@ def test_session_refusals_neither_tell_a_live_id_from_an_unknown_one_nor_echo_it
         request = owner.request(torch.tensor([[1, 2, 3]]), session=live)
         alice.call("infer", {k: v for k, v in request.items() if isinstance(v, torch.Tensor)},
                    {k: v for k, v in request.items() if not isinstance(v, torch.Tensor)})  # still alice's
+
+
+# --- pre-authentication budget (item 1) -------------------------------------------------------------------------
+
+@pytest.fixture
+def tls_token_server(tmp_path):
+    """A CloudServer in this process with TLS and a token, and what a client needs to reach it."""
+    from test_transport_reliability import _self_signed
+    from transport.serve import server_ssl_context
+
+    cert, key = _self_signed(tmp_path)
+
+    def start(**limits):
+        from test_transport_reliability import serving
+        from transport import ServerLimits
+        from transport.testing import EchoHandler
+
+        return serving(EchoHandler(), token="t" * 32, ssl_context=server_ssl_context(str(cert), str(key)),
+                       limits=ServerLimits(**limits))
+    return start, cert
+
+
+def _stalled(port: int, n: int, tls_cert=None) -> list:
+    """n connections that send one byte and then nothing (raw TCP, or a finished TLS handshake then one byte)."""
+    import socket
+    import ssl
+
+    out = []
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if tls_cert is not None:
+            sock = ssl.create_default_context(cafile=str(tls_cert)).wrap_socket(sock, server_hostname="127.0.0.1")
+        sock.sendall(b"\x16" if tls_cert is None else b"S")
+        out.append(sock)
+    return out
+
+
+def _closed_within(sock, seconds: float) -> bool:
+    import time
+
+    sock.settimeout(seconds)
+    t0 = time.monotonic()
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass
+    return time.monotonic() - t0 < seconds
+
+
+@pytest.mark.parametrize("stage", ["tls_handshake", "hello"])
+def test_unauthenticated_connections_cannot_lock_out_a_client_with_the_token(tls_token_server, stage):
+    """Issue 24 item 1: 4 connections that send one byte each once held all 4 slots for frame_timeout_s."""
+    import time
+
+    from transport import RemoteCloud
+
+    start, cert = tls_token_server
+    with start(max_connections=4, handshake_timeout_s=2, frame_timeout_s=20) as server:
+        attackers = _stalled(server.port, 4, cert if stage == "hello" else None)
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        with RemoteCloud(f"127.0.0.1:{server.port}", token="t" * 32, ca_file=cert, timeout_s=10) as cloud:
+            x = torch_ones()
+            assert cloud.call("echo", {"x": x})[0]["x"].equal(x)
+        assert time.monotonic() - t0 < 1.5  # served at once, not after the stalled ones time out
+        t0 = time.monotonic()
+        assert all(_closed_within(s, 4.0) for s in attackers)  # the whole unauthenticated phase: <= 2 s
+        assert time.monotonic() - t0 < 3.5
+        for s in attackers:
+            s.close()
+
+
+def torch_ones():
+    import torch
+
+    return torch.ones(3)
+
+
+def test_a_full_server_answers_with_a_reason(tls_token_server):
+    import time
+
+    from transport import CloudError, RemoteCloud
+
+    start, cert = tls_token_server
+    with start(max_unauthenticated=2, handshake_timeout_s=3) as server:
+        attackers = _stalled(server.port, 2)
+        time.sleep(0.2)
+        with pytest.raises(CloudError, match="max_unauthenticated") as info:
+            RemoteCloud(f"127.0.0.1:{server.port}", token="t" * 32, ca_file=cert, timeout_s=5).start()
+        assert info.value.error_type == "TooManyConnections"
+        for s in attackers:
+            s.close()
+    with start(max_connections=1) as server:
+        address = f"127.0.0.1:{server.port}"
+        with RemoteCloud(address, token="t" * 32, ca_file=cert, timeout_s=5) as first:
+            first.call("echo")
+            with pytest.raises(CloudError, match="max_connections") as info:
+                RemoteCloud(address, token="t" * 32, ca_file=cert, timeout_s=5).start()
+            assert info.value.error_type == "TooManyConnections"
+            first.call("echo")  # the served client is untouched

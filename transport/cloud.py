@@ -65,6 +65,7 @@ DEFAULT_FRAME_TIMEOUT_S = ServerLimits.frame_timeout_s  # a started frame must f
 _DRAIN_TIMEOUT_S = 1.0
 _DRAIN_LIMIT_BYTES = 64 << 20
 _WATCH_INTERVAL_S = 0.05
+HELLO_MAX_BYTES = 64 << 10  # a hello carries a token: an unauthenticated peer may send no more than this
 
 # error_type values carried in error replies
 BAD_MESSAGE = "BadMessage"
@@ -224,7 +225,9 @@ class CloudServer:
         self.refused_connections = 0  # connections turned away at max_connections
         self._handler_lock = threading.Lock()
         self._conn_lock = threading.Lock()
-        self._connections = 0
+        self._connections = 0  # connections served (authenticated, when the server asks for it)
+        self._pending = 0  # connections still in their TLS handshake or hello (max_unauthenticated)
+        self._refusers = threading.BoundedSemaphore(4)  # TLS refusals answered at once (each within 1 s)
         self._closed = False
         self._watcher = _CallWatcher()
         apply_limits = getattr(handler, "apply_limits", None)
@@ -258,29 +261,97 @@ class CloudServer:
                 conn.close()
 
     def _admit(self, conn: socket.socket, addr: Any) -> None:
+        """Start serving `conn`, or refuse it with a reason. A connection that must authenticate first (TLS or
+        a token) counts against max_unauthenticated until it has, and only then takes a max_connections slot,
+        so connections that never authenticate cannot lock out one that does."""
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        gated = self.token is not None or self.ssl_context is not None
         with self._conn_lock:
-            full = self._connections >= self.limits.max_connections
-            if not full:
-                self._connections += 1
+            if gated:
+                full = self._pending >= self.limits.max_unauthenticated
+                self._pending += not full
+            else:
+                full = self._connections >= self.limits.max_connections
+                self._connections += not full
         if full:
-            self.refused_connections += 1
-            log.warning("refusing %s: %d connections open (max_connections)", addr, self.limits.max_connections)
-            if self.ssl_context is None:  # over TLS there is no channel to answer on yet
-                try:
-                    conn.settimeout(1.0)
-                    conn.sendall(_error_frame(f"the cloud serves at most {self.limits.max_connections} "
-                                              "connections; retry later", TOO_MANY_CONNECTIONS))
-                except OSError:
-                    pass
-            conn.close()
+            self._refuse_full(conn, addr, pending=gated)
             return
         try:
-            threading.Thread(target=self._serve_connection, args=(conn, addr), daemon=True,
+            threading.Thread(target=self._serve_connection, args=(conn, addr, gated), daemon=True,
                              name=f"cloud-conn-{addr[1] if isinstance(addr, tuple) else addr}").start()
         except BaseException:
             with self._conn_lock:
-                self._connections -= 1
+                if gated:
+                    self._pending -= 1
+                else:
+                    self._connections -= 1
+            raise
+
+    def _refuse_full(self, conn: socket.socket, addr: Any, *, pending: bool) -> None:
+        """Answer a connection the server has no room for with TooManyConnections and a reason, then close it.
+
+        Over TLS the answer needs a handshake: a few refusal threads at most (bounded, each within 1 s);
+        beyond them the connection is closed unanswered."""
+        self.refused_connections += 1
+        why = (f"{self.limits.max_unauthenticated} connections are still authenticating (max_unauthenticated)"
+               if pending else f"the cloud serves at most {self.limits.max_connections} connections "
+                               "(max_connections)")
+        log.warning("refusing %s: %s", addr, why)
+        frame = _error_frame(f"{why}; retry later", TOO_MANY_CONNECTIONS)
+        if self.ssl_context is None:
+            try:
+                conn.settimeout(1.0)
+                conn.sendall(frame)
+            except OSError:
+                pass
+            conn.close()
+            return
+        if not self._refusers.acquire(blocking=False):
+            conn.close()
+            return
+
+        def answer() -> None:
+            sock: socket.socket = conn
+            try:
+                sock = self._tls_handshake(conn, time.monotonic() + min(1.0, self.limits.handshake_timeout_s))
+                sock.settimeout(1.0)
+                sock.sendall(frame)
+                sock.recv(1 << 16)  # the client's first request, so closing sends no reset over the answer
+            except (OSError, TimeoutError):
+                pass
+            finally:
+                sock.close()
+                self._refusers.release()
+        try:
+            threading.Thread(target=answer, daemon=True, name="cloud-refuse").start()
+        except BaseException:
+            self._refusers.release()
+            conn.close()
+            raise
+
+    def _tls_handshake(self, conn: socket.socket, deadline: float) -> ssl.SSLSocket:
+        """The server side of the TLS handshake, done by `deadline` (monotonic) however slowly the peer sends;
+        TimeoutError otherwise. `conn` is detached into the returned socket (closed here on failure)."""
+        conn.setblocking(False)
+        tls = self.ssl_context.wrap_socket(conn, server_side=True,  # type: ignore[union-attr]
+                                           do_handshake_on_connect=False)
+        try:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    want = ([tls], [])
+                except ssl.SSLWantWriteError:
+                    want = ([], [tls])
+                left = deadline - time.monotonic()
+                if left <= 0 or not any(select.select(*want, [], left)[:2]):
+                    raise TimeoutError(f"TLS handshake not done within handshake_timeout_s="
+                                       f"{self.limits.handshake_timeout_s:g}")
+            tls.setblocking(True)
+            return tls
+        except BaseException:
+            tls.close()
             raise
 
     def close(self) -> None:
@@ -296,12 +367,34 @@ class CloudServer:
     def _send(self, conn: socket.socket, frame: bytes | bytearray | Frame) -> None:
         self.link.send(conn, frame, deadline=time.monotonic() + self.frame_timeout_s)
 
-    def _serve_connection(self, conn: socket.socket, addr: Any) -> None:
+    def _serve_connection(self, conn: socket.socket, addr: Any, gated: bool = False) -> None:
         caller = secrets.token_hex(16)
+        pending, served = gated, not gated  # which count this connection holds: _pending or _connections
         try:
-            if self.ssl_context is not None:
-                conn.settimeout(self.limits.handshake_timeout_s)
-                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+            if gated:
+                # TLS handshake and token check together within handshake_timeout_s, whatever the peer does
+                deadline = time.monotonic() + self.limits.handshake_timeout_s
+                if self.ssl_context is not None:
+                    conn = self._tls_handshake(conn, deadline)
+                welcome = self._authenticate(conn, addr, deadline) if self.token is not None else None
+                if self.token is not None and welcome is None:
+                    return
+                with self._conn_lock:
+                    self._pending -= 1
+                    pending = False
+                    full = self._connections >= self.limits.max_connections
+                    self._connections += not full
+                    served = not full
+                if full:
+                    self.refused_connections += 1
+                    log.warning("refusing %s: %d connections open (max_connections)", addr,
+                                self.limits.max_connections)
+                    self._refuse_and_close(conn, _error_frame(
+                        f"the cloud serves at most {self.limits.max_connections} connections (max_connections); "
+                        "retry later", TOO_MANY_CONNECTIONS))
+                    return
+                if welcome is not None and not self._try_send(conn, welcome):
+                    return
             self._serve_frames(conn, addr, caller)
         except (ssl.SSLError, OSError) as exc:
             log.warning("connection %s failed: %r", addr, exc)
@@ -310,23 +403,46 @@ class CloudServer:
         finally:
             conn.close()
             with self._conn_lock:
-                self._connections -= 1
+                self._pending -= pending
+                self._connections -= served
             closed = getattr(self.handler, "connection_closed", None)
-            if callable(closed):
+            if served and callable(closed):
                 try:
                     with self._handler_lock:
                         closed(caller)
                 except Exception:
                     log.exception("handler connection_closed(%s) failed", addr)
 
+    def _authenticate(self, conn: socket.socket, addr: Any, deadline: float) -> bytearray | None:
+        """Read the hello (whole frame by `deadline`, at most HELLO_MAX_BYTES) and check its token: the welcome
+        reply to send once a connection slot is granted, or None (refused and answered, or gone)."""
+        try:
+            header, body = recv_frame(conn, min(self.max_message_bytes, HELLO_MAX_BYTES), deadline=deadline,
+                                      max_header_bytes=min(self.limits.max_header_bytes, HELLO_MAX_BYTES))
+        except ConnectionClosed:
+            return None
+        except (TruncatedFrame, TimeoutError) as exc:
+            log.warning("connection %s closed before authenticating within handshake_timeout_s=%g: %r", addr,
+                        self.limits.handshake_timeout_s, exc)
+            return None
+        except WireError as exc:
+            log.warning("refusing %s before authentication: %s", addr, exc)
+            self._refuse_and_close(conn, _error_frame(str(exc), BAD_MESSAGE))
+            return None
+        reply, accepted = self._hello(header, body, addr)
+        if not accepted:
+            self._refuse_and_close(conn, reply)
+            return None
+        return reply
+
     def _serve_frames(self, conn: socket.socket, addr: Any, caller: str) -> None:
-        """Answer frames on one connection until the peer leaves, idles out, or the stream breaks."""
-        authenticated = self.token is None
+        """Answer frames on one (authenticated) connection until the peer leaves, idles out, or the stream
+        breaks."""
         while True:
-            idle = self.limits.idle_timeout_s if authenticated else self.limits.handshake_timeout_s
             try:
                 header, body = recv_frame(conn, self.max_message_bytes, frame_timeout_s=self.frame_timeout_s,
-                                          idle_timeout_s=idle, max_header_bytes=self.limits.max_header_bytes)
+                                          idle_timeout_s=self.limits.idle_timeout_s,
+                                          max_header_bytes=self.limits.max_header_bytes)
             except ConnectionClosed:
                 return
             except TruncatedFrame as exc:
@@ -343,14 +459,6 @@ class CloudServer:
             except (TimeoutError, OSError) as exc:
                 log.info("connection %s closed: %r (idle or stalled)", addr, exc)
                 return
-            if not authenticated:
-                reply, authenticated = self._hello(header, body, addr)
-                if not authenticated:
-                    self._refuse_and_close(conn, reply)
-                    return
-                if not self._try_send(conn, reply):
-                    return
-                continue
             reply = self._handle_watched(conn, header, body, caller)
             if reply is None:  # the client left while its call waited or ran
                 return

@@ -21,7 +21,8 @@ class ServerLimits:
     max_connections: int = 64  # served at once; more are answered TooManyConnections and closed
     idle_timeout_s: float = 600.0  # a connection with no request for this long is closed
     frame_timeout_s: float = 120.0  # a frame whose first byte arrived must be complete within this
-    handshake_timeout_s: float = 10.0  # TLS handshake and token check of a new connection
+    handshake_timeout_s: float = 10.0  # TLS handshake and token check of a new connection, all of it
+    max_unauthenticated: int = 16  # connections in their handshake at once (apart from max_connections)
     max_sessions_per_connection: int = 8  # open generation sessions one connection may hold
     max_batch_tokens: int = 1 << 18  # batch x sequence of any request tensor, checked before compute (memory
     # grows with it times the hidden size: a legal 1 GiB frame of token ids could otherwise ask for ~50 GiB)
@@ -30,7 +31,7 @@ class ServerLimits:
 
     def __post_init__(self) -> None:
         ints = ("max_message_bytes", "max_header_bytes", "max_connections", "max_sessions_per_connection",
-                "max_batch_tokens")
+                "max_batch_tokens", "max_unauthenticated")
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
