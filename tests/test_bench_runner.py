@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from baselines.full_cloud import FullCloudProtocol
 from bench.app import CONFIG_DIR, run
+from bench.validate import ConfigError
 
 MPC_EXPERIMENTS = {"mpc_vs_stip", "mpc_bert_base", "mpc_accuracy", "mpc_accuracy_smollm2",  # two CrypTen party
                    "mpc_gpt2", "mpc_gpt2_generate"}  # processes per run: slow
@@ -146,6 +147,7 @@ def test_cli_sweep_survives_a_failed_run_and_aggregates(tmp_path):
     assert set(runs.rtt_s) == {0.0}
 
 
-def test_unknown_protocol_key_fails_the_run_naming_it(tmp_path):
-    report = run(make_cfg(tmp_path, "model=bert-tiny", "protocol=full_cloud", "++protocol.device_layers=3"))
-    assert report.status == "failed" and "device_layers" in report.error
+def test_unknown_protocol_key_is_refused_before_the_run_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match="device_layers"):
+        run(make_cfg(tmp_path, "model=bert-tiny", "protocol=full_cloud", "++protocol.device_layers=3"))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("report.json"))  # nothing built
