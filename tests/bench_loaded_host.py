@@ -10,7 +10,6 @@ results/micro/loaded_host.csv, rewritten per run); without it nothing is written
 """
 from __future__ import annotations
 
-import csv
 import os
 import statistics
 import subprocess
@@ -22,19 +21,17 @@ from typing import Iterator
 
 import pandas as pd
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 
 from bench.app import CONFIG_DIR, run
 from transport.processes import signal_tree
-from transport.threads import THREAD_ENV_VARS
+from helpers.results_csv import append_rows
 
 pytestmark = pytest.mark.benchmark
 PAIRS = 4
 TARGET = 1.5
 RUN = ["model=bert-tiny", "protocol=full_cloud", "network=none", "run.seq_len=8", "run.repeats=15", "run.warmup=2",
        "force=true", "experiment_name=loaded_host"]
-_started: set[Path] = set()
 
 
 @contextmanager
@@ -52,19 +49,6 @@ def busy_cores(n: int) -> Iterator[list[subprocess.Popen]]:
             p.wait(timeout=10)
 
 
-@pytest.fixture
-def keep_threads():
-    """The runner sets this process's threads (it is the device): restore them for the benchmarks after this one."""
-    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in THREAD_ENV_VARS}
-    yield
-    torch.set_num_threads(before)
-    for var, val in env.items():
-        if val is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = val
-
-
 def measure(tmp: Path, extra: list[str]) -> dict:
     """Median cloud compute and total (s) of one run, and what its report says about the host."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -80,24 +64,14 @@ def measure(tmp: Path, extra: list[str]) -> dict:
 
 
 def write_rows(rows: list[list]) -> None:
-    path = os.environ.get("STIP_LOADED_RESULTS")
-    if not path:
-        return
-    results = Path(path)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    fresh = results not in _started
-    _started.add(results)
-    with results.open("w" if fresh else "a", newline="") as fh:
-        writer = csv.writer(fh)
-        if fresh:
-            writer.writerow(["setting", "pair", "threads", "quiet_cloud_compute_s", "loaded_cloud_compute_s",
-                             "cloud_compute_ratio", "quiet_total_s", "loaded_total_s", "total_ratio",
-                             "quiet_other_load_cores", "loaded_other_load_cores", "target", "met", "cores", "time"])
-        writer.writerows(rows)
+    append_rows("STIP_LOADED_RESULTS", [
+        "setting", "pair", "threads", "quiet_cloud_compute_s", "loaded_cloud_compute_s", "cloud_compute_ratio",
+        "quiet_total_s", "loaded_total_s", "total_ratio", "quiet_other_load_cores", "loaded_other_load_cores",
+        "target", "met", "cores", "time"], rows)
 
 
 @pytest.mark.parametrize("setting", ["default", "all"])
-def test_bert_tiny_forward_on_a_loaded_host(tmp_path, keep_threads, setting):
+def test_bert_tiny_forward_on_a_loaded_host(tmp_path, restore_threads, setting):
     cores = os.cpu_count() or 1
     extra = [] if setting == "default" else [f"run.threads={cores}"]
     rows, ratios = [], []

@@ -8,13 +8,10 @@ without it nothing is written, so local runs leave the committed results alone.
 """
 from __future__ import annotations
 
-import csv
-import os
 import socket
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +22,9 @@ from stip.sampling import Sampling, choose_tokens
 from transport.framing import recv_frame, send_bytes
 from transport.wire import decode_body, encode_frame
 
+from helpers.results_csv import append_rows
+
 pytestmark = pytest.mark.benchmark
-_started: set[Path] = set()  # CSVs this run has already truncated
 
 
 def paired(a, b, rounds: int, repeats: int = 5) -> tuple[float, float, list[float]]:
@@ -90,21 +88,11 @@ def record(benchmark, name: str, stip_s: float, base_s: float, target: str, met:
     verdict = "" if met is None else f" (target {target}: {'met' if met else 'MISSED'})"
     print(f"\n{name}: STIP {stip_s * scale:.4g} {unit} vs baseline {base_s * scale:.4g} {unit} -> ratio "
           f"{ratio:.3f}{spread}{verdict}")
-    path = os.environ.get("STIP_MICRO_RESULTS")
-    if not path:
-        return
-    results = Path(path)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    fresh = results not in _started
-    _started.add(results)
-    with results.open("w" if fresh else "a", newline="") as fh:
-        writer = csv.writer(fh)
-        if fresh:
-            writer.writerow(["benchmark", "stip_median_s", "baseline_median_s", "ratio", "ratio_min",
-                             "ratio_max", "repeats", "target", "met", "torch_threads", "time"])
-        writer.writerow([name, f"{stip_s:.6g}", f"{base_s:.6g}", f"{ratio:.4f}", f"{min(ratios):.4f}",
-                         f"{max(ratios):.4f}", len(ratios), target, "" if met is None else met,
-                         torch.get_num_threads(), time.strftime("%Y-%m-%dT%H:%M:%S")])
+    append_rows("STIP_MICRO_RESULTS", ["benchmark", "stip_median_s", "baseline_median_s", "ratio", "ratio_min",
+                                       "ratio_max", "repeats", "target", "met", "torch_threads", "time"],
+                [[name, f"{stip_s:.6g}", f"{base_s:.6g}", f"{ratio:.4f}", f"{min(ratios):.4f}", f"{max(ratios):.4f}",
+                  len(ratios), target, "" if met is None else met, torch.get_num_threads(),
+                  time.strftime("%Y-%m-%dT%H:%M:%S")]])
 
 
 @pytest.fixture(scope="module")

@@ -21,19 +21,6 @@ from transport.threads import DEFAULT_THREADS, THREAD_ENV_VARS, apply_threads, r
 FACTORY = "helpers.thread_probe:make_probe"
 
 
-@pytest.fixture
-def restore_threads():
-    """Tests here change this process's threads and thread environment: put both back."""
-    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in THREAD_ENV_VARS}
-    yield
-    torch.set_num_threads(before)
-    for var, val in env.items():
-        if val is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = val
-
-
 def test_resolve_threads_default_and_refusals():
     assert resolve_threads(None) == DEFAULT_THREADS == 1
     assert resolve_threads(3) == 3 and resolve_threads("2") == 2
