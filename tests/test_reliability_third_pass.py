@@ -3,6 +3,7 @@ remote cloud's token never travels in clear or from a readable file. Each test f
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pandas as pd
@@ -457,3 +458,35 @@ def test_a_full_server_answers_with_a_reason(tls_token_server):
                 RemoteCloud(address, token="t" * 32, ca_file=cert, timeout_s=5).start()
             assert info.value.error_type == "TooManyConnections"
             first.call("echo")  # the served client is untouched
+
+
+# --- the cloud's process group (item 13) ------------------------------------------------------------------------
+
+RUNNER = """
+import sys, time
+from transport import CloudProcess
+cloud = CloudProcess("transport.testing:make_echo_handler", timeout_s=30).start()
+print(cloud.pid, cloud.call("spawn_child")[1]["pid"], flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_device_killed_by_sigkill_leaves_neither_cloud_nor_grandchild():
+    import signal
+    import subprocess
+
+    from test_transport_reliability import ROOT, gone
+
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cloud = grandchild = None
+    try:
+        cloud, grandchild = map(int, runner.stdout.readline().split())
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(10)
+        assert gone(cloud, 10) and gone(grandchild, 10)
+    finally:
+        runner.kill()
+        for pid in (cloud, grandchild):
+            if pid and not gone(pid, 0.1):  # never leave a process behind, even when the test fails
+                os.kill(pid, signal.SIGKILL)

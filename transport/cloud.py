@@ -29,6 +29,7 @@ import pkgutil
 import re
 import secrets
 import select
+import signal
 import socket
 import ssl
 import sys
@@ -601,13 +602,25 @@ def _write_ready(fd: int, payload: dict) -> None:
 
 
 def _exit_on_stdin_eof() -> None:
-    """Exit the whole process when the parent closes stdin or dies."""
+    """Exit the whole process when the parent closes stdin or dies, taking what the handler started with it."""
     try:
         while sys.stdin.buffer.read(65536):
             pass
     finally:
         log.info("stdin closed: cloud process exiting")
+        _end_own_group()
         os._exit(0)
+
+
+def _end_own_group() -> None:
+    """SIGKILL this process's group (this process included) when it leads its own session, as CloudProcess
+    starts it (transport.processes.spawn): a grandchild of a killed device never outlives the cloud. A cloud
+    started otherwise (a shell's group) signals nobody else."""
+    if os.getsid(0) != os.getpid():
+        return
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
