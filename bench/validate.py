@@ -95,6 +95,59 @@ def workload_problems(run: Mapping[str, Any], model_cfg: Mapping[str, Any] | Non
     return out
 
 
+GiB = float(1 << 30)
+LM_HEADS = ("causal_lm", "masked_lm")
+
+
+def activation_bytes(run: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """(estimated bytes, tokens) of one forward's activations, from shapes: per token one layer's live tensors
+    (residual, q/k/v, the MLP's intermediate, a row of attention scores per head) and the outputs held by both
+    the cloud and the device (logits for LM heads). An estimate, not a bound: never allocated here."""
+    from protocols.models import DTYPES, hf_config  # noqa: PLC0415 - transformers config only when a model is named
+
+    config = hf_config(model_cfg)
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
+    inter = int(getattr(config, "intermediate_size", 0) or getattr(config, "n_inner", 0) or 4 * hidden)
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
+    if model_cfg.get("model_type") == "vit":
+        tokens = (int(config.image_size) // int(config.patch_size)) ** 2 + 1
+    else:
+        new = run.get("max_new_tokens", 0) if run.get("task") == "generate" else 0
+        tokens = int(run["seq_len"]) + (int(new) if isinstance(new, int) else 0)
+    vocab = int(getattr(config, "vocab_size", 0) or 0) if model_cfg.get("head") in LM_HEADS else 0
+    per_token = 4 * hidden + inter + heads * tokens + 2 * (vocab + hidden)
+    element = DTYPES[str(model_cfg.get("dtype", "float32"))].itemsize
+    return int(run["batch_size"]) * tokens * per_token * element, int(run["batch_size"]) * tokens
+
+
+def memory_problems(run: Mapping[str, Any], model_cfg: Mapping[str, Any] | None) -> list[str]:
+    """Refuse a workload whose activations alone, estimated from shapes, pass this host's memory (before the
+    model, checkpoint and cloud are built). Shape-only runs, and models too large to run here (the runner then
+    reports shape-derived figures), allocate no activations and pass."""
+    import psutil  # noqa: PLC0415
+
+    if model_cfg is None or run.get("task") in (None, "shapes") or workload_problems(run):
+        return []
+    try:
+        need, tokens = activation_bytes(run, model_cfg)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):  # no config here: the build names it
+        return []
+    total = psutil.virtual_memory().total
+    if need <= total:
+        return []
+    from protocols.models import count_params, fits_on_host  # noqa: PLC0415
+
+    if not fits_on_host(count_params(model_cfg), str(model_cfg.get("dtype", "float32"))):
+        return []  # measured from shapes only: nothing of this size is allocated
+    per_sample = max(need // int(run["batch_size"]), 1)
+    fit = max(int(total // (2 * per_sample)), 0)
+    return [f"run.batch_size={run['batch_size']} x {tokens // int(run['batch_size'])} tokens needs about "
+            f"{need / GiB:.1f} GiB of activations (estimated from shapes, model {model_cfg.get('name')!r}) but this "
+            f"host has {total / GiB:.1f} GiB of memory; lower it, e.g. run.batch_size={fit}" if fit >= 1 else
+            f"run.seq_len={run['seq_len']} needs about {need / GiB:.1f} GiB of activations (estimated from shapes) "
+            f"but this host has {total / GiB:.1f} GiB of memory; lower run.seq_len"]
+
+
 def cloud_problems(cloud: Mapping[str, Any], network: Mapping[str, Any]) -> list[str]:
     """A remote cloud: a host:port address, readable token and CA files, and no emulated link on top."""
     address = cloud.get("address")
@@ -145,6 +198,7 @@ def check_run_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("invalid run configuration (nothing was built or run):\n  - " + "\n  - ".join(problems))
     problems = experiment_problems(cfg.get("experiment_name"))
     problems += workload_problems(cfg.get("run") or {}, cfg.get("model"))
+    problems += memory_problems(cfg.get("run") or {}, cfg.get("model"))
     problems += network_problems(cfg.get("network") or {})
     problems += cloud_problems(cfg.get("cloud") or {}, cfg.get("network") or {})
     if problems:

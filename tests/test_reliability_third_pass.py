@@ -490,3 +490,37 @@ def test_a_device_killed_by_sigkill_leaves_neither_cloud_nor_grandchild():
         for pid in (cloud, grandchild):
             if pid and not gone(pid, 0.1):  # never leave a process behind, even when the test fails
                 os.kill(pid, signal.SIGKILL)
+
+
+# --- memory from shapes before building (item 11) ---------------------------------------------------------------
+
+def test_a_batch_that_cannot_fit_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    import time
+
+    import psutil
+
+    import bench.app
+    from bench.validate import ConfigError, activation_bytes
+
+    def no_build(*a, **k):
+        raise AssertionError("a model was built for a run that cannot fit")
+    monkeypatch.setattr(bench.app, "build_spec", no_build)
+    cfg = make_cfg(tmp_path, "run.batch_size=1000000")
+    need, _ = activation_bytes(plain(cfg)["run"], plain(cfg)["model"])
+    assert need > psutil.virtual_memory().total  # the premise: 10**6 x 32 tokens of bert-tiny cannot fit
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    assert time.perf_counter() - t0 < 5.0
+    text = str(err.value)
+    assert "run.batch_size=1000000" in text and "GiB of activations" in text and "this host has" in text, text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_memory_estimate_passes_the_shipped_workloads(tmp_path):
+    from bench.validate import memory_problems
+
+    cfg = plain(make_cfg(tmp_path, "run.batch_size=100", "run.seq_len=100"))
+    assert memory_problems(cfg["run"], cfg["model"]) == []
+    shapes = plain(make_cfg(tmp_path, "run.batch_size=1000000", "run.task=shapes"))
+    assert memory_problems(shapes["run"], shapes["model"]) == []  # a shape-only run allocates no activations
