@@ -15,22 +15,21 @@ from typing import Any
 
 import torch
 
-from transport.threads import inherited_threads, thread_env, xla_flags
-
 from protocols.contract import AccuracyBound
+from transport.threads import inherited_threads, thread_env, xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("SPU_VENV", REPO / ".venv-spu"))
 PROTOCOLS = {"aby3": "ABY3", "cheetah": "CHEETAH", "semi2k": "SEMI2K"}
 APPROXIMATIONS = ("puma", "nimbus")
 EMBEDDINGS = ("mpc", "device")  # one-hot x table in MPC | the device's own lookup, secret-shared (CrypTen's names)
-MODEL_TYPES = {"bert": "last_hidden_state", "gpt2": "logits"}  # model_type -> the output accuracy is judged on
 # Below these a run is `diverged` (bench/status.py): under the lowest converged top-1 of results/mpc_spu* (PUMA 0.89
 # on GPT-2 124M, Nimbus 0.86 on BERT-base; both 1.0 at bert-tiny); errors as CrypTen's families' (approximations.py).
 BOUNDS = {"puma": AccuracyBound(0.85, 50.0, "SPU's reciprocal is range-normalised: no row-sum limit measured; "
                                 "way out: report the run and its inputs"),
           "nimbus": AccuracyBound(0.6, 50.0, "SPU's reciprocal is range-normalised: no row-sum limit measured; "
                                   "way out: report the run and its inputs")}
+MODEL_TYPES = {"bert": "last_hidden_state", "gpt2": "logits"}  # model_type -> the output accuracy is judged on
 
 
 @dataclass
@@ -64,18 +63,17 @@ class SpuResult:
     runtime: dict[str, str] = field(default_factory=dict)  # the driver's RuntimeConfig: protocol, beaver_type
 
 
+def spu_env() -> dict[str, str]:
+    """The driver's thread settings (transport.threads): the runner's count in OMP/MKL/BLAS and XLA_FLAGS."""
+    n = inherited_threads()
+    return {**thread_env(n), "XLA_FLAGS": xla_flags(n, os.environ.get("XLA_FLAGS", ""))}
+
+
 def spu_bound(approx: str) -> AccuracyBound | None:
     """The accuracy bound of an SPU approximation (BOUNDS)."""
     if approx not in BOUNDS:
         raise ValueError(f"SPU approximation {approx!r} has no accuracy bound; known: {sorted(BOUNDS)}")
     return BOUNDS[approx]
-
-
-
-def spu_env() -> dict[str, str]:
-    """The driver's thread settings (transport.threads): the runner's count in OMP/MKL/BLAS and XLA_FLAGS."""
-    n = inherited_threads()
-    return {**thread_env(n), "XLA_FLAGS": xla_flags(n, os.environ.get("XLA_FLAGS", ""))}
 
 
 def python() -> Path:
