@@ -11,28 +11,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis import (
-    RUN_COLUMNS,  # noqa: F401 - the runs table's columns, importable from here as before
-    accuracy_table,
-    join_runs,
-    latency_table,
-    markdown,
-    run_record,
-    runs_frame,
-    workload_keys,
-)
 from bench.answer import print_answer
 from bench.results import (
     REPORT,
-    ROWS,
     RunReport,
     atomic_write_bytes,
     atomic_write_csv,
     atomic_write_json,
     atomic_write_parquet,
     safe_name,
-    typed,
 )
+from bench.runs_table import join_runs, run_record, runs_frame
+from protocols.results_schema import ROWS, typed
+from protocols.summaries import accuracy_table, latency_table, markdown, workload_keys
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +204,10 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
             "latency_table": (latency_table, "modelled end-to-end latency per request",
                               "latency = measured compute + rounds x RTT + bytes / bandwidth of the run's network "
                               "(protocols/vocabulary.py), median over every repeat of the workload's runs; q25_s-q75_s:"
-                              " its IQR, p90_s from 10 repeats (bench.analysis.interval); compute_s: phases summed "
-                              "within one run and repeat; over_fastest = latency / the fastest protocol's on that "
-                              "network; status/noisy: marks of the workload's runs (diverged, noisy host)."),
+                              " its IQR, p90_s from 10 repeats (protocols.summaries.interval); compute_s: "
+                              "phases summed within one run and repeat; over_fastest = latency / the fastest "
+                              "protocol's on that network; status/noisy: marks of the workload's runs "
+                              "(diverged, noisy host)."),
             "accuracy_table": (accuracy_table, "accuracy against the plaintext model",
                                "Definitions in protocols/accuracy.py (counted positions: attention mask 1); source "
                                "`engine`: the protocol's real output, `simulated`: the float64 simulation of the "

@@ -2,7 +2,7 @@
 
 Every line says which total it shows: `measured` (source socket, engine or host: through the emulated link or the
 engine's own clock) and `modelled` (compute + rounds x RTT + bytes / bandwidth), both where both exist. Spread is the
-IQR over repeats (bench.analysis.interval, the one definition), p90 from 10 repeats, and max/min, flagged above
+IQR over repeats (protocols.summaries.interval, the one definition), p90 from 10 repeats, and max/min, flagged above
 `NOISY`; a run the runner found `noisy` (report.noisy) or `diverged` (report.status) is marked whatever its spread.
 """
 from __future__ import annotations
@@ -15,8 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bench.analysis import interval, join_runs, run_record, runs_frame, workload_keys
-from bench.results import ROWS, RunReport, git_sha, typed
+from bench.results import RunReport, git_sha
+from bench.runs_table import join_runs, run_record, runs_frame
+from protocols.results_schema import ROWS, typed
+from protocols.summaries import interval, workload_keys
 from protocols.vocabulary import MPC_PHASES, STIP_PHASES
 
 NOISY = 1.5  # max/min of the repeats above which a latency is flagged as noisy
@@ -226,7 +228,7 @@ def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
     """Per workload (every WORKLOAD_KEYS column present: model, seq_len, batch, network, protocol, engine, approx,
     security, task, variant): runs, the total's source, its median, IQR, p90, min/max and spread over every repeat
     of every run (each run's total taken on its own first), the modelled median, bytes, rounds, top-1 agreement,
-    other quantities, and status marks (diverged, noisy) where the rows carry them (bench.analysis.join_runs)."""
+    other quantities, and status marks (diverged, noisy) where the rows carry them (bench.runs_table.join_runs)."""
     records = []
     keys = workload_keys(rows)
     for key, g in rows.groupby(keys, dropna=False, sort=True):
@@ -336,7 +338,7 @@ def print_answer(rows: pd.DataFrame, failed: list[str], title: str, console: Con
                       "its outputs are not to be trusted (see the reason)[/yellow]", soft_wrap=True)
     if len(table):
         console.print("latency: median over repeats; IQR: 25th–75th percentile; p90 from 10 repeats "
-                      "(bench.analysis.interval)", style="dim")
+                      "(protocols.summaries.interval)", style="dim")
     if failed:
         console.print(f"[bold red]{len(failed)} run(s) failed:[/bold red]")
         for f in failed:
@@ -362,7 +364,7 @@ def _print_quantities(table: pd.DataFrame, title: str, console: Console) -> None
 
 def sweep_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """The rows of every job of a Hydra sweep folder (via each job's run_dir.txt), joined with the runs' status,
-    noisy reasons, task and variant (bench.analysis.join_runs), and the failed runs, named."""
+    noisy reasons, task and variant (bench.runs_table.join_runs), and the failed runs, named."""
     frames, records, failed = [], [], []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
         pointer = job / RUN_POINTER

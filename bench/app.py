@@ -29,7 +29,6 @@ from bench.conditions import RunConditions
 from bench.hostslot import host_slot
 from bench.results import (
     LOCK,
-    ROWS,
     RunReport,
     UnreadableReport,
     atomic_write_parquet,
@@ -44,6 +43,7 @@ from bench.status import run_status
 from bench.validate import ConfigError, check_run_config, sweep_without_multirun
 from protocols.contract import Protocol, RemoteCloudConfig, RunRequest
 from protocols.models import build_spec
+from protocols.results_schema import ROWS
 from protocols.vocabulary import check_security
 from transport.link import network_profile
 

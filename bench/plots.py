@@ -16,14 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from bench.analysis import P90_MIN, interval_frame, workload_keys  # noqa: E402
+from protocols.summaries import P90_MIN, interval_frame, workload_keys  # noqa: E402
 from protocols.vocabulary import STIP_PHASES  # noqa: E402
 
 log = logging.getLogger(__name__)
 MEASURED = ("socket", "host", "engine")  # what a figure of measured time draws (not modelled, not shapes)
 # One style for every figure: a fixed colour per protocol (and per transform of the dcor figures), a line
 # style per network, a fixed colour per request phase; error bars span the IQR over the repeats (the one definition:
-# bench.analysis.interval), p90 drawn as a small cross where a point has at least 10 repeats.
+# protocols.summaries.interval), p90 drawn as a small cross where a point has at least 10 repeats.
 PROTOCOL_COLORS = {"stip": "#1f77b4", "full_cloud": "#7f7f7f", "model_split": "#2ca02c",
                    "random_projection": "#d62728", "mpc": "#9467bd",
                    "permutation": "#1f77b4", "projection": "#d62728"}

@@ -3,7 +3,7 @@
 `python -m bench.profile bench|all [--results results] [--runs outputs/runs] [--profiles FILE]` runs each
 step as its own subprocess (`python -m <module, default bench> <args>`; `{results}` and `{runs}` in args
 are replaced by the folders), goes on after a failed step, records each step's wall minutes and status in
-<results>/profile.json (rewritten after every step), then runs `bench.aggregate --plots` and `bench.report`
+<results>/profile.json (rewritten after every step), then runs `bench.aggregate --plots` and `report`
 and exits 1 if any step failed. A step may set `timeout_min` (a step past it is stopped and marked timeout)
 and `name` (default: its module and args).
 """
@@ -127,7 +127,7 @@ def run_profile(name: str, results: Path, runs: Path, profiles: Path = PROFILES)
     steps = load_profile(name, profiles)
     tail = [Step("bench.aggregate", f"--plots --runs {shlex.quote(str(runs))} --results {{results}}", None,
                  "aggregate"),
-            Step("bench.report", "--results {results}", None, "report")]
+            Step("report", "--results {results}", None, "report")]
     record = {"profile": name, "profiles_file": str(profiles), "started": datetime.now(timezone.utc).isoformat(),
               "load_average_at_start": list(os.getloadavg()), "cpu_count": os.cpu_count(), "steps": []}
     path = results / "profile.json"

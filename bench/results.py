@@ -22,28 +22,16 @@ import pyarrow.parquet as pq
 import torch
 
 from protocols.contract import Row
+from protocols.results_schema import COLUMNS, ROWS, typed
 from transport.threads import usable_cores
 
 log = logging.getLogger(__name__)
 
-COLUMNS = [
-    "run_id", "experiment", "protocol", "approx", "security", "engine", "model", "n_params", "network", "bandwidth_bps",
-    "rtt_s", "batch_size", "seq_len", "phase", "metric", "source", "value", "unit", "seed", "repeat",
-]
-DTYPES = {
-    "run_id": "string", "experiment": "string", "protocol": "string", "approx": "string", "security": "string",
-    "engine": "string",
-    "model": "string", "n_params": "Int64", "network": "string", "bandwidth_bps": "float64",
-    "rtt_s": "float64", "batch_size": "Int64",
-    "seq_len": "Int64", "phase": "string", "metric": "string", "source": "string", "value": "float64",
-    "unit": "string", "seed": "Int64", "repeat": "Int64",
-}
 PROVENANCE_PACKAGES = (
     "torch", "transformers", "hydra-core", "omegaconf", "numpy", "pandas", "pyarrow", "dcor",
     "safetensors", "crypten", "stip-bench",
 )
 REPORT = "report.json"
-ROWS = "rows.parquet"
 LOCK = ".lock"  # the run folder's writer lock (filelock; released by the OS if its holder dies)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,127}")  # one path component: no '/', '..', or absolute path
 
@@ -83,25 +71,6 @@ def to_frame(rows: Iterable[Row], context: Mapping[str, Any]) -> pd.DataFrame:
     """Protocol rows plus the runner's context -> the typed tidy table."""
     records = [{**context, **{k: v for k, v in asdict(r).items() if v is not None}} for r in rows]
     return typed(pd.DataFrame.from_records(records, columns=COLUMNS))
-
-
-def typed(df: pd.DataFrame) -> pd.DataFrame:
-    """Cast to the schema's dtypes so every rows.parquet concatenates cleanly."""
-    for col in COLUMNS:
-        if col not in df:
-            df[col] = None
-    return df[COLUMNS].astype(DTYPES)
-
-
-def with_runs(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Rows with the runs table's link and protocol-parameter columns (bandwidth_bps, rtt_s, protocol.*)."""
-    cols = ["run_id"] + [c for c in runs.columns
-                         if c in ("bandwidth_bps", "rtt_s", "reference_protocol") or c.startswith("protocol.")]
-    shared = [c for c in cols[1:] if c in rows.columns]  # the rows' own link columns: kept, gaps filled from runs
-    out = rows.merge(runs[cols].drop_duplicates("run_id"), on="run_id", how="left", suffixes=("", "@runs"))
-    for col in shared:
-        out[col] = out[col].fillna(out.pop(f"{col}@runs").astype(out[col].dtype))
-    return out
 
 
 def _fsync_dir(folder: Path) -> None:

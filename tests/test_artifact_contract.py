@@ -1,7 +1,7 @@
-"""The artifact-module contract of bench/artifacts: units convert, verdicts need reasons, ids resolve."""
+"""The artifact-module contract of report/artifacts: units convert, verdicts need reasons, ids resolve."""
 import pytest
 
-from bench.artifacts import Comparison, convert, modules, paper_value
+from report.artifacts import Comparison, convert, modules, paper_value
 
 
 def test_convert_between_units_of_one_dimension():

@@ -1,9 +1,9 @@
-"""bench/artifacts/fig7c_speculation.py: per-token latency with and without speculation beside the paper's."""
+"""report/artifacts/fig7c_speculation.py: per-token latency with and without speculation beside the paper's."""
 import pandas as pd
 import pytest
 
-from bench.artifacts import fig7c_speculation as art
-from bench.results import typed
+from report.artifacts import fig7c_speculation as art
+from protocols.results_schema import typed
 
 
 def write_results(root, nets=(("wired", 0.010), ("wireless", 0.250)), experiment="speculation"):

@@ -11,7 +11,8 @@ from rich.console import Console
 
 from bench.answer import print_answer, run_line, summary_frame
 from bench.hostslot import host_slot
-from bench.results import ROWS, RunReport, atomic_write_parquet, to_frame
+from bench.results import RunReport, atomic_write_parquet, to_frame
+from protocols.results_schema import ROWS
 from protocols.contract import Row
 
 

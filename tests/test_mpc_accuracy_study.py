@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from baselines.mpc.protocol import MpcConfig
 from bench.aggregate import aggregate
-from bench.analysis import accuracy_table
+from protocols.summaries import accuracy_table
 from bench.app import CONFIG_DIR, run
 from protocols.models import build_spec, load_tokenizer
 from protocols.sentences import SENTENCES, sentence_inputs

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.artifacts import fig2, modules, mpc_engines
+from report.artifacts import fig2, modules, mpc_engines
 
 GB = 1e9
 

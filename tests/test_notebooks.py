@@ -71,18 +71,18 @@ def test_paper_report_notebook_reads_what_bench_report_writes(tmp_path, monkeypa
     """The report notebook on a report.csv bench.report wrote (one measured artifact, one module that raises)."""
     import types
 
-    from bench import report
-    from bench.artifacts import Comparison
+    from report import writer
+    from report.artifacts import Comparison
 
     def module(name, artifact, compare):
-        mod = types.ModuleType(f"bench.artifacts.{name}")
+        mod = types.ModuleType(f"report.artifacts.{name}")
         mod.ARTIFACT, mod.EXPERIMENTS, mod.compare = artifact, (), compare
         return mod
 
     def broken(results):
         raise RuntimeError("corrupt rows")
 
-    report.write(tmp_path, [module("ok", "fig7b", lambda r: [
+    writer.write(tmp_path, [module("ok", "fig7b", lambda r: [
         Comparison("fig7b", "largest model served", "params", "not_reproducible", measured=1.2e8, paper=7e10,
                    reason="host memory")]), module("bad", "fig2", broken)])
     monkeypatch.setenv("STIP_RESULTS", str(tmp_path))

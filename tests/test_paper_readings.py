@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from baselines.paper_readings import (
+from report.paper_readings import (
     key_space, log10_factorial, model_key_space, paper_readings, per_token_latency_s, slope_readings_ms, table_mib,
     tokens_for_traffic,
 )
@@ -87,7 +87,7 @@ def test_model_key_space_refuses_shapeless_configs():
 
 
 def test_paper_readings_from_the_reported_values():
-    from baselines.reported import load_reported
+    from report.reported import load_reported
 
     readings = {r.id: r for r in paper_readings(load_reported())}
     assert readings["throughput-ratio"].value == pytest.approx(6.77e7, rel=1e-3)
@@ -101,7 +101,7 @@ def test_paper_readings_from_the_reported_values():
 
 
 def test_paper_readings_name_a_missing_entry():
-    from baselines.reported import load_reported
+    from report.reported import load_reported
 
     values = [v for v in load_reported() if v.id != "traffic-ciphergpt"]
     with pytest.raises(KeyError, match="traffic-ciphergpt"):
@@ -109,7 +109,7 @@ def test_paper_readings_name_a_missing_entry():
 
 
 def test_every_paper_model_has_a_key_space():
-    from baselines.paper_readings import PAPER_MODELS
+    from report.paper_readings import PAPER_MODELS
 
     spaces = {name: model_key_space(name) for name in PAPER_MODELS}
     assert all(s.pi > 200 and s.total > s.pi for s in spaces.values())  # bert-tiny: 128! ~ 10^216

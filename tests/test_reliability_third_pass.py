@@ -11,7 +11,8 @@ import pytest
 
 from bench.aggregate import aggregate
 from bench.app import run, run_dir_of
-from bench.results import REPORT, ROWS, RunReport
+from bench.results import REPORT, RunReport
+from protocols.results_schema import ROWS
 from test_results_safety import fake_ok_run, make_cfg, plain
 
 # --- results and aggregation (items 5-9) ----------------------------------------------------------------------

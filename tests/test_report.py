@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from baselines.reported import load_artifacts
-from bench import report
-from bench.artifacts import Comparison, modules
+from report.reported import load_artifacts
+from report import writer
+from report.artifacts import Comparison, modules
 from bench.profile import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module(name: str, artifact: str, compare, figure=None) -> types.ModuleType:
-    mod = types.ModuleType(f"bench.artifacts.{name}")
+    mod = types.ModuleType(f"report.artifacts.{name}")
     mod.ARTIFACT, mod.EXPERIMENTS, mod.compare = artifact, (), compare
     if figure:
         mod.figure = figure
@@ -32,7 +32,7 @@ def test_report_has_every_artifact_even_when_modules_raise(tmp_path):
         Comparison("fig7b", "largest model served", "params", "reproduced", measured=7e10, paper=7e10),
         Comparison("fig7b", "throughput gain", "x", "differs", measured=1e4, paper=6.7e6, reason="host differs")])
     broken = _module("broken", "fig2", _raises, figure=lambda r, o: (_ for _ in ()).throw(ValueError("no rows")))
-    md, csv = report.write(tmp_path, [good, broken])
+    md, csv = writer.write(tmp_path, [good, broken])
     table = pd.read_csv(csv)
     declared = set(load_artifacts())
     assert declared <= set(table.artifact) and {f"fig{i}" for i in (2, 8, 9)} <= declared
@@ -49,7 +49,7 @@ def test_report_has_every_artifact_even_when_modules_raise(tmp_path):
 
 def test_report_over_the_real_modules_on_an_empty_results_folder(tmp_path):
     """No experiment run yet: every module says not_measured (or derived), none raises."""
-    report.write(tmp_path)
+    writer.write(tmp_path)
     table = pd.read_csv(tmp_path / "report.csv")
     assert set(load_artifacts()) <= set(table.artifact)
     for mod in modules():
@@ -85,15 +85,15 @@ def test_the_shipped_profiles_parse():
 
 
 def test_an_unimportable_module_and_an_undeclared_artifact_are_reported_not_fatal(tmp_path, monkeypatch):
-    import bench.artifacts as artifacts
+    import report.artifacts as artifacts
 
     def broken_modules(errors=None):
-        errors.append("bench/artifacts/fig9.py: SyntaxError: invalid syntax")
+        errors.append("report/artifacts/fig9.py: SyntaxError: invalid syntax")
         return [_module("odd", "not_an_artifact", lambda r: [
             Comparison("not_an_artifact", "q", "x", "differs", measured=1.0, paper=2.0, reason="r")])]
 
-    monkeypatch.setattr(report, "modules", broken_modules)
-    md, csv = report.write(tmp_path)
+    monkeypatch.setattr(writer, "modules", broken_modules)
+    md, csv = writer.write(tmp_path)
     table = pd.read_csv(csv)
     assert table[table.artifact == "fig9"].reason.str.contains("SyntaxError").all()
     assert table[table.artifact == "not_an_artifact"].status.tolist() == ["differs"]

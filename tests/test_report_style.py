@@ -2,7 +2,7 @@
 import pandas as pd
 from matplotlib.colors import to_rgba
 
-from bench.artifacts import style
+from report import style
 
 
 def test_paper_hollow_measured_filled_units_and_title(tmp_path):

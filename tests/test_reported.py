@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from baselines.paper_readings import table_mib, tokens_for_traffic, vit_embedding_params
-from baselines.reported import (
+from report.paper_readings import table_mib, tokens_for_traffic, vit_embedding_params
+from report.reported import (
     REPORTED_DIR, UNITS, Range, ReportedValueError, load_artifacts, load_reported, reported_by_artifact,
     reported_by_id,
 )

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from baselines.mpc.protocol import MpcProtocol
 from baselines.spu import protocol as spu_protocol
 from baselines.spu.engine import SpuResult, SpuRun
-from bench.analysis import latency_table
+from protocols.summaries import latency_table
 from protocols.contract import Row, RunRequest
 from protocols.models import build_spec
 from protocols.vocabulary import SECURITY

@@ -8,11 +8,13 @@ import pytest
 from rich.console import Console
 
 from bench.aggregate import headline
-from bench.analysis import accuracy_table, interval, join_runs, latency_table, run_record, runs_frame, variants
+from bench.runs_table import join_runs, run_record, runs_frame, variants
+from protocols.summaries import accuracy_table, interval, latency_table
 from bench.answer import print_answer, run_line, summary_frame
-from bench.artifacts import style
+from report import style
 from bench.plots import request_totals
-from bench.results import ROWS, RunReport, atomic_write_parquet, to_frame
+from bench.results import RunReport, atomic_write_parquet, to_frame
+from protocols.results_schema import ROWS
 from protocols.contract import Row
 
 STIP_STEPS = ("device_embed", "device_permute", "cloud_compute", "device_recover")

@@ -1,9 +1,9 @@
-"""Picking report rows (bench.artifacts.Comparison) in tests."""
+"""Picking report rows (report.artifacts.Comparison) in tests."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bench.artifacts import Comparison
+from report.artifacts import Comparison
 
 
 def one_row(rows: Iterable[Comparison], text: str) -> Comparison:

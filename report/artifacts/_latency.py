@@ -1,7 +1,7 @@
 """What the latency artifacts (fig7a, fig7c, generation_3s, fig7d, fig9) share beyond _shared.py: a run's protocol
 parameter per row, and the least-squares per-token slope of a generation's latency curve.
 
-Not an artifact module (the leading underscore keeps `bench.artifacts.modules()` from listing it).
+Not an artifact module (the leading underscore keeps `report.artifacts.modules()` from listing it).
 """
 from __future__ import annotations
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.artifacts import Comparison, paper_value, style
-from bench.artifacts._latency import param
-from bench.artifacts._shared import experiment_rows, host_differences, spread
+from report import style
+from report.artifacts import Comparison, paper_value
+from report.artifacts._latency import param
+from report.artifacts._shared import experiment_rows, host_differences, spread
 
 ARTIFACT = "fig7d"
 EXPERIMENTS = ("fig7d_breakdown",)

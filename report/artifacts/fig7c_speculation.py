@@ -15,8 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file backend
 import pandas as pd  # noqa: E402
 
-from bench.artifacts import Comparison, paper_value
-from bench.artifacts._shared import experiment_rows, spread
+from report.artifacts import Comparison, paper_value
+from report.artifacts._shared import experiment_rows, spread
 
 ARTIFACT = "fig7c"
 # the full sweep (make bench-all) first; make bench's reduced wireless run where the full one is missing

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.artifacts import Comparison, style
-from bench.artifacts._shared import host, not_measured
+from report import style
+from report.artifacts import Comparison
+from report.artifacts._shared import host, not_measured
 
 ARTIFACT = "indexing"
 EXPERIMENTS = ("micro",)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.artifacts import Comparison, paper_value
-from bench.artifacts._mpc import mpc_rows, summarise
-from bench.artifacts._shared import spread
+from report.artifacts import Comparison, paper_value
+from report.artifacts._mpc import mpc_rows, summarise
+from report.artifacts._shared import spread
 
 ARTIFACT = "fig2"
 EXPERIMENTS = ("mpc_gpt2", "mpc_gpt2_generate")

@@ -1,9 +1,9 @@
-"""The paper report: every artifact of the STIP paper, its printed values beside what this host measured.
+"""Writes the paper report: every artifact of the STIP paper, its printed values beside what this host measured.
 
-`python -m bench.report --results results` runs each artifact module of bench/artifacts (their
+`python -m report --results results` runs each artifact module of report/artifacts (their
 `compare` and `figure`), adds a `not_measured` row for every declared artifact no module reported on
 (and for a module that raised, with its error), states the paper's own arithmetic
-(baselines/paper_readings.py) and writes <results>/REPORT.md (provenance, verdict table, one section per
+(report/paper_readings.py) and writes <results>/REPORT.md (provenance, verdict table, one section per
 artifact) and <results>/report.csv (one row per Comparison). A failing module never stops the report.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from types import ModuleType
 
 import pandas as pd
 
-from baselines.paper_readings import Reading, paper_readings
-from baselines.reported import Artifact, ReportedValue, load_artifacts, load_reported
-from bench.artifacts import STATUSES, Comparison, modules
+from report.artifacts import STATUSES, Comparison, modules
+from report.paper_readings import Reading, paper_readings
+from report.reported import Artifact, ReportedValue, load_artifacts, load_reported
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,16 +75,16 @@ def _compare(mod: ModuleType, results: Path) -> list[Comparison]:
     try:
         rows = list(mod.compare(results))
     except Exception as err:  # noqa: BLE001 - a broken module must not hide every other artifact
-        log.error("bench/artifacts/%s.py compare() raised:\n%s", name, traceback.format_exc())
-        return [_missing_row(mod.ARTIFACT, f"bench/artifacts/{name}.py compare() raised "
-                             f"{type(err).__name__}: {err}", f"bench.artifacts.{name}")]
+        log.error("report/artifacts/%s.py compare() raised:\n%s", name, traceback.format_exc())
+        return [_missing_row(mod.ARTIFACT, f"report/artifacts/{name}.py compare() raised "
+                             f"{type(err).__name__}: {err}", f"report.artifacts.{name}")]
     bad = [r for r in rows if not isinstance(r, Comparison)]
     if bad:
-        return [_missing_row(mod.ARTIFACT, f"bench/artifacts/{name}.py compare() returned "
-                             f"{type(bad[0]).__name__}, not Comparison", f"bench.artifacts.{name}")]
+        return [_missing_row(mod.ARTIFACT, f"report/artifacts/{name}.py compare() returned "
+                             f"{type(bad[0]).__name__}, not Comparison", f"report.artifacts.{name}")]
     if not rows:
-        return [_missing_row(mod.ARTIFACT, f"bench/artifacts/{name}.py compare() returned no rows",
-                             f"bench.artifacts.{name}")]
+        return [_missing_row(mod.ARTIFACT, f"report/artifacts/{name}.py compare() returned no rows",
+                             f"report.artifacts.{name}")]
     return rows
 
 
@@ -96,8 +96,8 @@ def _figures(mod: ModuleType, results: Path, out: Path) -> tuple[list[Path], lis
     try:
         return [Path(p) for p in mod.figure(results, out)], []
     except Exception as err:  # noqa: BLE001 - a figure that fails leaves the rows standing
-        log.error("bench/artifacts/%s.py figure() raised:\n%s", name, traceback.format_exc())
-        return [], [f"bench/artifacts/{name}.py figure() raised {type(err).__name__}: {err}"]
+        log.error("report/artifacts/%s.py figure() raised:\n%s", name, traceback.format_exc())
+        return [], [f"report/artifacts/{name}.py figure() raised {type(err).__name__}: {err}"]
 
 
 def collect(results: Path, mods: list[ModuleType] | None = None, reported: list[ReportedValue] | None = None,
@@ -128,8 +128,8 @@ def collect(results: Path, mods: list[ModuleType] | None = None, reported: list[
     unimportable = f"; modules left out: {'; '.join(errors)}" if errors else ""
     for rep in reports.values():
         if not rep.rows:
-            rep.rows.append(_missing_row(rep.artifact.id, f"no module in bench/artifacts/ reports on "
-                                         f"'{rep.artifact.id}' (contract: bench/artifacts/__init__.py)"
+            rep.rows.append(_missing_row(rep.artifact.id, f"no module in report/artifacts/ reports on "
+                                         f"'{rep.artifact.id}' (contract: report/artifacts/__init__.py)"
                                          + unimportable))
     values = load_reported() if reported is None else reported
     artifact_of = {v.id: v.artifact for v in values}
@@ -304,7 +304,7 @@ def write(results: Path, mods: list[ModuleType] | None = None, out: Path | None 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: python -m bench.report --results results."""
+    """CLI: python -m report --results results."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--results", default="results", help="the results folder to read (and to write into)")
     p.add_argument("--out", default=None, help="write REPORT.md, report.csv and figures/ here instead")

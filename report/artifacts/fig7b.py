@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from baselines.reported import reported_by_id
-from bench.artifacts import Comparison, paper_value, style
-from bench.artifacts._shared import host_differences, rows_of, runner_experiments, spread
+from report import style
+from report.artifacts import Comparison, paper_value
+from report.artifacts._shared import host_differences, rows_of, runner_experiments, spread
+from report.reported import reported_by_id
 
 ARTIFACT = "fig7b"
 # Every runner experiment in results/ is scanned; these are the ones that normally hold the largest models.

@@ -1,6 +1,6 @@
 """One module per paper artifact: what this harness measured, set beside what the paper printed.
 
-A module `bench/artifacts/<name>.py` declares
+A module `report/artifacts/<name>.py` declares
 - `ARTIFACT: str`: the artifact id it reports on (configs/reported/stip_paper.yaml `artifacts`; several
   modules may report on one artifact, e.g. fig7c and fig7c_speculation);
 - `EXPERIMENTS: tuple[str, ...]`: the results/<experiment>/ folders it reads (rows.parquet, runs.csv, ...);
@@ -8,8 +8,8 @@ A module `bench/artifacts/<name>.py` declares
   each with a status and, for every gap, its reason; a missing experiment gives `not_measured` rows that
   say which command produces it, never an exception;
 - optionally `figure(results: Path, out: Path) -> list[Path]`: the paper's figure redrawn from the
-  measured rows, the paper's values as hollow markers (bench.artifacts.style).
-`bench.report` discovers the modules, writes results/REPORT.md and results/report.csv from them.
+  measured rows, the paper's values as hollow markers (report.style).
+`report.writer` (`python -m report`) discovers the modules, writes results/REPORT.md and results/report.csv from them.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pkgutil
 from dataclasses import asdict, dataclass
 from types import ModuleType
 
-from baselines.reported import ReportedValue, reported_by_id
+from report.reported import ReportedValue, reported_by_id
 
 # Verdicts, one per comparison row.
 STATUSES = {
@@ -100,18 +100,18 @@ def modules(errors: list[str] | None = None) -> list[ModuleType]:
     """
     found = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if info.name.startswith("_") or info.name == "style":
+        if info.name.startswith("_"):
             continue
         try:
             mod = importlib.import_module(f"{__name__}.{info.name}")
             for attr in ("ARTIFACT", "EXPERIMENTS", "compare"):
                 if not hasattr(mod, attr):
-                    raise AttributeError(f"bench/artifacts/{info.name}.py lacks {attr} "
-                                         "(see bench/artifacts/__init__.py)")
+                    raise AttributeError(f"report/artifacts/{info.name}.py lacks {attr} "
+                                         "(see report/artifacts/__init__.py)")
         except Exception as err:
             if errors is None:
                 raise
-            errors.append(f"bench/artifacts/{info.name}.py: {type(err).__name__}: {err}")
+            errors.append(f"report/artifacts/{info.name}.py: {type(err).__name__}: {err}")
             continue
         found.append(mod)
     return found

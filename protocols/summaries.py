@@ -1,4 +1,5 @@
-"""Analysis over tidy rows joined with the runs table: tables that compare protocols by one definition.
+"""Summaries of tidy rows, defined once for the runner's aggregate and the paper report: the spread of
+repeats (interval) and the tables that compare protocols (latency_table, accuracy_table).
 
 `latency_table` (STIP vs MPC) and `accuracy_table` (the MPC accuracy study) read rows that every protocol wrote
 through the runner, no script of their own: STIP measured through the socket transport, MPC by its engine
@@ -7,27 +8,13 @@ through the runner, no script of their own: STIP measured through the socket tra
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from math import nan
-from pathlib import Path
 
 import pandas as pd
 
-from bench.results import RunReport, typed
-
-
-def read_rows(folder: Path) -> pd.DataFrame:
-    """The tidy rows `python -m bench.aggregate` wrote into `folder` (results/<experiment>/rows.parquet)."""
-    rows = pd.read_parquet(Path(folder) / "rows.parquet")
-    if "source" not in rows:
-        raise ValueError(f"{folder}/rows.parquet predates the `source` column (phase suffixes _modelled/_expected); "
-                         "regenerate it: make bench, or python -m bench.aggregate over its runs")
-    return typed(rows)  # columns added since (e.g. `security`) read as missing
-
-
 # Every column that says what workload a row measured: a summary never pools rows that differ in any of these
-# that exist (`task` and `variant` come from the runs table: see join_runs).
+# that exist (`task` and `variant` come from the runs table).
 WORKLOAD_KEYS = ["model", "seq_len", "batch_size", "network", "bandwidth_bps", "rtt_s", "protocol", "engine", "approx",
                  "security", "task", "variant"]
 KEYS = ["model", "seq_len", "batch_size", "network", "protocol", "engine", "approx", "security"]  # in every row
@@ -137,71 +124,3 @@ def accuracy_table(rows: pd.DataFrame) -> pd.DataFrame:
     table = table.dropna(how="all").reindex(columns=[m for m in ACCURACY if m in table.columns])
     table.columns.name = None
     return table.reset_index().sort_values(keys, na_position="first").reset_index(drop=True)
-
-
-# The runs table (runs.csv): one line per run, from its report.json; protocol parameters as protocol.<key>,
-# the host's conditions as conditions.<key> (whatever the runner recorded).
-RUN_COLUMNS = ["run_id", "experiment", "status", "status_reason", "noisy", "error", "model", "protocol", "network",
-               "bandwidth_bps", "rtt_s", "reference_protocol", "task", "measured", "fits_on_host", "n_rows",
-               "git_sha", "started", "duration_s"]
-PARAM_PREFIX = "protocol."
-CONDITION_PREFIX = "conditions."
-
-
-def _cell(value: object) -> object:
-    """A table cell: dicts and lists as JSON, the rest as it is."""
-    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else value
-
-
-def run_record(report: RunReport) -> dict:
-    """One line of the runs table from a report: what ran, on which link, how it ended, under which conditions."""
-    cfg = report.config
-    network = cfg.get("network") or {}
-    protocol = cfg.get("protocol") or {}
-    params = {f"{PARAM_PREFIX}{k}": _cell(v) for k, v in protocol.items() if k not in ("_target_", "name")}
-    conditions = {f"{CONDITION_PREFIX}{k}": _cell(v) for k, v in (report.conditions or {}).items()}
-    return {
-        "run_id": report.run_id, "experiment": report.experiment, "status": report.status,
-        "status_reason": report.status_reason, "noisy": "; ".join(map(str, report.noisy or [])),
-        "error": report.error, "model": (cfg.get("model") or {}).get("name"), "protocol": protocol.get("name"),
-        "network": network.get("name"), "bandwidth_bps": network.get("bandwidth_bps"), "rtt_s": network.get("rtt_s"),
-        "reference_protocol": cfg.get("reference_protocol"),
-        "task": (cfg.get("run") or {}).get("task"), "measured": report.measured, "fits_on_host": report.fits_on_host,
-        "n_rows": report.n_rows, "git_sha": report.provenance.get("git_sha"), "started": report.started,
-        "duration_s": report.duration_s, **params, **conditions,
-    }
-
-
-def runs_frame(records: list[dict]) -> pd.DataFrame:
-    """The runs table: fixed columns first, then the protocol parameters and conditions that any run has."""
-    extra = sorted({k for r in records for k in r} - set(RUN_COLUMNS))
-    return pd.DataFrame.from_records(records, columns=RUN_COLUMNS + extra)
-
-
-def variants(runs: pd.DataFrame) -> pd.Series:
-    """Per run_id, the protocol parameters that differ between the runs of the same protocol ('transform=permutation'),
-    '' where none does: two arms of a sweep that share a protocol name are told apart by what they set differently.
-
-    Parameters that are workload keys of their own (approx, engine, security) are left to those columns."""
-    params = [c for c in runs.columns if c.startswith(PARAM_PREFIX) and c[len(PARAM_PREFIX):] not in WORKLOAD_KEYS]
-    label = pd.Series("", index=runs.index, dtype="object")
-    for _, g in runs.groupby("protocol", dropna=False):
-        differing = [c for c in params if g[c].astype(str).nunique(dropna=False) > 1]
-        if differing:
-            label.loc[g.index] = g[differing].astype(str).apply(
-                lambda r: ",".join(f"{c[len(PARAM_PREFIX):]}={v}" for c, v in r.items()), axis=1)
-    return pd.Series(label.to_numpy(), index=runs["run_id"].to_numpy(), name="variant")
-
-
-def join_runs(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Rows with the run-level columns a summary keys or marks on: status, status_reason, noisy, task, variant,
-    the link's values and protocol.* (values the rows already carry are kept, their gaps filled)."""
-    runs = runs.drop_duplicates("run_id").reset_index(drop=True)
-    extra = runs.assign(variant=variants(runs).to_numpy())
-    cols = ["status", "status_reason", "noisy", "task", "variant", "bandwidth_bps", "rtt_s", "reference_protocol"]
-    cols = [c for c in cols if c in extra] + [c for c in extra.columns if c.startswith(PARAM_PREFIX)]
-    shared = [c for c in cols if c in rows.columns]  # the rows' own values kept, gaps filled from the runs table
-    out = rows.merge(extra[["run_id", *cols]], on="run_id", how="left", suffixes=("", "@runs"))
-    for col in shared:
-        out[col] = out[col].fillna(out.pop(f"{col}@runs").astype(out[col].dtype))
-    return out

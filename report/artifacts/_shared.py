@@ -1,7 +1,7 @@
 """What several artifact modules need: reading an experiment's rows, a not_measured row, spreads, the host and
 the paper's testbed. The latency and MPC artifacts' own pieces build on these in _latency.py and _mpc.py.
 
-Not an artifact module (the leading underscore keeps `bench.artifacts.modules()` from listing it).
+Not an artifact module (the leading underscore keeps `report.artifacts.modules()` from listing it).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from baselines.reported import reported_by_id
-from bench.analysis import interval, read_rows
-from bench.artifacts import Comparison, paper_value
-from bench.results import with_runs
+from protocols.results_schema import read_rows, with_runs
+from protocols.summaries import interval
+from report.artifacts import Comparison, paper_value
+from report.reported import reported_by_id
 
 # The paper's testbed (Tab. 3, Sec. 7.2; configs/reported/stip_paper.yaml tab3-testbeds): one server, and a device
 # per model family, so the words hold for every artifact's `differences` cell whatever model it compares.
@@ -43,7 +43,8 @@ def host_differences(extra: str = "") -> str:
 def experiment_rows(results: Path, experiment: str, runs: bool = False) -> pd.DataFrame | None:
     """results/<experiment>/rows.parquet in today's schema, or None when the experiment has not been run.
 
-    With `runs`, joined with runs.parquet's link and protocol.* columns (bench.results.with_runs) where it exists."""
+    With `runs`, joined with runs.parquet's link and protocol.* columns (protocols.results_schema.with_runs)
+    where it exists."""
     folder = Path(results) / experiment
     if not (folder / "rows.parquet").is_file():
         return None
@@ -84,7 +85,7 @@ def not_measured(artifact: str, quantity: str, unit: str, command: str, reported
 
 def spread(values: Iterable[float], scale: float = 1.0, fmt: str = ".3g", of: str = "") -> str:
     """A spread column: 'median of n[ <of>], IQR a-b[, p90 c], range d-e' over the values x `scale` (the row's
-    unit), NaN left out (IQR and p90 as bench.analysis.interval defines them); 'one repeat' for a single value,
+    unit), NaN left out (IQR and p90 as protocols.summaries.interval defines them); 'one repeat' for a single value,
     '' for none."""
     vals = [float(v) * scale for v in values if pd.notna(v)]
     if not vals:

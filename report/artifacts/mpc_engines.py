@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from baselines.reported import reported_by_id
-from bench.artifacts import Comparison, paper_value
-from bench.artifacts._mpc import modelled, mpc_rows, network, summarise
-from bench.artifacts._shared import spread
+from report.artifacts import Comparison, paper_value
+from report.artifacts._mpc import modelled, mpc_rows, network, summarise
+from report.artifacts._shared import spread
+from report.reported import reported_by_id
 
 ARTIFACT = "mpc_reported"
 EXPERIMENTS = ("mpc_bert_base", "mpc_gpt2", "mpc_gpt2_generate")  # plus every results/mpc_spu* experiment

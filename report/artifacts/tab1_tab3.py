@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.artifacts import Comparison
-from bench.artifacts._shared import PAPER_HOST, host
+from report.artifacts import Comparison
+from report.artifacts._shared import PAPER_HOST, host
 
 ARTIFACT = "tab1_tab3"
 EXPERIMENTS: tuple[str, ...] = ()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.artifacts import Comparison, paper_value
-from bench.artifacts._shared import host_differences, spread
-from bench.artifacts.fig7c import COMMAND, PAPER_SLOPE, _workload, slopes
+from report.artifacts import Comparison, paper_value
+from report.artifacts._shared import host_differences, spread
+from report.artifacts.fig7c import COMMAND, PAPER_SLOPE, _workload, slopes
 
 ARTIFACT = "generation_3s"
 EXPERIMENTS = ("fig7c_generation",)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from baselines.reported import reported_by_id
-from bench.artifacts import Comparison, style
-from bench.artifacts._shared import experiment_rows, host_differences, not_measured
+from report import style
+from report.artifacts import Comparison
+from report.artifacts._shared import experiment_rows, host_differences, not_measured
+from report.reported import reported_by_id
 
 ARTIFACT = "tab5"
 EXPERIMENTS = ("tab5_full", "tab5_full_vit", "tab5_stream")

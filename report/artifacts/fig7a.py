@@ -13,8 +13,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bench.artifacts import Comparison, paper_value, style
-from bench.artifacts._shared import experiment_rows, host_differences, spread
+from report import style
+from report.artifacts import Comparison, paper_value
+from report.artifacts._shared import experiment_rows, host_differences, spread
 
 ARTIFACT = "fig7a"
 EXPERIMENTS = ("fig7a_throughput",)

@@ -1,6 +1,6 @@
 """Sec. 5.3: brute force faces a 1/d! guess (d > 512); one known plaintext pair recovers pi by column matching.
 
-The brute-force rows are arithmetic on the published shapes (baselines/paper_readings.py: log10 of d!, and
+The brute-force rows are arithmetic on the published shapes (report/paper_readings.py: log10 of d!, and
 of the per-layer Q/K key that head structure and RoPE leave); the known-plaintext rows are the attack
 `python -m bench.privacy` runs (results/privacy/, stip/attacks/kpa.py): the fraction of pi recovered from
 n known (embedding, permuted embedding) rows. The paper's defence, rotating keys, is a deployment policy.
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from baselines.paper_readings import model_key_space
-from bench.artifacts import Comparison, style
-from bench.artifacts._shared import host, not_measured
+from report import style
+from report.artifacts import Comparison
+from report.artifacts._shared import host, not_measured
+from report.paper_readings import model_key_space
 
 ARTIFACT = "kpa_bfa"
 EXPERIMENTS = ("privacy",)
@@ -48,7 +49,7 @@ def _bfa() -> list[Comparison]:
                    workload=f"configs/model/{BFA_MODEL}.yaml (published shapes)", source="derived",
                    reason=f"d = {keys.hidden} > 512 as the paper says: 1/d! = 10^-{keys.pi:,.0f}"),
         Comparison(ARTIFACT, f"log10 key space of one layer's Q/K permutation in {BFA_MODEL}, as drawn here",
-                   "count", "derived", measured=round(keys.qk, 1), source="derived (baselines/paper_readings.py)",
+                   "count", "derived", measured=round(keys.qk, 1), source="derived (report/paper_readings.py)",
                    workload=f"{BFA_MODEL}: {keys.n_layers} layers, RoPE; stip/keys.py moves whole heads",
                    reason=f"heads move whole and RoPE fixes the order within a head, so a brute force on one "
                           f"layer's Q/K key faces 10^{keys.qk:.1f} (n_heads!), not the 10^{keys.qk_unstructured:,.0f} "

@@ -2,7 +2,7 @@
 
 Artifact modules draw with these helpers so a reader sees at a glance which point the paper printed and
 which one this host measured: `paper()` draws hollow markers labelled "paper", `measured()` filled markers
-with median and IQR error bars (`summarize`; the one definition: bench.analysis.interval) and p90 where given,
+with median and IQR error bars (`summarize`; the one definition: protocols.summaries.interval) and p90 where given,
 `title()` names the workload and the host ("2-core CPU"), `axes()`
 puts a unit on every axis, `assumed()` labels an assumed quantity (a bandwidth, a speed factor) on the
 plot, `save()` writes a PNG. Labels pass through `readable()`, so no pandas tuple reaches a figure.
@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.analysis import interval_frame  # noqa: E402
+from protocols.summaries import interval_frame  # noqa: E402
 
 # A fixed colour per system, shared with bench/plots.py's protocol colours.
 COLORS = {"stip": "#1f77b4", "STIP": "#1f77b4", "full_cloud": "#7f7f7f", "full cloud": "#7f7f7f",
@@ -87,7 +87,7 @@ def axes(ax: plt.Axes, x: str, x_unit: str | None, y: str, y_unit: str | None) -
 
 def summarize(df: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd.DataFrame:
     """Per group: median, the IQR as lo-hi (25th-75th percentile), p90 (NaN below 10 values), min, max and count
-    of `value`: the points and error bars of `measured()` (bench.analysis.interval defines them once)."""
+    of `value`: the points and error bars of `measured()` (protocols.summaries.interval defines them once)."""
     if df.empty:
         return pd.DataFrame(columns=[*by, "median", "lo", "hi", "p90", "min", "max", "n"])
     m = interval_frame(df, list(by), value).reset_index()

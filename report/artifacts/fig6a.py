@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.artifacts import Comparison, paper_value, style
-from bench.artifacts._shared import experiment_rows, host_differences, not_measured
+from report import style
+from report.artifacts import Comparison, paper_value
+from report.artifacts._shared import experiment_rows, host_differences, not_measured
 
 ARTIFACT = "fig6a"
 EXPERIMENTS = ("fig6a_param_dcor",)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.artifacts import Comparison
-from bench.artifacts._shared import host_differences, not_measured
+from report.artifacts import Comparison
+from report.artifacts._shared import host_differences, not_measured
 
 ARTIFACT = "tab4"
 EXPERIMENTS = ("tab4_generation",)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from baselines.reported import ReportedValue
+    from report.reported import ReportedValue
     from stip.families import Dims
 
 MIB = 2**20

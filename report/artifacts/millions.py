@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis import latency_table
-from bench.artifacts import Comparison, paper_value, style
-from bench.artifacts._shared import experiments_matching, host_differences, rows_of, runner_experiments
+from protocols.summaries import latency_table
+from report import style
+from report.artifacts import Comparison, paper_value
+from report.artifacts._shared import experiments_matching, host_differences, rows_of, runner_experiments
 
 ARTIFACT = "millions"
 EXPERIMENTS = ("mpc_vs_stip", "mpc_bert_base", "mpc_gpt2")  # mpc_gpt2*: every experiment of that prefix
@@ -93,7 +94,7 @@ def compare(results: Path) -> list[Comparison]:
             workload=f"{what}; CrypTen 2PC {r.mpc_s:.3g} s ({r.security}) vs STIP {r.stip_s:.3g} s, both modelled "
                      "end to end on the same link",
             differences=host_differences("paper's baseline: CipherGPT as reported (25 min per token)"),
-            source="latency_table (bench/analysis.py) of the mpc and stip rows",
+            source="latency_table (protocols/summaries.py) of the mpc and stip rows",
             reason="" if holds else
             f"on one host STIP is {r.ratio:.3g}x faster than this 2PC arm, not millions: CrypTen with a trusted "
             "dealer and cheap approximations is far faster than CipherGPT, the baseline the paper's ratio uses"))

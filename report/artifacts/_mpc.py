@@ -2,7 +2,7 @@
 run columns, one line per MPC or STIP run configuration (median and range over repeats, a check that bytes and
 rounds are deterministic), and the modelled latency of a configuration on another link.
 
-Not an artifact module (the leading underscore keeps `bench.artifacts.modules()` from listing it).
+Not an artifact module (the leading underscore keeps `report.artifacts.modules()` from listing it).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from bench.artifacts._shared import experiment_rows
+from report.artifacts._shared import experiment_rows
 from transport.link import NetworkProfile, network_profile
 
 NETWORK_DIR = Path(__file__).resolve().parents[2] / "configs" / "network"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from baselines.paper_readings import MIB, tokens_for_traffic
-from bench.artifacts import Comparison, paper_value, style
-from bench.artifacts._shared import experiment_rows, host_differences, not_measured
+from report import style
+from report.artifacts import Comparison, paper_value
+from report.artifacts._shared import experiment_rows, host_differences, not_measured
+from report.paper_readings import MIB, tokens_for_traffic
 
 ARTIFACT = "traffic"
 EXPERIMENTS = ("traffic_gpt2", "traffic_shapes")

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.artifacts import Comparison, style
-from bench.artifacts._latency import param
-from bench.artifacts._shared import experiment_rows, host_differences
+from report import style
+from report.artifacts import Comparison
+from report.artifacts._latency import param
+from report.artifacts._shared import experiment_rows, host_differences
 
 ARTIFACT = "fig9"
 EXPERIMENTS = ("fig9_model_split",)

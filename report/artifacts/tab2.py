@@ -13,9 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from baselines.paper_readings import MODEL_CONFIG_DIR as MODEL_DIR
-from baselines.paper_readings import PAPER_MODELS, KeySpace, log10_factorial, model_key_space
-from bench.artifacts import Comparison, style
+from report import style
+from report.artifacts import Comparison
+from report.paper_readings import MODEL_CONFIG_DIR as MODEL_DIR
+from report.paper_readings import PAPER_MODELS, KeySpace, log10_factorial, model_key_space
 
 ARTIFACT = "tab2"
 EXPERIMENTS: tuple[str, ...] = ()
@@ -37,7 +38,7 @@ def _mha_qk(name: str) -> float:
 def _rows(name: str, keys: KeySpace) -> list[Comparison]:
     out = [Comparison(
         ARTIFACT, f"log10 key space of the data key pi, {name} (d = {keys.hidden}: d!)", UNIT, "derived",
-        measured=round(keys.pi, 1), reported_id="tab2-key-space", source="derived (baselines/paper_readings.py)",
+        measured=round(keys.pi, 1), reported_id="tab2-key-space", source="derived (report/paper_readings.py)",
         workload=f"configs/model/{name}.yaml, {keys.n_layers} layers",
         reason=f"Tab. 2's counts were lost in extraction; d! = 10^{keys.pi:,.0f} is the paper's 1/d! (Sec. 5.3) "
                f"read on this shape; all keys together: 10^{keys.total:,.0f}")]
@@ -45,7 +46,7 @@ def _rows(name: str, keys: KeySpace) -> list[Comparison]:
             "whole heads move (Q and K share one order inside a head)")
     out.append(Comparison(
         ARTIFACT, f"log10 key space of one layer's Q/K permutation, {name}, as drawn vs any permutation", UNIT,
-        "derived", measured=round(keys.qk, 1), source="derived (baselines/paper_readings.py)",
+        "derived", measured=round(keys.qk, 1), source="derived (report/paper_readings.py)",
         workload=f"configs/model/{name}.yaml (published shape)",
         reason=f"{note}: 10^{keys.qk:,.1f} instead of 10^{keys.qk_unstructured:,.0f} "
                f"({keys.qk_reduction:,.0f} orders of magnitude less)" + (
@@ -64,7 +65,7 @@ def compare(results: Path) -> list[Comparison]:
         mha = _mha_qk(name)
         out.append(Comparison(
             ARTIFACT, f"log10 Q/K key space per layer, {name}: grouped-query attention vs one KV head per query",
-            UNIT, "derived", measured=round(keys.qk, 1), source="derived (baselines/paper_readings.py)",
+            UNIT, "derived", measured=round(keys.qk, 1), source="derived (report/paper_readings.py)",
             workload=f"{name}: RoPE, grouped-query attention",
             reason=f"GQA ties query heads to 8 KV groups: n_kv! (group!)^n_kv = 10^{keys.qk:.1f} keys, "
                    f"against 10^{mha:.1f} (n_heads!) without grouping and 10^{keys.qk_unstructured:,.0f} unstructured"))
