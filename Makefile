@@ -37,8 +37,9 @@ $(SPU_STAMP): requirements-spu.txt
 
 install: $(STAMP) $(SPU_STAMP) ## Create .venv and .venv-spu (the SPU engine's) and install everything (torch==2.13.0 first)
 
-lint: install ## ruff check (config in pyproject.toml)
+lint: install ## ruff check and the import-linter layer contracts (both configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: install ## Run the fast test suite (not slow)
 	$(PY) -m pytest -m "not slow and not benchmark" -q
