@@ -73,7 +73,8 @@ def check_folders(model_dir: Path, out_dir: Path, keys_dir: Path, force: bool) -
         raise CheckpointError(f"--model {model_dir} has no config.json; save the model with save_pretrained first")
     out, keys = out_dir.resolve(), keys_dir.resolve()
     if out == model_dir.resolve():
-        raise CheckpointError(f"--out {out_dir} is the input folder; choose another folder so the original stays intact")
+        raise CheckpointError(f"--out {out_dir} is the input folder; "
+                              "choose another folder so the original stays intact")
     if keys == out or out in keys.parents:
         raise CheckpointError(f"--keys {keys_dir} is inside --out {out_dir}: the developer keys would ship with the "
                               "cloud checkpoint; choose a --keys folder outside --out")

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--keys", required=True, help="folder (outside --out) for developer_keys / user_keys (0600)")
     t.add_argument("--seed", type=int, default=None, help="reproducible keys (default: OS randomness)")
     t.add_argument("--force", action="store_true",
-                   help="reuse a non-empty --out (its weight and index files are deleted first) and overwrite key files")
+                   help="reuse a non-empty --out (its weight and index files are deleted first) "
+                        "and overwrite key files")
     t.set_defaults(func=_transform)
     d = sub.add_parser("device-package", help="the user's device: embedding module + user keys, in one folder")
     d.add_argument("--model", required=True, help="the ORIGINAL save_pretrained folder (the one given to transform)")

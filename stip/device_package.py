@@ -62,7 +62,8 @@ def load_device_package(directory: str | os.PathLike) -> DataOwner:
     expected = {f"param.{n}" for n, _ in module.named_parameters()} | {f"buffer.{n}" for n, _ in module.named_buffers()}
     if set(tensors) != expected:
         raise ValueError(f"{directory / DEVICE_FILE} does not match a {manifest['class']} device module: "
-                         f"missing {sorted(expected - set(tensors))[:5]}, unexpected {sorted(set(tensors) - expected)[:5]}")
+                         f"missing {sorted(expected - set(tensors))[:5]}, "
+                         f"unexpected {sorted(set(tensors) - expected)[:5]}")
     with torch.no_grad():
         for kind, named in (("param", module.named_parameters()), ("buffer", module.named_buffers())):
             for n, t in named:

@@ -18,8 +18,8 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from .errors import StipInputError
 from .families import Family, get_family
 from .generation_rules import GenerationRules, RopeState, generation_rules
-from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE, KeyMismatchError, KeySet
 from .keycheck import WEIGHTS_ID_FIELD, check_keys, weights_fingerprint
+from .keys import DEVELOPER_KEYS_FILE, USER_KEYS_FILE, KeyMismatchError, KeySet
 from .pooling import LastTokenPooling, last_token_pooling
 from .sampling import Sampling, choose_tokens
 from .tied import untie_parameters
@@ -509,8 +509,8 @@ class ModelServer:
                 allowed = f"an int in [{low}, {high}]" if state["step"] else "none before the first step"
                 raise StipInputError(f"cache_length={cache_length!r} does not fit session '{session}': it holds "
                                      f"{high} tokens, {state['step']} of them from the last request; a roll-back "
-                                     f"may only drop tokens of that request (rejected drafts, or all of it to redo it), so "
-                                     f"cache_length must be {allowed}")
+                                     "may only drop tokens of that request (rejected drafts, or all of it to redo "
+                                     f"it), so cache_length must be {allowed}")
             drop = high - cache_length
         if cache is None:
             return

@@ -49,8 +49,8 @@ class LastTokenPooling:
 
 def last_token_pooling(model: nn.Module) -> LastTokenPooling | None:
     """The pooling rule of a decoder sequence classifier; None for any other model."""
-    from transformers import GPT2ForSequenceClassification
-    from transformers.modeling_layers import GenericForSequenceClassification
+    from transformers import GPT2ForSequenceClassification  # noqa: PLC0415 - model classes only for a classifier
+    from transformers.modeling_layers import GenericForSequenceClassification  # noqa: PLC0415
 
     if not isinstance(model, (GPT2ForSequenceClassification, GenericForSequenceClassification)):
         return None

@@ -212,8 +212,12 @@ def greedy_among(values: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
 def reference_next_token(logits: torch.Tensor, sampling: Sampling,
                          generator: torch.Generator | None = None) -> torch.Tensor:
     """transformers' own processors and sampler on plaintext logits [B, V]: the ground truth for tests."""
-    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
-                                                        TopKLogitsWarper, TopPLogitsWarper)
+    from transformers.generation.logits_process import (  # noqa: PLC0415 - the tests' reference only
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     scores = logits.float()
     if not sampling.do_sample:

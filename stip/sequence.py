@@ -1,4 +1,5 @@
-"""The device's view of a sequence during generation: ids, mask and per-token inputs, grown as transformers grows them."""
+"""The device's view of a sequence during generation: ids, mask and per-token inputs, grown as transformers grows
+them."""
 from __future__ import annotations
 
 from collections.abc import Mapping

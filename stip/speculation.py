@@ -168,7 +168,7 @@ def generate_speculative(
     (rules.max_drafts: RoPE frequencies that change with length, Phi-3's cache recompute), and
     a position whose top-`top_k` ties at the boundary is redone with its whole row.
     """
-    from .generate import infer
+    from .generate import infer  # noqa: PLC0415 - circular: stip.generate imports this module
 
     remaining, session, fresh_needed = max_new_tokens, None, True
     try:
