@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from protocols import palette  # noqa: E402
 from protocols.summaries import P90_MIN, interval_frame, workload_keys  # noqa: E402
 from protocols.vocabulary import STIP_PHASES  # noqa: E402
 
@@ -24,9 +25,9 @@ MEASURED = ("socket", "host", "engine")  # what a figure of measured time draws 
 # One style for every figure: a fixed colour per protocol (and per transform of the dcor figures), a line
 # style per network, a fixed colour per request phase; error bars span the IQR over the repeats (the one definition:
 # protocols.summaries.interval), p90 drawn as a small cross where a point has at least 10 repeats.
-PROTOCOL_COLORS = {"stip": "#1f77b4", "full_cloud": "#7f7f7f", "model_split": "#2ca02c",
-                   "random_projection": "#d62728", "mpc": "#9467bd",
-                   "permutation": "#1f77b4", "projection": "#d62728"}
+PROTOCOL_COLORS = {**palette.PROTOCOL_COLORS,  # the dcor figures' transforms in their protocol's colour
+                   "permutation": palette.PROTOCOL_COLORS["stip"],
+                   "projection": palette.PROTOCOL_COLORS["random_projection"]}
 NETWORK_STYLES = ["-", "--", ":", "-."]
 MARKERS = "os^Dv<>pP*"
 PHASE_COLORS = dict(zip(STIP_PHASES, ["#aec7e8", "#1f77b4", "#ffbb78", "#7f7f7f", "#ff7f0e", "#98df8a"]))

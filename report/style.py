@@ -19,13 +19,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from protocols.palette import PROTOCOL_COLORS  # noqa: E402
 from protocols.summaries import interval_frame  # noqa: E402
 
-# A fixed colour per system, shared with bench/plots.py's protocol colours.
-COLORS = {"stip": "#1f77b4", "STIP": "#1f77b4", "full_cloud": "#7f7f7f", "full cloud": "#7f7f7f",
-          "model_split": "#2ca02c", "random_projection": "#d62728", "random projection": "#d62728",
-          "mpc": "#9467bd", "CrypTen 2PC": "#9467bd", "CipherGPT": "#8c564b", "Iron": "#e377c2",
-          "THE-X": "#bcbd22", "SPU": "#17becf"}
+# A fixed colour per system: the protocols' from protocols.palette (as bench/plots.py draws them), under their
+# names and the report's display names, then the systems only the paper's numbers bring.
+_DISPLAY = {"STIP": "stip", "full cloud": "full_cloud", "random projection": "random_projection", "CrypTen 2PC": "mpc"}
+COLORS = {**PROTOCOL_COLORS, **{name: PROTOCOL_COLORS[p] for name, p in _DISPLAY.items()},
+          "CipherGPT": "#8c564b", "Iron": "#e377c2", "THE-X": "#bcbd22", "SPU": "#17becf"}
 RC = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7, "axes.grid": True,
       "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False}
 plt.rcParams.update(RC)  # as bench/plots.py does: every figure of the process in one style
