@@ -68,7 +68,7 @@ def test_quick_notebook_reads_what_make_bench_writes_now(tmp_path, monkeypatch):
 
 
 def test_paper_report_notebook_reads_what_bench_report_writes(tmp_path, monkeypatch):
-    """The report notebook on a report.csv bench.report wrote (one measured artifact, one module that raises)."""
+    """The report notebook on a report.csv report.writer wrote (one measured artifact, one module that raises)."""
     import types
 
     from report import writer

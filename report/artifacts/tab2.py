@@ -1,6 +1,6 @@
 """Tab. 2: how many keys STIP's permutations allow, per model, and what RoPE and grouped-query attention leave.
 
-Arithmetic on the published shapes (configs/model/*.yaml through baselines/paper_readings.model_key_space), no
+Arithmetic on the published shapes (configs/model/*.yaml through report/paper_readings.model_key_space), no
 experiment: log10 of the data key pi (d!, the paper's 1/d! guessing probability), of one layer's Q/K key as
 stip/keys.py draws it (whole KV groups move; under RoPE the order inside a head is fixed), of the same key had
 any permutation of the attention width been allowed (the paper's reading), and of every key together. Tab. 2's
