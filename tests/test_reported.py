@@ -212,7 +212,7 @@ def test_number_refuses_ranges(by_id):
 
 def test_loader_imports_neither_bench_nor_protocols():
     for module in ("reported.py", "paper_readings.py"):
-        tree = ast.parse((ROOT / "baselines" / module).read_text())
+        tree = ast.parse((ROOT / "report" / module).read_text())
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not {n for n in names if n.split(".")[0] in ("bench", "protocols")}, module
