@@ -305,7 +305,7 @@ def write(results: Path, mods: list[ModuleType] | None = None, out: Path | None 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: python -m report --results results."""
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m report", description=__doc__)
     p.add_argument("--results", default="results", help="the results folder to read (and to write into)")
     p.add_argument("--out", default=None, help="write REPORT.md, report.csv and figures/ here instead")
     args = p.parse_args(argv)
