@@ -46,9 +46,9 @@ test: install ## Run the fast test suite (not slow)
 test-all: install ## Run every test, slow ones included
 	$(PY) -m pytest -m "not benchmark" -q
 
-bench-micro: install ## STIP micro-benchmarks and the loaded-host benchmark (ratios, written to results/micro/)
-	STIP_MICRO_RESULTS=results/micro/stip_micro.csv $(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider tests/bench_stip_micro.py
-	STIP_LOADED_RESULTS=results/micro/loaded_host.csv $(PY) -m pytest -m benchmark -q -s -p no:cacheprovider tests/bench_loaded_host.py
+bench-micro: install ## STIP micro-benchmarks and the loaded-host benchmark in benchmarks/ (ratios, written to results/micro/)
+	STIP_MICRO_RESULTS=results/micro/stip_micro.csv $(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider benchmarks/bench_stip_micro.py
+	STIP_LOADED_RESULTS=results/micro/loaded_host.csv $(PY) -m pytest -m benchmark -q -s -p no:cacheprovider benchmarks/bench_loaded_host.py
 
 bench: bench-micro ## Reproduce the paper report (profile `bench` of configs/bench_profiles.yaml, <= 60 min): results/REPORT.md
 	$(PY) -m bench.profile bench --results results
