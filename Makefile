@@ -19,7 +19,7 @@ help: ## Show this help
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	@echo "== [1/5] pip"; $(PIP) install -q --upgrade pip
-	@# torch FIRST: the CPU wheel on disk (README: or PyTorch's CPU index); anything else pulls a CUDA build.
+	@# torch FIRST: the CPU wheel on disk (docs/harness.md: or PyTorch's CPU index); anything else pulls a CUDA build.
 	@echo "== [2/5] torch 2.13.0 (CPU wheel)"; $(PIP) install --progress-bar on torch==2.13.0 --find-links /opt/wheels
 	@echo "== [3/5] requirements.txt (several minutes)"; $(PIP) install --progress-bar on -r requirements.txt
 	@# crypten declares sklearn (a dead name) and torchvision/onnx/tensorboard, unused here: no deps.
