@@ -19,7 +19,7 @@ help: ## Show this help
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	@echo "== [1/5] pip"; $(PIP) install -q --upgrade pip
-	@# torch FIRST: the CPU wheel on disk (README: or PyTorch's CPU index); anything else pulls a CUDA build.
+	@# torch FIRST: the CPU wheel on disk (docs/harness.md: or PyTorch's CPU index); anything else pulls a CUDA build.
 	@echo "== [2/5] torch 2.13.0 (CPU wheel)"; $(PIP) install --progress-bar on torch==2.13.0 --find-links /opt/wheels
 	@echo "== [3/5] requirements.txt (several minutes)"; $(PIP) install --progress-bar on -r requirements.txt
 	@# crypten declares sklearn (a dead name) and torchvision/onnx/tensorboard, unused here: no deps.
@@ -47,9 +47,9 @@ test: install ## Run the fast test suite (not slow)
 test-all: install ## Run every test, slow ones included
 	$(PY) -m pytest -m "not benchmark" -q
 
-bench-micro: install ## STIP micro-benchmarks and the loaded-host benchmark (ratios, written to results/micro/)
-	STIP_MICRO_RESULTS=results/micro/stip_micro.csv $(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider tests/bench_stip_micro.py
-	STIP_LOADED_RESULTS=results/micro/loaded_host.csv $(PY) -m pytest -m benchmark -q -s -p no:cacheprovider tests/bench_loaded_host.py
+bench-micro: install ## STIP micro-benchmarks and the loaded-host benchmark in benchmarks/ (ratios, written to results/micro/)
+	STIP_MICRO_RESULTS=results/micro/stip_micro.csv $(PY) -m pytest -m benchmark -q --benchmark-columns=min,median,max,rounds -p no:cacheprovider benchmarks/bench_stip_micro.py
+	STIP_LOADED_RESULTS=results/micro/loaded_host.csv $(PY) -m pytest -m benchmark -q -s -p no:cacheprovider benchmarks/bench_loaded_host.py
 
 bench: bench-micro ## Reproduce the paper report (profile `bench` of configs/bench_profiles.yaml, <= 60 min): results/REPORT.md
 	$(PY) -m bench.profile bench --results results

@@ -1,27 +1,6 @@
-import os
-import sys
-from pathlib import Path
+"""tests/helpers is importable as `helpers` through pyproject's pytest `pythonpath`; fixtures live there."""
+from helpers.fixtures import restore_threads, set_offline_env
 
-import pytest
+set_offline_env()
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers importable as `helpers`
-
-
-@pytest.fixture
-def restore_threads():
-    """A test that runs the runner in-process changes this process's threads and thread environment: put both back."""
-    import torch  # noqa: PLC0415
-
-    from transport.threads import THREAD_ENV_VARS  # noqa: PLC0415
-
-    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in THREAD_ENV_VARS}
-    yield
-    torch.set_num_threads(before)
-    for var, val in env.items():
-        if val is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = val
+__all__ = ["restore_threads"]

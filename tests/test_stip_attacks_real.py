@@ -1,8 +1,8 @@
-"""The attacks on real weights (MiniLM, SmolLM2): slow; the full table is tests/attack_measurements.py."""
+"""The attacks on real weights (MiniLM, SmolLM2): slow; the full table is benchmarks/attack_measurements.py."""
 import pytest
 import torch
 
-from attack_measurements import SENTENCES, minilm_rows
+from helpers.attack_measurements import SENTENCES, minilm_rows
 from stip.attacks import measure
 
 pytestmark = pytest.mark.slow

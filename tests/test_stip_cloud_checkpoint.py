@@ -36,7 +36,7 @@ def test_cloud_checkpoint_reloads_with_stock_class_and_hides_protected_tensors(f
         spaces, _ = developer.family.spaces_for(name)
         if spaces == DEVICE:
             assert not tensor.any(), f"{name} belongs on the device but reached the cloud"
-        elif all(space is None for space in spaces):  # in the clear by design (q/k norms); README says so
+        elif all(space is None for space in spaces):  # in the clear by design (q/k norms); docs/protocol-library.md says so
             assert torch.equal(tensor, original[name]), name
         elif spaces == ("k",) and developer.family.rope:
             # a RoPE K bias moves by whole KV groups only: with 2 groups, unchanged half the time

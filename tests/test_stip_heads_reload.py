@@ -1,4 +1,4 @@
-"""Every head the README lists reloads from the cloud checkpoint with a stock from_pretrained.
+"""Every head docs/protocol-library.md lists reloads from the cloud checkpoint with a stock from_pretrained.
 
 Both ways of making the checkpoint: save_pretrained of the in-memory cloud model, and
 `stip transform`. No tensor may be missing on reload (a missing tied target is initialised

@@ -122,7 +122,7 @@ def test_other_model_types_are_refused_with_the_supported_list(model_type):
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"])
 def test_decoder_sequence_classification_head(family):
-    """The README lists `score` heads for the decoders: unpadded prompts pool the same last token."""
+    """docs/protocol-library.md lists `score` heads for the decoders: unpadded prompts pool the same last token."""
     config = FACTORIES[family]().config
     config.pad_token_id, config.num_labels = 0, 3
     torch.manual_seed(0)

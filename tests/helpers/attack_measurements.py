@@ -1,25 +1,20 @@
-"""Measure every stip.attacks attack on the real models (MiniLM, SmolLM2) and the config-built ones.
+"""Every stip.attacks attack on the real models (MiniLM, SmolLM2) and the config-built ones, as tidy rows.
 
-    PYTHONPATH=$PWD HF_HUB_OFFLINE=1 .venv/bin/python tests/attack_measurements.py [tiny|minilm|smollm2|all]
-
-Prints tidy rows (stip/attacks/rows.py) as a table; writes nothing. The output-side corpus is
+Shared by tests/test_stip_attacks_real.py and the script benchmarks/attack_measurements.py, which prints the
+full-size table (docs/security.md). The output-side corpus is
 built offline from the long descriptions in the installed packages' METADATA files: packages
 at even positions (sorted by name) are the users' traffic, the others the attacker's public text.
 """
 from __future__ import annotations
 
-import logging
-import sys
 import sysconfig
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import helpers.stip_models as stip_models  # noqa: E402
-from stip.attacks import measure  # noqa: E402
-from stip.attacks.frontier import noise_frontier  # noqa: E402
+from helpers import stip_models
+from stip.attacks import measure
+from stip.attacks.frontier import noise_frontier
 
 FAMILY_BUILDERS = ["tiny_gpt2", "tiny_bert", "tiny_llama", "tiny_mixtral", "tiny_mistral", "tiny_qwen2",
                    "tiny_qwen3", "tiny_gemma2", "tiny_gemma3", "tiny_phi3", "tiny_roberta", "tiny_distilbert"]
@@ -130,24 +125,3 @@ def smollm2_rows() -> list[dict]:
 
 
 PARTS = {"tiny": tiny_rows, "minilm": minilm_rows, "smollm2": smollm2_rows}
-
-
-
-def main(parts: list[str]) -> list[dict]:
-    import pandas as pd
-
-    torch.set_num_threads(2)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # one line per row as it comes
-    rows = []
-    for part in parts:
-        rows += PARTS[part]()
-    table = pd.DataFrame(rows).drop(columns=["assumption"]).dropna(axis=1, how="all")
-    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_rows", 2000,
-                           "display.float_format", "{:.4g}".format):
-        print(table.astype(object).fillna("").to_string(index=False))
-    return rows
-
-
-if __name__ == "__main__":
-    chosen = sys.argv[1:] or ["all"]
-    main(list(PARTS) if chosen == ["all"] else chosen)

@@ -3,7 +3,7 @@
 Each pair runs `model=bert-tiny protocol=full_cloud network=none run.seq_len=8` through the runner twice: once
 as the host is, once while os.cpu_count() `python -c "while True: pass"` processes keep every core busy; the
 ratio loaded / as-is of the median cloud compute and of the median total is the number (target <= 1.5 in every
-pair: README "Timing on a shared host"). `threads=all` does the same with one thread per core in each process
+pair: docs/harness.md "Timing on a shared host"). `threads=all` does the same with one thread per core in each process
 (torch's own default before the thread policy), for comparison. Targets are reported as met/missed, not
 asserted. Rows go to the CSV named by $STIP_LOADED_RESULTS (`make bench-micro` sets
 results/micro/loaded_host.csv, rewritten per run); without it nothing is written.
@@ -21,11 +21,11 @@ from typing import Iterator
 
 import pandas as pd
 import pytest
+from helpers.results_csv import append_rows
 from hydra import compose, initialize_config_dir
 
 from bench.app import CONFIG_DIR, run
 from transport.processes import signal_tree
-from helpers.results_csv import append_rows
 
 pytestmark = pytest.mark.benchmark
 PAIRS = 4

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 import torch
+from helpers.results_csv import append_rows
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import stip
+from protocols.models import load_smollm2
 from stip.sampling import Sampling, choose_tokens
+from stip.transform import _rows_in_parallel
 from transport.framing import recv_frame, send_bytes
 from transport.wire import decode_body, encode_frame
-
-from helpers.results_csv import append_rows
 
 pytestmark = pytest.mark.benchmark
 
@@ -142,8 +145,6 @@ def test_device_cost_unpermute_logits_vs_copy(benchmark, parties):
 
 
 def _unpermute_primitives(index: torch.Tensor) -> dict:
-    from stip.transform import _rows_in_parallel
-
     threads, pi = max(2, torch.get_num_threads()), torch.argsort(index)
     return {
         "permute_features": lambda x: stip.transform.permute_features(x, index),
@@ -193,8 +194,6 @@ SAMPLINGS = {
 
 @pytest.fixture(scope="module")
 def smollm2_rows():
-    from protocols.models import load_smollm2
-
     model, tokenizer = load_smollm2()
     ids = torch.tensor([[504, 3575, 282, 4649, 314]]) if tokenizer is None else \
         tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
@@ -307,9 +306,7 @@ def test_prefill_topk_vs_plain_transformers(benchmark, gpt2_124m, which):
     if which == "gpt2_124m":
         model = gpt2_124m
     else:
-        from protocols.models import load_smollm2
-
-        model = load_smollm2()[0]
+            model = load_smollm2()[0]
     ids = torch.randint(0, model.config.vocab_size, (1, PREFILL_TOKENS), generator=torch.Generator().manual_seed(0))
     stip_side, plain_side = _prefill_pair(model, ids)
     with torch.no_grad():
@@ -405,9 +402,6 @@ print(int(hwm.split()[1]) * 1024)
 
 def test_developer_memory_shard_by_shard(benchmark, gpt2_124m, tmp_path_factory):
     """`stip transform` peak memory beyond the interpreter's, against one shard's size."""
-    import subprocess
-    import sys
-
     folder = tmp_path_factory.mktemp("ckpt")
     gpt2_124m.save_pretrained(folder / "plain", max_shard_size="50MB")
     shards = sorted((folder / "plain").glob("*.safetensors"))

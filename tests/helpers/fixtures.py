@@ -1,0 +1,32 @@
+"""Fixtures shared by tests/ and benchmarks/ (each conftest imports them), and the offline environment both need."""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def set_offline_env() -> None:
+    """Never reach the hub from a test or benchmark: every model is local or built from a config."""
+    for var, value in OFFLINE_ENV.items():
+        os.environ.setdefault(var, value)
+
+
+@pytest.fixture
+def restore_threads() -> Iterator[None]:
+    """A test that runs the runner in-process changes this process's threads and thread environment: put both back."""
+    import torch  # noqa: PLC0415
+
+    from transport.threads import THREAD_ENV_VARS  # noqa: PLC0415
+
+    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in THREAD_ENV_VARS}
+    yield
+    torch.set_num_threads(before)
+    for var, val in env.items():
+        if val is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = val
