@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from protocols.paths import config_group
+
 if TYPE_CHECKING:
     from baselines.reported import ReportedValue
     from stip.families import Dims
 
 MIB = 2**20
-MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
+MODEL_CONFIG_DIR = config_group("model")
 
 
 def per_token_latency_s(compute_s: float, one_way_s: float, bytes_up: int = 0, bytes_down: int = 0,

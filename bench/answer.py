@@ -17,6 +17,7 @@ from rich.table import Table
 
 from bench.analysis import interval, join_runs, run_record, runs_frame, workload_keys
 from bench.results import ROWS, RunReport, git_sha, typed
+from protocols.paths import config_group
 from protocols.vocabulary import MPC_PHASES, STIP_PHASES
 
 NOISY = 1.5  # max/min of the repeats above which a latency is flagged as noisy
@@ -172,7 +173,7 @@ def quantities(rows: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-PROTOCOL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "protocol"
+PROTOCOL_CONFIGS = config_group("protocol")
 
 
 def set_params(protocol: dict) -> str:

@@ -44,12 +44,13 @@ from bench.status import run_status
 from bench.validate import ConfigError, check_run_config, sweep_without_multirun
 from protocols.contract import Protocol, RemoteCloudConfig, RunRequest
 from protocols.models import build_spec
+from protocols.paths import config_dir
 from protocols.vocabulary import check_security
 from transport.link import network_profile
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIG_DIR = str(config_dir())
 
 
 def _plain(cfg: Any) -> Any:

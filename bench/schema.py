@@ -9,16 +9,16 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from omegaconf import OmegaConf
 
 from protocols.contract import RemoteCloudConfig, RunRequest
 from protocols.models import ModelConfig
+from protocols.paths import config_group
 from transport.link import NetworkProfile, link_label
 
-NETWORK_DIR = Path(__file__).resolve().parents[1] / "configs" / "network"
+NETWORK_DIR = config_group("network")
 RUNNER_FIELDS = ("workdir", "cloud_timeout_s", "remote_cloud")  # RunRequest fields the runner fills, not run.*
 
 
