@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from omegaconf import OmegaConf
 
+from bench.protocol_configs import protocol_class
 from protocols.contract import RemoteCloudConfig, RunRequest
 from protocols.models import ModelConfig
 from protocols.paths import config_group
@@ -63,8 +64,6 @@ def unknown_key_problems(node: Mapping[str, Any], valid: Iterable[str], prefix: 
 
 def protocol_keys(protocol_cfg: Mapping[str, Any]) -> list[str] | None:
     """The keys of the protocol's own typed config (its class's config_class), or None if it cannot load."""
-    from bench.app import protocol_class  # noqa: PLC0415 - the runner owns `_target_` resolution
-
     try:
         return field_names(protocol_class(protocol_cfg).config_class)
     except Exception:  # noqa: BLE001 - a bad _target_ is reported where the protocol is built
