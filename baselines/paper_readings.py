@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from protocols.paths import config_group
+from transport.link import NetworkProfile, check_link
 
 if TYPE_CHECKING:
     from baselines.reported import ReportedValue
@@ -30,10 +31,8 @@ def per_token_latency_s(compute_s: float, one_way_s: float, bytes_up: int = 0, b
     """
     if min(compute_s, one_way_s, bytes_up, bytes_down) < 0:
         raise ValueError("compute, latency and bytes must be >= 0")
-    if bandwidth_bps is not None and bandwidth_bps <= 0:
-        raise ValueError(f"bandwidth_bps={bandwidth_bps} must be > 0, or None for unlimited")
-    transfer = 0.0 if bandwidth_bps is None else (bytes_up + bytes_down) * 8 / bandwidth_bps
-    return compute_s + 2 * one_way_s + transfer
+    link = check_link(NetworkProfile("paper", bandwidth_bps, rtt_s=2 * one_way_s))
+    return compute_s + 2 * one_way_s + link.transfer_time(bytes_up + bytes_down)
 
 
 def slope_readings_ms(compute_ms: float, stated_latency_ms: float, bytes_per_token: int = 0,

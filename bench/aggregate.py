@@ -33,6 +33,7 @@ from bench.results import (
     safe_name,
     typed,
 )
+from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def _generation_headline(protocol: str, gen: pd.DataFrame) -> dict:
             n_bytes = (_med(g, network=net, phase="uplink", metric="bytes") or 0) + (
                 _med(g, network=net, phase="downlink", metric="bytes") or 0)
             bandwidth = None if pd.isna(prof["bandwidth_bps"]) else float(prof["bandwidth_bps"])
-            physical = float(prof["rtt_s"]) + (8 * n_bytes / bandwidth if bandwidth else 0.0)
+            physical = NetworkProfile(str(net), bandwidth, float(prof["rtt_s"])).time(1, n_bytes)
             # Link time measured inside the same run (uplink + downlink per token): immune to compute drift
             # between runs; the difference to the no-link run is reported too.
             link = (_med(g, network=net, phase="uplink", metric="latency") or 0) + (

@@ -8,6 +8,7 @@ types every field Any: values keep the type they are written with (1800 stays 18
 from __future__ import annotations
 
 import dataclasses
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,6 +20,7 @@ from omegaconf import OmegaConf
 from protocols.contract import Protocol, ProtocolConfig
 from protocols.paths import config_group
 
+log = logging.getLogger(__name__)
 GROUP = "protocol"
 DEFAULTS_SUFFIX = "_defaults"  # protocol/<name>.yaml starts with `defaults: [<name>_defaults, _self_]`
 
@@ -73,10 +75,11 @@ def register_protocol_defaults(folder: Path | None = None) -> tuple[str, ...]:
     store = ConfigStore.instance()
     names = []
     for path in sorted(folder.glob("*.yaml")):
-        target = OmegaConf.load(path).get("_target_")
-        if not target:
-            continue  # refused with its name where the run builds the protocol
-        store.store(group=GROUP, name=f"{path.stem}{DEFAULTS_SUFFIX}",
-                    node=defaults_node(protocol_class({"_target_": target}).config_class))
+        try:
+            cls = protocol_class(OmegaConf.load(path)).config_class
+        except (ValueError, ImportError, AttributeError) as e:  # one broken file must not stop every other run
+            log.warning("configs/protocol/%s: no defaults registered (%s); a run of it fails naming this", path.name, e)
+            continue
+        store.store(group=GROUP, name=f"{path.stem}{DEFAULTS_SUFFIX}", node=defaults_node(cls))
         names.append(path.stem)
     return tuple(names)

@@ -14,7 +14,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from bench.app import CONFIG_DIR, run_key
-from bench.protocol_configs import DEFAULTS_SUFFIX, dataclass_defaults, file_values, protocol_class, with_defaults
+from bench.protocol_configs import (
+    DEFAULTS_SUFFIX,
+    dataclass_defaults,
+    file_values,
+    protocol_class,
+    register_protocol_defaults,
+    with_defaults,
+)
 from bench.results import run_id
 from bench.schema import labelled_network
 
@@ -78,3 +85,9 @@ def test_run_ids_are_those_of_the_full_yamls(overrides):
 def test_a_hand_built_node_gains_the_defaults():
     node = with_defaults({"_target_": "baselines.mpc.protocol.MpcProtocol", "name": "mpc", "engine": "crypten"})
     assert node["timeout_s"] == 1800 and node["approx"] == "puma" and node["mpc_protocol"] is None
+
+
+def test_a_broken_protocol_file_registers_nothing_and_stops_nothing(tmp_path):
+    (tmp_path / "mine.yaml").write_text("_target_: protocols.stip_protocol.StipProtocol\nname: mine\n")
+    (tmp_path / "typo.yaml").write_text("_target_: protocols.no_such.Protocol\nname: typo\n")
+    assert register_protocol_defaults(tmp_path) == ("mine",)
