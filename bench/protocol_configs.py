@@ -56,9 +56,15 @@ def file_values(name: str, folder: Path | None = None) -> dict[str, Any] | None:
     path = (folder or config_group(GROUP)) / f"{name}.yaml"
     if not path.is_file():
         return None
+    return with_defaults({k: v for k, v in load_file(path).items() if k != "defaults"})
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """A protocol yaml as a plain dict (its Hydra `defaults` list included)."""
     node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    node = {k: v for k, v in dict(node or {}).items() if k != "defaults"}
-    return with_defaults(node)
+    if not isinstance(node, dict):
+        raise ValueError(f"{path} holds a {type(node).__name__}, not a protocol config (keys _target_, name, ...)")
+    return {str(k): v for k, v in node.items()}
 
 
 def defaults_node(cls: type[ProtocolConfig]) -> Any:
@@ -76,7 +82,7 @@ def register_protocol_defaults(folder: Path | None = None) -> tuple[str, ...]:
     names = []
     for path in sorted(folder.glob("*.yaml")):
         try:
-            cls = protocol_class(OmegaConf.load(path)).config_class
+            cls = protocol_class(load_file(path)).config_class
         except (ValueError, ImportError, AttributeError) as e:  # one broken file must not stop every other run
             log.warning("configs/protocol/%s: no defaults registered (%s); a run of it fails naming this", path.name, e)
             continue

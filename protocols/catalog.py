@@ -6,6 +6,7 @@ read the same files here, once.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import cast
 
 from omegaconf import OmegaConf
 
@@ -16,7 +17,8 @@ from transport.link import NetworkProfile, network_profile
 @lru_cache(maxsize=1)
 def shipped_networks() -> dict[str, dict]:
     """The network profiles of configs/network/ by name, as Hydra composes them (OmegaConf: 3.0e9 is a float)."""
-    return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted(config_group("network").glob("*.yaml"))}
+    return {p.stem: cast(dict, OmegaConf.to_container(OmegaConf.load(p)))
+            for p in sorted(config_group("network").glob("*.yaml"))}
 
 
 def shipped_network(name: str) -> NetworkProfile:

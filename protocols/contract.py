@@ -36,7 +36,8 @@ def typed_config(cls: type[C], cfg: C | Mapping[str, Any]) -> C:
     """The config as its dataclass: unknown keys and wrong types fail here, values in __post_init__."""
     if isinstance(cfg, cls):
         return cfg
-    merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(dict(cfg)))
+    values = cast(Mapping[str, Any], cfg)  # not a C, so the mapping a yaml or a caller gave
+    merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(dict(values)))
     return cast(C, OmegaConf.to_object(merged))  # a structured node's object is its dataclass
 
 
