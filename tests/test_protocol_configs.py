@@ -13,7 +13,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bench.app import CONFIG_DIR, run_key
+from baselines.full_cloud import FullCloudConfig
+from bench.analysis import run_record
+from bench.app import CONFIG_DIR, run, run_key
 from bench.protocol_configs import (
     DEFAULTS_SUFFIX,
     dataclass_defaults,
@@ -91,3 +93,15 @@ def test_a_broken_protocol_file_registers_nothing_and_stops_nothing(tmp_path):
     (tmp_path / "mine.yaml").write_text("_target_: protocols.stip_protocol.StipProtocol\nname: mine\n")
     (tmp_path / "typo.yaml").write_text("_target_: protocols.no_such.Protocol\nname: typo\n")
     assert register_protocol_defaults(tmp_path) == ("mine",)
+
+
+def test_a_hand_built_protocol_node_still_fills_every_runs_column(tmp_path, restore_threads):
+    """`run({...})` with a protocol node of two keys: report.config and the runs table carry every field."""
+    cfg = composed("model=bert-tiny", "protocol=full_cloud", f"output_root={tmp_path / 'runs'}", "run.repeats=1",
+                   "run.warmup=0", "run.seq_len=8")
+    cfg["protocol"] = {"_target_": "baselines.full_cloud.FullCloudProtocol", "name": "full_cloud"}
+    report = run(cfg)
+    assert report.status == "ok", report.error
+    assert report.config["protocol"] == composed("protocol=full_cloud")["protocol"]
+    record = run_record(report)
+    assert {f"protocol.{k}" for k in dataclass_defaults(FullCloudConfig) if k not in ("_target_", "name")} <= set(record)
