@@ -1,6 +1,7 @@
 """The CrypTen engine of protocol=mpc: two parties on this host, or the float64 simulation (mode=simulate).
 
-Its rows are described in baselines/mpc/protocol.py; the approximation is resolved once, when the engine is built.
+A baselines.mpc.engine.MpcEngine; its rows are described in baselines/mpc/protocol.py; the approximation is resolved
+once, when the engine is built.
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from baselines.mpc.approximations import Approximation, get_approximation
-from baselines.mpc.engine import MpcEngine
 from baselines.mpc.forward import EMBEDDING_MODES, extract_weights, simulate
 from baselines.mpc.launcher import PROVIDERS, configured_security
 from baselines.mpc.session import MpcResult, run_mpc_forward
@@ -23,13 +23,13 @@ if TYPE_CHECKING:
 MODES = ("mpc", "simulate")
 
 
-class CryptenEngine(MpcEngine):
+class CryptenEngine:
     """CrypTen 2PC: the server (rank 0) shares the weights, the device (rank 1) its tokens."""
 
     name: ClassVar[str] = "crypten"
 
     def __init__(self, cfg: MpcConfig) -> None:
-        super().__init__(cfg)
+        self.cfg = cfg
         if cfg.mpc_protocol is not None:
             raise ValueError(f"protocol.mpc_protocol={cfg.mpc_protocol!r} selects an SPU protocol; "
                              "set protocol.engine=spu, or leave mpc_protocol unset for CrypTen")
