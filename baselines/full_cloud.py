@@ -193,7 +193,7 @@ def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None, d
     return FullCloudHandler(checkpoint, head, threads, device)
 
 
-class FullCloudProtocol(SocketProtocol):
+class FullCloudProtocol(SocketProtocol[FullCloudConfig]):
     """No privacy: raw inputs up, plaintext outputs down."""
 
     config_class: ClassVar[type[ProtocolConfig]] = FullCloudConfig

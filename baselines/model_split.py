@@ -135,7 +135,7 @@ def make_cloud_handler(checkpoint: str, head: str, device_layers: int, threads: 
     return SplitCloudHandler(checkpoint, head, device_layers, threads, device)
 
 
-class ModelSplitProtocol(SocketProtocol):
+class ModelSplitProtocol(SocketProtocol[ModelSplitConfig]):
     """Plain hidden states after k device layers go up; plain outputs come down."""
 
     config_class: ClassVar[type[ProtocolConfig]] = ModelSplitConfig

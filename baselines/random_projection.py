@@ -62,7 +62,7 @@ def embeddings(model: ModelSpec, request: RunRequest) -> torch.Tensor:
         return table(inputs["input_ids"]).float()
 
 
-class RandomProjectionProtocol(Protocol):
+class RandomProjectionProtocol(Protocol[RandomProjectionConfig]):
     """dcor of a random projection (or a permutation) of the embeddings and weights."""
 
     config_class: ClassVar[type[ProtocolConfig]] = RandomProjectionConfig

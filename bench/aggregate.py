@@ -24,6 +24,7 @@ from bench.results import (
 from bench.runs_table import join_runs, run_record, runs_frame
 from protocols.results_schema import ROWS, typed
 from protocols.summaries import accuracy_table, latency_table, markdown, workload_keys
+from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def _generation_headline(protocol: str, gen: pd.DataFrame) -> dict:
             n_bytes = (_med(g, network=net, phase="uplink", metric="bytes") or 0) + (
                 _med(g, network=net, phase="downlink", metric="bytes") or 0)
             bandwidth = None if pd.isna(prof["bandwidth_bps"]) else float(prof["bandwidth_bps"])
-            physical = float(prof["rtt_s"]) + (8 * n_bytes / bandwidth if bandwidth else 0.0)
+            physical = NetworkProfile(str(net), bandwidth, float(prof["rtt_s"])).time(1, n_bytes)
             # Link time measured inside the same run (uplink + downlink per token): immune to compute drift
             # between runs; the difference to the no-link run is reported too.
             link = (_med(g, network=net, phase="uplink", metric="latency") or 0) + (

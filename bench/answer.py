@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bench.protocol_configs import file_values
 from bench.results import RunReport, git_sha
 from bench.runs_table import join_runs, run_record, runs_frame
+from protocols.paths import config_group
 from protocols.results_schema import ROWS, typed
 from protocols.summaries import interval, workload_keys
 from protocols.vocabulary import MPC_PHASES, STIP_PHASES
@@ -174,16 +175,18 @@ def quantities(rows: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-PROTOCOL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "protocol"
+PROTOCOL_CONFIGS = config_group("protocol")
 
 
 def set_params(protocol: dict) -> str:
     """The protocol parameters a run set away from its config group's file ('transform=permutation'), so that two
     arms of a sweep that share a protocol name read apart in their lines ('' when none, or no such file)."""
-    path = PROTOCOL_CONFIGS / f"{protocol.get('name')}.yaml"
-    if not path.is_file():
+    try:
+        defaults = file_values(str(protocol.get("name")), PROTOCOL_CONFIGS)
+    except (ValueError, ImportError, AttributeError):  # a file whose _target_ does not load: nothing to compare
         return ""
-    defaults = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    if defaults is None:
+        return ""
     return ",".join(f"{k}={v}" for k, v in protocol.items() if k in defaults and k not in ("_target_", "name")
                     and not isinstance(v, (dict, list)) and defaults[k] != v)
 

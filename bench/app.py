@@ -20,13 +20,14 @@ import hydra
 from filelock import FileLock, Timeout
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.utils import get_class, to_absolute_path
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bench.answer import RUN_POINTER, print_answer, run_line, sweep_runs
 from bench.conditions import RunConditions
 from bench.hostslot import host_slot
+from bench.protocol_configs import protocol_class, register_protocol_defaults, with_defaults
 from bench.results import (
     LOCK,
     RunReport,
@@ -43,13 +44,15 @@ from bench.status import run_status
 from bench.validate import ConfigError, check_run_config, sweep_without_multirun
 from protocols.contract import Protocol, RemoteCloudConfig, RunRequest
 from protocols.models import build_spec
+from protocols.paths import config_dir
 from protocols.results_schema import ROWS
 from protocols.vocabulary import check_security
 from transport.link import network_profile
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIG_DIR = str(config_dir())
+register_protocol_defaults()  # configs/protocol/<name>.yaml compose on their dataclass's defaults
 
 
 def _plain(cfg: Any) -> Any:
@@ -105,12 +108,12 @@ def run_dir_of(cfg: Mapping[str, Any]) -> Path:
     return _absolute(cfg["output_root"]) / str(cfg["experiment_name"]) / run_id(run_key(cfg))
 
 
-def protocol_class(protocol_cfg: Mapping[str, Any]) -> type[Protocol]:
-    """The plug-in class its config's `_target_` names (the runner knows nothing else of a protocol)."""
-    target = protocol_cfg.get("_target_")
-    if not target:
-        raise ValueError(f"protocol config {protocol_cfg.get('name')!r} has no _target_; see configs/protocol/*.yaml")
-    return get_class(target)
+def _every_protocol_field(protocol_cfg: Mapping[str, Any]) -> dict:
+    """The protocol node with its class's defaults for fields it lacks (Hydra's compose has them all already)."""
+    try:
+        return with_defaults(protocol_cfg)
+    except (ValueError, ImportError, AttributeError):  # a bad _target_: named where the protocol is built
+        return dict(protocol_cfg)
 
 
 def make_protocol(protocol_cfg: Mapping[str, Any]) -> Protocol:
@@ -138,6 +141,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> RunReport:
     c = _plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     check_run_config(c)
     c["network"] = labelled_network(c["network"])  # a changed profile is no longer that profile: rows, report, line
+    c["protocol"] = _every_protocol_field(c["protocol"])  # report.config and the runs table name every parameter
     rid = run_id(run_key(c))
     out = run_dir_of(c)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The conditions a run was measured under, and whether they make its timings doubtful (report.conditions, .noisy).
 
 A run's repeats can agree with each other and still all be slow because other processes held the cores
-(README "Timing on a shared host"): so the runner records thread counts per process, the host's cores, the
+(docs/harness.md "Timing on a shared host"): so the runner records thread counts per process, the host's cores, the
 load average before and after, the cores other processes kept busy during the run, CPU time beside wall
 time per phase and torch's parallel backend, and flags the run `noisy` when they say the host was
 oversubscribed, whatever the repeats' spread.

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ROOT / "configs" / "bench_profiles.yaml"
+from protocols.paths import CONFIG_DIR, REPO_ROOT
+
+ROOT = REPO_ROOT
+PROFILES = CONFIG_DIR / "bench_profiles.yaml"
 STEP_KEYS = {"args", "module", "minutes", "name", "timeout_min"}
 TAIL_LINES = 20  # lines of a failed step's output kept in profile.json
 

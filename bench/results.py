@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from protocols.contract import Row
+from protocols.paths import REPO_ROOT
 from protocols.results_schema import COLUMNS, ROWS, typed
 from transport.threads import usable_cores
 
@@ -195,7 +196,7 @@ _DEFAULTS: dict[str, Any] = {"status_reason": None, "conditions": {}, "noisy": [
 
 def git_sha(cwd: Path | None = None) -> str | None:
     """HEAD of the checkout (with a -dirty mark), or None outside git."""
-    cwd = cwd or Path(__file__).resolve().parents[1]
+    cwd = cwd or REPO_ROOT
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, fields
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from omegaconf import OmegaConf
-
+from bench.protocol_configs import protocol_class
+from protocols.catalog import shipped_networks
 from protocols.contract import RemoteCloudConfig, RunRequest
 from protocols.models import ModelConfig
 from transport.link import NetworkProfile, link_label
 
-NETWORK_DIR = Path(__file__).resolve().parents[1] / "configs" / "network"
 RUNNER_FIELDS = ("workdir", "cloud_timeout_s", "remote_cloud")  # RunRequest fields the runner fills, not run.*
 
 
@@ -63,8 +60,6 @@ def unknown_key_problems(node: Mapping[str, Any], valid: Iterable[str], prefix: 
 
 def protocol_keys(protocol_cfg: Mapping[str, Any]) -> list[str] | None:
     """The keys of the protocol's own typed config (its class's config_class), or None if it cannot load."""
-    from bench.app import protocol_class  # noqa: PLC0415 - the runner owns `_target_` resolution
-
     try:
         return field_names(protocol_class(protocol_cfg).config_class)
     except Exception:  # noqa: BLE001 - a bad _target_ is reported where the protocol is built
@@ -88,10 +83,9 @@ def schema_problems(cfg: Mapping[str, Any]) -> list[str]:
     return out
 
 
-@lru_cache(maxsize=1)
 def shipped_profiles() -> dict[str, dict]:
-    """The network profiles of configs/network/ by name, as Hydra composes them (OmegaConf: 3.0e9 is a float)."""
-    return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted(NETWORK_DIR.glob("*.yaml"))}
+    """The network profiles of configs/network/ by name, as Hydra composes them (protocols.catalog)."""
+    return shipped_networks()
 
 
 def labelled_network(network: Mapping[str, Any]) -> dict:

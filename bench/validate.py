@@ -5,53 +5,21 @@ error deep inside torch; these checks read only the config (and the model's tran
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 from protocols.contract import TASKS
-
-MAX_RTT_S = 3600.0  # an emulated round trip longer than an hour is a typo, not a link
-MIN_BANDWIDTH_BPS, MAX_BANDWIDTH_BPS = 1e3, 1e13  # 1 kbit/s .. 10 Tbit/s: outside, a typo (bits vs bytes, exponent)
+from transport.link import link_problems
 
 
 class ConfigError(ValueError):
     """A run config that cannot work; the message lists every problem with the override that fixes it."""
 
 
-def _number(value: Any) -> float | None:
-    """The value as a float, or None when it is not a number (bools are not numbers here)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def network_problems(net: Mapping[str, Any]) -> list[str]:
-    """Positive finite bandwidth (or null: no link), finite non-negative RTT."""
-    name = net.get("name")
-    out = []
-    bw = net.get("bandwidth_bps")
-    if bw is not None:
-        v = _number(bw)
-        if v is None or not math.isfinite(v) or v <= 0:
-            out.append(f"network.bandwidth_bps={bw!r} (network {name!r}) must be a positive number of bits/s, or null "
-                       "for no modelled link; e.g. network.bandwidth_bps=1e8, or pick a profile: network=wired")
-        elif not MIN_BANDWIDTH_BPS <= v <= MAX_BANDWIDTH_BPS:
-            out.append(f"network.bandwidth_bps={bw!r} (network {name!r}) is outside {MIN_BANDWIDTH_BPS:g}.."
-                       f"{MAX_BANDWIDTH_BPS:g} bits/s (a typo?); e.g. network.bandwidth_bps=1e8")
-    rtt = net.get("rtt_s")
-    v = _number(rtt)
-    if v is None or not math.isfinite(v) or v < 0:
-        out.append(f"network.rtt_s={rtt!r} (network {name!r}) must be a finite number of seconds >= 0; "
-                   "e.g. network.rtt_s=0.01, or pick a profile: network=wired")
-    elif v > MAX_RTT_S:
-        out.append(f"network.rtt_s={rtt!r} (network {name!r}) is above {MAX_RTT_S:g} s (an hour; a typo?); "
-                   "e.g. network.rtt_s=0.01")
-    return out
+    """The link's problems (transport.link.link_problems: the one check, with its plausibility bounds)."""
+    return link_problems(net)
 
 
 def max_positions(model_cfg: Mapping[str, Any]) -> int | None:

@@ -9,7 +9,7 @@ import abc
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Generic, Optional, TypeVar
 
 import torch
 
@@ -46,6 +46,9 @@ class SocketConfig(ProtocolConfig):
             raise ValueError(f"protocol.cloud_device={self.cloud_device!r}; choose one of {list(CLOUD_DEVICES)}")
 
 
+SC = TypeVar("SC", bound=SocketConfig)
+
+
 def cpu_rows(sw: Stopwatch, cloud: CloudProcess, repeat: int) -> list[Row]:
     """Process CPU time of the device's phases and of the cloud's compute (as the cloud reported it)."""
     rows = [Row(name, "cpu_time", t, "host", repeat=repeat) for name, t in sw.cpu.items()]
@@ -71,7 +74,7 @@ class CloudHandler:
         return {k: v.detach().cpu().contiguous() for k, v in dict(outputs).items() if isinstance(v, torch.Tensor)}, {}
 
 
-class SocketProtocol(Protocol):
+class SocketProtocol(Protocol[SC], Generic[SC]):
     """A protocol whose cloud runs in its own process behind `transport.CloudProcess`."""
 
     config_class: ClassVar[type[ProtocolConfig]] = SocketConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Generic, Mapping, Optional, TypeVar, cast
 
 import torch
 from omegaconf import OmegaConf
@@ -29,12 +29,16 @@ class ProtocolConfig:
     approx: Optional[str] = None  # an approximation (MPC only); never a mode, a transform or a placement
 
 
-def typed_config(cls: type[ProtocolConfig], cfg: ProtocolConfig | Mapping[str, Any]) -> ProtocolConfig:
+C = TypeVar("C", bound=ProtocolConfig)
+
+
+def typed_config(cls: type[C], cfg: C | Mapping[str, Any]) -> C:
     """The config as its dataclass: unknown keys and wrong types fail here, values in __post_init__."""
     if isinstance(cfg, cls):
         return cfg
-    merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(dict(cfg)))
-    return OmegaConf.to_object(merged)
+    values = cast(Mapping[str, Any], cfg)  # not a C, so the mapping a yaml or a caller gave
+    merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(dict(values)))
+    return cast(C, OmegaConf.to_object(merged))  # a structured node's object is its dataclass
 
 
 @dataclass
@@ -174,15 +178,19 @@ EXACT_BOUND = AccuracyBound(min_top1=1.0 - 1e-9, max_abs_error=1e-2,
                             holds="exact up to float32 rounding: any top-1 flip or error above 1e-2 is a bug")
 
 
-class Protocol(abc.ABC):
-    """A protocol prepares once (keys, transformed weights, shares) and runs many requests."""
+class Protocol(abc.ABC, Generic[C]):
+    """A protocol prepares once (keys, transformed weights, shares) and runs many requests.
 
-    config_class: ClassVar[type[ProtocolConfig]] = ProtocolConfig
+    Typed by its config (as optimum-benchmark's Backend): `config_class` is the dataclass C, so `self.cfg`
+    is that dataclass and its defaults are the only ones (configs/protocol/*.yaml list what differs).
+    """
+
+    config_class: ClassVar[type[ProtocolConfig]] = ProtocolConfig  # C itself (a ClassVar cannot name C)
     # Whether runs may share the host with other runs (plaintext compute); MPC timings would interfere.
     parallel_safe: ClassVar[bool] = False
 
-    def __init__(self, cfg: ProtocolConfig | Mapping[str, Any]) -> None:
-        self.cfg = typed_config(self.config_class, cfg)
+    def __init__(self, cfg: C | Mapping[str, Any]) -> None:
+        self.cfg: C = cast(C, typed_config(self.config_class, cfg))  # config_class is C
 
     @property
     def name(self) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -27,6 +26,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from protocols.accuracy import accuracy
 from protocols.models import hf_config
+from protocols.paths import config_group
 from stip.families import get_family
 from stip.keycheck import model_metadata
 from stip.keys import KEY_ID, KeySet, new_key_id
@@ -35,7 +35,7 @@ from stip.tied import untie_parameters
 from stip.transform import generate_keys, permute_features, transform_named_tensors
 
 log = logging.getLogger(__name__)
-MODEL_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
+MODEL_DIR = config_group("model")
 STREAMABLE = ("gpt2", "llama", "mistral", "mixtral")  # decoders whose final norm this module knows
 FINAL_NORM = {"gpt2": "ln_f", "llama": "norm", "mistral": "norm", "mixtral": "norm"}
 

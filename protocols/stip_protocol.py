@@ -45,6 +45,11 @@ RETURN_MODES = ("full", "topk")
 class StipConfig(SpeculativeConfig):
     """`protocol=stip` (configs/protocol/stip.yaml)."""
 
+    # Prompt lookup as STIP's device drafts (the values every committed run used): up to 16 drafted tokens from the
+    # latest match of up to 3 earlier tokens (then down to 1), copied on past its end; full cloud keeps transformers'.
+    draft_tokens: int = 16
+    max_ngram: int = 3
+    draft_latest: bool = True
     return_mode: str = "full"  # full permuted logits (forward: every position) | topk (the last position's top-k)
     top_k: int = 5  # k of return_mode=topk
     log_dcor: bool = True  # dcor rows between plaintext embeddings and the uplink tensor
@@ -221,7 +226,7 @@ class TimedDataOwner:
         return out
 
 
-class StipProtocol(SocketProtocol):
+class StipProtocol(SocketProtocol[StipConfig]):
     """STIP: permuted embeddings up, permuted outputs down; the cloud never sees pi or pi_c."""
 
     config_class: ClassVar[type[ProtocolConfig]] = StipConfig

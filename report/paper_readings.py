@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from protocols.paths import config_group
+from transport.link import NetworkProfile, check_link
+
 if TYPE_CHECKING:
     from report.reported import ReportedValue
     from stip.families import Dims
 
 MIB = 2**20
-MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
+MODEL_CONFIG_DIR = config_group("model")
 
 
 def per_token_latency_s(compute_s: float, one_way_s: float, bytes_up: int = 0, bytes_down: int = 0,
@@ -28,10 +31,8 @@ def per_token_latency_s(compute_s: float, one_way_s: float, bytes_up: int = 0, b
     """
     if min(compute_s, one_way_s, bytes_up, bytes_down) < 0:
         raise ValueError("compute, latency and bytes must be >= 0")
-    if bandwidth_bps is not None and bandwidth_bps <= 0:
-        raise ValueError(f"bandwidth_bps={bandwidth_bps} must be > 0, or None for unlimited")
-    transfer = 0.0 if bandwidth_bps is None else (bytes_up + bytes_down) * 8 / bandwidth_bps
-    return compute_s + 2 * one_way_s + transfer
+    link = check_link(NetworkProfile("paper", bandwidth_bps, rtt_s=2 * one_way_s))
+    return compute_s + 2 * one_way_s + link.transfer_time(bytes_up + bytes_down)
 
 
 def slope_readings_ms(compute_ms: float, stated_latency_ms: float, bytes_per_token: int = 0,

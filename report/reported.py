@@ -14,7 +14,9 @@ from typing import Any, Mapping
 
 import yaml
 
-REPORTED_DIR = Path(__file__).resolve().parents[1] / "configs" / "reported"
+from protocols.paths import config_group
+
+REPORTED_DIR = config_group("reported")
 
 # Units a reported value may carry. "1": dimensionless (distance correlation, abs. differences);
 # "x": a ratio ("208-fold", "2.7x"); "none": a qualitative claim (value null).

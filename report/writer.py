@@ -24,12 +24,13 @@ from types import ModuleType
 
 import pandas as pd
 
+from protocols.paths import REPO_ROOT
 from report.artifacts import STATUSES, Comparison, modules
 from report.paper_readings import Reading, paper_readings
 from report.reported import Artifact, ReportedValue, load_artifacts, load_reported
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 FIGURES = "figures"  # <results>/figures/: what the modules' figure() functions draw
 # Worst first: an artifact's verdict is its worst measured row's status (SUPPORTING rows count only when alone).
 SEVERITY = ("differs", "not_measured", "not_reproducible", "reproduced", "derived", "qualitative")

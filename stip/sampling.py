@@ -15,7 +15,7 @@ needs the candidates at their token ids. What crosses `pi_c` per row:
 
 The decisions replay transformers' `_sample` (float32 scores, TemperatureLogitsWarper,
 TopKLogitsWarper, TopPLogitsWarper, softmax, multinomial) bit for bit. Measured per token on
-SmolLM2-135M (one row of 49,152 logits, tests/bench_stip_micro.py), STIP vs the same choice on
+SmolLM2-135M (one row of 49,152 logits, benchmarks/bench_stip_micro.py), STIP vs the same choice on
 plaintext logits: greedy 25 us vs 15 us (permuting the embedding, the tie check and the index
 map are the gap), top-k + top-p sampling 1.02x, full-vocabulary sampling 1.06x (one 49k-entry
 gather next to ~0.9 ms of torch.multinomial).

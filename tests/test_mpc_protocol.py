@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from baselines.mpc.protocol import MpcProtocol
+from bench.protocol_configs import file_values
 from baselines.mpc.session import MpcResult, RunStats, merge_parties
 from protocols.contract import Row, RunRequest
 from protocols.vocabulary import MPC_PHASES
@@ -26,10 +27,10 @@ def _party(seconds: float, rounds: float, n_bytes: float) -> dict[str, float]:
 
 
 def test_config_instantiates_the_protocol_like_the_runner_does() -> None:
-    cfg = OmegaConf.load(CONFIG)
-    cls = hydra.utils.get_class(cfg._target_)
-    proto = cls(OmegaConf.to_container(cfg))
-    assert isinstance(proto, MpcProtocol) and proto.approx.name == "puma" and proto.provider == "TFP"
+    cfg = file_values("mpc")
+    cls = hydra.utils.get_class(OmegaConf.load(CONFIG)._target_)
+    proto = cls(cfg)
+    assert isinstance(proto, MpcProtocol) and proto.engine.approximation.name == "puma" and proto.cfg.provider == "TFP"
     assert proto.parallel_safe is False and proto.approx_name() == "puma"
 
 
@@ -52,7 +53,7 @@ def test_rows_obey_the_one_vocabulary() -> None:
     ref[..., 1] = 1.0
     proto = MpcProtocol({"approx": "puma"})
     req = RunRequest(batch_size=1, seq_len=3, repeats=2, warmup=1, seed=0, task="forward")
-    rows = proto.rows(result, ref, torch.ones(1, 3), LAN, req)
+    rows = proto.engine.rows(result, ref, torch.ones(1, 3), LAN, req)
     assert all(isinstance(r, Row) and r.unit for r in rows)
     assert {r.repeat for r in rows if r.metric == "latency"} == {0, 1}  # warm-up run dropped
     got = {(r.phase, r.metric, r.source): r.value for r in rows if r.repeat == 0}

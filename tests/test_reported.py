@@ -215,7 +215,8 @@ def test_loader_imports_neither_bench_nor_protocols():
         tree = ast.parse((ROOT / "report" / module).read_text())
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert not {n for n in names if n.split(".")[0] in ("bench", "protocols")}, module
+        # protocols.paths only says where configs/ is; nothing that measures may reach the reported numbers
+        assert not {n for n in names if n.split(".")[0] in ("bench", "protocols") and n != "protocols.paths"}, module
 
 
 def test_reported_values_are_finite(values):

@@ -161,9 +161,9 @@ def test_link_models_half_rtt_plus_serialisation():
     assert link.one_way_time(100_000) == pytest.approx(0.01 + 0.08)
     assert not EmulatedLink(None).emulated and EmulatedLink(None).one_way_time(10**9) == 0.0
     assert profile_from_dict(profile_to_dict(profile)) == profile
-    with pytest.raises(ValueError, match="rtt_s must be >= 0"):
+    with pytest.raises(ValueError, match=r"rtt_s=-1.0 \(network 'bad'\) must be a finite number of seconds >= 0"):
         EmulatedLink(NetworkProfile("bad", None, -1.0))
-    with pytest.raises(ValueError, match="bandwidth_bps must be > 0"):
+    with pytest.raises(ValueError, match=r"bandwidth_bps=0.0 \(network 'bad'\) must be a positive number"):
         EmulatedLink(NetworkProfile("bad", 0.0, 0.01))
 
 

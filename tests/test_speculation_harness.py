@@ -73,8 +73,10 @@ def test_speculate_and_prompt_suite_options_are_validated():
     with pytest.raises(ValueError, match="protocol.draft_tokens=0"):
         StipConfig(draft_tokens=0)
     assert StipConfig().drafter() is None
-    assert StipConfig(speculate="prompt_lookup", draft_tokens=4).drafter() == stip.PromptLookup(4, 2, latest=False)
-    assert StipConfig(speculate="prompt_lookup", draft_latest=True).drafter() == stip.PromptLookup(8, 2)
+    # STIP's defaults are the ones every committed run used (configs/protocol/stip.yaml once listed them)
+    assert StipConfig(speculate="prompt_lookup", draft_tokens=4).drafter() == stip.PromptLookup(4, 3, latest=True)
+    assert StipConfig(speculate="prompt_lookup", draft_latest=False).drafter() == stip.PromptLookup(16, 3,
+                                                                                                   latest=False)
     with pytest.raises(ValueError, match="protocol.draft_corpus='wiki'"):
         StipConfig(draft_corpus="wiki")
     with pytest.raises(ValueError, match="needs a model with a tokenizer"):

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from baselines.mpc.protocol import MpcProtocol
 from baselines.spu import protocol as spu_protocol
 from baselines.spu.engine import SpuResult, SpuRun
+from bench.protocol_configs import file_values
 from protocols.summaries import latency_table
 from protocols.contract import Row, RunRequest
 from protocols.models import build_spec
@@ -81,8 +82,7 @@ def test_latency_table_keeps_engines_with_one_security_label_apart() -> None:
 
 
 def test_config_file_keeps_crypten_the_default() -> None:
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "protocol" / "mpc.yaml"))
-    proto = MpcProtocol(cfg)
+    proto = MpcProtocol(file_values("mpc"))
     assert proto.cfg.engine == "crypten" and proto.cfg.mpc_protocol is None
 
 

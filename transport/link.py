@@ -36,6 +36,59 @@ class NetworkProfile:
         """Modelled link time of `rounds` round trips carrying `n_bytes` in total."""
         return rounds * self.rtt_s + self.transfer_time(n_bytes)
 
+    def one_way_time(self, n_bytes: float) -> float:
+        """Modelled one-way time of an n-byte message: rtt/2 + 8 n / bandwidth (what an emulated send waits)."""
+        return self.rtt_s / 2.0 + self.transfer_time(n_bytes)
+
+
+MAX_RTT_S = 3600.0  # an emulated round trip longer than an hour is a typo, not a link
+MIN_BANDWIDTH_BPS, MAX_BANDWIDTH_BPS = 1e3, 1e13  # 1 kbit/s .. 10 Tbit/s: outside, a typo (bits vs bytes, exponent)
+
+
+def _number(value: Any) -> float | None:
+    """The value as a float, or None when it is not a number (bools are not numbers here)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def link_problems(net: Mapping[str, Any], *, plausible: bool = True) -> list[str]:
+    """Positive finite bandwidth (or null: no link), finite non-negative RTT: one problem per bad value.
+
+    The one check of a link's values (the runner's config check, the emulated link, the paper readings);
+    `plausible` also refuses values far outside any real link (a typo: bits vs bytes, an exponent)."""
+    name = net.get("name")
+    out = []
+    bw = net.get("bandwidth_bps")
+    if bw is not None:
+        v = _number(bw)
+        if v is None or not math.isfinite(v) or v <= 0:
+            out.append(f"network.bandwidth_bps={bw!r} (network {name!r}) must be a positive number of bits/s, or null "
+                       "for no modelled link; e.g. network.bandwidth_bps=1e8, or pick a profile: network=wired")
+        elif plausible and not MIN_BANDWIDTH_BPS <= v <= MAX_BANDWIDTH_BPS:
+            out.append(f"network.bandwidth_bps={bw!r} (network {name!r}) is outside {MIN_BANDWIDTH_BPS:g}.."
+                       f"{MAX_BANDWIDTH_BPS:g} bits/s (a typo?); e.g. network.bandwidth_bps=1e8")
+    rtt = net.get("rtt_s")
+    v = _number(rtt)
+    if v is None or not math.isfinite(v) or v < 0:
+        out.append(f"network.rtt_s={rtt!r} (network {name!r}) must be a finite number of seconds >= 0; "
+                   "e.g. network.rtt_s=0.01, or pick a profile: network=wired")
+    elif plausible and v > MAX_RTT_S:
+        out.append(f"network.rtt_s={rtt!r} (network {name!r}) is above {MAX_RTT_S:g} s (an hour; a typo?); "
+                   "e.g. network.rtt_s=0.01")
+    return out
+
+
+def check_link(profile: NetworkProfile) -> NetworkProfile:
+    """The profile, or ValueError naming each bad value (link_problems without the plausibility bounds)."""
+    problems = link_problems(asdict(profile), plausible=False)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return profile
+
 
 def network_profile(cfg: Mapping[str, Any]) -> NetworkProfile:
     """NetworkProfile from a network config mapping (configs/network/*.yaml)."""
@@ -109,13 +162,7 @@ class EmulatedLink:
     """One direction of a link shaped by a NetworkProfile (None or "none": send immediately)."""
 
     def __init__(self, profile: NetworkProfile | None = None) -> None:
-        profile = profile or NO_NETWORK
-        if profile.rtt_s < 0:
-            raise ValueError(f"network {profile.name!r}: rtt_s must be >= 0, got {profile.rtt_s}")
-        if profile.bandwidth_bps is not None and profile.bandwidth_bps <= 0:
-            raise ValueError(f"network {profile.name!r}: bandwidth_bps must be > 0 or None, "
-                             f"got {profile.bandwidth_bps}")
-        self.profile = profile
+        self.profile = check_link(profile or NO_NETWORK)
 
     @property
     def emulated(self) -> bool:
@@ -123,8 +170,8 @@ class EmulatedLink:
         return bool(self.profile.rtt_s) or bool(self.profile.bandwidth_bps)
 
     def one_way_time(self, n_bytes: int) -> float:
-        """Modelled one-way time of an n-byte message: rtt/2 + 8 n / bandwidth."""
-        return self.profile.rtt_s / 2.0 + self.profile.transfer_time(n_bytes)
+        """Modelled one-way time of an n-byte message (NetworkProfile.one_way_time)."""
+        return self.profile.one_way_time(n_bytes)
 
     def send(self, sock: socket.socket, frame: bytes | bytearray, *, deadline: float | None = None,
              on_bytes: ByteCounter | None = None) -> LinkSend:

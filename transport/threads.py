@@ -8,7 +8,7 @@ child's environment before it imports torch/numpy/jax).
 The default is DEFAULT_THREADS = 1 per process. Why not a share of the cores: the harness runs on shared
 hosts, and a multi-threaded parallel region collapses as soon as other processes take the cores (its
 threads wait at each barrier for a peer the scheduler parked). Measured on a 2-core host with both cores
-kept busy (README "Timing on a shared host"): bert-tiny cloud compute 111 ms with torch's default threads,
+kept busy (docs/harness.md "Timing on a shared host"): bert-tiny cloud compute 111 ms with torch's default threads,
 1.38 ms with 1 thread (1.14 ms quiet); in one process, 1 thread 0.90 ms median, 2 threads 4.88 ms median,
 145 ms p90. One thread per process never oversubscribes while the processes computing at once (device and
 cloud take turns; two MPC parties) number no more than the cores. On a dedicated many-core host, pass a

@@ -359,7 +359,7 @@ RR = {"inv_sqrt_variant": "range_reduced", "inv_sqrt_iters": 5}  # see the modul
 # Below these a run is `diverged` (bench/status.py). Error bound 50: an order above the largest error any family
 # showed on converged runs (4.7, MPCFormer on MiniLM logits; PUMA 1.15 on SmolLM2 logits), far below overflow
 # (4.3e9). Top-1 bounds: under the lowest converged value measured (results/mpc_*, bert-tiny..gpt2-124m).
-# Range: bert-tiny float64 simulation, seq_len 32..512 (README "Where each approximation holds").
+# Range: bert-tiny float64 simulation, seq_len 32..512 (docs/mpc.md "Approximations and where each holds").
 _WAY_OUT = ("way out: run.seq_len <= {n}, or protocol.approx='{{base: {name}, softmax_denominator: scaled}}' "
             "(holds to 512)")
 BOUNDS = {

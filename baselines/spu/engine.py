@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from protocols.contract import AccuracyBound
+from protocols.paths import REPO_ROOT
 from transport.threads import inherited_threads, thread_env, xla_flags
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 VENV = Path(os.environ.get("SPU_VENV", REPO / ".venv-spu"))
 PROTOCOLS = {"aby3": "ABY3", "cheetah": "CHEETAH", "semi2k": "SEMI2K"}
 APPROXIMATIONS = ("puma", "nimbus")

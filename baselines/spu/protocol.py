@@ -1,6 +1,6 @@
 """`protocol=mpc protocol.engine=spu`: config checks, security labels and rows of the SPU engine.
 
-Called from baselines/mpc/protocol.py (MpcProtocol dispatches here); runs in the main environment.
+`SpuEngine` is protocol=mpc's engine object for SPU (baselines.mpc.protocol.ENGINES); runs in the main environment.
 Rows (vocabulary of protocols/vocabulary.py), per measured run (warm-up runs dropped):
 - `latency` at `compute`, source `engine`: wall time of one forward with every party running on this host
   (threads over SPU's in-memory links; they share its cores);
@@ -18,13 +18,21 @@ rows as `spu_profile.json`: its operators are SPU kernels, not the operator clas
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from baselines.spu.engine import APPROXIMATIONS, EMBEDDINGS, PROTOCOLS, SpuResult, run_spu_forward, runtime_settings
+from baselines.spu.engine import (
+    APPROXIMATIONS,
+    EMBEDDINGS,
+    PROTOCOLS,
+    SpuResult,
+    run_spu_forward,
+    runtime_settings,
+    spu_bound,
+)
 from protocols.accuracy import accuracy_rows
-from protocols.contract import ModelSpec, Row, RunRequest
+from protocols.contract import AccuracyBound, ModelSpec, Row, RunRequest
 from transport.link import NetworkProfile
 
 # (RuntimeConfig protocol, beaver_type or None: any) -> protocols.vocabulary.SECURITY. SEMI2K's dealer is its beaver
@@ -86,6 +94,28 @@ def run(cfg: Any, model: ModelSpec, network: NetworkProfile, request: RunRequest
                              timeout_s=cfg.timeout_s, embedding=cfg.embedding)
     write_profile(result, request)
     return rows(result, getattr(out, result.output_name), mask, network, request), security_of(result.runtime)
+
+
+class SpuEngine:
+    """SecretFlow SPU (.venv-spu): ABY3 (PUMA's 3PC), Cheetah or SEMI2K, approx puma | nimbus (an MpcEngine)."""
+
+    name: ClassVar[str] = "spu"
+
+    def __init__(self, cfg: Any) -> None:
+        validate(cfg)
+        self.cfg = cfg
+
+    def approx_name(self) -> str:
+        return str(self.cfg.approx)
+
+    def configured_security(self) -> str | None:
+        return configured_security(self.cfg)
+
+    def accuracy_bound(self) -> AccuracyBound | None:
+        return spu_bound(self.cfg.approx)
+
+    def run(self, model: ModelSpec, network: NetworkProfile, request: RunRequest) -> tuple[list[Row], str | None]:
+        return run(self.cfg, model, network, request)
 
 
 def rows(result: SpuResult, reference: torch.Tensor, mask: torch.Tensor, network: NetworkProfile,

@@ -9,23 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
 
+from protocols.catalog import shipped_network
 from report.artifacts._shared import experiment_rows
-from transport.link import NetworkProfile, network_profile
+from transport.link import NetworkProfile
 
-NETWORK_DIR = Path(__file__).resolve().parents[2] / "configs" / "network"
 GROUP = ["experiment", "model", "n_params", "seq_len", "batch_size", "protocol", "engine", "mpc_protocol", "approx",
          "embedding", "security", "network", "task"]
 
 
 def network(name: str) -> NetworkProfile:
     """A network profile of configs/network/ by name (lan, wan, puma_lan, ...)."""
-    path = NETWORK_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in NETWORK_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no network profile {name!r}; choices: {known}")
-    return network_profile(OmegaConf.to_container(OmegaConf.load(path)))  # as Hydra reads it (3.0e9 is a float)
+    return shipped_network(name)
 
 
 def mpc_rows(results: Path, experiment: str) -> pd.DataFrame | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from protocols.paths import config_group
 from report import style
 from report.artifacts import Comparison, paper_value
 from report.artifacts._shared import host_differences, rows_of, runner_experiments, spread
@@ -22,7 +23,7 @@ ARTIFACT = "fig7b"
 # Every runner experiment in results/ is scanned; these are the ones that normally hold the largest models.
 EXPERIMENTS = ("quick", "fig7a_throughput", "table5_accuracy", "mpc_vs_stip", "mpc_bert_base")
 MEASURED = ("socket", "host", "engine")  # measured, not modelled or from shapes
-MODEL_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+MODEL_DIR = config_group("model")
 
 
 def _largest(rows: pd.DataFrame, protocol: str, phase: str, metrics: tuple[str, ...]) -> pd.Series | None:

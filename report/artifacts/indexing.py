@@ -1,6 +1,6 @@
 """Sec. 7.1: "The indexing-based approach is more computationally efficient than matrix multiplication."
 
-Read from `make bench-micro` (results/micro/stip_micro.csv, tests/bench_stip_micro.py
+Read from `make bench-micro` (results/micro/stip_micro.csv, benchmarks/bench_stip_micro.py
 `test_indexing_vs_permutation_matrix_product`): time of stip.transform.permute_features over time of x @ P
 with the dense permutation matrix, timed interleaved, median of per-repeat ratios. The paper prints no
 timing; the claim holds when the ratio is below 1.
@@ -55,7 +55,7 @@ def compare(results: Path) -> list[Comparison]:
             differences=f"here: {host()}; the paper gives no timing or shape",
             reason=(f"indexing is {1 / r.ratio:.0f}x faster than the matrix product, as Sec. 7.1 says" if holds else
                     f"indexing took {r.ratio:.2f}x the matrix product's time on this host (measured {r.time})"),
-            source="results/micro/stip_micro.csv (tests/bench_stip_micro.py)"))
+            source="results/micro/stip_micro.csv (benchmarks/bench_stip_micro.py)"))
     return out
 
 
