@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # The stock auto class per head kind; a model yaml names one of these keys as `head`. These are the heads
-# STIP transforms (docs/protocol-library.md's family table; tests/test_stip_heads_reload.py), keyed by transformers' auto classes.
+# STIP transforms (docs/protocol-library.md's family table; tests/test_stip_heads_reload.py), keyed by
+# transformers' auto classes.
 HEADS = {
     "causal_lm": "AutoModelForCausalLM",
     "base": "AutoModel",
