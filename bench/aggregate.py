@@ -13,6 +13,7 @@ import pandas as pd
 
 from bench.answer import print_answer
 from bench.results import (
+    FINISHED,
     REPORT,
     RunReport,
     atomic_write_bytes,
@@ -28,7 +29,6 @@ from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
 
-KEPT = ("ok", "diverged")  # statuses whose rows are tabled (a diverged run's numbers are shown, marked)
 
 
 def collect(runs_root: Path, experiment: str | None = None,
@@ -55,7 +55,7 @@ def collect(runs_root: Path, experiment: str | None = None,
             continue
         exp = report.experiment  # RunReport.read checked it is one safe folder name
         rows_path = report_path.parent / ROWS
-        if report.status in KEPT and rows_path.exists():
+        if report.status in FINISHED and rows_path.exists():
             try:
                 df = typed(pd.read_parquet(rows_path))  # typed inside the guard: wrong-schema rows skip this file
                 rows.setdefault(exp, []).append(df)
@@ -196,7 +196,7 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
         atomic_write_parquet(out / "rows.parquet", df)
         atomic_write_csv(out / "rows.csv", df)
         atomic_write_csv(out / "runs.csv", runs)
-        n_failed = int((~runs["status"].isin(KEPT)).sum())
+        n_failed = int((~runs["status"].isin(FINISHED)).sum())
         log.info("%s: %d rows from %d runs (%d not ok) -> %s", exp, len(df), len(runs), n_failed, out)
         atomic_write_parquet(out / "runs.parquet", runs)
         joined = join_runs(df, runs)
@@ -224,7 +224,7 @@ def aggregate(runs_root: Path, results: Path, experiment: str | None = None, plo
             atomic_write_json(out / "summary.json", summary)
             log.info("%s headline numbers (%s):\n%s", exp, out / "summary.json", json.dumps(summary, indent=2))
         failed = [f"FAILED {r.protocol} · {r.model} · {r.network}: {r.error} · run {r.run_id}"
-                  for r in runs.itertuples() if r.status not in KEPT]
+                  for r in runs.itertuples() if r.status not in FINISHED]
         print_answer(joined, failed, title=exp)
         if plots and not df.empty:
             from bench.plots import plot_experiment  # noqa: PLC0415 - matplotlib only when figures are asked for

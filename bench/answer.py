@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench.protocol_configs import file_values
-from bench.results import RunReport, git_sha
+from bench.results import FINISHED, RunReport, git_sha
 from bench.runs_table import join_runs, run_record, runs_frame
 from protocols.paths import config_group
 from protocols.results_schema import ROWS, typed
@@ -29,7 +29,6 @@ ORDER = [*STIP_PHASES, *MPC_PHASES]  # phases in the order a request goes throug
 SKIP_PHASES = {"total", "compute", "output", "generate", "embeddings", "parameters"}
 TIME_METRICS = {"latency", "bytes", "rounds", "messages", "throughput"}  # shown as totals, phases and traffic
 ACCURACY = {"top1_agreement", "max_abs_error", "cosine_similarity", "sum_abs_error", "diverged_fraction"}
-KEPT = ("ok", "diverged")  # statuses whose rows are shown (diverged: marked)
 
 
 def _seconds(v: float) -> str:
@@ -200,7 +199,7 @@ def run_line(report: RunReport, run_dir: Path) -> str:
         what = what.replace(" · ", f"[{params}] · ", 1)
     work = cfg.get("run") or {}
     what += f" (seq {work.get('seq_len')}, batch {work.get('batch_size')}, {work.get('task')})"
-    if report.status not in KEPT:
+    if report.status not in FINISHED:
         return f"FAILED {what}: {report.error} · {run_dir}"
     if report.skipped:  # found done: say from which code it came, so an old result is never taken for a new one
         then, now = report.provenance.get("git_sha"), git_sha()
@@ -376,7 +375,7 @@ def sweep_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
             continue
         run_dir = Path(pointer.read_text().strip())
         report = RunReport.from_json(run_dir)
-        if report is None or report.status not in KEPT:
+        if report is None or report.status not in FINISHED:
             failed.append(run_line(report, run_dir) if report else f"job {job.name}: no report in {run_dir}")
         elif (run_dir / ROWS).exists():
             try:  # one torn or wrong-schema rows file is named, never stops the sweep's answer

@@ -29,6 +29,7 @@ from bench.conditions import RunConditions
 from bench.hostslot import host_slot
 from bench.protocol_configs import protocol_class, register_protocol_defaults, with_defaults
 from bench.results import (
+    FINISHED,
     LOCK,
     RunReport,
     UnreadableReport,
@@ -173,7 +174,7 @@ def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
     except (OSError, UnreadableReport) as e:  # damaged: never trusted, never a reason to stop; the run is redone
         log.warning("run %s: %s; redoing the run", rid, e)
         previous = None
-    if previous and previous.status in ("ok", "diverged") and not c.get("force", False):
+    if previous and previous.status in FINISHED and not c.get("force", False):
         damaged = rows_problem(out, previous.n_rows)  # finished only if its rows read back (footer only: cheap)
         if damaged is None:
             log.info("run %s (%s) already done: skipped; pass force=true to redo", rid, out)
@@ -292,7 +293,7 @@ def _record_crash(c: dict, error: str, trace: str) -> Path | None:
         return None
     try:
         previous = RunReport.from_json(out)
-        if previous and previous.status in ("ok", "diverged") and rows_problem(out, previous.n_rows) is None:
+        if previous and previous.status in FINISHED and rows_problem(out, previous.n_rows) is None:
             return out  # a finished run stays finished; this job's crash is named on its failure line
         rid = out.name
         RunReport(run_id=rid, experiment=str(c.get("experiment_name")), config=c, status="failed", error=error,

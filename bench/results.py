@@ -34,6 +34,7 @@ PROVENANCE_PACKAGES = (
 )
 REPORT = "report.json"
 LOCK = ".lock"  # the run folder's writer lock (filelock; released by the OS if its holder dies)
+FINISHED = ("ok", "diverged")  # statuses of a run that ended with its rows: shown, tabled, not redone unless forced
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,127}")  # one path component: no '/', '..', or absolute path
 
 

@@ -17,11 +17,6 @@ class ConfigError(ValueError):
     """A run config that cannot work; the message lists every problem with the override that fixes it."""
 
 
-def network_problems(net: Mapping[str, Any]) -> list[str]:
-    """The link's problems (transport.link.link_problems: the one check, with its plausibility bounds)."""
-    return link_problems(net)
-
-
 def max_positions(model_cfg: Mapping[str, Any]) -> int | None:
     """The model's maximum sequence length from its transformers config (None: no limit from seq_len, e.g. ViT)."""
     if model_cfg.get("model_type") == "vit":
@@ -167,7 +162,7 @@ def check_run_config(cfg: Mapping[str, Any]) -> None:
     problems = experiment_problems(cfg.get("experiment_name"))
     problems += workload_problems(cfg.get("run") or {}, cfg.get("model"))
     problems += memory_problems(cfg.get("run") or {}, cfg.get("model"))
-    problems += network_problems(cfg.get("network") or {})
+    problems += link_problems(cfg.get("network") or {})  # the one link check (transport.link)
     problems += cloud_problems(cfg.get("cloud") or {}, cfg.get("network") or {})
     if problems:
         raise ConfigError("invalid run configuration (nothing was built or run):\n  - " + "\n  - ".join(problems))
