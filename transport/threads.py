@@ -13,6 +13,9 @@ kept busy (docs/harness.md "Timing on a shared host"): bert-tiny cloud compute 1
 145 ms p90. One thread per process never oversubscribes while the processes computing at once (device and
 cloud take turns; two MPC parties) number no more than the cores. On a dedicated many-core host, pass a
 larger count (`run.threads`, `protocol.cloud_threads`); the run records what it used.
+
+`apply_threads` also asks for a short scheduler slice (transport.sched), so that the wake-ups within a request
+are not queued behind other processes' busy cores; `read_threads` reports it as `sched_slice_us`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import os
 from typing import Any
 
 import torch
+
+from transport.sched import apply_slice, read_slice
 
 DEFAULT_THREADS = 1
 # NUMBA_NUM_THREADS: numba's OpenMP layer (loaded by `dcor`, the privacy rows) sets the process-wide OpenMP count
@@ -78,6 +83,7 @@ def apply_threads(requested: Any = None) -> dict[str, Any]:
     """
     n = resolve_threads(requested)
     os.environ.update(thread_env(n))
+    apply_slice()  # the scheduler slice ($STIP_SCHED_SLICE_US, default 0.1 ms): transport.sched
     torch.set_num_threads(n)
     if torch.get_num_interop_threads() != n:
         try:
@@ -90,7 +96,8 @@ def apply_threads(requested: Any = None) -> dict[str, Any]:
 def read_threads(requested: int | None = None) -> dict[str, Any]:
     """The thread settings in force in this process (what a run records for each of its processes)."""
     out: dict[str, Any] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
-                           "env": {var: os.environ.get(var) for var in THREAD_ENV_VARS}}
+                           "env": {var: os.environ.get(var) for var in THREAD_ENV_VARS},
+                           "sched_slice_us": read_slice()["slice_us"]}
     if requested is not None:
         out["requested"] = int(requested)
     return out

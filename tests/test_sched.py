@@ -1,0 +1,85 @@
+"""The scheduler slice (transport.sched): parsed, applied, inherited by the cloud process, recorded per run."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from transport import CloudProcess
+from transport.sched import (
+    DEFAULT_SLICE_US,
+    SLICE_ENV_VAR,
+    apply_slice,
+    read_slice,
+    resolve_slice,
+)
+from transport.threads import apply_threads
+
+FACTORY = "helpers.thread_probe:make_probe"
+SUPPORTED = read_slice()["slice_us"] is not None  # Linux >= 6.12 reports its EEVDF slice
+
+
+@pytest.fixture
+def restore_slice():
+    before = os.environ.get(SLICE_ENV_VAR)
+    yield
+    if before is None:
+        os.environ.pop(SLICE_ENV_VAR, None)
+    else:
+        os.environ[SLICE_ENV_VAR] = before
+    apply_slice()
+
+
+def test_resolve_slice(monkeypatch):
+    monkeypatch.delenv(SLICE_ENV_VAR, raising=False)
+    assert resolve_slice() == DEFAULT_SLICE_US == 100
+    assert resolve_slice(250) == 250 and resolve_slice("kernel") is None and resolve_slice("KERNEL") is None
+    monkeypatch.setenv(SLICE_ENV_VAR, "3000")
+    assert resolve_slice() == 3000
+    for bad, match in ((50, "outside"), (200_000, "outside"), ("fast", "not a whole number")):
+        with pytest.raises(ValueError, match=match):
+            resolve_slice(bad)
+
+
+@pytest.mark.skipif(not SUPPORTED, reason="this kernel reports no EEVDF slice (Linux < 6.12)")
+def test_apply_reads_back_and_kernel_restores_the_default(restore_slice):
+    default = apply_slice("kernel")["slice_us"]
+    assert default and default >= 100
+    got = apply_slice(250)
+    assert got == {"requested_us": 250, "slice_us": 250.0} and os.environ[SLICE_ENV_VAR] == "250"
+    assert apply_slice("kernel")["slice_us"] == default and os.environ[SLICE_ENV_VAR] == "kernel"
+
+
+def test_unsupported_platform_says_why(monkeypatch, restore_slice):
+    monkeypatch.setattr("transport.sched._syscalls", lambda: None)
+    got = apply_slice(100)
+    assert got["slice_us"] is None and "no sched_setattr" in got["reason"]
+    assert read_slice()["slice_us"] is None
+
+
+@pytest.mark.skipif(not SUPPORTED, reason="this kernel reports no EEVDF slice (Linux < 6.12)")
+def test_children_inherit_the_slice(restore_slice, restore_threads):
+    apply_threads(1)  # what the runner does: threads and the default slice
+    assert read_slice()["slice_us"] == DEFAULT_SLICE_US
+    code = "from transport.sched import read_slice; print(read_slice()['slice_us'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert float(out.stdout) == DEFAULT_SLICE_US  # fork + exec keep it: MPC parties and SPU's driver too
+
+
+@pytest.mark.skipif(not SUPPORTED, reason="this kernel reports no EEVDF slice (Linux < 6.12)")
+@pytest.mark.parametrize("setting", [None, "kernel", "300"])
+def test_cloud_process_serves_with_the_slice_and_reports_it(setting, restore_slice, monkeypatch):
+    default = apply_slice("kernel")["slice_us"]
+    if setting is None:
+        monkeypatch.delenv(SLICE_ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(SLICE_ENV_VAR, setting)
+    with CloudProcess(FACTORY, {}) as cloud:
+        cloud.call("threads", {}, {})
+        call = cloud.last_call
+        _, described = cloud.call("describe", {}, {})
+    want = {None: DEFAULT_SLICE_US, "kernel": default, "300": 300}[setting]
+    assert call.cloud_sched_slice_us == want  # the thread that ran the handler
+    assert described["threads"]["sched_slice_us"] == want
