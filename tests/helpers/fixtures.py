@@ -17,12 +17,14 @@ def set_offline_env() -> None:
 
 @pytest.fixture
 def restore_threads() -> Iterator[None]:
-    """A test that runs the runner in-process changes this process's threads and thread environment: put both back."""
+    """A test that runs the runner in-process changes this process's threads, scheduler slice and their environment:
+    put them back."""
     import torch  # noqa: PLC0415
 
+    from transport.sched import KERNEL, SLICE_ENV_VAR, apply_slice  # noqa: PLC0415
     from transport.threads import THREAD_ENV_VARS  # noqa: PLC0415
 
-    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in THREAD_ENV_VARS}
+    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in (*THREAD_ENV_VARS, SLICE_ENV_VAR)}
     yield
     torch.set_num_threads(before)
     for var, val in env.items():
@@ -30,3 +32,4 @@ def restore_threads() -> Iterator[None]:
             os.environ.pop(var, None)
         else:
             os.environ[var] = val
+    apply_slice(env[SLICE_ENV_VAR] or KERNEL)  # the slice this thread had (the kernel's, unless one was set)
