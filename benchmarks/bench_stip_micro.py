@@ -370,9 +370,23 @@ def _socket_floor_once(src: memoryview, dst: memoryview, a: socket.socket, b: so
     return time.perf_counter() - start
 
 
-def test_transport_copies_per_payload_byte(benchmark):
+def _socket_pair(kind: str) -> tuple[socket.socket, socket.socket]:
+    """A connected pair: `unix` (socketpair) or `tcp` (loopback with TCP_NODELAY, as CloudProcess connects)."""
+    if kind == "unix":
+        return socket.socketpair()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        a = socket.create_connection(server.getsockname())
+        b, _ = server.accept()
+    for sock in (a, b):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return a, b
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_transport_copies_per_payload_byte(benchmark, kind):
     """Issue 21: the transport's cost per payload byte in copies, for GPT-2's full logits ([1, 128, 50257]
-    float32, 25.7 MB) over a loopback socketpair. The unit is one warm memcpy of the same bytes (libc's memcpy
+    float32, 25.7 MB) over a unix socketpair and over TCP loopback (what the harness's device and cloud
+    use; rows suffixed `_tcp`). The unit is one warm memcpy of the same bytes (libc's memcpy
     through ctypes.memmove into a preallocated, already written buffer: one thread like the kernel's socket
     copies, no allocation and no page faults, so it does not move with the allocator as a torch clone does,
     1.5-25 ms here, nor with torch's thread count as `Tensor.copy_` does), timed in the same rounds, interleaved:
@@ -397,7 +411,7 @@ def test_transport_copies_per_payload_byte(benchmark):
         ctypes.memmove(warm_ptr, src_ptr, len(warm))
         return time.perf_counter() - start
 
-    a, b = socket.socketpair()
+    a, b = _socket_pair(kind)
     before = os.environ.get(SLICE_ENV_VAR)
     apply_slice()  # this thread and the sender threads it starts
     with a, b:
@@ -419,15 +433,17 @@ def test_transport_copies_per_payload_byte(benchmark):
                 samples[k] += v
         benchmark.pedantic(lambda: _transport_once(tensors, a, b), rounds=3)
     apply_slice(before or KERNEL)
-    memcpy_s = statistics.median(samples["memcpy"])
+    memcpy_s, suffix = statistics.median(samples["memcpy"]), "" if kind == "unix" else f"_{kind}"
     for stage in TRANSPORT_STAGES:
         met = statistics.median(ratios[stage]) <= 2 if stage == "total" else None
-        record(benchmark, f"transport_{stage}_copies_per_byte_gpt2_logits_25.7MB", statistics.median(samples[stage]),
-               memcpy_s, "<= 2" if stage == "total" else "-", met, ratios=ratios[stage])
-    record(benchmark, "socket_floor_copies_per_byte_gpt2_logits_25.7MB", statistics.median(samples["socket_floor"]),
-           memcpy_s, "-", None, ratios=ratios["socket_floor"])
-    record(benchmark, "transport_total_vs_socket_floor_gpt2_logits_25.7MB", statistics.median(samples["total"]),
-           statistics.median(samples["socket_floor"]), "-", None, ratios=ratios["total_over_floor"])
+        record(benchmark, f"transport_{stage}_copies_per_byte_gpt2_logits_25.7MB{suffix}",
+               statistics.median(samples[stage]), memcpy_s, "<= 2" if stage == "total" else "-", met,
+               ratios=ratios[stage])
+    record(benchmark, f"socket_floor_copies_per_byte_gpt2_logits_25.7MB{suffix}",
+           statistics.median(samples["socket_floor"]), memcpy_s, "-", None, ratios=ratios["socket_floor"])
+    record(benchmark, f"transport_total_vs_socket_floor_gpt2_logits_25.7MB{suffix}",
+           statistics.median(samples["total"]), statistics.median(samples["socket_floor"]), "-", None,
+           ratios=ratios["total_over_floor"])
 
 
 def _via_socket(frame) -> tuple[bytes, object]:
