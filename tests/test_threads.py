@@ -45,15 +45,17 @@ def test_cloud_process_sets_and_reports_its_threads(threads):
 
 
 def _party_threads(rank, crypten, payload):
-    return {"intra_op": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}
+    return {"intra_op": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
+            "slice_us": read_slice()["slice_us"]}
 
 
 def test_mpc_parties_take_the_runners_threads(restore_threads):
     apply_threads(2)  # what the runner does with run.threads=2
+    slice_us = read_slice()["slice_us"]  # transport.sched's default where the kernel has slices, else None
     got = run_parties(_party_threads, timeout_s=120)
-    assert got == [{"intra_op": 2, "omp": "2"}] * 2
+    assert got == [{"intra_op": 2, "omp": "2", "slice_us": slice_us}] * 2
     got = run_parties(_party_threads, timeout_s=120, threads_per_party=1)
-    assert got == [{"intra_op": 1, "omp": "1"}] * 2
+    assert got == [{"intra_op": 1, "omp": "1", "slice_us": slice_us}] * 2
 
 
 def test_spu_driver_env(restore_threads, monkeypatch):
