@@ -9,7 +9,8 @@ and a 0.1 ms scheduler slice per process, transport.threads / transport.sched); 
 keeps 1 thread but the kernel's own slice ($STIP_SCHED_SLICE_US=kernel), `all` takes one thread per core in
 each process (torch's own default before the thread policy). Targets are reported as met/missed per quantity
 (compute, total), not asserted. Rows go to the CSV named by $STIP_LOADED_RESULTS (`make bench-micro` sets
-results/micro/loaded_host.csv, rewritten per run); without it nothing is written.
+results/micro/loaded_host.csv, rewritten per run); without it nothing is written. $STIP_LOADED_PAIRS sets the
+pairs per setting (default 4; 1 for a smoke run).
 """
 from __future__ import annotations
 
