@@ -39,13 +39,18 @@ RUN = ["model=bert-tiny", "protocol=full_cloud", "network=none", "run.seq_len=8"
        "force=true", "experiment_name=loaded_host"]
 
 
+SPINNER = "from transport.sched import apply_slice\napply_slice('kernel')\nwhile True: pass"
+
+
 @contextmanager
 def busy_cores(n: int) -> Iterator[list[subprocess.Popen]]:
-    """`n` processes spinning in pure Python (one per core), killed and reaped however the block ends."""
+    """`n` processes spinning in pure Python (one per core), killed and reaped however the block ends. Each first
+    puts back the kernel's own scheduler slice: forked from this process, they would inherit the harness's short
+    one (transport.sched), which other processes on a host do not have."""
     procs: list[subprocess.Popen] = []
     try:
         for _ in range(n):
-            procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True))
+            procs.append(subprocess.Popen([sys.executable, "-c", SPINNER], start_new_session=True))
         time.sleep(1.0)  # let them reach the scheduler's steady state
         yield procs
     finally:
