@@ -8,8 +8,8 @@ wake-up. An unprivileged process may ask for its own slice (`sched_setattr`, SCH
 0.1-100 ms): no priority or nice change, and its CPU share stays the fair one; it is only scheduled in
 shorter turns. Measured on a 2-core host with two `while True: pass` processes, an echo handler doing
 0.6 ms of compute per call over transport.CloudProcess (both sides' slices switched per call, interleaved):
-median `downlink` (the reply's wake-ups) 14.8 ms with the kernel's slice, 1.75 ms with 0.1 ms
-(docs/harness.md "Timing on a shared host").
+median `downlink` (the request's wake-ups) 14.8 ms with the kernel's slice, 1.75 ms with 0.1 ms
+(docs/harness.md "Timing on a shared host", with a second, noisier run).
 
 The slice is per thread and inherited by threads and child processes created afterwards (fork and exec
 keep it), so the runner sets it in its main thread before it starts the cloud process or MPC parties,
