@@ -30,7 +30,7 @@ from hydra import compose, initialize_config_dir
 
 from bench.app import CONFIG_DIR, run
 from transport.processes import signal_tree
-from transport.sched import SLICE_ENV_VAR, apply_slice
+from transport.sched import KERNEL, SLICE_ENV_VAR, apply_slice
 
 pytestmark = pytest.mark.benchmark
 PAIRS = int(os.environ.get("STIP_LOADED_PAIRS", "4"))  # pairs of runs per setting (a smoke run: 1)
@@ -97,7 +97,10 @@ def slice_setting(monkeypatch, request):
         monkeypatch.setenv(SLICE_ENV_VAR, value)
     yield request.param
     monkeypatch.undo()
-    apply_slice()
+    before = os.environ.get(SLICE_ENV_VAR)
+    apply_slice(before or KERNEL)  # exports its value: the variable is put back after it
+    if before is None:
+        os.environ.pop(SLICE_ENV_VAR, None)
 
 
 @pytest.mark.parametrize("slice_setting", list(SETTINGS), indirect=True)

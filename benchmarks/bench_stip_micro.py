@@ -432,7 +432,9 @@ def test_transport_copies_per_payload_byte(benchmark, kind):
             for k, v in per.items():
                 samples[k] += v
         benchmark.pedantic(lambda: _transport_once(tensors, a, b), rounds=3)
-    apply_slice(before or KERNEL)
+    apply_slice(before or KERNEL)  # exports its value: the variable is put back after it
+    if before is None:
+        os.environ.pop(SLICE_ENV_VAR, None)
     memcpy_s, suffix = statistics.median(samples["memcpy"]), "" if kind == "unix" else f"_{kind}"
     for stage in TRANSPORT_STAGES:
         met = statistics.median(ratios[stage]) <= 2 if stage == "total" else None

@@ -10,6 +10,7 @@ import pytest
 from transport import CloudProcess
 from transport.sched import (
     DEFAULT_SLICE_US,
+    KERNEL,
     SLICE_ENV_VAR,
     apply_slice,
     read_slice,
@@ -25,11 +26,11 @@ SUPPORTED = read_slice()["slice_us"] is not None  # Linux >= 6.12 reports its EE
 def restore_slice():
     before = os.environ.get(SLICE_ENV_VAR)
     yield
+    apply_slice(before or KERNEL)  # exports its value: the variable is put back after it
     if before is None:
         os.environ.pop(SLICE_ENV_VAR, None)
     else:
         os.environ[SLICE_ENV_VAR] = before
-    apply_slice()
 
 
 def test_resolve_slice(monkeypatch):
@@ -60,7 +61,8 @@ def test_unsupported_platform_says_why(monkeypatch, restore_slice):
 
 
 @pytest.mark.skipif(not SUPPORTED, reason="this kernel reports no EEVDF slice (Linux < 6.12)")
-def test_children_inherit_the_slice(restore_slice, restore_threads):
+def test_children_inherit_the_slice(restore_slice, restore_threads, monkeypatch):
+    monkeypatch.delenv(SLICE_ENV_VAR, raising=False)
     apply_threads(1)  # what the runner does: threads and the default slice
     assert read_slice()["slice_us"] == DEFAULT_SLICE_US
     code = "from transport.sched import read_slice; print(read_slice()['slice_us'])"

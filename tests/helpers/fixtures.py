@@ -27,9 +27,9 @@ def restore_threads() -> Iterator[None]:
     before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in (*THREAD_ENV_VARS, SLICE_ENV_VAR)}
     yield
     torch.set_num_threads(before)
-    for var, val in env.items():
+    apply_slice(env[SLICE_ENV_VAR] or KERNEL)  # the slice this thread had (the kernel's, unless one was set)
+    for var, val in env.items():  # after apply_slice, which exports its own value
         if val is None:
             os.environ.pop(var, None)
         else:
             os.environ[var] = val
-    apply_slice(env[SLICE_ENV_VAR] or KERNEL)  # the slice this thread had (the kernel's, unless one was set)
