@@ -163,7 +163,7 @@ def judge(claim: Claim, rows: list[Comparison], relations: dict[str, str]) -> Cl
         return verdict("holds", "by the paper's own numbers and published shapes: " + _list(derived, _row) + gaps)
     if host and any(c.status == "reproduced" for c in host) or (derived and host_off):
         return verdict("holds on this host's scale", _list([c for c in host + derived
-                                                            if c.status in ("reproduced", "derived")], _row)
+                                                            if c.status in ("reproduced", "derived")])
                        + on_host + gaps)
     if host_off:
         return verdict("not testable here", "only absolute speeds measured, each bound to this host; needs the "

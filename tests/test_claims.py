@@ -38,6 +38,10 @@ def test_a_host_bound_absolute_speed_never_fails():
     v = judge(_claim(), rows, {})
     assert v.verdict == "holds on this host's scale" and "300 ms vs paper 12" in v.reason
     assert judge(_claim(), rows[1:], {}).verdict == "not testable here"  # only an absolute: needs the testbed
+    over = _row("reproduced", unit="s", measured=6.6, paper=1.0)  # "over 1 s", met by this host's slower compute
+    over.reason = "this host's compute"
+    v = judge(_claim(), [over], {})
+    assert v.verdict == "holds on this host's scale" and "this host's compute" in v.reason
 
 
 def test_extension_rows_decide_nothing():
@@ -130,3 +134,21 @@ def test_committed_report_is_what_the_committed_results_rebuild(tmp_path):
     for table in ("report.csv", "claims.csv"):
         assert pd.read_csv(tmp_path / table).equals(pd.read_csv(ROOT / "results" / table)), table
     shutil.rmtree(tmp_path)
+
+
+def test_committed_claims_follow_from_the_committed_rows():
+    """Fast staleness check (the full rebuild above is slow): the committed claims.csv is what report/claims.py
+    judges from the committed report.csv rows and attack rows."""
+    from report.claims import judge_all
+    from report.reported import load_reported
+
+    table = pd.read_csv(ROOT / "results" / "report.csv", keep_default_na=False, na_values={
+        "measured": [""], "paper": [""]})
+    rows = [Comparison(artifact=r.artifact, quantity=r.quantity, unit=r.unit, status=r.status,
+                       measured=None if pd.isna(r.measured) else float(r.measured),
+                       paper=None if pd.isna(r.paper) else float(r.paper), reported_id=r.reported_id or None,
+                       reason=r.reason, scope="" if r.role == "derived" else r.role) for r in table.itertuples()]
+    claims = judge_all(rows, ROOT / "results", load_reported())
+    committed = pd.read_csv(ROOT / "results" / "claims.csv")
+    assert [(v.claim.id, v.verdict) for v in claims] == list(zip(committed.claim, committed.verdict))
+    assert [v.reason for v in claims] == committed.reason.tolist()
