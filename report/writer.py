@@ -3,8 +3,9 @@
 `python -m report --results results` runs each artifact module of report/artifacts (their
 `compare` and `figure`), adds a `not_measured` row for every declared artifact no module reported on
 (and for a module that raised, with its error), states the paper's own arithmetic
-(report/paper_readings.py) and writes <results>/REPORT.md (provenance, verdict table, one section per
-artifact) and <results>/report.csv (one row per Comparison). A failing module never stops the report.
+(report/paper_readings.py), judges each paper claim from the rows (report/claims.py) and writes
+<results>/REPORT.md (provenance, the claims table, one section per artifact, the failed and inconsistent claims),
+<results>/report.csv (one row per Comparison) and <results>/claims.csv. A failing module never stops the report.
 """
 from __future__ import annotations
 
@@ -34,9 +35,8 @@ from report.weights import of_text
 log = logging.getLogger(__name__)
 ROOT = REPO_ROOT
 FIGURES = "figures"  # <results>/figures/: what the modules' figure() functions draw
-# Worst first: an artifact's verdict is its worst measured row's status (SUPPORTING rows count only when alone).
+# The order statuses are counted in (claims, not rows, carry the verdicts: report/claims.py).
 SEVERITY = ("differs", "not_measured", "not_reproducible", "reproduced", "derived", "qualitative")
-SUPPORTING = ("derived", "qualitative")
 WHOLE = "(the artifact as a whole)"  # the quantity of a row that stands for a missing or failed module
 CSV_COLUMNS = ["artifact", "quantity", "status", "role", "paper_relation", "paper", "measured", "unit", "ratio",
                "spread", "workload", "weights", "differences", "reason", "reported_id", "source"]
@@ -55,17 +55,6 @@ class ArtifactReport:
 
     def counts(self) -> Counter:
         return Counter(c.status for c in self.rows)
-
-    def verdict(self) -> tuple[str, str]:
-        """(status, one sentence): the worst measured row's status and reason; derived and qualitative rows
-        (the paper's arithmetic, claims with no number) decide only when nothing was measured."""
-        if not self.rows:
-            return "not_measured", "no rows"
-        measured = [c for c in self.rows if c.status not in SUPPORTING] or self.rows
-        worst = min(measured, key=lambda c: SEVERITY.index(c.status))
-        if worst.status == "reproduced" and not worst.reason:
-            return "reproduced", f"all {len(measured)} measured quantities reproduced."
-        return worst.status, worst.reason if worst.quantity == WHOLE else f"{worst.quantity}: {worst.reason}"
 
 
 def _missing_row(artifact: str, reason: str, source: str = "") -> Comparison:
@@ -275,6 +264,7 @@ def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, Repo
              claims: list[ClaimVerdict] | None = None) -> str:
     """REPORT.md: provenance, the claims table, the artifact index, one section per artifact, the failed claims."""
     claims = claims or []
+    roles = claim_roles(claims)
     total = Counter(c.status for rep in reports for c in rep.rows)
     of_artifact: dict[str, list[ClaimVerdict]] = {}
     for v in claims:
@@ -301,7 +291,8 @@ def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, Repo
                          "differences", "reason"],
                         [[c.quantity, _paper_cell(c, reported),
                           _num(c.measured) + (f" ({c.spread})" if c.spread else ""), c.unit,
-                          _num(c.ratio), c.status, role(c), c.workload, _weights(c), c.differences, c.reason]
+                          _num(c.ratio), c.status, roles.get(id(c), role(c)), c.workload, _weights(c),
+                          c.differences, c.reason]
                          for c in rep.rows])
         for path in rep.figures:
             rel = os.path.relpath(path, results)
@@ -319,6 +310,12 @@ def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, Repo
     return "\n".join(lines) + "\n"
 
 
+def claim_roles(claims: list[ClaimVerdict]) -> dict[int, str]:
+    """id(row) -> the role a claim judged it in (a claim may name quantities as host-bound, e.g. fig9's socket rows),
+    so the tables show the role the verdict used."""
+    return {id(c): role(c, v.claim) for v in claims for c in v.rows}
+
+
 def _weights(c: Comparison) -> str:
     """The weights of the models a measured row names (report.weights, from configs/model and the loader); none for
     a row with no measurement (nothing ran)."""
@@ -333,9 +330,10 @@ def write(results: Path, mods: list[ModuleType] | None = None, out: Path | None 
     reported = load_reported()
     reports = collect(results, mods, reported, figures=out / FIGURES)
     by_id = {v.id: v for v in reported}
-    records = [{**c.record(), "paper_relation": by_id[c.reported_id].relation if c.reported_id in by_id else None,
-                "role": role(c), "weights": _weights(c)} for rep in reports for c in rep.rows]
     claims = judge_all([c for rep in reports for c in rep.rows], results, reported)
+    roles = claim_roles(claims)
+    records = [{**c.record(), "paper_relation": by_id[c.reported_id].relation if c.reported_id in by_id else None,
+                "role": roles.get(id(c), role(c)), "weights": _weights(c)} for rep in reports for c in rep.rows]
     csv_path, md_path = out / "report.csv", out / "REPORT.md"
     pd.DataFrame(records, columns=CSV_COLUMNS).to_csv(csv_path, index=False)
     pd.DataFrame([{"artifact": rep.artifact.id, "path": os.path.relpath(p, out)} for rep in reports

@@ -23,7 +23,8 @@ from report.reported import ReportedValue, reported_by_id
 # Verdicts, one per comparison row.
 STATUSES = {
     "reproduced": "measured within the paper's stated value or relation (after the stated host differences)",
-    "differs": "measured, and it differs from the paper beyond what the host explains (reason says why)",
+    "differs": "measured, and it differs from the paper's value or relation (reason says why; the row's role says "
+               "whether that can decide a claim: a host-bound difference never does)",
     "not_reproducible": "cannot be measured on this host (reason says what is missing); a derived reading may stand",
     "not_measured": "the experiment has not been run into results/ (reason gives the command)",
     "derived": "the paper's own arithmetic recomputed from its printed numbers (no measurement)",
