@@ -3,8 +3,9 @@
 `python -m report --results results` runs each artifact module of report/artifacts (their
 `compare` and `figure`), adds a `not_measured` row for every declared artifact no module reported on
 (and for a module that raised, with its error), states the paper's own arithmetic
-(report/paper_readings.py) and writes <results>/REPORT.md (provenance, verdict table, one section per
-artifact) and <results>/report.csv (one row per Comparison). A failing module never stops the report.
+(report/paper_readings.py), judges each paper claim from the rows (report/claims.py) and writes
+<results>/REPORT.md (provenance, the claims table, one section per artifact, the failed and inconsistent claims),
+<results>/report.csv (one row per Comparison) and <results>/claims.csv. A failing module never stops the report.
 """
 from __future__ import annotations
 
@@ -25,19 +26,21 @@ from types import ModuleType
 import pandas as pd
 
 from protocols.paths import REPO_ROOT
-from report.artifacts import STATUSES, Comparison, modules
+from report.artifacts import SCOPES, STATUSES, Comparison, modules
+from report.claims import VERDICTS, ClaimVerdict, judge_all, role
 from report.paper_readings import Reading, paper_readings
 from report.reported import Artifact, ReportedValue, load_artifacts, load_reported
+from report.weights import of_text
 
 log = logging.getLogger(__name__)
 ROOT = REPO_ROOT
 FIGURES = "figures"  # <results>/figures/: what the modules' figure() functions draw
-# Worst first: an artifact's verdict is its worst measured row's status (SUPPORTING rows count only when alone).
+# The order statuses are counted in (claims, not rows, carry the verdicts: report/claims.py).
 SEVERITY = ("differs", "not_measured", "not_reproducible", "reproduced", "derived", "qualitative")
-SUPPORTING = ("derived", "qualitative")
 WHOLE = "(the artifact as a whole)"  # the quantity of a row that stands for a missing or failed module
-CSV_COLUMNS = ["artifact", "quantity", "status", "paper_relation", "paper", "measured", "unit", "ratio", "spread",
-               "workload", "differences", "reason", "reported_id", "source"]
+CSV_COLUMNS = ["artifact", "quantity", "status", "role", "paper_relation", "paper", "measured", "unit", "ratio",
+               "spread", "workload", "weights", "differences", "reason", "reported_id", "source"]
+REPORT_STEP = "report --results"  # the profile step that writes this report: it cannot time itself, so it is left out
 
 
 @dataclass
@@ -52,17 +55,6 @@ class ArtifactReport:
 
     def counts(self) -> Counter:
         return Counter(c.status for c in self.rows)
-
-    def verdict(self) -> tuple[str, str]:
-        """(status, one sentence): the worst measured row's status and reason; derived and qualitative rows
-        (the paper's arithmetic, claims with no number) decide only when nothing was measured."""
-        if not self.rows:
-            return "not_measured", "no rows"
-        measured = [c for c in self.rows if c.status not in SUPPORTING] or self.rows
-        worst = min(measured, key=lambda c: SEVERITY.index(c.status))
-        if worst.status == "reproduced" and not worst.reason:
-            return "reproduced", f"all {len(measured)} measured quantities reproduced."
-        return worst.status, worst.reason if worst.quantity == WHOLE else f"{worst.quantity}: {worst.reason}"
 
 
 def _missing_row(artifact: str, reason: str, source: str = "") -> Comparison:
@@ -236,7 +228,7 @@ def _counts(rep: ArtifactReport) -> str:
 def _profile_lines(profile: dict | None) -> list[str]:
     if not profile:
         return ["- profile: none recorded (no profile.json: the report ran alone, not by `python -m bench.profile`)"]
-    steps = profile.get("steps", [])
+    steps = [s for s in profile.get("steps", []) if REPORT_STEP not in s.get("command", "")]
     failed = [s for s in steps if s.get("status") != "ok"]
     load = profile.get("load_average_at_start") or [None]
     busy = "" if load[0] is None else (f"; load average at start {load[0]:.1f} on {profile.get('cpu_count')} cores"
@@ -249,29 +241,59 @@ def _profile_lines(profile: dict | None) -> list[str]:
     return lines
 
 
-def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, ReportedValue], results: Path) -> str:
-    """REPORT.md: provenance, verdict table, then one section per artifact."""
+def _claims_lines(claims: list[ClaimVerdict], reports: list[ArtifactReport]) -> list[str]:
+    """The claims table: each claim in the paper's words, its verdict and the measured reason; links to the rows."""
+    counts = Counter(v.verdict for v in claims)
+    rows = [r for rep in reports for r in rep.rows]
+    extension = sum(role(r) == "extension" for r in rows)
+    lines = ["## The paper's claims", "",
+             f"{len(claims)} claims: " + ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
+             + f". Each claim is judged from the rows that bear on it (report/claims.py); the {len(rows)} rows "
+             f"keep their detail below ({extension} of them extensions that decide no claim).", "",
+             "Verdicts: " + "; ".join(f"**{k}**: {v}" for k, v in VERDICTS.items()) + ".", ""]
+    table = []
+    for i, v in enumerate(claims, 1):
+        arts = list(dict.fromkeys(r.artifact for r in v.rows))
+        table.append([i, v.claim.section, f"\"{v.claim.quote}\"", f"**{v.verdict}**", v.reason,
+                      ", ".join(f"[{a}](#{a})" for a in arts) or ("results/privacy/" if v.claim.privacy else "")])
+    return lines + _table(["#", "section", "claim (the paper's words)", "verdict", "why (from the rows)", "rows"],
+                          table)
+
+
+def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, ReportedValue], results: Path,
+             claims: list[ClaimVerdict] | None = None) -> str:
+    """REPORT.md: provenance, the claims table, the artifact index, one section per artifact, the failed claims."""
+    claims = claims or []
+    roles = claim_roles(claims)
     total = Counter(c.status for rep in reports for c in rep.rows)
-    verdicts = Counter(rep.verdict()[0] for rep in reports)
+    of_artifact: dict[str, list[ClaimVerdict]] = {}
+    for v in claims:
+        for a in dict.fromkeys(r.artifact for r in v.rows):
+            of_artifact.setdefault(a, []).append(v)
     lines = ["# STIP paper: reported vs measured", "",
              f"- commit `{prov['commit']}`, tree {prov['tree']}, written {prov['date']}",
              f"- host: {prov['host']}; {prov['versions']}", *_profile_lines(prov["profile"]), "",
-             "## Verdicts", "",
-             f"{len(reports)} artifacts: " + ", ".join(f"{verdicts[s]} {s}" for s in SEVERITY if verdicts[s])
-             + f" (an artifact's verdict is its worst measured row); {sum(total.values())} rows: "
-             + ", ".join(f"{total[s]} {s}" for s in SEVERITY if total[s]) + ".", "",
+             *_claims_lines(claims, reports), "",
+             "## Artifacts", "",
+             f"{len(reports)} artifacts, {sum(total.values())} rows: "
+             + ", ".join(f"{total[s]} {s}" for s in SEVERITY if total[s]) + ". A row's role: "
+             + "; ".join(f"**{k}**: {v}" for k, v in SCOPES.items()) + "; **derived**: the paper's own arithmetic.", "",
              "Statuses: " + "; ".join(f"**{k}**: {v}" for k, v in STATUSES.items()) + ".", ""]
-    lines += _table(["#", "artifact", "verdict", "rows", "why"],
+    lines += _table(["#", "artifact", "rows", "claims it bears on"],
                     [[rep.artifact.row if rep.artifact.file.name == "stip_paper.yaml" else "-",
-                      f"[{rep.artifact.id}](#{rep.artifact.id}) {rep.artifact.title}",
-                      f"**{rep.verdict()[0]}**", _counts(rep), rep.verdict()[1]] for rep in reports])
+                      f"[{rep.artifact.id}](#{rep.artifact.id}) {rep.artifact.title}", _counts(rep),
+                      ", ".join(f"{claims.index(v) + 1} ({v.verdict})" for v in of_artifact.get(rep.artifact.id, []))
+                      or ("extension: decides no claim" if all(role(c) == "extension" for c in rep.rows)
+                          else "none")] for rep in reports])
     for rep in reports:
-        lines += ["", f"## {rep.artifact.id}", "", f"{rep.artifact.title}. Verdict: **{rep.verdict()[0]}**.", ""]
-        lines += _table(["quantity", "paper", "measured", "unit", "ratio", "status", "workload", "differences",
-                         "reason"],
+        lines += ["", f"## {rep.artifact.id}", "", f"{rep.artifact.title}.", ""]
+        lines += _table(["quantity", "paper", "measured", "unit", "ratio", "status", "role", "workload", "weights",
+                         "differences", "reason"],
                         [[c.quantity, _paper_cell(c, reported),
                           _num(c.measured) + (f" ({c.spread})" if c.spread else ""), c.unit,
-                          _num(c.ratio), c.status, c.workload, c.differences, c.reason] for c in rep.rows])
+                          _num(c.ratio), c.status, roles.get(id(c), role(c)), c.workload, _weights(c),
+                          c.differences, c.reason]
+                         for c in rep.rows])
         for path in rep.figures:
             rel = os.path.relpath(path, results)
             lines.append(f"\n![{rep.artifact.id}: {Path(rel).stem}]({rel})" if path.suffix == ".png"
@@ -279,11 +301,25 @@ def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, Repo
         if rep.readings:
             lines += ["", "Paper arithmetic:", *(f"- {r.statement}" for r in rep.readings)]
         lines += [f"\n> {note}" for note in rep.notes]
-    gaps = sorted([(rep.artifact.id, c) for rep in reports for c in rep.rows
-                   if c.status in ("differs", "not_reproducible")], key=lambda ac: ac[1].status != "differs")
-    lines += ["", "## Where the measured values differ from the paper, and why", ""]
-    lines += [f"- **{a}** ({c.status}) {c.quantity}: {c.reason}" for a, c in gaps] or ["- none"]
+    lines += ["", "## Claims that fail, with the measurement", ""]
+    lines += [f"- **{claims.index(v) + 1}. {v.claim.section}** \"{v.claim.quote}\": {v.reason}"
+              for v in claims if v.verdict == "fails"] or ["- none"]
+    lines += ["", "## Where the paper's own numbers disagree", ""]
+    lines += [f"- **{claims.index(v) + 1}. {v.claim.section}** \"{v.claim.quote}\": {v.reason}"
+              for v in claims if v.verdict == "paper inconsistent"] or ["- none"]
     return "\n".join(lines) + "\n"
+
+
+def claim_roles(claims: list[ClaimVerdict]) -> dict[int, str]:
+    """id(row) -> the role a claim judged it in (a claim may name quantities as host-bound, e.g. fig9's socket rows),
+    so the tables show the role the verdict used."""
+    return {id(c): role(c, v.claim) for v in claims for c in v.rows}
+
+
+def _weights(c: Comparison) -> str:
+    """The weights of the models a measured row names (report.weights, from configs/model and the loader); none for
+    a row with no measurement (nothing ran)."""
+    return "" if c.measured is None or c.status == "derived" else of_text(f"{c.workload} {c.quantity}")
 
 
 def write(results: Path, mods: list[ModuleType] | None = None, out: Path | None = None) -> tuple[Path, Path]:
@@ -294,13 +330,17 @@ def write(results: Path, mods: list[ModuleType] | None = None, out: Path | None 
     reported = load_reported()
     reports = collect(results, mods, reported, figures=out / FIGURES)
     by_id = {v.id: v for v in reported}
-    records = [{**c.record(), "paper_relation": by_id[c.reported_id].relation if c.reported_id in by_id else None}
-               for rep in reports for c in rep.rows]
+    claims = judge_all([c for rep in reports for c in rep.rows], results, reported)
+    roles = claim_roles(claims)
+    records = [{**c.record(), "paper_relation": by_id[c.reported_id].relation if c.reported_id in by_id else None,
+                "role": roles.get(id(c), role(c)), "weights": _weights(c)} for rep in reports for c in rep.rows]
     csv_path, md_path = out / "report.csv", out / "REPORT.md"
     pd.DataFrame(records, columns=CSV_COLUMNS).to_csv(csv_path, index=False)
     pd.DataFrame([{"artifact": rep.artifact.id, "path": os.path.relpath(p, out)} for rep in reports
                   for p in rep.figures], columns=["artifact", "path"]).to_csv(out / "report_figures.csv", index=False)
-    md_path.write_text(markdown(reports, provenance(results), by_id, out))
+    md_path.write_text(markdown(reports, provenance(results), by_id, out, claims))
+    pd.DataFrame([{"claim": v.claim.id, "section": v.claim.section, "verdict": v.verdict, "reason": v.reason,
+                   "quote": v.claim.quote} for v in claims]).to_csv(out / "claims.csv", index=False)
     return md_path, csv_path
 
 

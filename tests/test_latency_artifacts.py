@@ -111,10 +111,12 @@ def test_generation_3s_projects_the_link_part_on_the_paper_compute(results):
     rows = generation_3s.compare(results)
     projected = one_row(rows, "projected on the paper's compute: 100 x (12 ms + the profile's link part), STIP wired_oneway")
     assert projected.measured == pytest.approx(100 * (0.012 + 0.0202)) and projected.status == "reproduced"
-    assert one_row(rows, "projected on the paper's compute: 100 x (12 ms + the profile's link part), STIP wired,").status \
-        == "differs"
+    wired = one_row(rows, "projected on the paper's compute: 100 x (12 ms + the profile's link part), STIP wired,")
+    assert wired.measured == pytest.approx(100 * (0.012 + 0.0102)) and wired.status == "reproduced"  # "in 3 s": a bound
+    assert projected.scope == wired.scope == "paper"  # a projection on the paper's compute decides the claim
     full = one_row(rows, "full cloud")
-    assert full.measured == pytest.approx(0.5 + 0.035 * 31) and full.status == "reproduced"  # > 1 s, < 3 s
+    assert full.measured == pytest.approx(0.5 + 0.035 * 31) and full.status == "reproduced"  # "over 1 s": > 1 s only
+    assert "over 1 s as the paper says" in full.reason
 
 
 def test_fig7d_device_extra_cloud_ratio_and_communication(results):
@@ -153,3 +155,39 @@ def test_every_figure_is_drawn(results, tmp_path, module):
 def test_a_missing_experiment_names_its_command(tmp_path, module):
     rows = module.compare(tmp_path)
     assert rows and all(r.status == "not_measured" and "python -m bench" in r.reason for r in rows)
+
+
+def test_generation_3s_full_cloud_over_1s_is_only_a_lower_bound(tmp_path):
+    """The paper says "over 1s delay": 6.7 s on this host agrees (no unstated "<= 3x" band); 0.9 s does not."""
+    for per_token, status in ((0.2, "reproduced"), (0.013, "differs")):
+        root = tmp_path / str(per_token)
+        _write(root, "fig7c_generation", _generation("fc", "full_cloud", "none", per_token),
+               [{"run_id": "fc", "protocol.return_mode": None}])
+        full = one_row(generation_3s.compare(root), "full cloud")
+        assert full.measured == pytest.approx(0.5 + per_token * 31) and full.status == status
+
+
+def _fig7a_phases(root: Path, stip_parts: dict[str, float]) -> None:
+    """fig7a rows at batch 100: full cloud 1 s of cloud compute, STIP's parts as given; throughput from the sum."""
+    base = {"cloud_compute": 1.0, "uplink": 0.0, "downlink": 0.0}
+    rows = []
+    for protocol, parts in (("full_cloud", base), ("stip", stip_parts)):
+        for rep in range(3):
+            rows.append(_row(protocol, "fig7a_throughput", protocol, "none", "total", "throughput",
+                             1e4 / sum(parts.values()), rep, seq_len=100, model="gpt2-124m", batch_size=100))
+            rows += [_row(protocol, "fig7a_throughput", protocol, "none", phase, "latency", v, rep, seq_len=100,
+                          model="gpt2-124m", batch_size=100, source="host" if phase.startswith("device") else "socket")
+                     for phase, v in parts.items()]
+    _write(root, "fig7a_throughput", rows, [{"run_id": p} for p in ("stip", "full_cloud")])
+
+
+def test_fig7a_gap_is_placed_in_the_phase_the_rows_put_it(tmp_path):
+    """The reason for STIP / full cloud < 0.8 names the part that holds the gap, computed from the phase rows:
+    cloud compute (the same work in both arms: host noise, never a failed claim) or STIP's own link/device work."""
+    _fig7a_phases(tmp_path / "cloud", {"cloud_compute": 1.4, "uplink": 0.01, "downlink": 0.0, "device_embed": 0.01})
+    row = one_row(fig7a.compare(tmp_path / "cloud"), "throughput STIP / full cloud, gpt2-124m")
+    assert row.status == "differs" and row.scope == "host_bound"
+    assert "in cloud compute" in row.reason and "3 repeats" in row.reason
+    _fig7a_phases(tmp_path / "link", {"cloud_compute": 1.0, "uplink": 0.4, "downlink": 0.05, "device_embed": 0.01})
+    row = one_row(fig7a.compare(tmp_path / "link"), "throughput STIP / full cloud, gpt2-124m")
+    assert row.status == "differs" and row.scope == "paper" and "in link" in row.reason

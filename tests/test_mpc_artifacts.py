@@ -136,3 +136,6 @@ def test_spu_rows_are_modelled_over_their_parties_and_labelled_by_embedding(resu
     # the reduced-depth run is in the table but never set against a full model's reported number
     compared = [c for c in mpc_engines.compare(results) if "spu" in c.quantity]
     assert compared and all("cheetah" not in c.workload for c in compared)
+    refused = [c for c in compared if "cheetah" in c.quantity]  # said in a row, not dropped
+    assert refused and all(c.status == "not_measured" and c.measured is None and "not compared" in c.reason
+                           and "14,000,000 parameters" in c.reason for c in refused)

@@ -41,7 +41,7 @@ def test_report_has_every_artifact_even_when_modules_raise(tmp_path):
     assert fig2.status.tolist() == ["not_measured"] and "RuntimeError: rows.parquet is corrupt" in fig2.reason.iloc[0]
     assert table[table.artifact == "fig7b"].ratio.round(4).tolist() == [1.0, round(1e4 / 6.7e6, 4)]
     text = md.read_text()
-    assert "| 9 | [fig7b](#fig7b)" in text and "**differs**" in text  # verdict = worst row
+    assert "| 9 | [fig7b](#fig7b)" in text and "## The paper's claims" in text  # claims first, artifacts after
     assert "figure() raised ValueError: no rows" in text
     assert "45,366 / 6.7e-4 = 6.8e+07" in text  # the paper's own arithmetic is stated
     assert all(f"## {a}" in text for a in declared)

@@ -79,6 +79,24 @@ def test_kpa_rows_one_pair_per_model_and_the_key_space(results):
     assert one_row(rows, "Q/K permutation").measured == pytest.approx(35.4, abs=0.1)  # log10(32!)
 
 
+def test_kpa_ties_are_the_papers_exception_only_when_more_pairs_recover_all(tmp_path):
+    """89.8% from one pair is Sec. 5.3's identical-columns exception when two pairs recover all of pi (the ties are
+    then broken), a failure when no run with more pairs does; noise-defence rows are extensions."""
+    (tmp_path / "privacy").mkdir()
+    pd.DataFrame([{"experiment": "privacy", "attack": "known_plaintext", "model": m, "family": m, "assumption": "a",
+                   "metric": "pi_recovered", "value": v, "unit": "fraction", "n_queries": n, "seconds": 0.01,
+                   "defence": None, "dcor": 0.1, "dcor_samples": 1.0,
+                   "parameters": json.dumps({"n": n, "d": 64, "sigma_rel": s})}
+                  for m, n, v, s in (("tied", 1, 0.9, 0.0), ("tied", 2, 1.0, 0.0), ("bad", 1, 0.9, 0.0),
+                                     ("bad", 2, 0.95, 0.0), ("tied", 8, 0.3, 1.0))]
+                 ).to_parquet(tmp_path / "privacy" / "rows.parquet")
+    rows = kpa_bfa.compare(tmp_path)
+    tied, bad = one_row(rows, "1 known pair(s), tied"), one_row(rows, "1 known pair(s), bad")
+    assert tied.status == "reproduced" and "100% from 2" in tied.reason and "identical columns" in tied.reason
+    assert bad.status == "differs" and "not the identical-columns exception" in bad.reason
+    assert one_row(rows, "noise defence").scope == "extension"
+
+
 def test_millions_ratio_on_one_host_and_the_missing_stip_run(results):
     rows = millions.compare(results)
     tiny = one_row(rows, "bert-tiny")

@@ -23,11 +23,21 @@ from report.reported import ReportedValue, reported_by_id
 # Verdicts, one per comparison row.
 STATUSES = {
     "reproduced": "measured within the paper's stated value or relation (after the stated host differences)",
-    "differs": "measured, and it differs from the paper beyond what the host explains (reason says why)",
+    "differs": "measured, and it differs from the paper's value or relation (reason says why; the row's role says "
+               "whether that can decide a claim: a host-bound difference never does)",
     "not_reproducible": "cannot be measured on this host (reason says what is missing); a derived reading may stand",
     "not_measured": "the experiment has not been run into results/ (reason gives the command)",
     "derived": "the paper's own arithmetic recomputed from its printed numbers (no measurement)",
     "qualitative": "a claim with no number to measure (the reason says what the harness checks instead)",
+}
+
+# What a row is to the paper's claims (report/claims.py); the default is "paper".
+SCOPES = {
+    "paper": "compares a paper value or relation: a difference here is a genuine disagreement",
+    "host_bound": "an absolute speed or a measurement this host bends (both halves on one CPU, one shared core): a "
+                  "difference is the host's, never a failed claim",
+    "extension": "a check the paper does not make (noise defence, another system's table, batch saturation): "
+                 "reported apart, never decides a paper claim",
 }
 
 # Unit conversions to a base unit per dimension: time s, data B, rate token/s.
@@ -65,8 +75,11 @@ class Comparison:
     differences: str = ""  # workload and host differences from the paper's setting
     reason: str = ""  # one sentence for every gap (required unless reproduced)
     source: str = ""  # the rows it comes from: experiment, phase/metric/source, or "derived"
+    scope: str = ""  # a key of SCOPES, or "" (report.claims.role: host-bound for a time or rate unit, else paper)
 
     def __post_init__(self) -> None:
+        if self.scope and self.scope not in SCOPES:
+            raise ValueError(f"scope {self.scope!r} for {self.artifact}/{self.quantity!r}; known: {sorted(SCOPES)}")
         if self.status not in STATUSES:
             raise ValueError(f"status {self.status!r} for {self.artifact}/{self.quantity!r}; known: {sorted(STATUSES)}")
         if self.status != "reproduced" and not self.reason:

@@ -116,13 +116,14 @@ def compare(results: Path) -> list[Comparison]:
         out.append(Comparison(ARTIFACT, label, "params", "reproduced" if reached else "not_reproducible",
                               measured=float(r.n_params), paper=paper, reported_id=rid, workload=_where(r),
                               differences=host_differences(), source=f"results/{r.experiment}/ rows",
+                              scope="host_bound",
                               reason="" if reached else why))
     streamed = _streamed(results)
     if streamed is not None:
         out.append(Comparison(ARTIFACT, "largest model whose STIP transform was checked at full depth by layer "
                               "streaming (one layer in memory at a time)", "params", "not_reproducible",
                               measured=float(streamed.n_params), paper=paper_stip, reported_id="fig7b-stip-max-params",
-                              workload=_where(streamed), differences=host_differences(),
+                              workload=_where(streamed), differences=host_differences(), scope="host_bound",
                               source=f"results/{streamed.experiment}/stream.parquet",
                               reason="the transform is checked at this scale, but serving the model end to end "
                                      "needs its weights in memory, which this host does not have"))
@@ -131,6 +132,7 @@ def compare(results: Path) -> list[Comparison]:
         out.append(Comparison(ARTIFACT, "largest model STIP served / largest the 2PC arm ran, both here", "x",
                               "not_reproducible", measured=float(fold), paper=printed_fold,
                               reported_id="fig7b-param-scale-fold", workload=f"{served.model} / {mpc.model}",
+                              scope="host_bound",
                               differences=host_differences("the paper's fold is 70B (4x A100) over the baselines' "
                                                            "own papers' largest model"),
                               reason="both ends are bounded by this host (memory for STIP, time for 2PC), so the "
@@ -148,6 +150,7 @@ def compare(results: Path) -> list[Comparison]:
             ARTIFACT, "STIP GPT2-124m throughput measured here / CipherGPT's reported 6.7e-4 token/s", "x",
             "reproduced" if gain >= printed_gain else "not_reproducible", measured=gain, paper=printed_gain,
             reported_id="fig7b-throughput-improvement", spread=f"STIP {value:.4g} token/s, {tp_spread}",
+            scope="host_bound",
             workload=workload, differences=host_differences("paper: batch 100 x 100 tokens"),
             source="total/throughput rows (socket)",
             reason="the paper's method (measured STIP / reported CipherGPT) on this host" if gain >= printed_gain

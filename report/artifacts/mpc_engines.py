@@ -179,8 +179,19 @@ def compare(results: Path) -> list[Comparison]:
         r = pd.Series(r._asdict())
         phases = _phase_bytes(rows, r)
         shape = (r.model, int(r.seq_len), r.task)
-        if not _full_depth(r):
-            continue  # a reduced-depth run stays in the table (labelled); no ratio against a full model's number
+        if not _full_depth(r):  # refused, said in a row: a reduced-depth run against a full model's number
+            for label, lat_id, _, rep_shape, _, _ in REPORTED:
+                if rep_shape == shape:
+                    out.append(Comparison(
+                        artifact=ARTIFACT, quantity=f"latency and bytes of {r.engine} {r.mpc_protocol} / {r.approx} "
+                        f"vs {label}", unit="s", status="not_measured", paper=paper_value(lat_id, "s"),
+                        reported_id=lat_id, scope="extension",
+                        workload=f"{r.model} with {int(r.n_params):,} parameters, {int(r.seq_len)} tokens "
+                                 f"({r.experiment})",
+                        source=f"{r.experiment}: total", reason=f"not compared: this run's model has "
+                        f"{int(r.n_params):,} parameters, the paper's shape {FULL_PARAMS.get(r.model, 0):,} (a "
+                        "model.n_layers reduction); run it at full depth (`python -m bench.profile all`)"))
+            continue
         workload = (f"{r.model}, {int(r.seq_len)} tokens, {r.task}, "
                     f"{r.engine} {r.mpc_protocol} / {r.approx}{DEVICE_EMBEDS * (r.embedding == 'device')}, "
                     f"security {r.security}")
@@ -198,7 +209,7 @@ def compare(results: Path) -> list[Comparison]:
                 out.append(Comparison(
                     artifact=ARTIFACT, quantity=f"{metric} of {r.engine} {r.approx} vs {label}", unit=unit,
                     status="reproduced" if same else "differs", measured=value, paper=paper, reported_id=rid,
-                    spread=spr, workload=workload,
+                    spread=spr, scope="extension", workload=workload,
                     differences=f"security here {r.security}",
                     reason="" if same else _reason(r, phases, label, kind, metric),
                     source=f"{r.experiment}: {'generate' if r.task == 'generate' else 'total'} {metric}"))
