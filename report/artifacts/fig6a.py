@@ -93,7 +93,7 @@ def _ordering_rows(tables: dict[str, pd.DataFrame]) -> list[Comparison]:
         paper_gap = paper_value(PAPER["random projection"], "1") - paper_value(PAPER["STIP"], "1")
         ok = gap >= 0.5 * paper_gap  # the paper's ordering, with at least half its gap
         out.append(Comparison(
-            ARTIFACT, f"mean parameter dcor, random projection minus STIP, gpt2-1.5b, {CONVENTIONS[metric]}", "1",
+            ARTIFACT, f"parameter dcor gap (random projection - STIP) on gpt2-1.5b, {CONVENTIONS[metric]}", "1",
             "reproduced" if ok else "differs", measured=gap, paper=paper_gap, reported_id=PAPER["STIP"],
             workload=f"gpt2-1.5b (random weights): STIP {stip:.3g}, random projection {rp:.3g}",
             differences=host_differences(f"deciding assumption: convention {CONVENTIONS[metric]}; reproduced when "
