@@ -157,3 +157,20 @@ def test_millions_by_the_papers_method_beside_the_same_host_ratio(tmp_path):
     assert row.measured == pytest.approx(801.0 / 6.7e-4) and row.status == "reproduced"  # 1.2e6 > a million
     assert "batch 10 x 100 tokens" in row.workload and "median of 3" in row.spread
     assert "deciding assumption: the baseline is CipherGPT's reported rate" in row.differences
+
+
+def test_stip_parameter_rows_carry_both_conventions():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import stip
+    from protocols.stip_protocol import parameter_dcor_rows
+
+    torch.manual_seed(0)
+    plain = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=4, n_positions=32, vocab_size=100)).eval()
+    cloud = stip.ModelDeveloper(plain, seed=0).cloud_model()
+    rows = parameter_dcor_rows(plain.state_dict(), cloud.state_dict(), max_tensors=3, seed=0, hidden=64)
+    per_row = [r for r in rows if r.metric == "dcor"]
+    sample = [r for r in rows if r.metric == "dcor_samples_u"]
+    assert len(per_row) == len(sample) == 3 and [r.repeat for r in sample] == [0, 1, 2]
+    assert all(0.0 <= r.value < 0.5 for r in sample)  # a permutation breaks the pairing of weight vectors
+    assert not [r for r in parameter_dcor_rows(plain.state_dict(), cloud.state_dict(), 3, 0) if r.metric != "dcor"]
