@@ -15,7 +15,7 @@ import torch
 
 from protocols.contract import ModelSpec, Protocol, ProtocolConfig, Row, RunRequest
 from protocols.memory import materialized_embedding
-from protocols.privacy import dcor_both, dcor_parameters
+from protocols.privacy import dcor_both, dcor_parameters, dcor_parameters_samples
 from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,14 @@ class RandomProjectionProtocol(Protocol[RandomProjectionConfig]):
         return rows
 
     def parameter_rows(self, model: ModelSpec, request: RunRequest, d: int) -> list[Row]:
-        """Per-vector dcor of W vs W R (input side projected) for the first few d-wide weight matrices."""
+        """Per-vector dcor of W vs W R (input side projected) for the first few d-wide weight matrices, and the
+        bias-corrected sample-wise dcor of the same pair (metric dcor_samples_u)."""
         plain = model.build()
         r = projection(d, request.seed + 1)
         rows: list[Row] = []
+        j = 0  # the tensor's index: the `repeat` of both conventions' rows
         for name, w in plain.state_dict().items():
-            if len(rows) >= self.cfg.param_tensors or w.ndim != 2 or "emb" in name or "wte" in name:
+            if j >= self.cfg.param_tensors or w.ndim != 2 or "emb" in name or "wte" in name:
                 continue
             w = w.float()
             if w.shape[1] == d:
@@ -98,6 +100,8 @@ class RandomProjectionProtocol(Protocol[RandomProjectionConfig]):
                 moved = r.T @ w
             else:
                 continue
-            rows.append(Row("parameters", "dcor", dcor_parameters(w, moved, seed=request.seed), "host",
-                            repeat=len(rows)))
+            rows.append(Row("parameters", "dcor", dcor_parameters(w, moved, seed=request.seed), "host", repeat=j))
+            rows.append(Row("parameters", "dcor_samples_u", dcor_parameters_samples(w, moved, d, seed=request.seed),
+                            "host", repeat=j))
+            j += 1
         return rows

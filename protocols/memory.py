@@ -99,8 +99,13 @@ def materialized_embedding(spec: ModelSpec, seed: int = 0) -> nn.Module:
     return emb.to(spec.torch_dtype)
 
 
-def tokenizer_bytes_subprocess(kind: str | None, image_size: int = 224, timeout_s: float = 120.0) -> int | None:
-    """RSS growth of loading the tokenizer `kind`, measured in a fresh process (no caches shared)."""
+FRAME_HW = (480, 640)  # the frame Fig. 8's image-processor reading preprocesses: one VGA RGB camera frame
+
+
+def tokenizer_bytes_subprocess(kind: str | None, image_size: int = 224,
+                               timeout_s: float = 120.0) -> dict[str, int | None] | None:
+    """RSS growth of loading the tokenizer `kind` in a fresh process (no caches shared): `tokenizer_bytes`, and for
+    an image processor `after_frame_bytes`, the growth once it has also preprocessed one FRAME_HW frame."""
     if not kind:
         return None
     proc = run_to_end([sys.executable, "-m", "protocols.memory", json.dumps([kind, image_size])],
@@ -108,8 +113,7 @@ def tokenizer_bytes_subprocess(kind: str | None, image_size: int = 224, timeout_
     if proc.returncode != 0:
         log.warning("tokenizer memory of %s not measured: %s", kind, proc.stderr[-500:])
         return None
-    value = json.loads(proc.stdout.strip().splitlines()[-1])["tokenizer_bytes"]
-    return None if value is None else int(value)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def device_memory_rows(spec: ModelSpec, seed: int = 0) -> list[Row]:
@@ -117,21 +121,46 @@ def device_memory_rows(spec: ModelSpec, seed: int = 0) -> list[Row]:
     emb = materialized_embedding(spec, seed)
     rows = [Row("device_embedding", "memory", module_bytes(emb), "host")]
     size = int(getattr(spec.config, "image_size", 224) or 224)
-    tok = tokenizer_bytes_subprocess(spec.tokenizer, size)
-    if tok is not None:
-        rows.append(Row("device_tokenizer", "memory", tok, "host"))
+    got = tokenizer_bytes_subprocess(spec.tokenizer, size) or {}
+    if got.get("tokenizer_bytes") is not None:
+        rows.append(Row("device_tokenizer", "memory", int(got["tokenizer_bytes"]), "host"))
+    if got.get("after_frame_bytes") is not None:  # an image processor: its memory after preprocessing one frame
+        rows.append(Row("device_tokenizer", "memory_after_frame", int(got["after_frame_bytes"]), "host"))
     return rows
 
 
+def one_frame(height: int, width: int, seed: int = 0) -> Any:
+    """One RGB camera frame (uint8, seeded random pixels) as a PIL image, the input an image processor takes."""
+    import numpy as np  # noqa: PLC0415 - only the image-processor child needs it
+    from PIL import Image  # noqa: PLC0415
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
 def _main() -> None:
-    """Child process of tokenizer_bytes_subprocess: load the tokenizer, print the RSS growth as JSON."""
+    """Child process of tokenizer_bytes_subprocess: load the tokenizer, print the RSS growth as JSON.
+
+    For an image processor also preprocess one frame (made before the baseline: the camera's, not the processor's
+    memory) and report the RSS growth from the same baseline while its pixel_values are held (`after_frame_bytes`:
+    the processor plus its first call's working memory and output, Fig. 8's reading)."""
     # Import the loaders (and the libraries behind them) before the baseline: count the tokenizer, not code.
     from transformers import AutoTokenizer, ViTImageProcessor  # noqa: F401, PLC0415 - before the baseline
     from transformers.tokenization_utils_tokenizers import PreTrainedTokenizerFast  # noqa: F401, PLC0415
 
     kind, image_size = json.loads(sys.argv[1])
-    tok, delta = measure_rss_delta(lambda: load_tokenizer(kind, image_size))
-    print(json.dumps({"tokenizer_bytes": None if tok is None else delta}))
+    frame = one_frame(*FRAME_HW) if kind == "vit_image_processor" else None
+    gc.collect()
+    before = rss_bytes()
+    tok = load_tokenizer(kind, image_size)
+    gc.collect()
+    result: dict[str, int | None] = {"tokenizer_bytes": None if tok is None else max(rss_bytes() - before, 0)}
+    if frame is not None and tok is not None:
+        pixels = tok(images=frame, return_tensors="pt")["pixel_values"]
+        gc.collect()
+        result["after_frame_bytes"] = max(rss_bytes() - before, 0)
+        del pixels
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

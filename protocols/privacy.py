@@ -7,6 +7,9 @@ Both use the `dcor` package. The per-vector convention keeps every one of the d 
 one-dimensional, so dcor's AVL algorithm computes the exact statistic in O(d log d) (a cap on the features
 would measure a smaller d: 2,048 of 8,192 features read 0.035 where all of them read 0.019). The sample-wise
 convention subsamples rows, because its cost is O(n^2) in the row count.
+For weights (Fig. 6a) `dcor_parameters_samples` adds the sample-wise convention with dcor's bias-corrected
+(u-centred) estimator: the plain estimator of d-dimensional samples reads ~0.99 for ANY pair of random matrices
+(its bias grows with the dimension), the u-centred one ~0 for independent ones.
 """
 from __future__ import annotations
 
@@ -71,3 +74,26 @@ def dcor_parameters(original: torch.Tensor, transformed: torch.Tensor, n_vectors
                     seed: int = 0) -> float:
     """Per-row dcor between an original and a transformed weight matrix of the same shape (Fig. 6a)."""
     return dcor_per_vector(original, transformed, n_vectors=n_vectors, seed=seed)
+
+
+def dcor_parameters_samples(original: torch.Tensor, transformed: torch.Tensor, hidden: int,
+                            n_samples: int = DEFAULT_SAMPLES, seed: int = 0) -> float:
+    """Bias-corrected sample-wise dcor of two weight matrices (Fig. 6a, beside the per-row convention).
+
+    Samples are the matrix's vectors along its `hidden`-wide axis (the axis both STIP and a random projection
+    transform; the last axis when both are that wide), paired by their index on the other axis, `n_samples` of
+    them drawn; the value is sqrt(max(0, dcor.u_distance_correlation_sqr)), the bias-corrected dcor^2's root."""
+    import dcor  # noqa: PLC0415 - dcor (numba) loads in seconds; only privacy rows need it
+
+    if original.shape != transformed.shape or original.ndim != 2:
+        raise ValueError(f"parameter dcor needs two matrices of one shape, got {tuple(original.shape)} and "
+                         f"{tuple(transformed.shape)}")
+    if original.shape[-1] == hidden:
+        a, b = _as_rows(original), _as_rows(transformed)
+    elif original.shape[0] == hidden:
+        a, b = _as_rows(original.T), _as_rows(transformed.T)
+    else:
+        raise ValueError(f"a {tuple(original.shape)} matrix has no axis of the hidden size {hidden}")
+    rows = _subsample(a.shape[0], n_samples, np.random.default_rng(seed))
+    u = float(dcor.u_distance_correlation_sqr(a[rows], b[rows]))
+    return float(np.sqrt(max(u, 0.0)))

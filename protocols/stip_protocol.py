@@ -29,7 +29,7 @@ from protocols.common import (
 )
 from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
 from protocols.memory import device_memory_rows, embedding_module, module_bytes
-from protocols.privacy import dcor_both, dcor_parameters
+from protocols.privacy import dcor_both, dcor_parameters, dcor_parameters_samples
 from protocols.speculation import SpeculativeConfig, check_speculative_request, per_token_latency
 from protocols.vocabulary import STIP_PHASES
 from protocols.workload import generation_prompt
@@ -292,7 +292,7 @@ class StipProtocol(SocketProtocol[StipConfig]):
         rows = [Row("device_embedding", "memory", module_bytes(embedding_module(self.plain_model)), "host")]
         if self.cfg.param_dcor:
             rows += parameter_dcor_rows(self.plain_model.state_dict(), self.cloud_model.state_dict(),
-                                        self.cfg.param_tensors, request.seed)
+                                        self.cfg.param_tensors, request.seed, hidden=model.hidden_size)
         return rows
 
     def expected_bytes(self, model: ModelSpec, request: RunRequest) -> tuple[int, int]:
@@ -432,12 +432,18 @@ def generation_rows(steps: list[dict], calls: list[dict], token_times: list[floa
     return rows
 
 
-def parameter_dcor_rows(original: dict, transformed: dict, max_tensors: int, seed: int) -> list[Row]:
-    """Per-vector dcor between original and transformed 2-D weights (the paper's Fig. 6a)."""
+def parameter_dcor_rows(original: dict, transformed: dict, max_tensors: int, seed: int,
+                        hidden: int | None = None) -> list[Row]:
+    """Per-vector dcor between original and transformed 2-D weights (the paper's Fig. 6a) and, given the hidden
+    size, the bias-corrected sample-wise dcor of the same matrices (metric dcor_samples_u) where one axis is
+    that wide."""
     rows: list[Row] = []
     names = [k for k, v in original.items() if v.ndim == 2 and k in transformed
              and transformed[k].shape == v.shape and "embed" not in k and "wte" not in k and "wpe" not in k]
     for j, name in enumerate(names[:max_tensors]):
         rows.append(Row("parameters", "dcor", dcor_parameters(original[name], transformed[name], seed=seed), "host",
                         repeat=j))
+        if hidden is not None and hidden in original[name].shape:
+            rows.append(Row("parameters", "dcor_samples_u", dcor_parameters_samples(
+                original[name], transformed[name], hidden, seed=seed), "host", repeat=j))
     return rows

@@ -63,8 +63,10 @@ METRICS = {
     "messages": "count",
     "throughput": "tokens/s",
     "memory": "B",
+    "memory_after_frame": "B",  # an image processor's RSS growth once it has preprocessed one frame (Fig. 8)
     "dcor": "ratio",
     "dcor_samples": "ratio",
+    "dcor_samples_u": "ratio",  # sample-wise dcor, bias-corrected (u-centred) estimator (Fig. 6a, weights)
     "max_abs_error": "abs",
     "sum_abs_error": "abs",
     "top1_agreement": "ratio",

@@ -20,6 +20,7 @@ from report import style
 from report.artifacts import Comparison, paper_value
 from report.artifacts._latency import generation_slopes, param, token_curve
 from report.artifacts._shared import experiment_rows, host_differences, spread
+from transport.link import NetworkProfile
 
 ARTIFACT = "fig7c"
 EXPERIMENTS = ("fig7c_generation",)
@@ -44,6 +45,47 @@ def slopes(results: Path) -> pd.DataFrame | None:
     return generation_slopes(rows)
 
 
+def round_trip_links(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per STIP run: the bytes of one decode round trip (uplink + downlink, socket, median over repeats) and the
+    profile it ran under (bandwidth_bps, rtt_s)."""
+    rows = rows.assign(return_mode=param(rows, "return_mode", "full"))
+    sent = rows[(rows.protocol == "stip") & rows.phase.isin(("uplink", "downlink")) & (rows.metric == "bytes")
+                & (rows.source == "socket")]
+    per = sent.groupby(["run_id", "network", "return_mode", "bandwidth_bps", "rtt_s", "repeat"]).value.sum()
+    return per.groupby(level=[0, 1, 2, 3, 4]).median().rename("round_trip_bytes").reset_index()
+
+
+def matching_bandwidth(profile: NetworkProfile, n_bytes: float, target_s: float) -> float:
+    """The bandwidth (bit/s) at which `profile`'s modelled time of one round trip carrying `n_bytes`
+    (NetworkProfile.time: rtt + 8 n / bandwidth) equals `target_s`; inf when the RTT alone reaches it."""
+    if profile.bandwidth_bps is None:
+        raise ValueError(f"profile {profile.name!r} has no bandwidth to scale (network none)")
+    room = target_s - profile.time(1, 0)
+    if room <= 0:
+        return float("inf")
+    return profile.bandwidth_bps * profile.transfer_time(n_bytes) / room  # transfer time scales as 1 / bandwidth
+
+
+def bandwidth_note(profile: NetworkProfile, n_bytes: float, paper_s: float, tolerance: float = TOLERANCE) -> str:
+    """The row's deciding assumption: the assumed bandwidth, and the bandwidths at which the profile's link time
+    on the measured bytes would equal the paper's and come within `tolerance` of it."""
+    def fmt(bps: float) -> str:
+        scale, unit = next((v, u) for v, u in ((1e9, "Gbit/s"), (1e6, "Mbit/s"), (1.0, "kbit/s")) if bps >= v)
+        return f"{bps / scale:.3g} {unit}" if unit != "kbit/s" else f"{bps / 1e3:.3g} kbit/s"
+
+    exact = matching_bandwidth(profile, n_bytes, paper_s)
+    low = matching_bandwidth(profile, n_bytes, (1 + tolerance) * paper_s)  # slowest link still within
+    high = matching_bandwidth(profile, n_bytes, (1 - tolerance) * paper_s)  # faster than this: below the band
+    if low == float("inf"):
+        within = f"never within {tolerance:.0%} (the RTT alone, {profile.rtt_s * MS:g} ms, is past it)"
+    else:
+        within = f"within {tolerance:.0%} from {fmt(low)}" + (" up" if high == float("inf") else f" to {fmt(high)}")
+    return (f"deciding assumption: bandwidth {profile.bandwidth_bps / 1e6:g} Mbit/s (assumed, the paper states none);"
+            f" on the measured {n_bytes / 1e3:.1f} kB per round trip and RTT {profile.rtt_s * MS:g} ms "
+            f"(NetworkProfile.time) the link part would equal the paper's {paper_s * MS:.0f} ms at "
+            f"{'no bandwidth' if exact == float('inf') else fmt(exact)}, {within}")
+
+
 def _median_ms(table: pd.DataFrame, **eq: object) -> tuple[float | None, pd.Series]:
     m = table
     for k, v in eq.items():
@@ -65,6 +107,8 @@ def compare(results: Path) -> list[Comparison]:
                            paper=paper_value(rid, "ms/token"), reported_id=rid, reason=f"run `{COMMAND}`")
                 for line, rid in PAPER_SLOPE.items()]
     work, diff = _workload(table), host_differences("LLaMA2-7b in the paper")
+    rows = experiment_rows(results, "fig7c_generation", runs=True)
+    links = round_trip_links(rows) if rows is not None else pd.DataFrame()
     compute_note = "the compute part of a slope is this host's (SmolLM2-135M on CPU vs LLaMA2-7b on an A100)"
     out: list[Comparison] = []
     paper_compute = paper_value(PAPER_SLOPE["full_cloud"], "ms/token")
@@ -104,12 +148,18 @@ def compare(results: Path) -> list[Comparison]:
                    f"{'10' if line == 'wired' else '250'} ms with no transfer time")
             cross = f"; measured at the socket minus no link: {socket:.0f} ms/token" + (
                 "" if base is None else f"; slope difference to no link: {slope - base:.0f} ms/token")
+            ran = links[links.run_id.isin(sel.run_id)] if len(links) else links
+            assumption = "bandwidth assumed (configs/network)"
+            if len(ran):
+                r = ran.iloc[0]
+                assumption = bandwidth_note(NetworkProfile(profile, float(r.bandwidth_bps), float(r.rtt_s)),
+                                            float(ran.round_trip_bytes.median()), paper_link / MS)
             out.append(Comparison(ARTIFACT, f"link part of a token (the profile's uplink + downlink per round trip), "
                                             f"{what}", "ms/token", "reproduced" if ok else "differs",
                                   measured=link, paper=paper_link, reported_id=rid, workload=work,
                                   spread=spread(link_vals) + cross,
                                   differences="paper: its slope minus its 12 ms full-cloud slope; here the profile's "
-                                              "link time on the measured bytes; bandwidth assumed (configs/network)",
+                                              f"link time on the measured bytes; {assumption}",
                                   reason=why, source="fig7c_generation uplink + downlink latency (modelled), per "
                                                      "decode round trip"))
     if fits:

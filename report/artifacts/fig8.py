@@ -2,8 +2,9 @@
 
 Experiment fig8_memory (task memory, every model): the embedding module materialised at its published shape and
 measured (parameter + buffer bytes, fp32), and the RSS growth of loading the tokenizer in a fresh process where
-one ships offline (SmolLM2's BPE, MiniLM's WordPiece (also the BERTs'), a ViTImageProcessor from config). The
-LLaMA-2 tokenizer of the paper's 18 MiB is gated and not available here.
+one ships offline (SmolLM2's BPE, MiniLM's WordPiece (also the BERTs'), a ViTImageProcessor from config; for the
+processor also after preprocessing one frame, protocols.memory.FRAME_HW, the paper's reading). The LLaMA-2 tokenizer
+of the paper's 18 MiB is gated and not available here.
 """
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from protocols.memory import FRAME_HW
 from report import style
 from report.artifacts import Comparison, paper_value
-from report.artifacts._shared import experiment_rows, host_differences, not_measured
+from report.artifacts._shared import experiment_rows, host_differences, not_measured, spread
 from report.paper_readings import MIB, table_mib
 
 ARTIFACT = "fig8"
 EXPERIMENTS = ("fig8_memory",)
 COMMAND = "python -m bench -m experiment=fig8_memory"
 VITS = ("vit-base", "vit-large", "vit-huge")
+SAME_MAGNITUDE = 2.0  # an RSS reading within this factor of the paper's (either way) is the same reading
 
 
 def memory_table(results: Path) -> pd.DataFrame:
@@ -37,6 +40,41 @@ def _get(table: pd.DataFrame, model: str, column: str) -> float | None:
     if row.empty or column not in row or pd.isna(row[column].iloc[0]):
         return None
     return float(row[column].iloc[0])
+
+
+def frame_mib(results: Path) -> list[float]:
+    """ViT image processor: RSS growth (MiB) after building it and preprocessing one frame, every ViT run."""
+    rows = experiment_rows(results, "fig8_memory")
+    if rows is None or "metric" not in rows:
+        return []
+    got = rows[(rows.phase == "device_tokenizer") & (rows.metric == "memory_after_frame")]
+    return sorted(float(v) / MIB for v in got.value)
+
+
+def _processor_row(results: Path, table: pd.DataFrame) -> Comparison:
+    """The paper's 3.1 MiB ViT processor against the RSS growth of building one and preprocessing one frame."""
+    paper = paper_value("fig8-tokenizer-vit", "MiB")
+    quantity = "on-device image-processor memory, ViT (RSS growth: build a ViTImageProcessor, preprocess one frame)"
+    frames = frame_mib(results)
+    load_only = _get(table, "vit-base", "tokenizer")
+    if not frames:
+        return not_measured(ARTIFACT, quantity, "MiB", COMMAND, "fig8-tokenizer-vit")
+    value = float(pd.Series(frames).median())
+    close = 1 / SAME_MAGNITUDE <= value / paper <= SAME_MAGNITUDE
+    h, w = FRAME_HW
+    return Comparison(
+        ARTIFACT, quantity, "MiB", "reproduced" if close else "differs", measured=value, paper=paper,
+        reported_id="fig8-tokenizer-vit", spread=spread(frames, fmt=".2f", of="ViT runs (fresh process each)"),
+        workload=f"ViTImageProcessor(224 px) built from config in a fresh process, then one {w}x{h} RGB frame "
+                 "preprocessed to pixel_values (held); building alone grows the RSS by "
+                 f"{load_only if load_only is not None else float('nan'):.1f} MiB",
+        differences=host_differences("deciding assumption: the paper's reading is the processor's memory once it "
+                                     "has preprocessed a frame (its first call's working memory and output), "
+                                     "not the bare object; RSS of a library's first call varies with its version "
+                                     f"and allocator, so agreement is read as within {SAME_MAGNITUDE:g}x"),
+        reason="" if close else f"{value / paper:.2g}x the paper's, beyond the {SAME_MAGNITUDE:g}x an RSS reading "
+                                "of another library version explains",
+        source="fig8_memory: device_tokenizer/memory_after_frame (host)")
 
 
 def compare(results: Path) -> list[Comparison]:
@@ -59,17 +97,7 @@ def compare(results: Path) -> list[Comparison]:
                f"{smol if smol is not None else float('nan'):.1f} MiB and MiniLM's WordPiece "
                f"{minilm if minilm is not None else float('nan'):.1f} MiB, the paper's 18 MiB lies between",
         source="fig8_memory: device_tokenizer/memory (host)"))
-    vit_tok = _get(table, "vit-base", "tokenizer")
-    out.append(Comparison(
-        ARTIFACT, "on-device image-processor memory, ViT (RSS growth of a ViTImageProcessor)", "MiB",
-        "differs" if vit_tok is not None else "not_measured", measured=vit_tok,
-        paper=paper_value("fig8-tokenizer-vit", "MiB"), reported_id="fig8-tokenizer-vit",
-        workload="ViTImageProcessor(224 px) built from config in a fresh process (no weights, no tables)",
-        differences=host_differences(),
-        reason="an image processor holds a few floats (mean, std, size); loading it grows the RSS by less than "
-               "the allocator's granularity here, so the paper's 3.1 MiB must count the library or the image "
-               "buffers" if vit_tok is not None else f"run `{COMMAND}`",
-        source="fig8_memory: device_tokenizer/memory (host)"))
+    out.append(_processor_row(results, table))
     emb70 = _get(table, "llama2-70b", "embedding")
     paper70 = paper_value("fig8-embedding-llama2-70b", "MiB")
     out.append(Comparison(
