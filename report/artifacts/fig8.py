@@ -22,7 +22,7 @@ ARTIFACT = "fig8"
 EXPERIMENTS = ("fig8_memory",)
 COMMAND = "python -m bench -m experiment=fig8_memory"
 VITS = ("vit-base", "vit-large", "vit-huge")
-SAME_MAGNITUDE = 2.0  # an RSS reading within this factor of the paper's (either way) is the same reading
+BAND = (0.8, 1.25)  # the report's band for an approximate reading (report/claims.py TOLERANCE), fixed before the data
 
 
 def memory_table(results: Path) -> pd.DataFrame:
@@ -60,7 +60,7 @@ def _processor_row(results: Path, table: pd.DataFrame) -> Comparison:
     if not frames:
         return not_measured(ARTIFACT, quantity, "MiB", COMMAND, "fig8-tokenizer-vit")
     value = float(pd.Series(frames).median())
-    close = 1 / SAME_MAGNITUDE <= value / paper <= SAME_MAGNITUDE
+    close = BAND[0] <= value / paper <= BAND[1]
     h, w = FRAME_HW
     return Comparison(
         ARTIFACT, quantity, "MiB", "reproduced" if close else "differs", measured=value, paper=paper,
@@ -71,9 +71,9 @@ def _processor_row(results: Path, table: pd.DataFrame) -> Comparison:
         differences=host_differences("deciding assumption: the paper's reading is the processor's memory once it "
                                      "has preprocessed a frame (its first call's working memory and output), "
                                      "not the bare object; RSS of a library's first call varies with its version "
-                                     f"and allocator, so agreement is read as within {SAME_MAGNITUDE:g}x"),
-        reason="" if close else f"{value / paper:.2g}x the paper's, beyond the {SAME_MAGNITUDE:g}x an RSS reading "
-                                "of another library version explains",
+                                     "and allocator"),
+        reason="" if close else f"{value / paper:.2g}x the paper's, outside the report's {BAND[0]:g}-{BAND[1]:g}x band "
+                                "(another transformers/Pillow version and allocator may explain it; not checked)",
         source="fig8_memory: device_tokenizer/memory_after_frame (host)")
 
 
