@@ -32,7 +32,8 @@ NETWORK_COLORS = {"none": "#2ca02c", "wired": "#1f77b4", "wired_oneway": "#17bec
                   "wireless_oneway": "#ff7f0e"}  # the generation curves: a colour per network profile
 PHASE_COLORS = dict(zip(STIP_PHASES, ["#aec7e8", "#6baed6", "#ff7f0e", "#7f7f7f", "#ffbb78", "#1f77b4"]))
 COLORS = {**PROTOCOL_COLORS, **{name: PROTOCOL_COLORS[p] for name, p in _DISPLAY.items()}, **PHASE_COLORS,
-          **NETWORK_COLORS, "CipherGPT": "#8c564b", "Iron": "#e377c2", "THE-X": "#bcbd22", "SPU": "#17becf"}
+          **NETWORK_COLORS, "modelled": "#bcbd22",
+          "CipherGPT": "#8c564b", "Iron": "#e377c2", "THE-X": "#bcbd22", "SPU": "#17becf"}
 NETWORK_STYLES = ["-", "--", ":", "-."]
 MARKERS = "os^Dv<>pP*"
 MEASURED = ("socket", "host", "engine")  # what a figure of measured time draws (not modelled, not shapes)
@@ -117,9 +118,9 @@ def assumed(ax: plt.Axes, text: str, loc: str = "lower right") -> None:
             bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
 
 
-def legend(ax: plt.Axes, outside: str | None = None, below: float = -0.2, **kwargs) -> None:
+def legend(ax: plt.Axes, outside: str | None = None, **kwargs) -> None:
     """One legend entry per label (repeated labels merged); `outside` ('right' or 'below') puts it beside the
-    axes, never over the data (`below`: its top in axes fractions, lower where tick labels take two lines)."""
+    axes, never over the data ('below': under the tick labels and axis label, placed by `save`)."""
     handles, labels = ax.get_legend_handles_labels()
     seen: dict[str, object] = {}
     for h, lab in zip(handles, labels):
@@ -129,15 +130,32 @@ def legend(ax: plt.Axes, outside: str | None = None, below: float = -0.2, **kwar
     if outside == "right":
         kwargs = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "frameon": False, **kwargs}
     elif outside == "below":
-        kwargs = {"loc": "upper center", "bbox_to_anchor": (0.5, below), "frameon": False, "ncol": 2, **kwargs}
-    ax.legend(list(seen.values()), list(seen), **kwargs)
+        kwargs = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.2), "frameon": False, "ncol": 2, **kwargs}
+    leg = ax.legend(list(seen.values()), list(seen), **kwargs)
+    leg.stip_below = outside == "below"  # save() moves it under whatever the x axis draws
+
+
+def _place_below(fig: plt.Figure) -> None:
+    """Lay the figure out without the legends meant to go below, then put each under its axes' tick labels and
+    x label (their height depends on rotation and line count, known only once drawn)."""
+    below = [ax.get_legend() for ax in fig.axes if getattr(ax.get_legend(), "stip_below", False)]
+    for leg in below:
+        leg.set_visible(False)
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    for leg in below:
+        ax = leg.axes
+        bottom = ax.get_tightbbox(renderer).y0
+        y = ax.transAxes.inverted().transform((0.0, bottom - 4))[1]
+        leg.set_bbox_to_anchor((0.5, y), transform=ax.transAxes)
+        leg.set_visible(True)
 
 
 def save(fig: plt.Figure, out: Path, name: str, formats: Sequence[str] = ("png",)) -> list[Path]:
     """Write <out>/<name>.<format> for each format (PNG at 150 dpi), close the figure, return the paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.{f}" for f in formats]
-    fig.tight_layout()
+    _place_below(fig)
     for p in paths:
         fig.savefig(p, dpi=150, bbox_inches="tight")
     plt.close(fig)
@@ -281,7 +299,7 @@ def model_split(ax: plt.Axes, rows: pd.DataFrame, source: str = "socket", what: 
                  colour=color("model_split" if source == "socket" else source) if d.model.nunique() == 1
                  else color(model), label=f"{what}: {model} / {net}" + (f" · {extra}" if extra else ""), p90=m["p90"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # k counts layers
-    axes(ax, "transformer layers on the device (k)", "layers", "latency per request, median; bars IQR", "ms")
+    axes(ax, "transformer layers on the device, k", "layers", "latency per request, median; bars IQR", "ms")
 
 
 def generation(ax: plt.Axes, rows: pd.DataFrame) -> pd.DataFrame:
@@ -296,7 +314,7 @@ def generation(ax: plt.Axes, rows: pd.DataFrame) -> pd.DataFrame:
         per_step = g.groupby("seq_len")["value"].median().sort_index()
         n = list(range(1, len(per_step) + 1))
         y = per_step.cumsum().to_numpy()
-        label = f"{str(proto).replace('_', ' ')} / {net}" + (f", return {mode}" if mode else "")
+        label = f"measured: {str(proto).replace('_', ' ')} / {net}" + (f", return {mode}" if mode else "")
         # a colour per network (greys for full cloud), a line style per return mode
         c = ("#7f7f7f" if net == "none" else "#404040") if proto == "full_cloud" else color(str(net))
         measured(ax, n, y, marker="", linestyle="--" if mode == "full" else "-", colour=c, label=label)

@@ -158,7 +158,7 @@ def figure(results: Path, out: Path) -> list[Path]:
         style.paper(ax, xs, [s * n for n in xs], label=f"paper: {line.replace('_', ' ')}, {s * MS:g} ms/token",
                     system=line, marker="o" if line != "wireless" else "s", line=True)
     style.title(ax, "Fig. 7(c) latency vs generated tokens", _workload(table))
-    style.legend(ax, outside="below", below=-0.16, fontsize=6)
+    style.legend(ax, outside="below", fontsize=6)
     paper_compute = paper_value(PAPER_SLOPE["full_cloud"], "ms/token")
     names = [p for p in PROFILES if p in set(table.network)]
     for i, mode in enumerate(sorted(table.return_mode.dropna().unique())):
@@ -173,5 +173,5 @@ def figure(results: Path, out: Path) -> list[Path]:
     style.axes(bx, "network profile", None, "link part of the per-token slope", "ms/token, log scale")
     style.title(bx, "link part of a token: the profile's uplink + downlink", "RTT profiles vs one-way profiles")
     style.assumed(bx, "bandwidth 100 Mbit/s wired, 20 Mbit/s wireless", loc="upper left")
-    style.legend(bx, outside="below", below=-0.3, fontsize=6)
+    style.legend(bx, outside="below", fontsize=6)
     return style.save(fig, out, "fig7c")

@@ -139,7 +139,7 @@ def figure(results: Path, out: Path) -> list[Path]:
     r = table.iloc[0]
     style.title(ax, "Fig. 7(d) latency breakdown", f"{r.model}, {r.seq_len}-token prompt -> next token, return {mode}")
     style.assumed(ax, "bandwidth 100 Mbit/s wired, 20 Mbit/s wireless", loc="lower right")
-    style.legend(ax, outside="below", below=-0.14, ncol=3, fontsize=6)
+    style.legend(ax, outside="below", ncol=3, fontsize=6)
     # Each phase on a log axis: the paper's milliseconds beside this host's hundreds of milliseconds.
     t = table[(table.protocol == "stip") & (table.return_mode == mode)]
     t = t.assign(device=t[list(DEVICE)].sum(axis=1))
@@ -160,5 +160,5 @@ def figure(results: Path, out: Path) -> list[Path]:
     bx.set_yscale("log")
     style.axes(bx, "phase of one STIP request", None, "latency, median; bars IQR over repeats", "ms, log scale")
     style.title(bx, "STIP's phases on a log axis", "the paper's numbers beside this host's")
-    style.legend(bx, outside="below", below=-0.28, ncol=2, fontsize=6)
+    style.legend(bx, outside="below", ncol=2, fontsize=6)
     return style.save(fig, out, "fig7d")

@@ -133,5 +133,5 @@ def figure(results: Path, out: Path) -> list[Path]:
     bx.set_xticks([*range(len(toks)), llama], [*(t.get_text() for t in bx.get_xticklabels()),
                                                "SentencePiece\n(LLaMA-2)\ngated: paper only"], fontsize=6)
     style.title(bx, "tokenizer, once per tokenizer", "RSS growth when loaded")
-    style.legend(bx, outside="below", below=-0.3, ncol=1, fontsize=6)
+    style.legend(bx, outside="below", ncol=1, fontsize=6)
     return style.save(fig, out, "fig8_memory")
