@@ -33,48 +33,29 @@ def _title(ax: plt.Axes, what: str, d: pd.DataFrame, keys: tuple[str, ...] = ("m
     ax.set_title(what + ("\n" + " · ".join(parts) if parts else ""))
 
 
-def _median(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Median value over repeats per group."""
-    return df.groupby(by, dropna=False)["value"].median().reset_index()
-
-
 def fig6_dcor(df: pd.DataFrame, out: Path) -> list[Path]:
-    """Fig. 6(b) over this experiment's models: per-vector and sample-wise dcor per model, permutation (STIP) vs
-    random projection (the report's Fig. 6(b) draws dcor against the hidden size from its own sweep)."""
+    """Fig. 6(b) over this experiment's models: dcor of embeddings and what is sent per transform, both conventions
+    (protocols.plotting.embedding_dcor, against the models in order of size)."""
     d = df[(df.phase == "embeddings") & df.metric.isin(["dcor", "dcor_samples"])]
     if d.model.nunique() < 2:  # a line over models needs two of them; the value is in the rows and the table
         return []
-    d = d.assign(label=pl.param(d, "transform").fillna(d.protocol))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
-    for ax, metric in zip(axes, ["dcor", "dcor_samples"]):
-        m = _median(d[d.metric == metric], ["label", "model", "n_params"])
-        for label, g in m.groupby("label"):
-            g = g.sort_values("n_params")
-            pl.measured(ax, g["model"], g["value"], label=str(label), system=str(label))
-        ax.set_title({"dcor": "per-vector (paper)", "dcor_samples": "sample-wise"}[metric])
-        ax.tick_params(axis="x", rotation=30)
-        for t in ax.get_xticklabels():
-            t.set_horizontalalignment("right")
-        pl.axes(ax, "model (hidden size grows left to right)", None, "distance correlation", "1")
-    pl.legend(axes[0])
+    fig, panels = plt.subplots(1, 2, figsize=(10, 4))
+    pl.embedding_dcor(panels, d)
+    for ax in panels:
+        pl.legend(ax, outside="below", ncol=2)
     fig.suptitle("embeddings vs what is sent — " + _values(d["model"]), fontsize=9)
     return pl.save(fig, out, "fig6_dcor", FORMATS)
 
 
 def fig6a_param_dcor(df: pd.DataFrame, out: Path) -> list[Path]:
-    """Fig. 6(a): dcor between original and transformed weights per weight row, STIP vs random projection."""
+    """Fig. 6(a): dcor between original and transformed weights per model (protocols.plotting.param_dcor)."""
     d = df[(df.phase == "parameters") & (df.metric == "dcor")]
     if d.empty:
         return []
-    d = d.assign(label=pl.param(d, "transform").fillna(d.protocol))
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    labels = sorted(d.label.unique())
-    box = ax.boxplot([d[d.label == lab]["value"] for lab in labels], tick_labels=labels, patch_artist=True)
-    for patch, lab in zip(box["boxes"], labels):
-        patch.set_facecolor(pl.color(str(lab)))
-        patch.set_alpha(0.6)
-    pl.axes(ax, "transform", None, "distance correlation (per weight row)", "1")
-    _title(ax, "original vs transformed parameters", d, ("model",))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    pl.param_dcor(ax, d)
+    _title(ax, "original vs transformed parameters", d, ())
+    pl.legend(ax, outside="below", ncol=1)
     return pl.save(fig, out, "fig6a_param_dcor", FORMATS)
 
 

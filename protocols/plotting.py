@@ -363,3 +363,49 @@ def memory(ax_embed: plt.Axes, ax_tok: plt.Axes, rows: pd.DataFrame) -> tuple[li
     ax_tok.yaxis.set_minor_formatter(NullFormatter())
     axes(ax_tok, "tokenizer", None, "tokenizer on the device", "MiB")
     return names, toks
+
+
+def param_dcor(ax: plt.Axes, rows: pd.DataFrame) -> list[str]:
+    """Fig. 6(a): per model and transform, the mean dcor of original vs transformed weight matrices (min-max bar over
+    the matrices), one x position per model (never pooled), the transforms side by side. Returns the models."""
+    d = rows[(rows.phase == "parameters") & (rows.metric == "dcor")]
+    d = d.assign(transform=param(d, "transform").fillna(d.protocol).astype(str))
+    t = d.groupby(["model", "transform"])["value"].agg(["mean", "min", "max"]).reset_index()
+    models = sorted(t.model.unique(), key=lambda m: float(d[d.model == m].n_params.max()))
+    transforms = sorted(t["transform"].unique())
+    for k, name in enumerate(transforms):
+        g = t[t["transform"] == name].set_index("model").reindex(models)
+        x = [i + (k - (len(transforms) - 1) / 2) * 0.2 for i in range(len(models))]
+        measured(ax, x, g["mean"], g["min"], g["max"], label=f"{name.replace('_', ' ')} (measured; bar: min-max)",
+                 system=name, line=False)
+    ax.set_xticks(range(len(models)), models)
+    axes(ax, "model", None, "parameter distance correlation (per weight row)", "1")
+    return models
+
+
+def embedding_dcor(panels: Sequence[plt.Axes], rows: pd.DataFrame, width: dict[str, int] | None = None,
+                   real: Iterable[str] = ()) -> None:
+    """Fig. 6(b): dcor of the embeddings and what is sent, per transform, one panel per convention (per-vector
+    `dcor`, sample-wise `dcor_samples`): against the hidden size where `width` maps model -> d (log2 axis), else
+    against the models in order of size; the models in `real` (real weights) as stars beside the lines."""
+    d = rows[(rows.phase == "embeddings") & rows.metric.isin(["dcor", "dcor_samples"])]
+    d = d.assign(transform=param(d, "transform").fillna(d.protocol).astype(str))
+    order = list(d.groupby("model").n_params.max().sort_values().index)
+    real = set(real)
+    for ax, (metric, name) in zip(panels, {"dcor": "per-vector", "dcor_samples": "sample-wise"}.items()):
+        m = d[d.metric == metric].groupby(["transform", "model"])["value"].median().reset_index()
+        m["x"] = m.model.map(width) if width else m.model.map(order.index)
+        for transform, g in m.groupby("transform"):
+            g = g.sort_values("x")
+            label = transform.replace("_", " ")
+            lines, stars = g[~g.model.isin(real)], g[g.model.isin(real)]
+            measured(ax, lines.x, lines.value, label=f"{label} (random tables)" if real else label, system=transform)
+            if not stars.empty:
+                measured(ax, stars.x, stars.value, label=f"{label} (real: {', '.join(sorted(stars.model))})",
+                         system=transform, marker="*", line=False)
+        if width:
+            ax.set_xscale("log", base=2)
+            axes(ax, "hidden size d", "features", f"distance correlation, {name}", "1")
+        else:
+            ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+            axes(ax, "model (hidden size grows left to right)", None, f"distance correlation, {name}", "1")

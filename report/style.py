@@ -23,6 +23,7 @@ from protocols.plotting import (  # noqa: F401 - the report's figures draw with 
     axes,
     breakdown,
     color,
+    embedding_dcor,
     generation,
     legend,
     measured,
@@ -30,6 +31,7 @@ from protocols.plotting import (  # noqa: F401 - the report's figures draw with 
     model_split,
     paper,
     paper_level,
+    param_dcor,
     readable,
     throughput,
 )
