@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -22,9 +23,9 @@ from protocols.palette import PROTOCOL_COLORS  # noqa: E402
 from protocols.summaries import P90_MIN, interval_frame, workload_keys  # noqa: E402
 from protocols.vocabulary import STIP_PHASES  # noqa: E402
 
-RC = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7, "axes.grid": True,
+RC: dict[str, Any] = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7, "axes.grid": True,
       "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False}
-plt.rcParams.update(RC)  # every figure of the process, the runner's and the report's, in one style
+plt.style.use(RC)  # every figure of the process, the runner's and the report's, in one style
 
 _DISPLAY = {"STIP": "stip", "full cloud": "full_cloud", "random projection": "random_projection", "CrypTen 2PC": "mpc",
             "permutation": "stip", "projection": "random_projection"}
@@ -38,6 +39,7 @@ NETWORK_STYLES = ["-", "--", ":", "-."]
 MARKERS = "os^Dv<>pP*"
 MEASURED = ("socket", "host", "engine")  # what a figure of measured time draws (not modelled, not shapes)
 LINK_VALUES = ("bandwidth_bps", "rtt_s")
+BELOW = "legend-below"  # the gid of a legend that save() places under its axes
 
 
 # ---- primitives ----------------------------------------------------------------------------------------------
@@ -122,7 +124,7 @@ def legend(ax: plt.Axes, outside: str | None = None, **kwargs) -> None:
     """One legend entry per label (repeated labels merged); `outside` ('right' or 'below') puts it beside the
     axes, never over the data ('below': under the tick labels and axis label, placed by `save`)."""
     handles, labels = ax.get_legend_handles_labels()
-    seen: dict[str, object] = {}
+    seen: dict[str, Any] = {}
     for h, lab in zip(handles, labels):
         seen.setdefault(lab, h)
     if not seen:
@@ -132,20 +134,21 @@ def legend(ax: plt.Axes, outside: str | None = None, **kwargs) -> None:
     elif outside == "below":
         kwargs = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.2), "frameon": False, "ncol": 2, **kwargs}
     leg = ax.legend(list(seen.values()), list(seen), **kwargs)
-    leg.stip_below = outside == "below"  # save() moves it under whatever the x axis draws
+    if outside == "below":
+        leg.set_gid(BELOW)  # save() moves it under whatever the x axis draws
 
 
 def _place_below(fig: plt.Figure) -> None:
     """Lay the figure out without the legends meant to go below, then put each under its axes' tick labels and
     x label (their height depends on rotation and line count, known only once drawn)."""
-    below = [ax.get_legend() for ax in fig.axes if getattr(ax.get_legend(), "stip_below", False)]
-    for leg in below:
+    below = [(ax, leg) for ax in fig.axes if (leg := ax.get_legend()) is not None and leg.get_gid() == BELOW]
+    for _, leg in below:
         leg.set_visible(False)
     fig.tight_layout()
-    renderer = fig.canvas.get_renderer()
-    for leg in below:
-        ax = leg.axes
-        bottom = ax.get_tightbbox(renderer).y0
+    fig.draw_without_rendering()
+    for ax, leg in below:
+        bbox = ax.get_tightbbox()
+        bottom = bbox.y0 if bbox is not None else ax.get_window_extent().y0
         y = ax.transAxes.inverted().transform((0.0, bottom - 4))[1]
         leg.set_bbox_to_anchor((0.5, y), transform=ax.transAxes)
         leg.set_visible(True)
