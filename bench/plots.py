@@ -117,10 +117,14 @@ def fig8_memory(df: pd.DataFrame, out: Path) -> list[Path]:
     d = df[(df.metric == "memory") & df.phase.isin(["device_embedding", "device_tokenizer"])]
     if d.empty:
         return []
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1.3]})
-    pl.memory(ax, bx, d)
+    if (d.phase == "device_tokenizer").any():
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1.3]})
+        pl.memory(ax, bx, d)
+        bx.set_title("tokenizer, once per tokenizer")
+    else:  # a run that measured the embedding only
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * d.model.nunique() + 2.5), 4))
+        pl.memory(ax, None, d)
     ax.set_title("embedding module per model")
-    bx.set_title("tokenizer, once per tokenizer")
     return pl.save(fig, out, "fig8_memory", FORMATS)
 
 

@@ -337,9 +337,9 @@ def tokenizer_of(model: str) -> str:
     return next((name for prefix, name in TOKENIZERS.items() if model.startswith(prefix)), model)
 
 
-def memory(ax_embed: plt.Axes, ax_tok: plt.Axes, rows: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """Fig. 8: the embedding module's memory per model (left) and each distinct tokenizer's once (right; median,
-    min-max over the models that load it), MiB on log axes. Returns the x labels of both panels."""
+def memory(ax_embed: plt.Axes, ax_tok: plt.Axes | None, rows: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Fig. 8: the embedding module's memory per model (left) and each distinct tokenizer's once (right, unless
+    `ax_tok` is None; median, min-max over the models that load it), MiB on log axes. Returns both panels' x labels."""
     d = rows[(rows.metric == "memory") & rows.phase.isin(["device_embedding", "device_tokenizer"])]
     emb = d[d.phase == "device_embedding"].groupby("model")["value"].median().div(2**20).sort_values()
     names = list(emb.index)
@@ -347,6 +347,8 @@ def memory(ax_embed: plt.Axes, ax_tok: plt.Axes, rows: pd.DataFrame) -> tuple[li
     ax_embed.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
     ax_embed.set_yscale("log")
     axes(ax_embed, "model", None, "embedding module on the device", "MiB")
+    if ax_tok is None:
+        return names, []
     tok = d[d.phase == "device_tokenizer"].groupby("model")["value"].median().div(2**20)
     t = tok.groupby(tok.index.map(tokenizer_of)).agg(["median", "min", "max", "count"])
     positive = t[t["median"] > 0]
