@@ -71,6 +71,6 @@ def summarize(df: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd.D
     return m.rename(columns={"q25": "lo", "q75": "hi"})[[*by, "median", "lo", "hi", "p90", "min", "max", "n"]]
 
 
-def save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
-    """Write <out>/<name>.png (150 dpi), close the figure, return [path]."""
-    return _save(fig, out, name)
+def save(fig: plt.Figure, out: Path, name: str, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Write <out>/<name>.png (150 dpi; and the other `formats`), close the figure, return the paths."""
+    return _save(fig, out, name, formats)

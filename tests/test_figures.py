@@ -15,7 +15,24 @@ from protocols import plotting
 from protocols.paths import COMMITTED_RESULTS_DIR
 from protocols.results_schema import read_rows, with_runs
 from report import style
-from report.artifacts import fig6a, fig6b, fig7a, fig7c, fig7d, fig8, fig9, millions, paper_value, tab2, traffic
+from report.artifacts import (
+    fig2,
+    fig6a,
+    fig6b,
+    fig7a,
+    fig7b,
+    fig7c,
+    fig7d,
+    fig8,
+    fig9,
+    indexing,
+    kpa_bfa,
+    millions,
+    paper_value,
+    tab2,
+    tab5,
+    traffic,
+)
 
 
 @pytest.fixture
@@ -24,7 +41,7 @@ def drawn(monkeypatch, tmp_path):
     is not in results/)."""
     figs: list[Figure] = []
 
-    def keep(fig: Figure, out: Path, name: str) -> list[Path]:
+    def keep(fig: Figure, out: Path, name: str, formats: tuple[str, ...] = ("png",)) -> list[Path]:
         plotting._place_below(fig)
         fig.canvas.draw()
         figs.append(fig)
@@ -101,7 +118,8 @@ def test_tab2_no_series_hides_another(drawn):
             assert not a & b  # d! and the unstructured Q/K key coincide in value: they must not in position
 
 
-@pytest.mark.parametrize("module", [fig6a, fig6b, fig7a, fig7c, fig7d, fig8, fig9, millions, tab2, traffic])
+@pytest.mark.parametrize("module", [fig2, fig6a, fig6b, fig7a, fig7b, fig7c, fig7d, fig8, fig9, indexing, kpa_bfa,
+                                    millions, tab2, tab5, traffic])
 def test_no_legend_covers_a_data_point(drawn, module):
     fig = drawn(module)
     renderer = fig.canvas.get_renderer()
