@@ -12,7 +12,7 @@ from bench.runs_table import join_runs, run_record, runs_frame, variants
 from protocols.summaries import accuracy_table, interval, latency_table
 from bench.answer import print_answer, run_line, summary_frame
 from report import style
-from bench.plots import request_totals
+from protocols.plotting import request_totals
 from bench.results import RunReport, atomic_write_parquet, to_frame
 from protocols.results_schema import ROWS
 from protocols.contract import Row
@@ -164,12 +164,13 @@ def test_memory_and_dcor_sweeps_print_their_quantities(tmp_path):
 
 def test_figure_points_keep_configurations_apart(tmp_path):
     from bench import plots
+    from protocols import plotting
 
     runs = pd.DataFrame({"run_id": ["a", "b"], "protocol": ["stip", "stip"], "status": ["ok", "ok"],
                          "protocol.return_mode": ["full", "topk"]})
     rows = join_runs(pd.concat([_stip_run("a"), _stip_run("b", 0.05)]), runs)
     d = rows[(rows.phase == "total") & (rows.source == "socket") & (rows.metric == "latency")]
-    points = plots._spread(d, ["protocol", "network", "model"])
+    points = plotting.spread(d, ["protocol", "network", "model"])
     assert sorted(points.value) == [pytest.approx(0.101), pytest.approx(0.201)]  # pooled: one point at 0.151
     acc = rows.assign(engine=rows.run_id.map({"a": "crypten", "b": "spu"}))
     acc.loc[acc.run_id == "b", "value"] = 0.5

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from report import style
 from report.artifacts import Comparison, paper_value
 from report.artifacts._mpc import mpc_rows, summarise
 from report.artifacts._shared import spread
@@ -125,13 +126,8 @@ def compare(results: Path) -> list[Comparison]:
 
 
 def figure(results: Path, out: Path) -> list[Path]:
-    """Fig. 2 redrawn: latency and traffic per system on a log scale, measured bars (min-max whiskers) and
-    CipherGPT's reported values as hollow markers."""
-    import matplotlib  # noqa: PLC0415 - the report draws without a display
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    """Fig. 2 redrawn: latency and traffic per system on a log scale, measured bars (min-max whiskers) in each
+    protocol's colour and CipherGPT's reported values as hollow markers on the same axes."""
     frames = [df for e in EXPERIMENTS if (df := mpc_rows(results, e)) is not None]
     if not frames:
         return []
@@ -141,28 +137,23 @@ def figure(results: Path, out: Path) -> list[Path]:
         return []
     labels = [f"{r.protocol if r.protocol != 'mpc' else r.engine + ' 2PC'}\n{r.task} {int(r.seq_len)} tok"
               for r in summary.itertuples()]
-    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(labels) + 2), 4.2))
-    x = range(len(labels))
+    fig, axes = style.figure(ncols=2, width=max(3.5, 0.55 * len(labels) + 1.5), height=4.4)
+    x = list(range(len(labels)))
+    colours = [style.color(str(p)) for p in summary.protocol]
     lat = summary.modelled_s.to_numpy()
     err = [lat - summary.modelled_min_s.to_numpy(), summary.modelled_max_s.to_numpy() - lat]
-    axes[0].bar(x, lat, yerr=err, color="tab:blue", capsize=3, label="measured (modelled on 5 Gbps / 1 ms)")
-    axes[0].axhline(paper_value("fig2-ciphergpt-latency", "s"), color="tab:red", ls="--", lw=1)
-    axes[0].plot([len(labels) - 0.5], [paper_value("fig2-ciphergpt-latency", "s")], "o", mfc="none",
-                 color="tab:red", label="CipherGPT, reported (> 25 min)")
-    axes[0].set_ylabel("latency per request (s)")
-    axes[1].bar(x, summary.bytes.to_numpy() / 2**30, color="tab:green", label="measured")
-    axes[1].plot([len(labels) - 0.5], [paper_value("fig2-ciphergpt-traffic", "GiB")], "o", mfc="none",
-                 color="tab:red", label="CipherGPT, reported (90 GiB)")
-    axes[1].set_ylabel("traffic per request (GiB)")
-    for ax in axes:
+    axes[0].bar(x, lat, yerr=err, color=colours, capsize=3, label="measured, modelled on 5 Gbps / 1 ms (bar colour: "
+                                                                  "protocol)")
+    latency = paper_value("fig2-ciphergpt-latency", "s")
+    style.paper_level(axes[0], latency, label="paper: CipherGPT, reported, s", system="CipherGPT", relation="gt")
+    style.axes(axes[0], "system and task", None, "latency per request", "s, log scale")
+    axes[1].bar(x, summary.bytes.to_numpy() / 2**30, color=colours, label="measured (bar colour: protocol)")
+    traffic = paper_value("fig2-ciphergpt-traffic", "GiB")
+    style.paper_level(axes[1], traffic, label="paper: CipherGPT, reported, GiB", system="CipherGPT")
+    style.axes(axes[1], "system and task", None, "traffic per request", "GiB, log scale")
+    for ax, what in zip(axes, ("latency", "traffic")):
         ax.set_yscale("log")
-        ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
-        ax.legend(fontsize=7)
-    fig.suptitle("Fig. 2: GPT-2 124M (random weights) on a 2-core host; CrypTen 2PC with a trusted dealer", fontsize=9)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "fig2.png", out / "fig2.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return paths
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        style.title(ax, f"Fig. 2 {what}: GPT-2 124M (random weights)", "CrypTen 2PC with a trusted dealer")
+        style.legend(ax, outside="below", ncol=1, fontsize=7)
+    return style.save(fig, out, "fig2", ("png", "pdf"))

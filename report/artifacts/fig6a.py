@@ -118,21 +118,20 @@ def compare(results: Path) -> list[Comparison]:
 
 
 def figure(results: Path, out: Path) -> list[Path]:
-    """Mean parameter dcor per model and system (min-max over tensors), the paper's GPT2-1.5b values hollow."""
-    table = param_table(results)
-    if table.empty:
+    """Mean parameter dcor per model and transform (protocols.plotting.param_dcor), the paper's GPT2-1.5b values
+    hollow beside them."""
+    rows = experiment_rows(results, "fig6a_param_dcor", runs=True)
+    if rows is None or param_table(results).empty:
         return []
-    models = [m for m in ("gpt2-1.5b", "minilm-l6", "smollm2-135m") if m in set(table.model)]
-    fig, ax = style.figure(width=5.5, height=3.8)
-    for k, system in enumerate(("STIP", "random projection")):
-        t = table[table.system == system].set_index("model").reindex(models)
-        x = [i + (k - 0.5) * 0.2 for i in range(len(models))]
-        style.measured(ax, x, t["mean"], t["min"], t["max"], label=f"{system} (measured)", system=system, line=False)
-        if "gpt2-1.5b" in models:
-            style.paper(ax, [models.index("gpt2-1.5b") + (k - 0.5) * 0.2], [paper_value(PAPER[system], "1")],
-                        label=f"paper: {system}", system=system)
-    ax.set_xticks(range(len(models)), [m + ("\n(random)" if m == "gpt2-1.5b" else "\n(real)") for m in models])
-    style.axes(ax, "model", None, "parameter distance correlation (per row)", "1")
+    fig, ax = style.figure(width=5.5, height=4.0)
+    models = style.param_dcor(ax, rows)
+    if "gpt2-1.5b" in models:
+        for k, (system, protocol) in enumerate((("STIP", "stip"), ("random projection", "random_projection"))):
+            value = paper_value(PAPER[system], "1")
+            style.paper(ax, [models.index("gpt2-1.5b") + (k - 0.5) * 0.2], [value],
+                        label=f"paper: {system}, GPT2-1.5b ({value:g})", system=protocol)
+    ax.set_xticks(range(len(models)), [m + ("\n(real)" if m in ("minilm-l6", "smollm2-135m") else "\n(random)")
+                                       for m in models])
     style.title(ax, "Fig. 6(a): original vs transformed weights", "first 8 matrices of layer 0")
-    style.legend(ax, fontsize=6)
+    style.legend(ax, outside="below", ncol=2, fontsize=6)
     return style.save(fig, out, "fig6a_param_dcor")

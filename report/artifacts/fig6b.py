@@ -125,23 +125,20 @@ def compare(results: Path) -> list[Comparison]:
 
 
 def figure(results: Path, out: Path) -> list[Path]:
-    """dcor vs hidden size, one panel per convention: STIP and random projection measured, the paper's values hollow."""
+    """dcor vs hidden size, one panel per convention (protocols.plotting.embedding_dcor): STIP and random projection
+    measured, the paper's values hollow."""
     table = dcor_table(results)
-    if table.empty:
+    rows = experiment_rows(results, "fig6_dcor", runs=True)
+    if table.empty or rows is None:
         return []
-    fig, axes = style.figure(ncols=2, width=4.6, height=3.8)
-    for ax, (metric, conv) in zip(axes, CONVENTIONS.items()):
-        for system in ("STIP", "random projection"):
-            t = table[(table.system == system) & (table.metric == metric) & ~table.real]
-            style.measured(ax, t.d, t.value, label=f"{system} (random tables)", system=system)
-            r = table[(table.system == system) & (table.metric == metric) & table.real]
-            if not r.empty:
-                style.measured(ax, r.d, r.value, label=f"{system} (real MiniLM, SmolLM2)", system=system, marker="*",
-                               line=False)
-        style.paper(ax, [128, 8192], [0.14, 0.017], label="paper: STIP", system="STIP")
-        style.paper_level(ax, 0.6, label="paper: random projection", system="random projection", relation="gt")
-        ax.set_xscale("log", base=2)
-        style.axes(ax, "hidden size d", "features", "distance correlation", "1")
+    fig, panels = style.figure(ncols=2, width=4.8, height=4.0)
+    style.embedding_dcor(panels, rows, width=_hidden_sizes(set(rows.model)), real=REAL)
+    small, large = paper_value("fig6b-stip-dcor-d128", "1"), paper_value("fig6b-stip-dcor-d8192", "1")
+    for ax, conv in zip(panels, CONVENTIONS.values()):
+        style.paper(ax, [128, 8192], [small, large], label=f"paper: STIP ({small:g} at d = 128, {large:g} at 8192)",
+                    system="STIP")
+        style.paper_level(ax, paper_value("fig6b-random-projection-dcor", "1"), label="paper: random projection",
+                          system="random projection", relation="gt")
         style.title(ax, f"Fig. 6(b), {conv} convention", "4 x 64 random tokens per width")
-        style.legend(ax, fontsize=6)
+        style.legend(ax, outside="below", ncol=1, fontsize=6)
     return style.save(fig, out, "fig6b_dcor")

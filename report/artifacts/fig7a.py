@@ -117,39 +117,36 @@ def compare(results: Path) -> list[Comparison]:
 
 
 def figure(results: Path, out: Path) -> list[Path]:
-    """Throughput vs parameter count (largest batch), STIP and full cloud filled; CipherGPT and STIP's printed
-    GPT-2 number hollow; a second panel: the batch sweep per model."""
+    """Throughput vs parameter count at each model's largest batch (protocols.plotting.throughput), CipherGPT and
+    STIP's printed GPT-2 number hollow; a second panel: the batch sweep per model, its legend beside the lines."""
     table = throughput(results)
-    if table is None:
+    rows = experiment_rows(results, "fig7a_throughput", runs=True)
+    if table is None or rows is None:
         return []
-    fig, (ax, bx) = style.figure(ncols=2)
-    for protocol, g in table.groupby("protocol"):
-        top = g[g.batch_size == g.groupby("model").batch_size.transform("max")]
-        s = style.summarize(top, ["n_params", "model"], "tokens_per_s").sort_values("n_params")
-        style.measured(ax, s.n_params, s["median"], s.lo, s.hi, label=f"{protocol.replace('_', ' ')} (measured)",
-                       system=protocol)
+    fig, (ax, bx) = style.figure(ncols=2, width=5.4, height=4.0, gridspec_kw={"width_ratios": [1, 1]})
+    top = rows.batch_size == rows.groupby("model").batch_size.transform("max")
+    style.throughput(ax, rows[top & (rows.source == "socket")])
     gpt2 = table[table.model == "gpt2-124m"].n_params.dropna()
     n124 = float(gpt2.iloc[0]) if len(gpt2) else 124e6
-    style.paper(ax, [n124], [paper_value(STIP_ID, "token/s")], label="paper: STIP", system="STIP")
-    style.paper(ax, [n124], [paper_value(CIPHERGPT_ID, "token/s")], label="paper: CipherGPT (reported)",
-                system="CipherGPT", marker="s")
+    stip, cipher = paper_value(STIP_ID, "token/s"), paper_value(CIPHERGPT_ID, "token/s")
+    style.paper(ax, [n124], [stip], label=f"paper: STIP, GPT-2 124M ({stip:,.0f})", system="STIP")
+    style.paper(ax, [n124], [cipher], label=f"paper: CipherGPT, reported ({cipher:.2g})", system="CipherGPT",
+                marker="s")
     ax.annotate("Iron, THE-X: figure only,\nno number printed", (0.03, 0.35), xycoords="axes fraction", fontsize=6)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     sizes = table.n_params.dropna().astype(float)
     ax.set_xlim(min(sizes.min(), n124) / 3, max(sizes.max(), n124) * 3)
-    style.axes(ax, "parameters", "count", "throughput", "tokens/s")
     style.title(ax, "Fig. 7(a) throughput vs model size", "largest batch here x 100 tokens, no link")
-    style.legend(ax, fontsize=6)
+    style.legend(ax, fontsize=6, loc="lower left")
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]  # one colour per model, marker per protocol
     models = list(table.sort_values("n_params").model.drop_duplicates())
     for (model, protocol), g in table.groupby(["model", "protocol"]):
         s = style.summarize(g, ["batch_size"], "tokens_per_s")
         style.measured(bx, s.batch_size, s["median"], s.lo, s.hi, label=f"{model} · {protocol.replace('_', ' ')}",
-                       colour=cycle[models.index(model) % len(cycle)], marker="o" if protocol == "stip" else "s")
+                       colour=cycle[models.index(model) % len(cycle)], marker="o" if protocol == "stip" else "s",
+                       linestyle="-" if protocol == "stip" else "--")
     bx.set_xscale("log")
     bx.set_yscale("log")
     style.axes(bx, "batch", "sequences of 100 tokens", "throughput", "tokens/s")
     style.title(bx, "batch sweep: where throughput saturates", "paper: batch 100 x 100 tokens")
-    style.legend(bx, fontsize=5)
+    style.legend(bx, outside="right", fontsize=6)
     return style.save(fig, out, "fig7a")

@@ -18,7 +18,7 @@ import pandas as pd
 
 from report import style
 from report.artifacts import Comparison, paper_value
-from report.artifacts._latency import generation_slopes, param, token_curve
+from report.artifacts._latency import generation_slopes, param
 from report.artifacts._shared import experiment_rows, host_differences, spread
 from transport.link import NetworkProfile
 
@@ -32,8 +32,6 @@ PROFILES = {"wired": ("wired", "round trip"), "wired_oneway": ("wired", "one way
             "wireless": ("wireless", "round trip"), "wireless_oneway": ("wireless", "one way")}
 TOLERANCE = 0.25  # a link part within 25% of the paper's counts as reproduced (the paper says "approximately")
 MS = 1e3
-CURVE_COLORS = {"full cloud": "#7f7f7f", "STIP none": "#2ca02c", "STIP wired": "#1f77b4",
-                "STIP wired_oneway": "#17becf", "STIP wireless": "#d62728", "STIP wireless_oneway": "#ff7f0e"}
 LOGITS_NOTE = " plus the permuted logits (49,152 fp32) at the assumed bandwidth"
 
 
@@ -192,46 +190,38 @@ def _extra_100(table: pd.DataFrame) -> float | None:
 
 
 def figure(results: Path, out: Path) -> list[Path]:
-    """Latency vs generated tokens (median repeat per line) with the paper's slopes as hollow markers; and the link
-    part per profile beside the paper's."""
+    """Latency since the first token vs tokens (protocols.plotting.generation, log-log: a constant cost per token is a
+    line of slope 1) beside the paper's slopes drawn as s x n; and the link part per profile beside the paper's."""
     table = slopes(results)
     rows = experiment_rows(results, "fig7c_generation", runs=True)
     if table is None or rows is None:
         return []
-    fig, (ax, bx) = style.figure(ncols=2)
+    fig, (ax, bx) = style.figure(ncols=2, width=5.6, height=4.2)
     rows = rows.assign(return_mode=param(rows, "return_mode", "full"))
-    for (protocol, network, mode), g in table.groupby(["protocol", "network", "return_mode"]):
-        if protocol == "stip" and mode != "topk" and (table.return_mode == "topk").any():
-            continue  # one STIP return mode on the curve panel (top-k: no logits transfer, as the paper's slopes)
-        med = g.iloc[(g.slope_s - g.slope_s.median()).abs().argmin()]
-        x, y = token_curve(rows[rows.run_id == med.run_id], int(med["repeat"]))
-        if protocol == "full_cloud" and network != "none":
-            continue
-        label = "full cloud" if protocol == "full_cloud" else f"STIP {network}"
-        ax.plot(x, y, "-", color=CURVE_COLORS.get(label, "k"), linewidth=1.5, label=f"{label} (measured)")
+    topk = (rows.return_mode == "topk").any()  # one STIP return mode (top-k: no logits transfer, as the paper's)
+    keep = (rows.protocol == "full_cloud") & (rows.network == "none") | \
+        (rows.protocol == "stip") & ((rows.return_mode == "topk") | (not topk))
+    style.generation(ax, rows[keep].assign(**{"protocol.return_mode": ""}))
+    xs = [1, 3, 10, 30, 100]
     for line, rid in PAPER_SLOPE.items():
         s = paper_value(rid, "s/token")
-        xs = [25, 50, 75, 100]
-        name = line.replace("_", " ")
-        style.paper(ax, xs, [s * n for n in xs], label=f"paper: {name} ({s * MS:g} ms/token, prefill not given)",
-                    system="full cloud" if line == "full_cloud" else "STIP", marker="o" if line != "wireless" else "s")
-    ax.set_yscale("log")
-    style.axes(ax, "generated tokens", "count", "latency since the request", "s")
+        style.paper(ax, xs, [s * n for n in xs], label=f"paper: {line.replace('_', ' ')}, {s * MS:g} ms/token",
+                    system=line, marker="o" if line != "wireless" else "s", line=True)
     style.title(ax, "Fig. 7(c) latency vs generated tokens", _workload(table))
-    style.legend(ax, fontsize=6, loc="lower right")
+    style.legend(ax, outside="below", fontsize=6)
     paper_compute = paper_value(PAPER_SLOPE["full_cloud"], "ms/token")
     names = [p for p in PROFILES if p in set(table.network)]
     for i, mode in enumerate(sorted(table.return_mode.dropna().unique())):
         links = [float((table[(table.protocol == "stip") & (table.network == p) & (table.return_mode == mode)]
                         .link_model_s * MS).median()) for p in names]
         style.measured(bx, [j + 0.15 * i for j in range(len(names))], links, label=f"measured, STIP return {mode}",
-                       system="STIP" if mode == "topk" else "stip_full", line=False, marker="os"[i % 2])
+                       colour=style.color("STIP" if mode == "topk" else "uplink"), line=False, marker="os"[i % 2])
     style.paper(bx, range(len(names)), [paper_value(PAPER_SLOPE[PROFILES[p][0]], "ms/token") - paper_compute
-                                        for p in names], label="paper: slope - 12 ms")
+                                        for p in names], label="paper: slope - 12 ms compute", system="STIP")
     bx.set_xticks(range(len(names)), [p.replace("_", "\n") for p in names])
     bx.set_yscale("log")
-    style.axes(bx, "network profile", None, "link part of the per-token slope", "ms/token")
+    style.axes(bx, "network profile", None, "link part of the per-token slope", "ms/token, log scale")
     style.title(bx, "link part of a token: the profile's uplink + downlink", "RTT profiles vs one-way profiles")
     style.assumed(bx, "bandwidth 100 Mbit/s wired, 20 Mbit/s wireless", loc="upper left")
-    style.legend(bx, fontsize=6)
+    style.legend(bx, outside="below", fontsize=6)
     return style.save(fig, out, "fig7c")

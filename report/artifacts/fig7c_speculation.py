@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file backend
-import pandas as pd  # noqa: E402
-
+from report import style
 from report.artifacts import Comparison, paper_value
 from report.artifacts._shared import experiment_rows, spread
 
@@ -123,33 +120,25 @@ def figure(results: Path, out: Path) -> list[Path]:
     if not found:
         return []
     nets = [n for n in ("none", "wired", "wireless") if n in found] + sorted(set(found) - {"none", "wired", "wireless"})
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = style.figure(width=6.4, height=4.2)
     x = range(len(nets))
-    for shift, key, label, color in ((-0.15, "plain", "STIP, one round trip per token (measured)", "tab:blue"),
-                                     (0.15, "spec", "STIP + prompt-lookup speculation (measured)", "tab:orange")):
+    for shift, key, label, colour in ((-0.15, "plain", "STIP, one round trip per token (measured)", "stip"),
+                                      (0.15, "spec", "STIP + prompt-lookup speculation (measured)", "uplink")):
         med = [float(found[n][key].median()) for n in nets]
-        lo = [med[i] - float(found[n][key].min()) for i, n in enumerate(nets)]
-        hi = [float(found[n][key].max()) - med[i] for i, n in enumerate(nets)]
-        ax.errorbar([i + shift for i in x], med, yerr=[lo, hi], fmt="o", color=color, label=label, capsize=3)
-    labelled = False
+        style.measured(ax, [i + shift for i in x], med, [float(found[n][key].min()) for n in nets],
+                       [float(found[n][key].max()) for n in nets], label=label, colour=style.color(colour),
+                       line=False)
     for i, n in enumerate(nets):
         ax.annotate(f"{float(found[n]['trips'].median()):.2f} trips/token",
                     (i + 0.15, float(found[n]["spec"].median())), textcoords="offset points",
-                    xytext=(6, -12), fontsize=8)
-        if n in NETWORKS:
-            ax.plot([i], [paper_value(NETWORKS[n], "ms/token")], "s", mfc="none", mec="black", ms=9,
-                    label=None if labelled else "paper, STIP LLaMA2-7b (30 / 510 ms per token)")
-            labelled = True
+                    xytext=(6, -12), fontsize=7)
+    paper = [(i, paper_value(NETWORKS[n], "ms/token")) for i, n in enumerate(nets) if n in NETWORKS]
+    if paper:
+        style.paper(ax, [i for i, _ in paper], [v for _, v in paper], marker="s", system="STIP",
+                    label="paper: STIP LLaMA2-7b (" + " / ".join(f"{v:g}" for _, v in paper) + " ms per token)")
     ax.set_xticks(list(x), [f"{n}\n(RTT {found[n]['rtt_ms']:.0f} ms)" for n in nets])
-    ax.set_ylabel("latency per generated token (ms)")
     ax.set_yscale("log")
-    ax.set_title("Fig. 7(c) + speculation: SmolLM2-135M, shipped prompt suite, greedy\n"
-                 "(min-max over prompts; shared 2-core CPU host)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "fig7c_speculation.png", out / "fig7c_speculation.pdf"]
-    for p in paths:
-        fig.savefig(p)
-    plt.close(fig)
-    return paths
+    style.axes(ax, "network profile", None, "latency per generated token", "ms, log scale")
+    style.title(ax, "Fig. 7(c) + speculation: SmolLM2-135M", "shipped prompt suite, greedy; median, bars min-max")
+    style.legend(ax, outside="below", ncol=1, fontsize=7)
+    return style.save(fig, out, "fig7c_speculation", ("png", "pdf"))

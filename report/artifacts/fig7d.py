@@ -150,48 +150,46 @@ def _llama_device_row(results: Path, paper_dev: float) -> Comparison:
 
 
 def figure(results: Path, out: Path) -> list[Path]:
-    """Stacked phases per (protocol, network), measured; the paper's device and cloud times as hollow markers."""
+    """Left: the measured phases stacked per (protocol, network) (protocols.plotting.breakdown) above the paper's
+    own bars; right: each phase of STIP on a log axis, where the paper's 1.7 ms device and 12 ms cloud are
+    readable beside this host's."""
     table = phases(results)
-    if table is None:
+    rows = experiment_rows(results, "fig7d_breakdown", runs=True)
+    if table is None or rows is None:
         return []
     mode = "topk" if (table.return_mode == "topk").any() else "full"
-    t = table[table.return_mode == mode]
-    med = t.groupby(["network", "protocol"])[list(PHASES)].median() * MS
-    fig, (ax, bx) = style.figure(ncols=2, width=5.5)
-    x = range(len(med))
-    bottom = [0.0] * len(med)
-    colors = {"device_embed": "#aec7e8", "device_permute": "#6baed6", "uplink": "#ff7f0e", "cloud_compute": "#7f7f7f",
-              "downlink": "#ffbb78", "device_recover": "#1f77b4"}
-    for phase in PHASES:
-        vals = med[phase].tolist()
-        ax.bar(x, vals, bottom=bottom, color=colors[phase], label=phase.replace("_", " "))
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    labels = [f"{p.replace('_', ' ')}\n{n}" for n, p in med.index]
-    ax.set_xticks(list(x), labels, fontsize=7)
-    for i, (_, p) in enumerate(med.index):
-        rid = "fig7d-cloud-stip" if p == "stip" else "fig7d-cloud-full-cloud"
-        style.paper(ax, [i], [paper_value(rid, "ms")], label="paper: cloud (12 / 11 ms)", system="paper")
-        if p == "stip":
-            style.paper(ax, [i], [paper_value("fig7d-device-extra", "ms")], label="paper: device extra (1.7 ms)",
-                        system="device", marker="D")
-    r = t.iloc[0]
-    style.axes(ax, "protocol and network profile", None, "latency of one request", "ms")
+    rows = rows[param(rows, "return_mode", "full") == mode]
+    cloud = {p: paper_value(f"fig7d-cloud-{p.replace('_', '-')}", "s") for p in ("full_cloud", "stip")}
+    device = paper_value("fig7d-device-extra", "s")
+    n_bars = len(rows.groupby(["protocol", "network"])) + 2
+    fig, (ax, bx) = style.figure(ncols=2, width=5.8, height=0.32 * n_bars + 2.6,
+                                 gridspec_kw={"width_ratios": [1.25, 1]})
+    style.breakdown(ax, rows, extra={"paper: full cloud (4x A100)": {"cloud_compute": cloud["full_cloud"]},
+                                     "paper: STIP (4x A100)": {"device_embed": device, "cloud_compute": cloud["stip"]}})
+    ax.tick_params(axis="y", labelsize=7)
+    r = table.iloc[0]
     style.title(ax, "Fig. 7(d) latency breakdown", f"{r.model}, {r.seq_len}-token prompt -> next token, return {mode}")
-    style.assumed(ax, "bandwidth 100 Mbit/s wired, 20 Mbit/s wireless", loc="upper left")
-    style.legend(ax, fontsize=6, loc="upper right")
-    # Without the cloud's compute (which dwarfs the rest on this CPU): what STIP adds, on the device and the link.
-    parts = {"device (embed + permute + recover)": med[list(DEVICE)].sum(axis=1), "uplink": med["uplink"],
-             "downlink": med["downlink"]}
-    width = 0.8 / len(parts)
-    for j, (name, vals) in enumerate(parts.items()):
-        bx.bar([i + (j - 1) * width for i in x], vals.tolist(), width=width, label=name,
-               color=("#6baed6", "#ff7f0e", "#ffbb78")[j])
-    for i, (_, p) in enumerate(med.index):
-        if p == "stip":
-            style.paper(bx, [i - width], [paper_value("fig7d-device-extra", "ms")],
-                        label="paper: device extra (1.7 ms)", system="device", marker="D")
-    bx.set_xticks(list(x), labels, fontsize=7)
-    style.axes(bx, "protocol and network profile", None, "latency of the phase", "ms")
-    style.title(bx, "device and link phases only", "STIP's communication cost: permuted embeddings up")
-    style.legend(bx, fontsize=6)
+    style.assumed(ax, "bandwidth 100 Mbit/s wired, 20 Mbit/s wireless", loc="lower right")
+    style.legend(ax, outside="below", ncol=3, fontsize=6)
+    # Each phase on a log axis: the paper's milliseconds beside this host's hundreds of milliseconds.
+    t = table[(table.protocol == "stip") & (table.return_mode == mode)]
+    t = t.assign(device=t[list(DEVICE)].sum(axis=1))
+    groups = {"device\n(embed + permute\n+ recover)": "device", "uplink": "uplink", "cloud\ncompute": "cloud_compute",
+              "downlink": "downlink"}
+    nets = sorted(t.network.unique())
+    for j, net in enumerate(nets):
+        g = t[t.network == net]
+        meds = [float(g[c].median() * MS) for c in groups.values()]
+        lo = [float(g[c].quantile(0.25) * MS) for c in groups.values()]
+        hi = [float(g[c].quantile(0.75) * MS) for c in groups.values()]
+        x = [i + (j - (len(nets) - 1) / 2) * 0.12 for i in range(len(groups))]
+        style.measured(bx, x, meds, lo, hi, label=f"measured: STIP / {net}", colour=style.color(net), line=False)
+    style.paper(bx, [0, 2], [device * MS, cloud["stip"] * MS],
+                label=f"paper: STIP (device +{device * MS:g} ms, cloud {cloud['stip'] * MS:g} ms)",
+                system="STIP", marker="D")
+    bx.set_xticks(range(len(groups)), list(groups), fontsize=7)
+    bx.set_yscale("log")
+    style.axes(bx, "phase of one STIP request", None, "latency, median; bars IQR over repeats", "ms, log scale")
+    style.title(bx, "STIP's phases on a log axis", "the paper's numbers beside this host's")
+    style.legend(bx, outside="below", ncol=2, fontsize=6)
     return style.save(fig, out, "fig7d")

@@ -17,6 +17,7 @@ from report import style
 from report.artifacts import Comparison, paper_value
 from report.artifacts._shared import experiment_rows, host_differences, not_measured, spread
 from report.paper_readings import MIB, table_mib
+from report.reported import reported_by_id
 
 ARTIFACT = "fig8"
 EXPERIMENTS = ("fig8_memory",)
@@ -129,32 +130,36 @@ def compare(results: Path) -> list[Comparison]:
 
 
 def figure(results: Path, out: Path) -> list[Path]:
-    """Device memory per model (embedding + tokenizer, stacked as points), the paper's numbers hollow."""
-    table = memory_table(results)
-    if table.empty:
+    """The embedding module per model and each tokenizer once (protocols.plotting.memory), MiB on log axes, the
+    paper's 903 MiB, ViT range, 18 MiB LLaMA-2 tokenizer and 3.1 MiB ViT image processor hollow beside them."""
+    rows = experiment_rows(results, "fig8_memory")
+    if rows is None or memory_table(results).empty:
         return []
-    table = table.sort_values("embedding")
-    x = list(range(len(table)))
-    fig, ax = style.figure(width=8.0, height=4.0)
-    style.measured(ax, x, table.embedding, label="embedding module (fp32, measured)", system="STIP", line=False)
-    tok = table.tokenizer.fillna(float("nan")) if "tokenizer" in table else pd.Series(float("nan"), index=table.index)
-    keep = [i for i, v in enumerate(tok) if pd.notna(v) and v > 0]
-    style.measured(ax, [x[i] for i in keep], [tok.iloc[i] for i in keep], label="tokenizer (RSS growth, measured)",
-                   system="tokenizer", marker="s", line=False)
-    names = list(table.model)
+    fig, (ax, bx) = style.figure(ncols=2, width=5.0, height=4.4, gridspec_kw={"width_ratios": [2.2, 1]})
+    names, toks = style.memory(ax, bx, rows)
     pos = {n: i for i, n in enumerate(names)}
     if "llama2-70b" in pos:
-        style.paper(ax, [pos["llama2-70b"]], [903.0], label="paper: embedding", system="STIP")
+        style.paper(ax, [pos["llama2-70b"]], [paper_value("fig8-embedding-llama2-70b", "MiB")],
+                    label="paper: LLaMA2-70b embedding", system="STIP")
     vits = [pos[v] for v in VITS if v in pos]
+    vit = reported_by_id()["fig8-embedding-vit"].value
     if vits:  # the paper gives a range over the three ViTs, not one value per model: a hollow band
-        ax.fill_between([min(vits) - 0.3, max(vits) + 0.3], 3.9, 4.9, facecolor="none", edgecolor=style.color("STIP"),
-                        hatch="///", linewidth=1, label="paper: ViT embeddings, 3.9-4.9 MiB (range over the three)")
-    if "smollm2-135m" in pos:
-        style.paper(ax, [pos["smollm2-135m"]], [18.0], label="paper: LLaMA-2 tokenizer (18 MiB, at SmolLM2's x)",
-                    system="tokenizer", marker="s")
-    ax.set_yscale("log")
-    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
-    style.axes(ax, "model (published shape; real weights: minilm-l6, smollm2-135m)", None, "device memory", "MiB")
-    style.title(ax, "Fig. 8: on-device memory of STIP's data owner", "embedding module fp32; tokenizer RSS growth")
-    style.legend(ax, fontsize=6, loc="upper left")
+        ax.fill_between([min(vits) - 0.3, max(vits) + 0.3], vit.low, vit.high, facecolor="none",
+                        edgecolor=style.color("STIP"), hatch="///", linewidth=1,
+                        label=f"paper: ViT embeddings, {vit.low:g}-{vit.high:g} MiB (range over the three)")
+    style.title(ax, "Fig. 8: STIP device memory, embedding module", "fp32 at the published shape")
+    style.legend(ax, loc="upper left", fontsize=6)
+    llama = len(toks)  # the paper's LLaMA-2 tokenizer is gated: its own position, paper value only
+    llama_mib = paper_value("fig8-tokenizer-llama2", "MiB")
+    style.paper(bx, [llama], [llama_mib], label=f"paper: LLaMA-2 tokenizer, {llama_mib:g} MiB",
+                system="cloud_compute", marker="s")
+    vit_x = next((i for i, t in enumerate(toks) if "ViT" in t), None)
+    if vit_x is not None:
+        vit_mib = paper_value("fig8-tokenizer-vit", "MiB")
+        style.paper(bx, [vit_x], [vit_mib], label=f"paper: ViT image processor, {vit_mib:g} MiB",
+                    system="cloud_compute", marker="D")
+    bx.set_xticks([*range(len(toks)), llama], [*(t.get_text() for t in bx.get_xticklabels()),
+                                               "SentencePiece\n(LLaMA-2)\ngated: paper only"], fontsize=6)
+    style.title(bx, "tokenizer, once per tokenizer", "RSS growth when loaded")
+    style.legend(bx, outside="below", ncol=1, fontsize=6)
     return style.save(fig, out, "fig8_memory")

@@ -70,22 +70,23 @@ def compare(results: Path) -> list[Comparison]:
 
 
 def figure(results: Path, out: Path) -> list[Path]:
-    """Latency vs device layers, measured (same host) and modelled (declared slowdown); no paper numbers printed."""
+    """Latency vs device layers, measured (same host) and modelled (declared slowdown), drawn by
+    protocols.plotting.model_split; the paper prints no latency, only that embedding only (k = 0) is fastest."""
     table = latencies(results)
-    if table is None:
+    rows = experiment_rows(results, "fig9_model_split", runs=True)
+    if table is None or rows is None:
         return []
-    fig, ax = style.figure()
-    for source, g in table.groupby("source"):
-        s = style.summarize(g.assign(value=g.value * 1e3), ["k"]).sort_values("k")
-        slowdown = float(g.slowdown.iloc[0])
-        label = (f"modelled: device x {slowdown:g} slower" if source == "modelled" else "measured (one host)")
-        style.measured(ax, s.k, s["median"], s.lo, s.hi, label=label, system="model_split" if source == "socket"
-                       else "modelled")
+    fig, ax = style.figure(width=6.0, height=4.2)
+    style.model_split(ax, rows, source="socket", what="measured (one host)")
+    slowdown = float(table[table.source == "modelled"].slowdown.max()) if (table.source == "modelled").any() else None
+    if slowdown is not None:
+        style.model_split(ax, rows, source="modelled", what=f"modelled: device x {slowdown:g} slower")
+    ax.axvline(0, color=style.color("STIP"), linestyle="--", linewidth=1,
+               label="paper: fastest at k = 0 (embedding only); latency rises with k, no values printed")
     r = table.iloc[0]
-    style.axes(ax, "transformer layers on the device", "layers", "end-to-end latency", "ms")
-    style.title(ax, "Fig. 9 model split (paper: latency rises with k; no values printed)",
-                f"{r.model}, {r.seq_len} tokens, {r.network}")
-    style.assumed(ax, f"device {float(table.slowdown.max()):g}x slower than the cloud; 100 Mbit/s wired",
-                  loc="upper left")
-    style.legend(ax, fontsize=7, loc="best")
+    ax.set_xlim(left=-0.8)  # the paper's k = 0 line clear of the axis
+    style.title(ax, "Fig. 9 model split", f"{r.model}, {r.seq_len} tokens, {r.network}")
+    style.legend(ax, outside="below", ncol=1, fontsize=7,
+                 title="assumed: " + (f"device {slowdown:g}x slower than the cloud; " if slowdown else "")
+                 + "100 Mbit/s wired", title_fontsize=7)
     return style.save(fig, out, "fig9")

@@ -160,25 +160,36 @@ def compare(results: Path) -> list[Comparison]:
 
 
 def figure(results: Path, out: Path) -> list[Path]:
-    """2PC / STIP latency per workload (log scale) beside the paper's 'millions' (> 1e6) and its 6.8e7."""
+    """2PC / STIP latency ratio per workload on a log axis, one row each (labels never collide), beside the paper's
+    'millions' (> 1e6), its printed 6.7e6 and its own quotient 45,366 / 6.7e-4."""
     table = pairs(results)
     table = table.dropna(subset=["ratio"]) if not table.empty else table
     if table.empty:
         return []
-    fig, ax = style.figure(width=6)
-    labels = [f"{r.model}\n{r.seq_len} tok · {r.network}" for r in table.itertuples()]
-    style.measured(ax, labels, table.ratio, table.ratio, table.mpc_slowest_s / table.stip_s,
-                   label="measured: CrypTen 2PC / STIP (bar: fastest to slowest approximation)", system="CrypTen 2PC",
-                   line=False)
-    style.paper_level(ax, MILLION, label="paper: 'millions of times'", system="STIP", relation="gt")
-    gain = paper_value("fig7a-stip-gpt2-124m-throughput", "token/s") / paper_value("fig7a-ciphergpt-throughput",
-                                                                                      "token/s")
-    style.paper(ax, ["gpt2-124m\n(paper's own numbers)"], [gain],
-                label="paper: 45,366 / 6.7e-4 (STIP on 4x A100 vs CipherGPT as reported)",
-                system="CipherGPT", marker="D")
-    ax.set_yscale("log")
-    ax.tick_params(axis="x", labelsize=7)
-    style.axes(ax, "workload (model, tokens, network)", None, "latency ratio 2PC / STIP", "x")
-    style.title(ax, "'Millions of times': secure 2PC vs STIP on one host", "same model, tokens and network")
-    style.legend(ax, loc="center right")
+    labels = [f"{r.model}, {r.seq_len} tokens, {r.network}" for r in table.itertuples()]
+    printed = paper_value("fig7b-throughput-improvement", "x")
+    stip_tp = paper_value("fig7a-stip-gpt2-124m-throughput", "token/s")
+    cipher_tp = paper_value("fig7a-ciphergpt-throughput", "token/s")
+    rows = ["paper: GPT-2 124M, printed", "paper: GPT-2 124M, its own quotient", *labels]
+    fig, ax = style.figure(width=7.5, height=0.32 * len(rows) + 2.2)
+    y = {name: i for i, name in enumerate(rows)}
+    lo = table.ratio.tolist()
+    hi = (table.mpc_slowest_s / table.stip_s).tolist()
+    ax.errorbar(table.ratio, [y[n] for n in labels], xerr=[[0.0] * len(lo), [max(h - m, 0.0) for m, h in zip(lo, hi)]],
+                fmt="o", color=style.color("CrypTen 2PC"), capsize=3,
+                label="measured: CrypTen 2PC / STIP, same host (bar: fastest to slowest approximation)")
+    ax.plot([printed], [y[rows[0]]], "D", markerfacecolor="none", markeredgewidth=1.5, markersize=8,
+            color=style.color("CipherGPT"), label=f"paper: printed improvement over CipherGPT ({printed:.2g})")
+    ax.plot([stip_tp / cipher_tp], [y[rows[1]]], "s", markerfacecolor="none", markeredgewidth=1.5, markersize=8,
+            color=style.color("CipherGPT"),
+            label=f"paper's numbers: {stip_tp:,.0f} / {cipher_tp:.2g} token/s = {stip_tp / cipher_tp:.2g}")
+    ax.axvline(MILLION, color=style.color("STIP"), linestyle="--", linewidth=1,
+               label="paper: 'millions of times' (> 1e6)")
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(stip_tp / cipher_tp, printed) * 4)
+    style.axes(ax, "2PC latency / STIP latency", "x, log scale", "workload", None)
+    style.title(ax, "'Millions of times': secure 2PC vs STIP", "measured rows: same model, tokens, network, host")
+    style.legend(ax, outside="below", ncol=1, fontsize=7)
     return style.save(fig, out, "millions_ratio")
