@@ -123,14 +123,19 @@ class Party:
 
     def enter(self) -> None:
         """Move the calling process (a forked party, before it opens any socket) into this namespace."""
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{self.netns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns into {self.netns}: {os.strerror(err)}")
-        finally:
-            os.close(fd)
+        enter_netns(self.netns)
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling process into network namespace `name` (`ip netns` names it under /run/netns)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into network namespace {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 class Namespaces:
