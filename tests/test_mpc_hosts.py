@@ -14,6 +14,7 @@ from transformers import BertConfig, BertModel
 from baselines.mpc import hosts
 from baselines.mpc.forward import extract_weights
 from baselines.mpc.session import Job, run_mpc_forward
+from transport import netns
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,3 +84,36 @@ def test_remote_rank_from_the_printed_command_matches_the_single_host_run_to_the
                 assert a.phases[name][metric] == b.phases[name][metric], (name, metric)
         assert a.weight_open_bytes == b.weight_open_bytes
     assert placed.setup["bytes"] == local.setup["bytes"]
+
+
+NETNS = netns.unavailable_reason()
+
+
+@pytest.mark.slow  # 50 s on the loaded 2-core host (two runs of two CrypTen parties)
+@pytest.mark.skipif(NETNS is not None, reason=f"no network namespaces here: {NETNS}")
+def test_a_crypten_pair_across_namespaces_gives_the_loopback_bytes_and_rounds(tmp_path, capfd):
+    """Rank 1 forked into the device namespace, rank 0 started by its printed command in the server namespace
+    (`ip netns exec`), meeting over a tcp:// rendezvous through a 200 Mbit/s tbf link."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 vocab_size=100)).eval()
+    ids = torch.randint(0, 100, (1, 6), generator=torch.Generator().manual_seed(0))
+    local = run_mpc_forward(model, ids, approx="puma", timeout_s=120, seed=0)
+    before = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True).stdout
+    with netns.Namespaces(["server", "device"], rate_bps=200e6) as ns:
+        server, device = ns.parties["server"], ns.parties["device"]
+        place = hosts.placement(cfg(rendezvous=f"tcp://{server.address}:29500", hosts=[server.address,
+                                    device.address], allow_network=True, netns={1: device.netns}), 2, "TFP")
+
+        def launch(rank: int, argv: list[str]) -> subprocess.Popen:
+            return subprocess.Popen(ns.parties["server"].exec_argv(argv), cwd=REPO,
+                                    env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+
+        placed = run_mpc_forward(model, ids, approx="puma", timeout_s=120, seed=0, place=place, launch=launch)
+        sent = ns.qdiscs("device")
+    assert torch.equal(placed.output, local.output)
+    total, ref = placed.runs[0].phases["total"], local.runs[0].phases["total"]
+    assert (total["bytes"], total["rounds"]) == (ref["bytes"], ref["rounds"])
+    sent_bytes = int(sent.split("Sent ")[1].split(" bytes")[0])  # what the device's tbf passed, headers included
+    assert sent_bytes >= ref["bytes_party1"] / 2 * 0.9  # CrypTen counts sent + received at each party
+    assert subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True).stdout == before
