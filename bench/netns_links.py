@@ -47,7 +47,7 @@ PROTOCOLS = ("stip", "full_cloud", "mpc")
 class LinksCfg:
     experiment_name: str = "netns_links"
     results_dir: str = "outputs/results"
-    runs_dir: str = "outputs/runs"
+    runs_dir: str = "outputs/netns_links_runs"  # not the runner's runs folder: aggregate reads that one
     models: list = field(default_factory=lambda: ["bert-tiny", "bert-medium"])
     rates: list = field(default_factory=lambda: [1e8, 1e9])  # bits/s of the tbf limit (and one run unlimited)
     protocols: list = field(default_factory=lambda: list(PROTOCOLS))
