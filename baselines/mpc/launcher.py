@@ -10,7 +10,9 @@ No party outlives the runner, however it ends: each party runs transport.process
 (kernel SIGTERM on the parent's death on Linux, a watchdog on the parent's pid everywhere), either of
 which removes the rendezvous folder and kills the party's group; a
 SIGTERM to the runner kills and reaps the parties before the runner dies. Gloo is bound to the
-loopback interface: local parties never listen on a LAN address.
+loopback interface: local parties never listen on a LAN address. A placement (baselines/mpc/hosts.py,
+`parties.*`) instead starts only the local ranks, each bound to its configured address (in its namespace if
+it has one), and prints the command of every remote rank; the device then reports every rank's counters.
 """
 from __future__ import annotations
 
