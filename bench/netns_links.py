@@ -251,13 +251,16 @@ def main(argv: list[str]) -> Path:
         atomic_write_json(out / "skipped.json", {"reason": reason, "provenance": provenance()})
         print(f"netns_links skipped: {reason}")
         return out
+    load_before = os.getloadavg()
     frame = run(cfg)
     frame.to_csv(out / "rows.csv", index=False)
     tab = table(frame)
     tab.to_csv(out / "links_table.csv", index=False)
     (out / "links_table.md").write_text(markdown(tab))
     atomic_write_json(out / "run.json", {"config": OmegaConf.to_container(OmegaConf.structured(cfg)),
-                                         "netem": netns.netem_problem() or "available", "provenance": provenance()})
+                                         "netem": netns.netem_problem() or "available", "provenance": provenance(),
+                                         # timings of a loaded host are not results: re-take them on a quiet one
+                                         "load_average_before": load_before, "load_average_after": os.getloadavg()})
     print(tab.to_string(index=False))
     return out
 
