@@ -117,3 +117,14 @@ def test_a_crypten_pair_across_namespaces_gives_the_loopback_bytes_and_rounds(tm
     sent_bytes = int(sent.split("Sent ")[1].split(" bytes")[0])  # what the device's tbf passed, headers included
     assert sent_bytes >= ref["bytes_party1"] / 2 * 0.9  # CrypTen counts sent + received at each party
     assert subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True).stdout == before
+
+
+def test_parties_with_another_protocol_are_refused_by_name():
+    from bench.validate import parties_problems
+
+    assert parties_problems({"rendezvous": None}, {"name": "stip"}) == []
+    assert parties_problems({"rendezvous": "file:///x"}, {"name": "mpc", "engine": "crypten"}) == []
+    (problem,) = parties_problems({"rendezvous": "file:///x"}, {"name": "stip"})
+    assert "protocol=mpc" in problem and "cloud.address" in problem
+    (problem,) = parties_problems({"rendezvous": "file:///x"}, {"name": "mpc", "engine": "spu"})
+    assert "engine='spu'" in problem
