@@ -43,7 +43,7 @@ from bench.results import (
 from bench.schema import RootConfig, labelled_network
 from bench.status import run_status
 from bench.validate import ConfigError, check_run_config, sweep_without_multirun
-from protocols.contract import Protocol, RemoteCloudConfig, RunRequest
+from protocols.contract import PartiesConfig, Protocol, RemoteCloudConfig, RunRequest
 from protocols.models import build_spec
 from protocols.paths import config_dir
 from protocols.results_schema import ROWS
@@ -87,6 +87,9 @@ def run_key(cfg: Mapping[str, Any]) -> dict:
     address = (cfg.get("cloud") or {}).get("address")
     if address:  # a remote cloud is another measurement (a real link); local run ids stay as they were
         key["cloud_address"] = address
+    parties = cfg.get("parties") or {}
+    if parties.get("rendezvous"):  # MPC parties placed elsewhere: another measurement (namespaces are not part of it)
+        key["parties"] = {k: parties.get(k) for k in ("rendezvous", "hosts")}
     return key
 
 
@@ -102,6 +105,12 @@ def remote_cloud_of(cfg: Mapping[str, Any]) -> RemoteCloudConfig | None:
     """The `cloud.*` options as a RemoteCloudConfig, or None when the runner starts its own cloud."""
     cloud = dict(cfg.get("cloud") or {})
     return RemoteCloudConfig(**cloud) if cloud.get("address") else None
+
+
+def parties_of(cfg: Mapping[str, Any]) -> PartiesConfig | None:
+    """The `parties.*` options as a PartiesConfig, or None when every MPC party runs on this host's loopback."""
+    parties = dict(cfg.get("parties") or {})
+    return PartiesConfig(**parties) if parties.get("rendezvous") else None
 
 
 def run_dir_of(cfg: Mapping[str, Any]) -> Path:
@@ -195,7 +204,7 @@ def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
         protocol = make_protocol(c["protocol"])
         network = network_profile(c["network"])
         request = RunRequest(**c["run"], workdir=work, cloud_timeout_s=float(c.get("cloud_timeout_s", 120)),
-                             remote_cloud=remote_cloud_of(c))
+                             remote_cloud=remote_cloud_of(c), parties=parties_of(c))
         log.info("run %s: model=%s protocol=%s network=%s task=%s", rid, spec.name, protocol.name, network.name,
                  request.task)
         sampler = RunConditions(request.threads).start()  # sets the device's threads; host load before

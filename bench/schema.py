@@ -12,11 +12,12 @@ from typing import Any, Iterable, Mapping
 
 from bench.protocol_configs import protocol_class
 from protocols.catalog import shipped_networks
-from protocols.contract import RemoteCloudConfig, RunRequest
+from protocols.contract import PartiesConfig, RemoteCloudConfig, RunRequest
 from protocols.models import ModelConfig
 from transport.link import NetworkProfile, link_label
 
-RUNNER_FIELDS = ("workdir", "cloud_timeout_s", "remote_cloud")  # RunRequest fields the runner fills, not run.*
+# RunRequest fields the runner fills, not run.*
+RUNNER_FIELDS = ("workdir", "cloud_timeout_s", "remote_cloud", "parties")
 
 
 @dataclass
@@ -35,6 +36,7 @@ class RootConfig:
     network: NetworkProfile
     run: dict  # keys: RunRequest less RUNNER_FIELDS
     cloud: RemoteCloudConfig
+    parties: PartiesConfig
     lock_timeout_s: float = 3600.0  # +lock_timeout_s=: how long a run waits for another writer of its folder
     keep_checkpoints: bool = False  # +keep_checkpoints=true: keep the run's work folder (cloud checkpoint, keys)
 
@@ -73,6 +75,7 @@ def schema_problems(cfg: Mapping[str, Any]) -> list[str]:
         "network": field_names(NetworkProfile),
         "run": [k for k in field_names(RunRequest) if k not in RUNNER_FIELDS],
         "cloud": field_names(RemoteCloudConfig),
+        "parties": field_names(PartiesConfig),
         "protocol": protocol_keys(cfg.get("protocol") or {}),
     }
     out = unknown_key_problems(cfg, field_names(RootConfig), "")

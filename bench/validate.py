@@ -141,6 +141,19 @@ def cloud_problems(cloud: Mapping[str, Any], network: Mapping[str, Any]) -> list
     return out
 
 
+def parties_problems(parties: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
+    """`parties.*` places CrypTen's ranks only: set with another protocol or engine it would be silently ignored."""
+    if not parties.get("rendezvous"):
+        return []
+    if protocol.get("name") != "mpc" or protocol.get("engine", "crypten") != "crypten":
+        return [f"parties.rendezvous={parties.get('rendezvous')!r} places CrypTen's parties, but this run is "
+                f"protocol={protocol.get('name')!r} engine={protocol.get('engine')!r}; use protocol=mpc "
+                "protocol.engine=crypten, or cloud.address for a remote STIP/full-cloud cloud (docs/multi-host.md)"]
+    if parties.get("netns") and int(os.geteuid()) != 0:
+        return [f"parties.netns={parties.get('netns')!r}: entering a network namespace needs root"]
+    return []
+
+
 def experiment_problems(name: Any) -> list[str]:
     """The experiment name becomes a folder of runs and results: one safe path component, never a path."""
     from bench.results import safe_name  # noqa: PLC0415
@@ -164,6 +177,7 @@ def check_run_config(cfg: Mapping[str, Any]) -> None:
     problems += memory_problems(cfg.get("run") or {}, cfg.get("model"))
     problems += link_problems(cfg.get("network") or {})  # the one link check (transport.link)
     problems += cloud_problems(cfg.get("cloud") or {}, cfg.get("network") or {})
+    problems += parties_problems(cfg.get("parties") or {}, cfg.get("protocol") or {})
     if problems:
         raise ConfigError("invalid run configuration (nothing was built or run):\n  - " + "\n  - ".join(problems))
 

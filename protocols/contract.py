@@ -100,6 +100,19 @@ class RemoteCloudConfig:
 
 
 @dataclass
+class PartiesConfig:
+    """MPC parties on other hosts or in namespaces (the runner's `parties.*`, docs/multi-host.md).
+
+    `rendezvous` None: every party on this host's loopback (the default). Checked by baselines.mpc.hosts."""
+
+    rendezvous: Optional[str] = None  # tcp://HOST:PORT (rank 0's host) | file:///path all parties can open
+    hosts: Optional[list] = None  # one address per rank: [server, device] (+ the TTP's with provider=TTP)
+    local: Optional[list] = None  # ranks this runner starts (None: [1], the device); the rest get a printed command
+    allow_network: bool = False  # needed for any non-loopback host or a tcp:// rendezvous (no TLS in CrypTen/Gloo)
+    netns: Optional[dict] = None  # rank -> network namespace a local party enters first (transport.netns)
+
+
+@dataclass
 class RunRequest:
     """One run's workload and the runner's resources for it; validated here, once."""
 
@@ -115,6 +128,7 @@ class RunRequest:
     cloud_timeout_s: float = 120.0
     remote_cloud: Optional[RemoteCloudConfig] = None  # None: the runner starts its own cloud process
     threads: Optional[int] = None  # torch/OMP threads per process the run starts (None: transport.threads default)
+    parties: Optional[PartiesConfig] = None  # None: MPC parties on this host's loopback (file:// rendezvous)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -11,6 +11,7 @@ import torch
 
 from baselines.mpc.approximations import Approximation, get_approximation
 from baselines.mpc.forward import EMBEDDING_MODES, extract_weights, simulate
+from baselines.mpc.hosts import placement
 from baselines.mpc.launcher import PROVIDERS, configured_security
 from baselines.mpc.session import MpcResult, run_mpc_forward
 from protocols.accuracy import accuracy_rows, token_agreement_row
@@ -86,9 +87,10 @@ class CryptenEngine:
             weights = extract_weights(net)
             sim = simulate(net, ids, mask, approx, embedding=embedding, weights=weights)
             return accuracy_rows(sim, getattr(out, weights.output_name), mask, 0, "simulated"), None
+        place = None if request.parties is None else placement(request.parties, 2, self.cfg.provider)
         result = run_mpc_forward(net, ids, mask, approx=approx, embedding=embedding,
                                  provider=self.cfg.provider, n_runs=request.warmup + request.repeats,
-                                 timeout_s=self.cfg.timeout_s, seed=request.seed, next_token=generate)
+                                 timeout_s=self.cfg.timeout_s, seed=request.seed, next_token=generate, place=place)
         if generate:
             if not hasattr(out, "logits"):
                 raise ValueError(f"task generate needs a causal LM head; model {model.name!r} gives no logits")

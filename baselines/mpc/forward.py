@@ -186,7 +186,7 @@ def _extract(model: Any, norms: dict[str, Any]) -> ModelWeights:
     raise ValueError(f"model_type {cfg.model_type!r} has no MPC forward; supported: bert, gpt2, llama")
 
 
-_PUBLIC_KEYS = ("rope.inv_freq", "rope.scale")
+PUBLIC_KEYS = ("rope.inv_freq", "rope.scale")  # public tables every party may hold
 
 
 def share_weights(weights: ModelWeights, ops: Any, embedding: str) -> dict[str, Tensor]:
@@ -196,7 +196,7 @@ def share_weights(weights: ModelWeights, ops: Any, embedding: str) -> dict[str, 
     """
     shared = {}
     for k, v in weights.tensors.items():
-        if k in _PUBLIC_KEYS or (embedding == "device" and k in ("wte", "wpe", "tte")):
+        if k in PUBLIC_KEYS or (embedding == "device" and k in ("wte", "wpe", "tte")):
             continue
         shared[k] = ops.weight(v)
     return shared

@@ -7,15 +7,23 @@ Latency: the slower party's time (it bounds the run).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from baselines.mpc.approximations import Approximation, get_approximation
-from baselines.mpc.forward import EMBEDDING_MODES, ModelWeights, TransformerForward, extract_weights, share_weights
-from baselines.mpc.launcher import provider_security, run_parties
+from baselines.mpc.forward import (
+    EMBEDDING_MODES,
+    PUBLIC_KEYS,
+    ModelWeights,
+    TransformerForward,
+    extract_weights,
+    share_weights,
+)
+from baselines.mpc.hosts import Placement
+from baselines.mpc.launcher import Launch, provider_security, run_parties
 from baselines.mpc.meter import Meter, WeightOpenings, crypten_comm_reader, hook_ttp_requests, hook_weight_openings
 from baselines.mpc.ops import MpcOps
 
@@ -34,6 +42,16 @@ class Job:
     provider: str
     n_runs: int
     next_token: bool = False
+
+    def for_rank(self, rank: int) -> "Job":
+        """What `rank` may hold when it runs elsewhere: the server (0) its weights and zeros for the device's
+        input, the device (1) the input, zeros for the weights (their shapes are public) and, with
+        embedding=device, its own embedding tables; a third party (TTP) neither. Outputs match (ops._share
+        ignores a non-owner's values), which tests/test_mpc_hosts.py checks to the byte."""
+        keep = set(PUBLIC_KEYS) | ({"wte", "wpe", "tte"} if rank == 1 and self.embedding == "device" else set())
+        tensors = {k: v if rank == 0 or k in keep else torch.zeros_like(v) for k, v in self.weights.tensors.items()}
+        ids = self.input_ids if rank == 1 else torch.zeros_like(self.input_ids)
+        return replace(self, weights=replace(self.weights, tensors=tensors), input_ids=ids)
 
 
 def party(rank: int, crypten: Any, job: Job) -> dict[str, Any]:
@@ -107,9 +125,11 @@ def _zero() -> dict[str, float]:
 def run_mpc_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                     approx: str | dict | Approximation = "puma", embedding: str = "mpc", provider: str = "TFP",
                     n_runs: int = 1, timeout_s: float = 1800.0, weights: ModelWeights | None = None,
-                    seed: int | None = None, next_token: bool = False) -> MpcResult:
+                    seed: int | None = None, next_token: bool = False, place: Placement | None = None,
+                    launch: Launch | None = None) -> MpcResult:
     """Run the two-party forward of `model` on `input_ids` and return the device's output and the counters
-    (`next_token`: the output is each row's greedy next token id, computed in MPC; see TransformerForward)."""
+    (`next_token`: the output is each row's greedy next token id, computed in MPC; see TransformerForward;
+    `place`/`launch`: parties on other hosts, baselines.mpc.hosts and launcher.run_parties)."""
     if embedding not in EMBEDDING_MODES:
         raise ValueError(f"unknown embedding mode {embedding!r}; choices: {list(EMBEDDING_MODES)}")
     if n_runs < 1:
@@ -121,7 +141,7 @@ def run_mpc_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     job = Job(weights, input_ids, attention_mask, approx, embedding, provider, n_runs, next_token)
-    r0, r1 = run_parties(party, job, provider=provider, timeout_s=timeout_s, seed=seed)
+    r0, r1 = run_parties(party, job, provider=provider, timeout_s=timeout_s, seed=seed, place=place, launch=launch)
     runs = []
     for run0, run1 in zip(r0["runs"], r1["runs"]):
         names = list(dict.fromkeys([*run0["phases"], *run1["phases"]]))

@@ -81,6 +81,9 @@ def run(cfg: Any, model: ModelSpec, network: NetworkProfile, request: RunRequest
     security label read from the RuntimeConfig the driver ran with."""
     if request.task != "forward":
         raise ValueError(f"task {request.task!r} is not supported by protocol=mpc engine=spu; supported: 'forward'")
+    if request.parties is not None:
+        raise ValueError("parties.* places CrypTen's parties; SPU's parties run as threads of one driver here "
+                         "(multi-host SPU: docs/multi-host.md); set parties.rendezvous=null or protocol.engine=crypten")
     net = model.build()
     inputs = model.make_inputs(request.batch_size, request.seq_len, request.seed)
     if "input_ids" not in inputs:
