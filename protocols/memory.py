@@ -32,21 +32,13 @@ def module_bytes(module: nn.Module) -> int:
     return total
 
 
-def _child(module: nn.Module, name: str) -> nn.Module:
-    """A named submodule (nn.Module's attribute lookup types it as `Tensor | Module`)."""
-    child = getattr(module, name)
-    if not isinstance(child, nn.Module):
-        raise TypeError(f"{type(module).__name__}.{name} is a {type(child).__name__}, not a module")
-    return child
-
-
 def embedding_module(model: PreTrainedModel) -> nn.Module:
     """The model's input-embedding stage, the only part of the model a STIP device holds."""
     base = getattr(model, getattr(model, "base_model_prefix", ""), model)
     if hasattr(base, "embeddings"):
-        return _child(base, "embeddings")
+        return base.get_submodule("embeddings")
     if hasattr(base, "wte"):  # GPT-2: token + position tables
-        return nn.ModuleDict({"wte": _child(base, "wte"), "wpe": _child(base, "wpe")})
+        return nn.ModuleDict({"wte": base.get_submodule("wte"), "wpe": base.get_submodule("wpe")})
     return model.get_input_embeddings()
 
 
