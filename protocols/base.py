@@ -24,7 +24,7 @@ from protocols.common import (
     traffic_rows,
 )
 from protocols.contract import ModelSpec, Protocol, ProtocolConfig, Row, RunRequest
-from transport import CloudProcess
+from transport import CloudClient
 from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class SocketConfig(ProtocolConfig):
 SC = TypeVar("SC", bound=SocketConfig)
 
 
-def cpu_rows(sw: Stopwatch, cloud: CloudProcess, repeat: int) -> list[Row]:
+def cpu_rows(sw: Stopwatch, cloud: CloudClient, repeat: int) -> list[Row]:
     """Process CPU time of the device's phases and of the cloud's compute (as the cloud reported it)."""
     rows = [Row(name, "cpu_time", t, "host", repeat=repeat) for name, t in sw.cpu.items()]
     call = cloud.last_call
@@ -58,7 +58,7 @@ def cpu_rows(sw: Stopwatch, cloud: CloudProcess, repeat: int) -> list[Row]:
     return rows
 
 
-def cloud_threads_seen(cloud: CloudProcess) -> dict:
+def cloud_threads_seen(cloud: CloudClient) -> dict:
     """The cloud process's torch threads and scheduler slice as its last reply reported them (report.conditions)."""
     call = cloud.last_call
     return {"intra_op": call.cloud_threads if call is not None else None,
@@ -76,7 +76,7 @@ class CloudHandler:
 
 
 class SocketProtocol(Protocol[SC], Generic[SC]):
-    """A protocol whose cloud runs in its own process behind `transport.CloudProcess`."""
+    """A protocol whose cloud runs in its own process behind `transport.CloudProcess` (or a served `RemoteCloud`)."""
 
     config_class: ClassVar[type[ProtocolConfig]] = SocketConfig
     parallel_safe: ClassVar[bool] = True
@@ -121,7 +121,7 @@ class SocketProtocol(Protocol[SC], Generic[SC]):
         """On-device memory only (no cloud); protocols that keep model parts on the device override this."""
         raise NotImplementedError(f"protocol {self.name!r} does not support task 'memory'")
 
-    def generate(self, cloud: CloudProcess, model: ModelSpec, network: NetworkProfile,
+    def generate(self, cloud: CloudClient, model: ModelSpec, network: NetworkProfile,
                  request: RunRequest) -> list[Row]:
         """Autoregressive generation; protocols that support it override this."""
         raise NotImplementedError(f"protocol {self.name!r} does not support task 'generate'")
@@ -159,7 +159,7 @@ class SocketProtocol(Protocol[SC], Generic[SC]):
         return [Row("uplink", "bytes", up, "shapes"), Row("downlink", "bytes", down, "shapes"),
                 Row("total", "bytes", up + down, "shapes")]
 
-    def forward(self, cloud: CloudProcess, model: ModelSpec, network: NetworkProfile,
+    def forward(self, cloud: CloudClient, model: ModelSpec, network: NetworkProfile,
                 request: RunRequest) -> list[Row]:
         """Warm-up then `repeats` timed single-pass requests, with per-phase latency and traffic."""
         rows: list[Row] = []

@@ -11,6 +11,7 @@ import os
 from typing import Callable, Mapping
 
 import torch
+from transformers import PreTrainedModel
 
 from protocols.contract import ModelSpec, Row, RunRequest
 from protocols.models import auto_class
@@ -41,7 +42,7 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def load_for_cloud(checkpoint: str, head: str, device: str = "cpu") -> torch.nn.Module:
+def load_for_cloud(checkpoint: str, head: str, device: str = "cpu") -> PreTrainedModel:
     """Load a saved checkpoint in the cloud process with the stock transformers auto class, on `device`."""
     return auto_class(head).from_pretrained(checkpoint).eval().to(resolve_device(device))
 
@@ -117,13 +118,20 @@ def shape_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return n * torch.empty((), dtype=dtype).element_size()
 
 
+def _config_int(model: ModelSpec, name: str, value: int | None) -> int:
+    """A size the model's head needs; its config must give it."""
+    if value is None:
+        raise ValueError(f"model {model.name!r} ({model.head}) has no {name} in its config; set it in the config")
+    return value
+
+
 def output_bytes(model: ModelSpec, request: RunRequest) -> int:
     """Payload bytes of the model's full outputs for one forward request, from shapes."""
     b, t, h = request.batch_size, model.tokens_per_sample(request.seq_len), model.hidden_size
     if model.head in ("causal_lm", "masked_lm"):
-        return shape_bytes((b, t, model.vocab_size), model.torch_dtype)
+        return shape_bytes((b, t, _config_int(model, "vocab_size", model.vocab_size)), model.torch_dtype)
     if model.head in ("image_classification", "sequence_classification"):  # a STIP decoder classifier: t x this
-        return shape_bytes((b, model.num_labels), model.torch_dtype)
+        return shape_bytes((b, _config_int(model, "num_labels", model.num_labels)), model.torch_dtype)
     return shape_bytes((b, t, h), model.torch_dtype) + shape_bytes((b, h), model.torch_dtype)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 import yaml
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 
 from protocols.accuracy import accuracy
 from protocols.models import hf_config
@@ -68,7 +68,7 @@ def _perturb_vectors(model: torch.nn.Module, gen: torch.Generator) -> None:
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
 
 
-def _layer_model(spec: Mapping[str, Any], layer: int, last: bool, seed: int) -> torch.nn.Module:
+def _layer_model(spec: Mapping[str, Any], layer: int, last: bool, seed: int) -> PreTrainedModel:
     """Layer `layer` alone at full width: a 1-layer base model (a causal LM with its head for the last layer)."""
     cfg = {**spec, "n_layers": 1}
     if not last:  # the token table is never used (inputs_embeds): keep it tiny
@@ -88,7 +88,7 @@ def _layer_model(spec: Mapping[str, Any], layer: int, last: bool, seed: int) -> 
     return model.eval()
 
 
-def _layer_keys(model: torch.nn.Module, pi: torch.Tensor, pi_c: torch.Tensor | None, seed: int,
+def _layer_keys(model: PreTrainedModel, pi: torch.Tensor, pi_c: torch.Tensor | None, seed: int,
                 layer: int) -> KeySet:
     """Layer `layer`'s own keys (stip.transform.generate_keys for a 1-layer model) with the model's pi, pi_c."""
     family = get_family(model.config.model_type)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import psutil
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from protocols.contract import ModelSpec, Row
 from protocols.models import auto_class, load_tokenizer
@@ -31,14 +32,13 @@ def module_bytes(module: nn.Module) -> int:
     return total
 
 
-def embedding_module(model: nn.Module) -> nn.Module:
+def embedding_module(model: PreTrainedModel) -> nn.Module:
     """The model's input-embedding stage, the only part of the model a STIP device holds."""
     base = getattr(model, getattr(model, "base_model_prefix", ""), model)
-    for attr in ("embeddings", "wte"):
-        if hasattr(base, attr) and attr == "embeddings":
-            return base.embeddings
+    if hasattr(base, "embeddings"):
+        return base.get_submodule("embeddings")
     if hasattr(base, "wte"):  # GPT-2: token + position tables
-        return nn.ModuleDict({"wte": base.wte, "wpe": base.wpe})
+        return nn.ModuleDict({"wte": base.get_submodule("wte"), "wpe": base.get_submodule("wpe")})
     return model.get_input_embeddings()
 
 

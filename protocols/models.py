@@ -17,7 +17,14 @@ from typing import Any, Mapping
 
 import psutil
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, ViTImageProcessor
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    ViTImageProcessor,
+)
 
 from protocols.contract import ModelSpec
 from protocols.sentences import INPUTS, sentence_inputs
@@ -153,6 +160,8 @@ def _convert_smollm2(out: Path) -> None:
     log.info("converting %s to %s (once, ~20 s)", gguf, out)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
+    if not isinstance(config, LlamaConfig):
+        raise TypeError(f"{gguf} loaded a {type(config).__name__}, not the LlamaConfig of SmolLM2")
     for attr in ("quantization_config",):
         if hasattr(config, attr):
             delattr(config, attr)

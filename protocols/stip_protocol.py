@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -33,7 +33,7 @@ from protocols.privacy import dcor_both, dcor_parameters, dcor_parameters_sample
 from protocols.speculation import SpeculativeConfig, check_speculative_request, per_token_latency
 from protocols.vocabulary import STIP_PHASES
 from protocols.workload import generation_prompt
-from transport import CloudProcess, checks
+from transport import CloudClient, checks
 from transport.cloud import current_caller
 from transport.link import NetworkProfile
 
@@ -107,11 +107,13 @@ class StipCloudHandler(CloudHandler):
         key_id = checks.meta_str("key_id", key_id, optional=True)
         speculation = {"last_n": checks.meta_int("last_n", last_n, optional=True),
                        "cache_length": checks.meta_int("cache_length", cache_length, minimum=0, optional=True)}
-        speculation = {k: v for k, v in speculation.items() if v is not None}
-        if checks.meta_str("session", session, optional=True) is not None:
+        session = checks.meta_str("session", session, optional=True)
+        if session is not None:
             self.server.check_session(session, current_caller())
-        out = self.server.infer(**to_device(tensors, self.server.model), session=session, last_only=last_only,
-                                top_k=top_k, key_id=key_id, **speculation)
+        # Every tensor that came (the server refuses names it does not take) and the speculation options given.
+        inputs: dict[str, Any] = {**to_device(tensors, self.server.model),
+                                  **{k: v for k, v in speculation.items() if v is not None}}
+        out = self.server.infer(session=session, last_only=last_only, top_k=top_k, key_id=key_id, **inputs)
         return self.reply(out)
 
     def open_session(self, tensors: dict, **_: Any) -> tuple[dict, dict]:
@@ -120,7 +122,8 @@ class StipCloudHandler(CloudHandler):
 
     def close_session(self, tensors: dict, session: str | None = None, **_: Any) -> tuple[dict, dict]:
         """Drop a session's KV cache (only the connection that opened it may)."""
-        if checks.meta_str("session", session, optional=True) is not None:
+        session = checks.meta_str("session", session, optional=True)
+        if session is not None:
             self.server.close_session(session, current_caller())
         return {}, {}
 
@@ -133,7 +136,7 @@ def make_cloud_handler(checkpoint: str, head: str, threads: int | None = None, d
 class RemoteModelServer:
     """A `stip.ModelServer` look-alike whose every call crosses the socket; records per-call timings."""
 
-    def __init__(self, cloud: CloudProcess) -> None:
+    def __init__(self, cloud: CloudClient) -> None:
         self.cloud = cloud
         self.calls: list[dict[str, float]] = []  # infer calls: link/compute timings, socket and shape bytes
         self.link_s = 0.0  # measured uplink + downlink time of every call (sessions included)
@@ -188,9 +191,13 @@ class TimedDataOwner:
     def _add(self, key: str, seconds: float) -> None:
         self.steps[-1][key] = self.steps[-1].get(key, 0.0) + seconds
 
+    def as_data_owner(self) -> stip.DataOwner:
+        """This wrapper typed as what it stands in for: it forwards every attribute it does not time."""
+        return cast(stip.DataOwner, self)
+
     def request(self, inputs: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
         """The library's request builder, with this wrapper's timed embed and permute."""
-        return stip.DataOwner.request(self, inputs, **kwargs)
+        return stip.DataOwner.request(self.as_data_owner(), inputs, **kwargs)
 
     def embed(self, inputs: torch.Tensor, **device_inputs: torch.Tensor) -> torch.Tensor:
         """Embedding starts a new step."""
@@ -261,6 +268,8 @@ class StipProtocol(SocketProtocol[StipConfig]):
         for phase in ("device_embed", "device_permute"):
             sw.add(phase, device.steps[-1][phase])
             sw.cpu[phase] = sw.cpu.get(phase, 0.0) + device.steps[-1][f"cpu:{phase}"]
+        if device.last_embeddings is None:  # embed() sets it on every request
+            raise RuntimeError("the device built a request without embedding its inputs")
         self._sent = (device.last_embeddings, request["inputs_embeds"])
         self._input_ids = inputs.get("input_ids")  # a decoder classifier pools on the device
         tensors = {k: v.contiguous() for k, v in request.items() if isinstance(v, torch.Tensor)}
@@ -306,7 +315,7 @@ class StipProtocol(SocketProtocol[StipConfig]):
             return up, shape_bytes((b, k), model.torch_dtype) + shape_bytes((b, k), torch.int64)
         return up, output_bytes(model, request)
 
-    def generate(self, cloud: CloudProcess, model: ModelSpec, network: NetworkProfile,
+    def generate(self, cloud: CloudClient, model: ModelSpec, network: NetworkProfile,
                  request: RunRequest) -> list[Row]:
         """Greedy generation, one round trip per token (or per accepted draft run with `speculate`); rows."""
         if model.head != "causal_lm":
@@ -330,8 +339,8 @@ class StipProtocol(SocketProtocol[StipConfig]):
             before = cloud.meter.snapshot()
             start = time.perf_counter()
             with torch.no_grad():
-                tokens = stip.generate(device, server, ids, n, do_sample=False, return_topk=top_k, on_token=on_token,
-                                       speculate=drafter, stats=stats)
+                tokens = stip.generate(device.as_data_owner(), server, ids, n, do_sample=False, return_topk=top_k,
+                                       on_token=on_token, speculate=drafter, stats=stats)
             end = time.perf_counter()
             bar.close()
             if repeat < 0:
@@ -402,8 +411,8 @@ def generation_rows(steps: list[dict], calls: list[dict], token_times: list[floa
     steps = [{**step, **call} for step, call in zip(steps, calls)]  # a trailing encode with no call is dropped
     first = steps[0]["start"] if steps else start
     ends, count = [], 0
-    for k in rounds:
-        count += k
+    for n_tokens in rounds:
+        count += n_tokens
         ends.append(token_times[count - 1])
     bounds = [first] + ends
     for i, step in enumerate(steps[: len(ends)]):

@@ -13,11 +13,12 @@ import re
 import shutil
 import sys
 from dataclasses import dataclass, field
+from functools import partial
+from io import BufferedReader
 from pathlib import Path
 
 import torch
 import transformers
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
@@ -126,7 +127,7 @@ def _family_for(model_dir: Path) -> Family:
     return get_family(model_type)
 
 
-def _meta_model(config) -> nn.Module | None:
+def _meta_model(config) -> transformers.PreTrainedModel | None:
     """The stock class named by config.architectures, built on the meta device (no memory)."""
     archs = getattr(config, "architectures", None) or []
     if not archs and getattr(config, "tie_word_embeddings", False):
@@ -142,7 +143,7 @@ def _meta_model(config) -> nn.Module | None:
         return cls(config)
 
 
-def _ignored_by_loader(model: nn.Module | None) -> re.Pattern:
+def _ignored_by_loader(model: transformers.PreTrainedModel | None) -> re.Pattern:
     """Names the stock loader drops silently (its ignore patterns) plus legacy mask buffers."""
     patterns = set(LEGACY_BUFFERS)
     if model is not None:
@@ -154,7 +155,7 @@ def _ignored_by_loader(model: nn.Module | None) -> re.Pattern:
     return re.compile("|".join(f"({p})" for p in sorted(patterns)))
 
 
-def plan_checkpoint(shards: list[Path], family: Family, model: nn.Module | None) -> Plan:
+def plan_checkpoint(shards: list[Path], family: Family, model: transformers.PreTrainedModel | None) -> Plan:
     """Name every output tensor as the stock class expects and find the tied targets to write."""
     expected = set(model.state_dict()) if model is not None else set()
     prefix = getattr(model, "base_model_prefix", "") if model is not None else ""
@@ -197,7 +198,7 @@ def plan_checkpoint(shards: list[Path], family: Family, model: nn.Module | None)
 
 def _write_file(path: Path, sources: list[Source], family: Family, keys) -> None:
     with ShardWriter(path, [(s.name, s.entry.dtype, s.entry.shape) for s in sources]) as writer:
-        handles: dict[Path, object] = {}
+        handles: dict[Path, BufferedReader] = {}
         try:
             for s in sources:
                 spaces, where = family.spaces_for(s.name)
@@ -205,7 +206,7 @@ def _write_file(path: Path, sources: list[Source], family: Family, keys) -> None
                     writer.write_zeros(s.name)
                     continue
                 fh = handles.setdefault(s.shard, open(s.shard, "rb"))
-                blocks = transform_stored(lambda rows, fh=fh, e=s.entry: read_tensor(fh, e, rows), s.entry.shape,
+                blocks = transform_stored(partial(read_tensor, fh, s.entry), s.entry.shape,
                                           s.entry.torch_dtype.itemsize, spaces, where, keys)
                 writer.write(s.name, blocks)
         finally:

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from .generation_rules import generation_rules
 from .keys import USER_KEYS_FILE, KeySet
@@ -27,7 +26,8 @@ DEVICE_FILE = "device.safetensors"
 MANIFEST = "device.json"
 
 
-def save_device_package(model: nn.Module, keys: KeySet, directory: str | os.PathLike, force: bool = False) -> Path:
+def save_device_package(model: transformers.PreTrainedModel, keys: KeySet, directory: str | os.PathLike,
+                        force: bool = False) -> Path:
     """Write the device package of `model` (the original, untransformed one) with the user part of `keys`."""
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not force:

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Final, Literal, Union
 
 from torch import nn
+from transformers import PreTrainedModel
 
 from .llava import LlavaDeviceInputs
 
-DEVICE = "device"
-Spaces = tuple  # tuple[str | None, ...] | DEVICE
+DEVICE: Final = "device"
+Spaces = Union[tuple[str | None, ...], Literal["device"]]  # per dimension, or DEVICE
 
 
 class UnsupportedModelError(ValueError):
@@ -81,7 +82,7 @@ def _dims_from_config(config, rope: bool) -> Dims:
     )
 
 
-def _text_embedding(model: nn.Module) -> nn.Module:
+def _text_embedding(model: PreTrainedModel) -> nn.Module:
     return model.get_input_embeddings()
 
 
@@ -100,16 +101,16 @@ class GPT2DeviceEmbedding(nn.Module):
         return embeddings if token_type_ids is None else embeddings + self.wte(token_type_ids)
 
 
-def _gpt2_embedding(model: nn.Module) -> nn.Module:
+def _gpt2_embedding(model: PreTrainedModel) -> nn.Module:
     return GPT2DeviceEmbedding(model.get_input_embeddings())
 
 
 def _vit_embedding(model: nn.Module) -> nn.Module:
-    return model.vit.embeddings if hasattr(model, "vit") else model.embeddings
+    return model.get_submodule("vit.embeddings" if hasattr(model, "vit") else "embeddings")
 
 
 def _roberta_embedding(model: nn.Module) -> nn.Module:
-    return model.roberta.embeddings if hasattr(model, "roberta") else model.embeddings
+    return model.get_submodule("roberta.embeddings" if hasattr(model, "roberta") else "embeddings")
 
 
 def _roberta_passthrough(input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
@@ -157,7 +158,7 @@ class Family:
     rules: tuple[Rule, ...]
     rope: bool = False
     input_name: str = "input_ids"  # what the device embeds
-    device_module: Callable[[nn.Module], nn.Module] = _text_embedding
+    device_module: Callable[[PreTrainedModel], nn.Module] = _text_embedding
     prepare_server: Callable[[nn.Module], None] | None = None
     notes: str = ""
     extra_inputs: tuple[str, ...] = field(default_factory=tuple)  # plain, non-secret inputs the cloud gets

@@ -74,7 +74,7 @@ def generate(
         raise ValueError(f"return_topk={return_topk} is lossless only for greedy or top_k <= {return_topk} "
                          f"sampling (got do_sample=True, top_k={top_k}); raise return_topk or set top_k")
     eos = eos_ids(eos_token_id)
-    pad = pad_token_id if pad_token_id is not None else (None if eos is None else int(eos[0]))
+    pad = pad_token_id if pad_token_id is not None or eos is None else int(eos[0])  # set whenever eos is
     inputs = SequenceInputs(input_ids, attention_mask, device_inputs)
     rules = device.generation or GenerationRules("")
     if speculate is not None:
@@ -95,7 +95,7 @@ def generate(
             except IncompleteCandidates:  # a tie at the boundary of the top-k: the whole row decides
                 full = {**last, "top_k": None, "cache_length": cached}
                 next_ids = device.next_token(infer(server, full), sampling, generator)
-            if eos is not None:  # transformers: finished rows get pad_token_id, rows finish on any eos id
+            if eos is not None and pad is not None:  # transformers: finished rows get pad_token_id, finish on eos
                 next_ids = torch.where(finished[:, None], torch.full_like(next_ids, pad), next_ids)
                 finished |= torch.isin(next_ids[:, 0], eos)
             cached = inputs.length

@@ -118,16 +118,17 @@ class RopeState:
         self.modules = _rotary_modules(model)
         self.original = self.capture()
 
-    def capture(self) -> list[dict[str, Any]]:
+    def capture(self) -> list[dict[tuple[str, str], Any]]:
         states = []
         for m in self.modules:
-            state = {("buffer", n): b.clone() for n, b in m._buffers.items() if b is not None}
+            state: dict[tuple[str, str], Any] = {("buffer", n): b.clone()
+                                                 for n, b in m._buffers.items() if b is not None}
             state |= {("attr", n): (v.clone() if isinstance(v, torch.Tensor) else v)
                       for n, v in vars(m).items() if n.endswith(_ROPE_ATTRS) and not n.startswith("_")}
             states.append(state)
         return states
 
-    def restore(self, states: list[dict[str, Any]] | None) -> None:
+    def restore(self, states: list[dict[tuple[str, str], Any]] | None) -> None:
         """Put `states` (from capture(); None: the model's original state) back on the modules."""
         for m, state in zip(self.modules, states or self.original):
             for attr in [n for n in vars(m) if n.endswith(_ROPE_ATTRS) and not n.startswith("_")]:

@@ -50,7 +50,7 @@ class PermutationSource:
     def __init__(self, seed: int | None) -> None:
         self.seeded = seed is not None
         self._gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        self._os_random = None if seed is not None else random.SystemRandom()
+        self._os_random = random.SystemRandom()  # used only when unseeded (no generator)
 
     def permutation(self, n: int) -> torch.Tensor:
         """A uniformly random permutation of range(n) as an int64 index vector."""

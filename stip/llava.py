@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import LlavaForConditionalGeneration, LlavaModel, PreTrainedModel
 
 
 class LlavaDeviceInputs(nn.Module):
     """Embeds a LLaVA prompt exactly as `LlavaModel.forward` does before its language model."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
-        inner = model.model if hasattr(model, "model") else model  # ForConditionalGeneration | LlavaModel
+        inner = model.model if isinstance(model, LlavaForConditionalGeneration) else model
+        if not isinstance(inner, LlavaModel):
+            raise TypeError(f"LLaVA's device side needs a LlavaModel or LlavaForConditionalGeneration, "
+                            f"got {type(model).__name__}")
         self.config = inner.config
         self.embed_tokens = inner.get_input_embeddings()
         self.vision_tower = inner.vision_tower
@@ -26,7 +30,7 @@ class LlavaDeviceInputs(nn.Module):
         embeds = self.embed_tokens(input_ids)
         if pixel_values is None:  # text only, or a generated token: as transformers, no image merge
             return embeds
-        image_rows = input_ids == self.config.image_token_id
+        image_rows = torch.eq(input_ids, self.config.image_token_id)
         features = self._image_features(
             self, pixel_values=pixel_values,
             vision_feature_layer=self.config.vision_feature_layer,

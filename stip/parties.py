@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .errors import StipInputError
@@ -38,14 +39,14 @@ OUTPUT_SPACES = {"logits": "pi_c", "position_logits": "pi_c",
                  "last_hidden_state": "pi", "pooler_output": "pi"}
 
 
-def _family_of(model: nn.Module) -> Family:
+def _family_of(model: PreTrainedModel) -> Family:
     return get_family(getattr(model.config, "model_type", type(model).__name__))
 
 
 class ModelDeveloper:
     """Holds the trained model and every key; produces the cloud model and user packages."""
 
-    def __init__(self, model: nn.Module, seed: int | None = None, keys: KeySet | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, seed: int | None = None, keys: KeySet | None = None) -> None:
         self.model = model
         self.family = _family_of(model)
         self.dims = self.family.dims(model.config)
@@ -63,7 +64,7 @@ class ModelDeveloper:
         with torch.no_grad():
             return dict(transform_named_tensors(self.family, self.model.state_dict().items(), self.keys))
 
-    def cloud_model(self) -> nn.Module:
+    def cloud_model(self) -> PreTrainedModel:
         """The stock transformers class and config with transformed weights, every tied pair untied.
 
         The config records the key id (`stip_key_id`) so a device can refuse other keys' weights.
@@ -143,7 +144,7 @@ class DataOwner:
         return self.keys.key_id
 
     @classmethod
-    def from_model(cls, model: nn.Module, keys: KeySet, noise_sigma: float = 0.0,
+    def from_model(cls, model: PreTrainedModel, keys: KeySet, noise_sigma: float = 0.0,
                    noise_generator: torch.Generator | None = None) -> "DataOwner":
         """Extract the device-side module (input embedding, or ViTEmbeddings) from a model."""
         family = _family_of(model)
@@ -339,7 +340,7 @@ class ModelServer:
     scores (`position_logits`): pooling needs the token ids, which only the device has.
     """
 
-    def __init__(self, cloud_model: nn.Module, max_sessions: int = 256, *, session_ttl_s: float | None = None,
+    def __init__(self, cloud_model: PreTrainedModel, max_sessions: int = 256, *, session_ttl_s: float | None = None,
                  max_sessions_per_owner: int | None = None) -> None:
         self.model = cloud_model.eval()
         self.family = _family_of(cloud_model)
@@ -473,8 +474,9 @@ class ModelServer:
             raise StipInputError(f"session '{session}' has batch {state['batch']}, this request has {batch}")
         self._roll_back(session, cache_length)
         if state["cache"] is None:  # recording past states lets sliding-window layers be cropped exactly
-            state["cache"] = DynamicCache(config=self.model.config)
-            state["cache"].activate_past_recording()
+            cache = DynamicCache(config=self.model.config)
+            cache.activate_past_recording()
+            state["cache"] = cache
         kwargs: dict[str, Any] = {self._cache_kwarg: state["cache"], "use_cache": True}
         if attention_mask is None and state["mask"] is None:
             return kwargs

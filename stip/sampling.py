@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -163,6 +164,8 @@ def choose_tokens(
         elif inverse is not None and full_row:
             token_scores = scores.index_select(1, inverse)
         else:
+            if token_ids is None:  # plaintext scores narrower than the vocabulary: which tokens they score is unknown
+                raise ValueError(f"scores have {n} columns but vocab_size is {vocab_size}; pass their token_ids")
             token_scores = scores.new_full((batch, vocab_size), float("-inf"))
             token_scores.scatter_(1, token_ids.expand(batch, n), scores)
         return _draw(token_scores, sampling, generator)
@@ -229,5 +232,6 @@ def reference_next_token(logits: torch.Tensor, sampling: Sampling,
         processors.append(TopKLogitsWarper(sampling.k))
     if sampling.p is not None:
         processors.append(TopPLogitsWarper(sampling.p))
-    scores = processors(None, scores)
+    no_ids = cast(torch.LongTensor, torch.zeros((scores.shape[0], 0), dtype=torch.long))  # warpers never read ids
+    scores = processors(no_ids, scores)
     return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)

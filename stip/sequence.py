@@ -62,18 +62,18 @@ class SequenceInputs:
         ids, mask = self.ids[:, :end], None if self.mask is None else self.mask[:, :end]
         plain = {k: v[:, :end] for k, v in self.extended.items()}
         d = 0 if drafts is None else int(drafts.numel())
-        if d:
+        if drafts is not None and d:
             ids = torch.cat([ids, drafts.to(ids.dtype)[None]], dim=-1)
             mask = None if mask is None else torch.cat([mask, mask.new_ones(1, d)], dim=-1)
             plain = {k: torch.cat([v, v[:, -1:].expand(-1, d)], dim=-1) for k, v in plain.items()}
         options: dict[str, Any] = {"last_n": d + 1} if drafts is not None else {"last_only": True}
-        return device.request(ids, attention_mask=mask, session=session, top_k=top_k, **options,
-                              **self.prompt_only, **plain)
+        return device.request(ids, attention_mask=mask, session=session, top_k=top_k,
+                              **{**options, **self.prompt_only, **plain})  # disjoint names: options, then inputs
 
     def step_request(self, device: DataOwner, new_ids: torch.Tensor, session: str, top_k: int | None,
                      **options: Any) -> dict[str, Any]:
         """New tokens [batch, n] through the session's cache (they need no mask: the server attends them)."""
         if "last_n" not in options:
             options["last_only"] = True
-        return device.request(new_ids, session=session, top_k=top_k, **options,
-                              **self.last_values(new_ids.shape[1]))
+        return device.request(new_ids, session=session, top_k=top_k,
+                              **{**options, **self.last_values(new_ids.shape[1])})  # disjoint names

@@ -10,12 +10,15 @@ import json
 import os
 import struct
 from dataclasses import dataclass
+from io import BufferedReader
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import Iterable
 
 import torch
-from safetensors.torch import _TYPES as DTYPES  # safetensors dtype names -> torch dtypes
+from safetensors.torch import _TYPES
 
+# safetensors dtype names -> torch dtypes (safetensors' table, less any this torch lacks: None there)
+DTYPES: dict[str, torch.dtype] = {name: dtype for name, dtype in _TYPES.items() if dtype is not None}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 CHUNK_BYTES = 8 << 20  # working chunk for column permutations and zero fill
 _ALIGN = 8
@@ -46,10 +49,11 @@ def read_header(path: str | os.PathLike) -> dict[str, Entry]:
 
 
 def _bytes_view(t: torch.Tensor) -> memoryview:
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    # numpy's stubs declare ndarray.__buffer__ for Python >= 3.12 only; the buffer protocol is there on 3.11 too
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
-def _read_exact(fh: BinaryIO, offset: int, into: memoryview) -> None:
+def _read_exact(fh: BufferedReader, offset: int, into: memoryview) -> None:
     fh.seek(offset)
     done = 0
     while done < len(into):
@@ -59,7 +63,7 @@ def _read_exact(fh: BinaryIO, offset: int, into: memoryview) -> None:
         done += n
 
 
-def read_tensor(fh: BinaryIO, entry: Entry, rows: torch.Tensor | None = None) -> torch.Tensor:
+def read_tensor(fh: BufferedReader, entry: Entry, rows: torch.Tensor | None = None) -> torch.Tensor:
     """The whole tensor, or the rows `rows` of its leading dimension in that order (x[rows])."""
     if rows is None:
         out = torch.empty(entry.shape, dtype=entry.torch_dtype)

@@ -184,9 +184,11 @@ def generate_speculative(
                 session = server.open_session()
                 request = inputs.prompt_request(device, session, top_k, drafts)
             else:
+                assert session is not None  # the first round (fresh_needed) opened it
                 request = inputs.step_request(device, torch.cat([inputs.ids[0, -1:], drafts])[None], session, top_k,
                                               last_n=drafts.numel() + 1, cache_length=length - 1)
             fresh_needed = False
+            assert session is not None  # opened above or by an earlier round
             chosen, open_tie = _choose_greedy(device, infer(server, request))
             n = accepted_length(drafts, chosen)
             ties = open_tie[:n + 1].nonzero()

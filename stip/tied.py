@@ -9,6 +9,7 @@ decoder bias (to `cls.predictions.bias`).
 from __future__ import annotations
 
 from torch import nn
+from transformers import PreTrainedModel
 
 
 def untie_parameters(model: nn.Module) -> list[tuple[str, str]]:
@@ -29,6 +30,6 @@ def untie_parameters(model: nn.Module) -> list[tuple[str, str]]:
     return untied
 
 
-def loader_tied_pairs(model: nn.Module) -> dict[str, str]:
+def loader_tied_pairs(model: PreTrainedModel) -> dict[str, str]:
     """The (target -> source) pairs a stock `from_pretrained` ties for this model and config."""
     return dict(model.get_expanded_tied_weights_keys(all_submodels=True))
