@@ -122,10 +122,10 @@ def device_memory_rows(spec: ModelSpec, seed: int = 0) -> list[Row]:
     rows = [Row("device_embedding", "memory", module_bytes(emb), "host")]
     size = int(getattr(spec.config, "image_size", 224) or 224)
     got = tokenizer_bytes_subprocess(spec.tokenizer, size) or {}
-    if got.get("tokenizer_bytes") is not None:
-        rows.append(Row("device_tokenizer", "memory", int(got["tokenizer_bytes"]), "host"))
-    if got.get("after_frame_bytes") is not None:  # an image processor: its memory after preprocessing one frame
-        rows.append(Row("device_tokenizer", "memory_after_frame", int(got["after_frame_bytes"]), "host"))
+    if (loaded := got.get("tokenizer_bytes")) is not None:
+        rows.append(Row("device_tokenizer", "memory", int(loaded), "host"))
+    if (framed := got.get("after_frame_bytes")) is not None:  # an image processor after preprocessing one frame
+        rows.append(Row("device_tokenizer", "memory_after_frame", int(framed), "host"))
     return rows
 
 

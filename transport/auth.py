@@ -23,7 +23,7 @@ class TokenError(ValueError):
 def is_loopback(host: str) -> bool:
     """Whether every address `host` resolves to is a loopback address (socket.gaierror when it does not resolve)."""
     infos = socket.getaddrinfo(host, None)
-    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
 
 
 def token_file_problem(path: str | os.PathLike) -> str | None:

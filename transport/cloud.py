@@ -338,6 +338,7 @@ class CloudServer:
         tls = self.ssl_context.wrap_socket(conn, server_side=True,  # type: ignore[union-attr]
                                            do_handshake_on_connect=False)
         try:
+            want: tuple[list[ssl.SSLSocket], list[ssl.SSLSocket]]
             while True:
                 try:
                     tls.do_handshake()
@@ -467,7 +468,7 @@ class CloudServer:
             if not self._try_send(conn, reply):
                 return
 
-    def _hello(self, header: bytes, body: bytes | bytearray, addr: Any) -> tuple[bytearray, bool]:
+    def _hello(self, header: bytes, body: bytes | bytearray | memoryview, addr: Any) -> tuple[bytearray, bool]:
         """Check the shared token of a new connection: (reply, accepted)."""
         try:
             request = decode_body(header, body)
@@ -480,8 +481,8 @@ class CloudServer:
                                 "first", UNAUTHORIZED), False
         return encode_message(KIND_RESULT, None, {"hello": True}), True
 
-    def _handle_watched(self, conn: socket.socket, header: bytes, body: bytes | bytearray,
-                        caller: str) -> bytearray | None:
+    def _handle_watched(self, conn: socket.socket, header: bytes, body: bytes | bytearray | memoryview,
+                        caller: str) -> bytearray | Frame | None:
         """handle_frame with the client watched: a call whose client left is skipped or told to stop."""
         event = self._watcher.watch(conn)
         try:
@@ -509,7 +510,7 @@ class CloudServer:
         except OSError:
             pass
 
-    def _try_send(self, conn: socket.socket, frame: bytes | bytearray) -> bool:
+    def _try_send(self, conn: socket.socket, frame: bytes | bytearray | Frame) -> bool:
         try:
             self._send(conn, frame)
             return True
@@ -517,7 +518,7 @@ class CloudServer:
             log.warning("could not send reply: %r", exc)
             return False
 
-    def handle_frame(self, header: bytes, body: bytes | bytearray, *, caller: str | None = None,
+    def handle_frame(self, header: bytes, body: bytes | bytearray | memoryview, *, caller: str | None = None,
                      cancel: threading.Event | None = None) -> bytearray | Frame | None:
         """Decode a request whose framing is intact and return the reply frame (never raises).
 

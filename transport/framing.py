@@ -105,7 +105,8 @@ def _buffer(n: int) -> memoryview:
     """A writable n-byte buffer that torch owns, uninitialised: malloc reuses freed pages (no page faults
     per message), and a large declared size is mapped by malloc and committed only as bytes arrive."""
     try:
-        return memoryview(torch.empty(n, dtype=torch.uint8).numpy())
+        # numpy's stubs declare ndarray.__buffer__ only for Python 3.12+; an ndarray is a buffer on 3.11 too
+        return memoryview(torch.empty(n, dtype=torch.uint8).numpy())  # type: ignore[arg-type]
     except RuntimeError as exc:  # the allocator refuses the declared size
         raise MessageTooLarge(f"cannot allocate {n} B for a declared frame part ({exc}); lower the sender's "
                               "message size or this side's max_message_bytes") from None

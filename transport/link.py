@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from transport.framing import ByteCounter, send_bytes
+from transport.wire import Frame
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class EmulatedLink:
         """Modelled one-way time of an n-byte message (NetworkProfile.one_way_time)."""
         return self.profile.one_way_time(n_bytes)
 
-    def send(self, sock: socket.socket, frame: bytes | bytearray, *, deadline: float | None = None,
+    def send(self, sock: socket.socket, frame: bytes | bytearray | Frame, *, deadline: float | None = None,
              on_bytes: ByteCounter | None = None) -> LinkSend:
         """Wait the modelled one-way time, then push `frame` into the socket.
 

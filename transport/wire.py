@@ -166,7 +166,8 @@ def _prepare_tensors(tensors: Mapping[str, torch.Tensor] | None) -> dict[str, to
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw bytes of a contiguous CPU tensor, as a view of its own memory (bf16 and bool included)."""
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    # numpy's stubs declare ndarray.__buffer__ only for Python 3.12+; an ndarray is a buffer on 3.11 too
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def _safetensors_layout(tensors: dict[str, torch.Tensor]) -> tuple[bytes, list[memoryview]]:
@@ -371,9 +372,9 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def decode_message(frame: bytes | bytearray, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+def decode_message(data: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
     """Decode one complete frame; raises WireError on any deviation from the format."""
-    frame = memoryview(frame)
+    frame = memoryview(data)
     header_len, body_len = decode_prefix(bytes(frame[:FRAME_PREFIX_BYTES]), max_bytes)
     expected = FRAME_PREFIX_BYTES + header_len + body_len
     if len(frame) != expected:
