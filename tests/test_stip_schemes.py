@@ -122,5 +122,5 @@ def test_fresh_keys_stop_cross_session_known_plaintext_only(llama, tokens):
     assert value(same, "known_plaintext_cross_session") == 1.0
     assert value(fresh, "known_plaintext_cross_session") < 0.3
     assert value(fresh, "embedding_multiset") == 1.0  # a single session still falls without any key
-    assert value(fresh, "weight_alignment") == 1.0
+    assert value(fresh, "weight_alignment_decode") == 1.0
     assert {r["scheme"] for r in fresh} == {"stip_fresh_keys"}
