@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from ..families import Dims
 from ..keys import KeySet
+from .rows import row
 
 # One vocabulary for the rows' `metric` column (attack rows; units in brackets).
 METRICS = {
@@ -47,6 +49,16 @@ def token_scores(guess: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | 
     counts = torch.bincount(inverse, minlength=distinct.numel()).double()
     return {"token_recovery": float(hit.mean()), "distinct_token_recovery": float((per_token / counts).mean()),
             "n_real_tokens": int(t.numel()), "n_distinct_tokens": int(distinct.numel())}
+
+
+def token_rows(attack: str, name: str, family: str, assumption: str, guess: torch.Tensor, truth: torch.Tensor,
+               mask: torch.Tensor | None, n_queries: int, seconds: float, **params: Any) -> list[dict[str, Any]]:
+    """Two tidy rows, real positions only: token_recovery (per position) and distinct_token_recovery."""
+    s = token_scores(guess.reshape(truth.shape), truth, mask)
+    common = dict(n_real_tokens=s["n_real_tokens"], n_distinct_tokens=s["n_distinct_tokens"],
+                  n_pad_positions=int(truth.numel() - s["n_real_tokens"]), **params)
+    return [row(attack, name, family, assumption, metric, s[metric], "fraction", n_queries, seconds, **common)
+            for metric in ("token_recovery", "distinct_token_recovery")]
 
 
 def log2_factorial(n: int) -> float:
