@@ -25,7 +25,7 @@ from bench.privacy_plots import plot_all
 from bench.results import atomic_write_bytes, atomic_write_csv, atomic_write_parquet
 from protocols.models import load_smollm2, minilm_path
 from protocols.privacy import dcor_both
-from stip.attacks import measure, speculation
+from stip.attacks import corpus, measure, speculation
 from stip.attacks.frontier import noise_frontier
 from stip.attacks.matrix import SCHEMES, MatrixCfg, Tokens, scheme_matrix
 from stip.draft_corpus import package_texts, public_corpus
@@ -77,8 +77,9 @@ class AttackCfg:
     hidden_tokens: int = 12
     kpa_ns: list[int] = field(default_factory=lambda: [16, 1024])
     latency_reps: int = 3
-    texts: int = 8
-    max_seq_tokens: int = 48
+    real_tokens: int = 256
+    row_len: int = 32
+    per_text: int = 64
 
 
 @dataclass
@@ -265,20 +266,22 @@ def _speculation(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
     return measure.measure_speculation(name, model, tok, tasks, a.new_tokens, drafter, seed=seed)
 
 
-def real_token_sequences(m: Models, name: str, texts: int, max_tokens: int) -> list[torch.Tensor]:
-    """The config's sentences then the shipped prompt suite, tokenised, `texts` of them, each cut at max_tokens
-    (config-built models: the random id rows). Unpadded: pads never reach an attack's score."""
-    _, tok = m.get(name)
+def real_tokens(m: Models, name: str, a: AttackCfg, seed: int) -> Tokens:
+    """The users' real tokens (stip.attacks.corpus: prompt suite, then package texts; random ids of random
+    lengths for config-built models), right-padded; the matrix scores real positions only."""
+    model, tok = m.get(name)
     if tok is None:
-        return [r[:max_tokens] for r in m.ids(name)[:texts]]
-    sources = [*m.cfg.sentences, *(p.text for p in prompt_suite())][:texts]
-    return [tok(text, return_tensors="pt")["input_ids"][0][:max_tokens] for text in sources]
+        vocab = model.get_input_embeddings().weight.shape[0]
+        batch = corpus.random_batch(vocab, max(1, a.real_tokens // a.row_len), a.row_len, seed=seed)
+    else:
+        batch = corpus.token_batch(tok, corpus.user_texts(), max_tokens=a.real_tokens, seq_len=a.row_len,
+                                   per_text=a.per_text)
+    return Tokens(batch.ids, batch.attention_mask, [r[k] for r, k in zip(batch.ids, batch.mask)])
 
 
 def _scheme_matrix(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
-    model, tok = m.get(name)
-    pad = 0 if tok is None or tok.pad_token_id is None else tok.pad_token_id
-    tokens = Tokens.from_sequences(real_token_sequences(m, name, a.texts, a.max_seq_tokens), pad=pad)
+    model, _ = m.get(name)
+    tokens = real_tokens(m, name, a, seed)
     cfg = MatrixCfg(noise_sigma_rel=a.noise_sigma_rel, hidden_layer=a.hidden_layer,
                     hidden_sequences=a.hidden_sequences, hidden_tokens=a.hidden_tokens, candidates=a.candidates,
                     kpa_ns=a.kpa_ns, latency_reps=a.latency_reps, seed=seed)

@@ -22,7 +22,7 @@ TOY = [  # config-built models only, small sweeps: ~30 s on 2 cores
     "attacks.noise_frontier.models=[llama]", "attacks.noise_frontier.sigmas_rel=[0.0,0.3,1.0,3.0,10.0]",
     "attacks.speculation_length.enabled=false",  # real SmolLM2 generation: tests/test_stip_attack_speculation.py
     "attacks.scheme_matrix.models=[llama]", "attacks.scheme_matrix.kpa_ns=[8,128]",
-    "attacks.scheme_matrix.candidates=16", "attacks.scheme_matrix.hidden_tokens=6", "attacks.scheme_matrix.texts=3",
+    "attacks.scheme_matrix.candidates=16", "attacks.scheme_matrix.hidden_tokens=6", "attacks.scheme_matrix.real_tokens=48", "attacks.scheme_matrix.row_len=16",
 ]
 
 
