@@ -20,12 +20,14 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from bench.app import CONFIG_DIR, _absolute
+from bench.privacy_matrix import matrix_markdown
 from bench.privacy_plots import plot_all
 from bench.results import atomic_write_bytes, atomic_write_csv, atomic_write_parquet
 from protocols.models import load_smollm2, minilm_path
 from protocols.privacy import dcor_both
-from stip.attacks import measure, speculation
+from stip.attacks import corpus, measure, speculation
 from stip.attacks.frontier import noise_frontier
+from stip.attacks.matrix import SCHEMES, MatrixCfg, Tokens, scheme_matrix
 from stip.draft_corpus import package_texts, public_corpus
 from stip.parties import ModelDeveloper
 from stip.prompts import prompt_suite
@@ -34,7 +36,7 @@ from stip.speculation import PromptLookup
 log = logging.getLogger(__name__)
 
 FIXED = ["attack", "model", "family", "assumption", "metric", "value", "unit", "n_queries", "seconds"]
-COLUMNS = ["experiment", *FIXED, "defence", "dcor", "dcor_samples", "parameters"]
+COLUMNS = ["experiment", *FIXED, "defence", "scheme", "dcor", "dcor_samples", "parameters"]
 
 
 @dataclass
@@ -67,6 +69,17 @@ class AttackCfg:
     new_tokens: int = 32
     pairs: int = 12
     draft_corpus: str = "public"
+    # scheme_matrix (stip/attacks/matrix.py): the arms, their noise, and the attacks' sizes
+    schemes: list[str] = field(default_factory=lambda: list(SCHEMES))
+    noise_sigma_rel: float = 0.5
+    hidden_layer: int = 1
+    hidden_sequences: int = 2
+    hidden_tokens: int = 12
+    kpa_ns: list[int] = field(default_factory=lambda: [16, 1024])
+    latency_reps: int = 3
+    real_tokens: int = 256
+    row_len: int = 32
+    per_text: int = 64
 
 
 @dataclass
@@ -253,10 +266,33 @@ def _speculation(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
     return measure.measure_speculation(name, model, tok, tasks, a.new_tokens, drafter, seed=seed)
 
 
+def real_tokens(m: Models, name: str, a: AttackCfg, seed: int) -> Tokens:
+    """The users' real tokens (stip.attacks.corpus: prompt suite, then package texts; random ids of random
+    lengths for config-built models), right-padded; the matrix scores real positions only."""
+    model, tok = m.get(name)
+    if tok is None:
+        vocab = model.get_input_embeddings().weight.shape[0]
+        batch = corpus.random_batch(vocab, max(1, a.real_tokens // a.row_len), a.row_len, seed=seed)
+    else:
+        batch = corpus.token_batch(tok, corpus.user_texts(), max_tokens=a.real_tokens, seq_len=a.row_len,
+                                   per_text=a.per_text)
+    return Tokens(batch.ids, batch.attention_mask, [r[k] for r, k in zip(batch.ids, batch.mask)])
+
+
+def _scheme_matrix(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    model, _ = m.get(name)
+    tokens = real_tokens(m, name, a, seed)
+    cfg = MatrixCfg(noise_sigma_rel=a.noise_sigma_rel, hidden_layer=a.hidden_layer,
+                    hidden_sequences=a.hidden_sequences, hidden_tokens=a.hidden_tokens, candidates=a.candidates,
+                    kpa_ns=a.kpa_ns, latency_reps=a.latency_reps, seed=seed)
+    return scheme_matrix(name, model, tokens, cfg, schemes=a.schemes)
+
+
 ATTACKS: dict[str, Callable[[Models, str, AttackCfg, int], Rows]] = {
     "multiset": _multiset, "weight_alignment": _weights, "known_plaintext": _kpa, "hidden_state": _hidden,
     "moe_routing": _moe, "vit_patch": _vit, "functional_theft": _theft, "output_frequency": _frequency,
     "baselines": _baselines, "noise_frontier": _frontier, "speculation_length": _speculation,
+    "scheme_matrix": _scheme_matrix,
 }
 
 
@@ -282,6 +318,7 @@ def tidy(rows: Rows, dcors: dict[str, dict[str, float]], experiment: str) -> pd.
         params = {k: v for k, v in r.items() if k not in FIXED}
         d = dcors.get(r["model"], {})
         records.append({"experiment": experiment, **{k: r[k] for k in FIXED}, "defence": params.get("defence"),
+                        "scheme": params.get("scheme"),
                         "dcor": d.get("dcor"),
                         "dcor_samples": d.get("dcor_samples"),
                         "parameters": json.dumps(params, sort_keys=True, default=str)})
@@ -290,7 +327,7 @@ def tidy(rows: Rows, dcors: dict[str, dict[str, float]], experiment: str) -> pd.
 
 def summary_markdown(df: pd.DataFrame, cfg: PrivacyCfg, sizes: dict[str, Any], seconds: float) -> str:
     """Per attack and model: assumption, best success, cost (seconds, queries), dcor; and the sizes."""
-    success = df[df["unit"] == "fraction"]
+    success = df[(df["unit"] == "fraction") & df["scheme"].isna()]  # the matrix's rows are in its headline
     success = success.assign(defence=success["defence"].fillna("none"))
     g = success.groupby(["attack", "defence", "model", "metric"], sort=False).agg(
         assumption=("assumption", "first"), max_value=("value", "max"), min_value=("value", "min"),
@@ -299,6 +336,7 @@ def summary_markdown(df: pd.DataFrame, cfg: PrivacyCfg, sizes: dict[str, Any], s
              f"Total wall time {seconds:.0f} s on {torch.get_num_threads()} threads. Success is a fraction "
              "(1 = everything recovered); min..max over the swept parameters (drift, layer, n, sigma; see "
              "rows.csv `parameters`). dcor: plain vs permuted embeddings of the same model's inputs.", "",
+             matrix_markdown(df), "## Every attack (STIP unless the defence column says otherwise)", "",
              "| attack | defence | model | metric | success (min..max) | max seconds | max queries | dcor "
              "| assumption |",
              "|---|---|---|---|---|---|---|---|---|"]

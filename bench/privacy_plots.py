@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from bench.privacy_matrix import beside, success_matrix  # noqa: E402
+
 X_PARAMS = ("n", "layer", "drift", "sigma_rel")  # the first that varies becomes the x axis
 X_LABELS = {"n": "known pairs / queries n", "layer": "layer attacked (block index)",
             "drift": "weight drift of the fine-tuned model (relative)", "sigma_rel": "noise sigma / embedding RMS"}
@@ -116,16 +118,52 @@ def plot_frontier(rows: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def plot_matrix(rows: pd.DataFrame, path: Path) -> Path:
+    """The scheme x attack matrix as a heatmap (success on real tokens), accuracy and latency in the row labels."""
+    table = success_matrix(rows)
+    if table.empty:
+        raise ValueError("no scheme_matrix rows to plot (is attacks.scheme_matrix enabled?)")
+    side = beside(rows)
+    labels = []
+    for scheme in table.index:
+        s = side.loc[scheme] if scheme in side.index else pd.Series(dtype=float)
+        acc = f"top-1 {s['top1_agreement']:.3f}" if "top1_agreement" in s else ""
+        lat = f", x{s['latency_ratio_vs_plaintext']:.2f} latency" if "latency_ratio_vs_plaintext" in s else ""
+        labels.append(f"{scheme}\n({acc}{lat})")
+    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * table.shape[1], 1.2 + 0.75 * table.shape[0]))
+    ax.imshow(table.to_numpy(dtype=float), cmap="Reds", vmin=0, vmax=1, aspect="auto")
+    for i in range(table.shape[0]):
+        for j in range(table.shape[1]):
+            v = table.iat[i, j]
+            if pd.notna(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
+                        color="white" if v > 0.6 else "black")
+    ax.set_xticks(range(table.shape[1]), [textwrap.fill(c.replace("_", " "), 16) for c in table.columns],
+                  fontsize=7)
+    ax.set_yticks(range(table.shape[0]), labels, fontsize=8)
+    model = rows.loc[rows["scheme"].notna(), "model"].iloc[0]
+    ax.set_title(f"attack success on real tokens (fraction of positions), {model}\n"
+                 "row: scheme (top-1 agreement with plaintext, call latency / plaintext)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_all(rows: pd.DataFrame, folder: Path) -> list[Path]:
     """Every attack's figure plus the frontier (when measured) into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     df = _with_params(rows)
     out = []
     plain = df if "defence" not in df else df[df["defence"].isna()]
+    if "scheme" in plain:  # the matrix's rows get one figure of their own
+        plain = plain[plain["scheme"].isna()]
     for attack in plain["attack"].unique():
         if plain[(plain["attack"] == attack) & plain["unit"].isin(["fraction", "ratio"])].empty:
             continue
         out.append(plot_attack(df, attack, folder / f"attack_{attack}.png"))
     if "defence" in df and (df["defence"] == "noise").any():
         out.append(plot_frontier(df, folder / "noise_frontier.png"))
+    if "scheme" in df and df["scheme"].notna().any():
+        out.append(plot_matrix(rows, folder / "scheme_matrix.png"))
     return out

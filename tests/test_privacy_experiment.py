@@ -21,6 +21,8 @@ TOY = [  # config-built models only, small sweeps: ~30 s on 2 cores
     "attacks.baselines.models=[llama]", "attacks.baselines.projection_ns=[16,128]", "attacks.baselines.split_layers=[1]",
     "attacks.noise_frontier.models=[llama]", "attacks.noise_frontier.sigmas_rel=[0.0,0.3,1.0,3.0,10.0]",
     "attacks.speculation_length.enabled=false",  # real SmolLM2 generation: tests/test_stip_attack_speculation.py
+    "attacks.scheme_matrix.models=[llama]", "attacks.scheme_matrix.kpa_ns=[8,128]",
+    "attacks.scheme_matrix.candidates=16", "attacks.scheme_matrix.hidden_tokens=6", "attacks.scheme_matrix.real_tokens=48", "attacks.scheme_matrix.row_len=16",
 ]
 
 
@@ -64,3 +66,15 @@ def test_noise_frontier_is_monotone_in_sigma_for_multiset(toy_run):
     success = noisy.assign(sigma=sigma).sort_values("sigma")["value"].tolist()
     assert success[0] == 1.0 and success[-1] < 0.1  # clean: all recovered; heavy noise: stopped
     assert all(a >= b for a, b in zip(success, success[1:])), success
+
+
+def test_scheme_matrix_is_the_headline(toy_run):
+    rows = pd.read_parquet(toy_run / "rows.parquet")
+    matrix = rows[rows["scheme"].notna()]
+    assert set(matrix["scheme"]) == {"stip", "stip_noise", "stip_fresh_keys", "rotation", "rotation_noise"}
+    exact = matrix[(matrix["metric"] == "top1_agreement") & matrix["scheme"].isin(["stip", "rotation"])]
+    assert (exact["value"] == 1.0).all()
+    summary = (toy_run / "summary.md").read_text()
+    assert summary.index("## The scheme x attack matrix") < summary.index("## Every attack")
+    assert "Talaria" in summary and "ConjFormer" in summary
+    assert (toy_run / "scheme_matrix.png").is_file()

@@ -87,9 +87,11 @@ def test_hidden_state_matching_recovers_tokens_at_a_hidden_layer_and_fails_with_
 def test_weight_alignment_recovers_every_key_of_a_drifted_model_and_decodes_traffic():
     base = tiny_llama()
     rows = measure.measure_weights("tiny", base, _ids(base), drifts=(0.1,))
-    values = {(r["metric"], r.get("key")): r["value"] for r in rows}
+    values = {(r["metric"], r.get("key")): r["value"] for r in rows if r["unit"] == "fraction"}
     assert all(v == 1.0 for v in values.values()), values
     assert ("key_recovered", "layers.1.pi_i3") in values and ("key_recovered", "pi_c") in values
+    bits = next(r for r in rows if r["metric"] == "effective_key_space_bits")
+    assert bits["unit"] == "bits" and bits["value"] > 1000 and bits["forced_keys"] == []
 
 
 def test_weight_alignment_against_an_unrelated_base_recovers_little():

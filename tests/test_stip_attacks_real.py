@@ -31,4 +31,4 @@ def test_smollm2_tokens_and_keys_fall_without_any_key():
     rows += measure.measure_weights("smollm2", model, ids)
     assert _values(rows, "multiset", "token_recovery") == [1.0]
     assert _values(rows, "functional_theft", "top1_agreement") == [1.0]
-    assert _values(rows, "weight_alignment", "token_recovery_with_recovered_pi") == [1.0]
+    assert _values(rows, "weight_alignment", "token_recovery") == [1.0]  # with the recovered pi

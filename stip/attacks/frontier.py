@@ -15,6 +15,7 @@ from torch import nn
 from ..parties import DataOwner, ModelDeveloper, ModelServer
 from . import baselines, kpa, multiset, weights
 from .rows import row, timer
+from .scoring import token_rows
 
 DEFENCE = "defence: the device adds fresh N(0, sigma^2) noise to the permuted embeddings"
 
@@ -34,21 +35,24 @@ def public_table(device: DataOwner) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(plain_out: Any, decoded: dict[str, torch.Tensor]) -> tuple[str, float]:
-    """(metric name, value) of the noisy decoded outputs against plaintext."""
+def accuracy(plain_out: Any, decoded: dict[str, torch.Tensor],
+             mask: torch.Tensor | None = None) -> tuple[str, float]:
+    """(metric name, value) of the noisy decoded outputs against plaintext (top-1: real positions only)."""
     if "logits" in decoded:
         agree = decoded["logits"].argmax(-1) == plain_out.logits.argmax(-1)
-        return "top1_agreement", float(agree.float().mean())
+        return "top1_agreement", float(agree[mask].float().mean() if mask is not None else agree.float().mean())
     a, b = decoded["last_hidden_state"].mean(1), plain_out.last_hidden_state.mean(1)
     return "pooled_cosine", float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
 
 
 @torch.no_grad()
 def noise_frontier(name: str, model: nn.Module, input_ids: torch.Tensor, sigmas_rel: Sequence[float],
-                   seed: int = 0, kpa_rows: int = 8) -> list[dict[str, Any]]:
+                   seed: int = 0, kpa_rows: int = 8, mask: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Rows per sigma: accuracy, multiset token recovery, KPA (Hungarian) from `kpa_rows` rows, and
     nearest-token decoding with the `pi` that weight alignment recovers (noise never touches weights).
+    Every rate is over the real positions of `mask` (None: all), the KPA rows are real ones too.
     """
+    keep = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
     developer = ModelDeveloper(model, seed=seed)
     cloud = developer.cloud_model()
     server = ModelServer(cloud)
@@ -57,28 +61,27 @@ def noise_frontier(name: str, model: nn.Module, input_ids: torch.Tensor, sigmas_
     family = developer.family.name
     table = public_table(developer.data_owner())
     rms = float(table.float().pow(2).mean().sqrt())
-    plain_out = model(input_ids=input_ids)
+    plain_out = model(input_ids=input_ids, attention_mask=keep.long())
     rows = []
     for rel in sigmas_rel:
         sigma = rel * rms
         device = developer.data_owner(noise_sigma=sigma, noise_generator=torch.Generator().manual_seed(seed))
         params = dict(sigma=sigma, sigma_rel=rel, defence="noise", d=device.hidden_size)
         with timer() as t:
-            request = device.request(input_ids)
+            request = device.request(input_ids, attention_mask=keep.long())
             decoded = device.decode(server.infer(**request), input_ids=input_ids)
-        metric, value = accuracy(plain_out, decoded)
+        metric, value = accuracy(plain_out, decoded, keep)
         rows.append(row("noise_defence", name, family, DEFENCE,
                         metric, value, "fraction" if metric == "top1_agreement" else "cosine",
                         input_ids.shape[0], t[0], **params))
         wire = request["inputs_embeds"]
         with timer() as t:
             guesses = multiset.fingerprint_token_recovery(wire, table)
-        rows.append(row("multiset", name, family, multiset.ASSUMPTION, "token_recovery",
-                        float((guesses == input_ids).float().mean()), "fraction", input_ids.shape[0], t[0],
-                        **params))
-        plain = device.embed(input_ids).reshape(-1, device.hidden_size)[:kpa_rows]
+        rows += token_rows("multiset", name, family, multiset.ASSUMPTION, guesses, input_ids, keep,
+                           input_ids.shape[0], t[0], **params)
+        plain = device.embed(input_ids)[keep][:kpa_rows]
         with timer() as t:
-            pi = kpa.assignment_permutation(plain, wire.reshape(-1, device.hidden_size)[:kpa_rows])
+            pi = kpa.assignment_permutation(plain, wire[keep][:kpa_rows])
         rows.append(row("known_plaintext", name, family, kpa.ASSUMPTION, "pi_recovered",
                         float((pi == device.keys["pi"]).float().mean()), "fraction", kpa_rows, t[0],
                         n=kpa_rows, **params))
@@ -86,8 +89,7 @@ def noise_frontier(name: str, model: nn.Module, input_ids: torch.Tensor, sigmas_
             plain_guess = torch.empty_like(wire)
             plain_guess[..., aligned_pi] = wire
             nearest = baselines.nearest_tokens(plain_guess, table)
-        rows.append(row("weight_alignment_nearest", name, family, weights.ASSUMPTION + "; then sees traffic",
-                        "token_recovery", float((nearest == input_ids).float().mean()), "fraction",
-                        input_ids.shape[0], t[0] + t_align[0],
-                        pi_recovered=float((aligned_pi == device.keys["pi"]).float().mean()), **params))
+        rows += token_rows("weight_alignment_nearest", name, family, weights.ASSUMPTION + "; then sees traffic",
+                           nearest, input_ids, keep, input_ids.shape[0], t[0] + t_align[0],
+                           pi_recovered=float((aligned_pi == device.keys["pi"]).float().mean()), **params)
     return rows

@@ -52,16 +52,33 @@ def states_at(model: nn.Module, layer: int, **inputs: torch.Tensor) -> torch.Ten
 @torch.no_grad()
 def hidden_state_token_recovery(observed: torch.Tensor, public_model: nn.Module, layer: int,
                                 candidates: torch.Tensor | None = None, batch: int = 512,
-                                statistic: str = "sorted") -> torch.Tensor:
-    """Recover the tokens of one sequence from its permuted layer-`layer` states [seq, d].
+                                statistic: str = "sorted", order: str = "index",
+                                tolerance: float = 0.0) -> torch.Tensor:
+    """Recover the tokens of one sequence from its observed layer-`layer` states [seq, d].
 
-    Each position is decoded after the prefix already recovered (errors propagate, as they
-    would for the attacker). `candidates` defaults to the whole vocabulary. `statistic`:
+    `candidates` defaults to the whole vocabulary (the papers' setting). `statistic` compares
     "sorted" values (blind to any feature permutation: STIP) or "raw" vectors (no transform:
-    a model split's activations).
+    a model split's activations). See `vocabulary_matching` for `order` and `tolerance`.
+    """
+    return vocabulary_matching(observed, public_model, layer, candidates, batch, statistic, order, tolerance)[0]
+
+
+@torch.no_grad()
+def vocabulary_matching(observed: torch.Tensor, public_model: nn.Module, layer: int,
+                        candidates: torch.Tensor | None = None, batch: int = 512, statistic: str = "sorted",
+                        order: str = "index", tolerance: float = 0.0) -> tuple[torch.Tensor, int]:
+    """(guesses [seq], candidate sequences run through the public model): Hidden No More's search.
+
+    order="logits" tries candidates in the order the public model predicts them after the recovered prefix
+    (one extra forward per position) and, with tolerance > 0, stops at the first batch whose best candidate
+    lies within `tolerance` * ||target|| (the paper's early exit); tolerance=0 always scans every candidate.
     """
     if statistic not in ("sorted", "raw"):
         raise ValueError(f"statistic must be 'sorted' or 'raw', got {statistic!r}")
+    if order not in ("index", "logits"):
+        raise ValueError(f"order must be 'index' or 'logits', got {order!r}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
 
     def stat(x: torch.Tensor) -> torch.Tensor:
         return x.float().sort(dim=-1).values if statistic == "sorted" else x.float()
@@ -70,15 +87,25 @@ def hidden_state_token_recovery(observed: torch.Tensor, public_model: nn.Module,
         candidates = torch.arange(public_model.get_input_embeddings().weight.shape[0])
     target = stat(observed)
     guesses: list[int] = []
+    forwards = 0
     for t in range(observed.shape[0]):
         prefix = torch.tensor(guesses, dtype=torch.long)
+        ranked = candidates
+        if order == "logits" and t > 0:
+            logits = public_model(input_ids=prefix[None]).logits[0, -1, candidates]
+            ranked = candidates[logits.argsort(descending=True)]
+            forwards += 1
         best, best_dist = -1, float("inf")
-        for start in range(0, candidates.numel(), batch):
-            cand = candidates[start:start + batch]
+        limit = tolerance * float(target[t].norm())
+        for start in range(0, ranked.numel(), batch):
+            cand = ranked[start:start + batch]
             ids = torch.cat([prefix.expand(cand.numel(), t), cand[:, None]], dim=1)
             states = stat(states_at(public_model, layer, input_ids=ids)[:, -1])
+            forwards += cand.numel()
             dist, idx = (states - target[t]).norm(dim=-1).min(dim=0)
             if float(dist) < best_dist:
                 best, best_dist = int(cand[idx]), float(dist)
+            if best_dist <= limit:
+                break
         guesses.append(best)
-    return torch.tensor(guesses, dtype=torch.long)
+    return torch.tensor(guesses, dtype=torch.long), forwards

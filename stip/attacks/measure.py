@@ -13,39 +13,57 @@ from torch import nn
 
 from ..parties import ModelDeveloper, ModelServer
 from ..speculation import Drafter
-from . import baselines, drift, frequency, hidden, kpa, moe, multiset, speculation, theft, weights
+from . import baselines, drift, frequency, hidden, kpa, moe, multiset, scoring, speculation, theft, weights
 from .frontier import public_table
 from .rows import row, timer
+from .scoring import token_rows
 
 Rows = list[dict[str, Any]]
 DECODES = weights.ASSUMPTION + "; then decodes traffic with the recovered keys"
 
 
-def _rate(guess: torch.Tensor, truth: torch.Tensor) -> float:
-    return float((guess.reshape(-1) == truth.reshape(-1)).float().mean())
+def _rate(guess: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Per real position (mask True; None = every position real)."""
+    return scoring.token_scores(guess.reshape(truth.shape), truth, mask)["token_recovery"]
 
 
-def _drifted(base: nn.Module, kind: str, size: float, ids: torch.Tensor | None, seed: int) -> nn.Module:
-    """The developer's fine-tuned model: `perturb` (relative size) or `finetune` (size = Adam steps)."""
+def _drifted(base: nn.Module, kind: str, size: float, ids: torch.Tensor | None, seed: int,
+             lr: float = 1e-4) -> nn.Module:
+    """The developer's fine-tuned model: `perturb` (relative size) or `finetune` (size = Adam steps on `ids`,
+    which should be public text the attacked users never send: the `drift_text` of the measure functions)."""
     if size == 0:
         return base
     if kind == "perturb":
         return drift.perturbed_copy(base, size, seed)
     if kind == "finetune":
-        return drift.finetuned_copy(base, ids, int(size), seed=seed)
+        return drift.finetuned_copy(base, ids, int(size), lr=lr, seed=seed)
     raise ValueError(f"drift kind must be 'perturb' or 'finetune', got {kind!r}")
+
+
+def _drift_params(kind: str, size: float, base: nn.Module, tuned: nn.Module, lr: float,
+                  text: torch.Tensor | None) -> dict[str, Any]:
+    """What the drift stand-in was and how far it moved the weights (||W' - W|| / ||W||)."""
+    out: dict[str, Any] = dict(drift_kind=kind, drift=size, weight_change=drift.relative_weight_change(base, tuned))
+    if kind == "finetune" and size:
+        out.update(drift_lr=lr, drift_tokens=int(text.numel()) if text is not None else 0)
+    return out
 
 
 @torch.no_grad()
 def measure_multiset(name: str, base: nn.Module, ids: torch.Tensor, drifts: Sequence[float] = (0.0,),
-                     drift_kind: str = "perturb", seed: int = 0) -> Rows:
-    """Token recovery from permuted embeddings against the public (base) table, per weight drift."""
+                     drift_kind: str = "perturb", seed: int = 0, mask: torch.Tensor | None = None,
+                     drift_text: torch.Tensor | None = None, drift_lr: float = 1e-4) -> Rows:
+    """Token recovery from permuted embeddings against the public (base) table, per weight drift.
+
+    Scored on the real positions of `mask` (None: every position), per position and per distinct token.
+    """
     public = ModelDeveloper(base, seed=seed).data_owner()
     table = public_table(public)
     by_position = multiset.adds_positions(public.embed)
     rows = []
     for size in drifts:
-        tuned = _drifted(base, drift_kind, size, ids, seed)
+        text = ids if drift_text is None else drift_text
+        tuned = _drifted(base, drift_kind, size, text, seed, drift_lr)
         developer = ModelDeveloper(tuned, seed=seed)
         wire = developer.data_owner().encode(ids)
         with timer() as t:
@@ -53,10 +71,9 @@ def measure_multiset(name: str, base: nn.Module, ids: torch.Tensor, drifts: Sequ
                 guess = multiset.recover_with_position_tables(wire, public.embed, table.shape[0])
             else:
                 guess = multiset.fingerprint_token_recovery(wire, table)
-        rows.append(row("multiset", name, developer.family.name, multiset.ASSUMPTION, "token_recovery",
-                        _rate(guess, ids), "fraction", ids.shape[0], t[0], drift_kind=drift_kind,
-                        drift=size, weight_change=drift.relative_weight_change(base, tuned),
-                        n_tokens=ids.numel(), d=table.shape[1], position_tables=by_position))
+        rows += token_rows("multiset", name, developer.family.name, multiset.ASSUMPTION, guess, ids, mask,
+                           ids.shape[0], t[0], **_drift_params(drift_kind, size, base, tuned, drift_lr, text),
+                           d=table.shape[1], position_tables=by_position, candidates=int(table.shape[0]))
     return rows
 
 
@@ -84,70 +101,106 @@ def measure_vit_patches(name: str, vit: nn.Module, pixel_values: torch.Tensor, s
 @torch.no_grad()
 def measure_hidden(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequence[int],
                    drifts: Sequence[float] = (0.0,), drift_kind: str = "perturb",
-                   candidates: torch.Tensor | None = None, seed: int = 0) -> Rows:
-    """Hidden-state vocabulary matching on one sequence per layer and drift (candidates: a row parameter)."""
+                   candidates: torch.Tensor | None = None, seed: int = 0, mask: torch.Tensor | None = None,
+                   order: str = "index", tolerance: float = 0.0, drift_text: torch.Tensor | None = None,
+                   drift_lr: float = 1e-4) -> Rows:
+    """Hidden-state vocabulary matching per layer and drift, every row of `ids` (its real positions).
+
+    candidates None = the full vocabulary (the papers' setting); a row parameter says which. Right-padded
+    rows: a causal model's real states never see the pads, and only the real positions are attacked.
+    """
     rows = []
-    n_cand = int((candidates if candidates is not None else base.get_input_embeddings().weight).shape[0])
+    vocab = int(base.get_input_embeddings().weight.shape[0])
+    n_cand = vocab if candidates is None else int(candidates.numel())
+    keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+    lengths = [int(k.sum()) for k in keep]
+    if any(not bool(k[:n].all()) for k, n in zip(keep, lengths)):
+        raise ValueError("measure_hidden needs right-padded rows (real positions first); pad on the right")
     for size in drifts:
-        tuned = _drifted(base, drift_kind, size, ids, seed)
+        text = ids if drift_text is None else drift_text
+        tuned = _drifted(base, drift_kind, size, text, seed, drift_lr)
         developer = ModelDeveloper(tuned, seed=seed)
         cloud = developer.cloud_model()
-        wire = developer.data_owner().encode(ids[:1])
-        change = drift.relative_weight_change(base, tuned)
+        device = developer.data_owner()
+        params = _drift_params(drift_kind, size, base, tuned, drift_lr, text)
         for layer in layers:
-            observed = hidden.states_at(cloud, layer, inputs_embeds=wire)[0]
-            with timer() as t:
-                guess = hidden.hidden_state_token_recovery(observed, base, layer, candidates)
-            rows.append(row("hidden_state", name, developer.family.name, hidden.ASSUMPTION, "token_recovery",
-                            _rate(guess, ids[0]), "fraction", 1, t[0], layer=layer, drift_kind=drift_kind,
-                            drift=size, weight_change=change, candidates=n_cand, n_tokens=ids.shape[1],
-                            base_forwards=n_cand * ids.shape[1]))
+            guess = torch.full_like(ids, -1)
+            forwards, seconds = 0, 0.0
+            for r, n in enumerate(lengths):
+                wire = device.encode(ids[r:r + 1, :n])
+                observed = hidden.states_at(cloud, layer, inputs_embeds=wire)[0]
+                with timer() as t:
+                    found, used = hidden.vocabulary_matching(observed, base, layer, candidates, order=order,
+                                                             tolerance=tolerance)
+                guess[r, :n] = found
+                forwards += used
+                seconds += t[0]
+            rows += token_rows("hidden_state", name, developer.family.name, hidden.ASSUMPTION, guess, ids, keep,
+                               len(lengths), seconds, layer=layer, candidates=n_cand,
+                               candidate_set="full vocabulary" if n_cand == vocab else "true tokens + random",
+                               order=order, tolerance=tolerance, base_forwards=forwards, **params)
+    return rows
+
+
+def key_rows(name: str, family: str, recovered: dict[str, torch.Tensor], keys: Any, dims: Any,
+             out_dim: int | None, seconds: float, assumption: str = weights.ASSUMPTION, **params: Any) -> Rows:
+    """Rows scoring recovered keys on what is secret: one key_recovered row per secret key attempted, the
+    mean over them, the share of the secret keys' bits recovered whole, and the effective key space."""
+    s = scoring.key_scores(recovered, keys, dims, out_dim)
+    bits = scoring.key_space_bits(dims, out_dim)
+    common = dict(forced_keys=s["forced"], n_secret_keys=s["n_secret_keys"],
+                  n_secret_keys_attempted=s["n_secret_keys_attempted"], **params)
+    rows = [row("weight_alignment", name, family, assumption, "key_recovered", fraction, "fraction", 0, seconds,
+                key=key, key_bits=bits[key], exact=exact, **params)
+            for key, (fraction, exact) in s["per_key"].items()]
+    for metric in ("secret_keys_mean_recovered", "key_space_bits_recovered"):
+        rows.append(row("weight_alignment", name, family, assumption, metric, s[metric], "fraction", 0, seconds,
+                        **common))
+    rows.append(row("weight_alignment", name, family, assumption, "effective_key_space_bits",
+                    s["effective_key_space_bits"], "bits", 0, seconds, **common))
     return rows
 
 
 @torch.no_grad()
 def measure_weights(name: str, base: nn.Module, ids: torch.Tensor, drifts: Sequence[float] = (0.0,),
-                    drift_kind: str = "perturb", seed: int = 0, hungarian_limit: int = 8192) -> Rows:
-    """Key recovery by weight alignment per drift, and whether the recovered keys decode traffic."""
+                    drift_kind: str = "perturb", seed: int = 0, hungarian_limit: int = 8192,
+                    mask: torch.Tensor | None = None, drift_text: torch.Tensor | None = None,
+                    drift_lr: float = 1e-4) -> Rows:
+    """Key recovery by weight alignment per drift (secret keys only), and whether the keys decode traffic."""
     rows = []
     base_sd = base.state_dict()
     public = ModelDeveloper(base, seed=seed).data_owner()
     table = public_table(public)
     by_position = multiset.adds_positions(public.embed)
+    keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
     for size in drifts:
-        tuned = _drifted(base, drift_kind, size, ids, seed)
+        text = ids if drift_text is None else drift_text
+        tuned = _drifted(base, drift_kind, size, text, seed, drift_lr)
         developer = ModelDeveloper(tuned, seed=seed)
         cloud = developer.cloud_model()
         family = developer.family
-        common = dict(drift_kind=drift_kind, drift=size,
-                      weight_change=drift.relative_weight_change(base, tuned))
+        common = _drift_params(drift_kind, size, base, tuned, drift_lr, text)
         with timer() as t:
             cloud_sd = cloud.state_dict()
             pi = weights.recover_pi(family, cloud_sd, base_sd)
             recovered = weights.recover_layer_keys(family, cloud_sd, base_sd, pi, hungarian_limit)
-        fractions = weights.key_recovery_fractions(recovered, pi, developer.keys)
-        for key, value in fractions.items():
-            rows.append(row("weight_alignment", name, family.name, weights.ASSUMPTION, "key_recovered", value,
-                            "fraction", 0, t[0], key=key, **common))
-        layer_keys = [v for k, v in fractions.items() if k.startswith("layers.")]
-        rows.append(row("weight_alignment", name, family.name, weights.ASSUMPTION,
-                        "layer_keys_mean_recovered",
-                        sum(layer_keys) / max(1, len(layer_keys)), "fraction", 0, t[0], **common))
+        found = {"pi": pi, **{k: v for k, (v, _) in recovered.items()}}
+        out_dim = int(developer.keys["pi_c"].numel()) if "pi_c" in developer.keys else None
+        rows += key_rows(name, family.name, found, developer.keys, developer.dims, out_dim, t[0],
+                         **common)
         device = developer.data_owner()
         wire = device.encode(ids)
         plain_guess = torch.empty_like(wire)
         plain_guess[..., pi] = wire
-        rows.append(row("weight_alignment", name, family.name, DECODES,
-                        "token_recovery_with_recovered_pi",
-                        _rate(multiset.recover_with_position_tables(plain_guess, public.embed, table.shape[0])
-                              if by_position else baselines.nearest_tokens(plain_guess, table), ids),
-                        "fraction", ids.shape[0], t[0],
-                        **common))
+        guess = (multiset.recover_with_position_tables(plain_guess, public.embed, table.shape[0])
+                 if by_position else baselines.nearest_tokens(plain_guess, table))
+        rows += token_rows("weight_alignment", name, family.name, DECODES, guess, ids, keep, ids.shape[0], t[0],
+                           decoded_with="recovered pi, nearest public embedding row", **common)
         if "pi_c" in recovered:
             logits = cloud(inputs_embeds=wire).logits.argmax(-1)
             truth = tuned(input_ids=ids).logits.argmax(-1)
             rows.append(row("weight_alignment", name, family.name, DECODES,
-                            "argmax_decoded_with_recovered_pi_c", _rate(recovered["pi_c"][0][logits], truth),
+                            "argmax_decoded_with_recovered_pi_c", _rate(recovered["pi_c"][0][logits], truth, keep),
                             "fraction", ids.shape[0], t[0], **common))
     return rows
 
@@ -196,19 +249,28 @@ def measure_frequency(name: str, base: nn.Module, user_chunks: Sequence[torch.Te
 
 
 @torch.no_grad()
-def measure_moe(name: str, base: nn.Module, ids: torch.Tensor, seed: int = 0) -> Rows:
-    """Token recovery from the cloud's routing (router logits, and expert choices only)."""
+def measure_moe(name: str, base: nn.Module, ids: torch.Tensor, seed: int = 0,
+                mask: torch.Tensor | None = None) -> Rows:
+    """Token recovery from the cloud's routing (router logits, and expert choices only), full vocabulary,
+    over every row's real positions (right-padded rows)."""
     developer = ModelDeveloper(base, seed=seed)
     cloud = developer.cloud_model()
-    observed = moe.router_logits(cloud, inputs_embeds=developer.data_owner().encode(ids[:1]))[0]
+    device = developer.data_owner()
+    keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+    lengths = [int(k.sum()) for k in keep]
     top_k = base.config.num_experts_per_tok
     rows = []
     for use in ("logits", "choices"):
-        with timer() as t:
-            guess = moe.routing_token_recovery(observed, base, top_k, use)
-        rows.append(row("moe_routing", name, developer.family.name, moe.ASSUMPTION, "token_recovery",
-                        _rate(guess, ids[0]), "fraction", 1, t[0], observed=use,
-                        experts=base.config.num_local_experts, top_k=top_k, n_tokens=ids.shape[1]))
+        guess = torch.full_like(ids, -1)
+        seconds = 0.0
+        for r, n in enumerate(lengths):
+            observed = moe.router_logits(cloud, inputs_embeds=device.encode(ids[r:r + 1, :n]))[0]
+            with timer() as t:
+                guess[r, :n] = moe.routing_token_recovery(observed, base, top_k, use)
+            seconds += t[0]
+        rows += token_rows("moe_routing", name, developer.family.name, moe.ASSUMPTION, guess, ids, keep,
+                           len(lengths), seconds, observed=use, experts=base.config.num_local_experts, top_k=top_k,
+                           candidates=int(base.get_input_embeddings().weight.shape[0]))
     return rows
 
 
@@ -225,7 +287,7 @@ def measure_theft(name: str, model: nn.Module, ids: torch.Tensor, seed: int = 0)
 
 @torch.no_grad()
 def measure_projection(name: str, model: nn.Module, ids: torch.Tensor, ns: Sequence[int],
-                       seed: int = 0) -> Rows:
+                       seed: int = 0, mask: torch.Tensor | None = None) -> Rows:
     """Random projection baseline: multiset matching (ciphertext only) and least-squares KPA vs n."""
     table = public_table(ModelDeveloper(model, seed=seed).data_owner())
     d = table.shape[1]
@@ -235,35 +297,39 @@ def measure_projection(name: str, model: nn.Module, ids: torch.Tensor, ns: Seque
     family = ModelDeveloper(model, seed=seed).family.name
     with timer() as t:
         guess = multiset.fingerprint_token_recovery(wire, table)
-    rows = [row("projection_multiset", name, family, baselines.PROJECTION_MULTISET_ASSUMPTION,
-                "token_recovery",
-                _rate(guess, ids), "fraction", ids.shape[0], t[0], d=d, baseline="random_projection")]
+    rows = token_rows("projection_multiset", name, family, baselines.PROJECTION_MULTISET_ASSUMPTION, guess, ids,
+                      mask, ids.shape[0], t[0], d=d, baseline="random_projection")
     gen = torch.Generator().manual_seed(seed)
     for n in ns:
         known = table[torch.randint(0, table.shape[0], (n,), generator=gen)]
         with timer() as t:
             r_hat = baselines.projection_known_plaintext(known, known @ r)
             guess = baselines.projection_token_recovery(wire, r_hat, table)
-        rows.append(row("projection_known_plaintext", name, family, baselines.PROJECTION_KPA_ASSUMPTION,
-                        "token_recovery", _rate(guess, ids), "fraction", n, t[0], n=n, d=d,
-                        baseline="random_projection"))
+        rows += token_rows("projection_known_plaintext", name, family, baselines.PROJECTION_KPA_ASSUMPTION,
+                           guess, ids, mask, n, t[0], n=n, d=d, baseline="random_projection")
     return rows
 
 
 @torch.no_grad()
 def measure_split(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequence[int],
-                  candidates: torch.Tensor | None = None) -> Rows:
-    """Model split baseline: invert the device's clear layer-l activations by vocabulary matching."""
+                  candidates: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> Rows:
+    """Model split baseline: invert the device's clear layer-l activations by vocabulary matching, every
+    row's real positions (right-padded rows)."""
     family = ModelDeveloper(base, seed=0).family.name
     n_cand = int((candidates if candidates is not None else base.get_input_embeddings().weight).shape[0])
+    keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+    lengths = [int(k.sum()) for k in keep]
     rows = []
     for layer in layers:
-        activations = hidden.states_at(base, layer, input_ids=ids[:1])[0]
-        with timer() as t:
-            guess = baselines.split_token_recovery(activations, base, layer, candidates)
-        rows.append(row("split_inversion", name, family, baselines.SPLIT_ASSUMPTION, "token_recovery",
-                        _rate(guess, ids[0]), "fraction", 1, t[0], layer=layer, candidates=n_cand,
-                        baseline="model_split", n_tokens=ids.shape[1]))
+        guess = torch.full_like(ids, -1)
+        seconds = 0.0
+        for r, n in enumerate(lengths):
+            activations = hidden.states_at(base, layer, input_ids=ids[r:r + 1, :n])[0]
+            with timer() as t:
+                guess[r, :n] = baselines.split_token_recovery(activations, base, layer, candidates)
+            seconds += t[0]
+        rows += token_rows("split_inversion", name, family, baselines.SPLIT_ASSUMPTION, guess, ids, keep,
+                           len(lengths), seconds, layer=layer, candidates=n_cand, baseline="model_split")
     return rows
 
 
