@@ -21,6 +21,8 @@ TOY = [  # config-built models only, small sweeps: ~30 s on 2 cores
     "attacks.baselines.models=[llama]", "attacks.baselines.projection_ns=[16,128]", "attacks.baselines.split_layers=[1]",
     "attacks.noise_frontier.models=[llama]", "attacks.noise_frontier.sigmas_rel=[0.0,0.3,1.0,3.0,10.0]",
     "attacks.speculation_length.enabled=false",  # real SmolLM2 generation: tests/test_stip_attack_speculation.py
+    "attacks.learned_inverter.models=[llama]", "attacks.learned_inverter.layers=[1]",
+    "attacks.learned_inverter.drifts=[0]", "public_tokens=600",
 ]
 
 
@@ -59,7 +61,7 @@ def test_multiset_recovers_every_token_of_untouched_embeddings(toy_run):
 
 def test_noise_frontier_is_monotone_in_sigma_for_multiset(toy_run):
     rows = pd.read_parquet(toy_run / "rows.parquet")
-    noisy = rows[(rows["attack"] == "multiset") & (rows["defence"] == "noise")]
+    noisy = rows[(rows["attack"] == "multiset") & (rows["defence"] == "noise") & (rows["metric"] == "token_recovery")]
     sigma = [json.loads(p)["sigma_rel"] for p in noisy["parameters"]]
     success = noisy.assign(sigma=sigma).sort_values("sigma")["value"].tolist()
     assert success[0] == 1.0 and success[-1] < 0.1  # clean: all recovered; heavy noise: stopped
