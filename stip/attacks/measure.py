@@ -103,7 +103,7 @@ def measure_hidden(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequen
                    drifts: Sequence[float] = (0.0,), drift_kind: str = "perturb",
                    candidates: torch.Tensor | None = None, seed: int = 0, mask: torch.Tensor | None = None,
                    order: str = "index", tolerance: float = 0.0, drift_text: torch.Tensor | None = None,
-                   drift_lr: float = 1e-4) -> Rows:
+                   drift_lr: float = 1e-4, batch: int = 512) -> Rows:
     """Hidden-state vocabulary matching per layer and drift, every row of `ids` (its real positions).
 
     candidates None = the full vocabulary (the papers' setting); a row parameter says which. Right-padded
@@ -130,8 +130,8 @@ def measure_hidden(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequen
                 wire = device.encode(ids[r:r + 1, :n])
                 observed = hidden.states_at(cloud, layer, inputs_embeds=wire)[0]
                 with timer() as t:
-                    found, used = hidden.vocabulary_matching(observed, base, layer, candidates, order=order,
-                                                             tolerance=tolerance)
+                    found, used = hidden.vocabulary_matching(observed, base, layer, candidates, batch=batch,
+                                                             order=order, tolerance=tolerance)
                 guess[r, :n] = found
                 forwards += used
                 seconds += t[0]
