@@ -23,7 +23,7 @@ from bench.app import CONFIG_DIR, _absolute
 from bench.privacy_plots import plot_all
 from bench.results import atomic_write_bytes, atomic_write_csv, atomic_write_parquet
 from protocols.models import load_smollm2, minilm_path
-from protocols.privacy import dcor_both
+from protocols.privacy import dcor_both, dcor_independent
 from stip.attacks import corpus, measure, speculation
 from stip.attacks.corpus import TokenBatch
 from stip.attacks.frontier import noise_frontier
@@ -35,7 +35,7 @@ from stip.speculation import PromptLookup
 log = logging.getLogger(__name__)
 
 FIXED = ["attack", "model", "family", "assumption", "metric", "value", "unit", "n_queries", "seconds"]
-COLUMNS = ["experiment", *FIXED, "defence", "dcor", "dcor_samples", "parameters"]
+COLUMNS = ["experiment", *FIXED, "defence", "dcor", "dcor_samples", "dcor_independent", "parameters"]
 
 
 @dataclass
@@ -340,7 +340,8 @@ def model_dcor(m: Models, name: str, seed: int) -> dict[str, float]:
     else:
         b = m.batch(name)
         plain, wire = device.embed(b.ids)[b.mask], device.encode(b.ids)[b.mask]  # real positions only
-    return dcor_both(plain.reshape(-1, plain.shape[-1]), wire.reshape(-1, wire.shape[-1]), seed=seed)
+    out = dcor_both(plain.reshape(-1, plain.shape[-1]), wire.reshape(-1, wire.shape[-1]), seed=seed)
+    return {**out, "dcor_independent": dcor_independent(plain.shape[-1], seed=seed)}
 
 
 def tidy(rows: Rows, dcors: dict[str, dict[str, float]], experiment: str) -> pd.DataFrame:
@@ -351,7 +352,7 @@ def tidy(rows: Rows, dcors: dict[str, dict[str, float]], experiment: str) -> pd.
         d = dcors.get(r["model"], {})
         records.append({"experiment": experiment, **{k: r[k] for k in FIXED}, "defence": params.get("defence"),
                         "dcor": d.get("dcor"),
-                        "dcor_samples": d.get("dcor_samples"),
+                        "dcor_samples": d.get("dcor_samples"), "dcor_independent": d.get("dcor_independent"),
                         "parameters": json.dumps(params, sort_keys=True, default=str)})
     return pd.DataFrame.from_records(records, columns=COLUMNS)
 
@@ -362,16 +363,19 @@ def summary_markdown(df: pd.DataFrame, cfg: PrivacyCfg, sizes: dict[str, Any], s
     success = success.assign(defence=success["defence"].fillna("none"))
     g = success.groupby(["attack", "defence", "model", "metric"], sort=False).agg(
         assumption=("assumption", "first"), max_value=("value", "max"), min_value=("value", "min"),
-        seconds=("seconds", "max"), n_queries=("n_queries", "max"), dcor=("dcor", "first")).reset_index()
+        seconds=("seconds", "max"), n_queries=("n_queries", "max"), dcor=("dcor", "first"),
+        dcor_independent=("dcor_independent", "first")).reset_index()
     lines = [f"# Privacy attacks ({cfg.experiment_name}): measured by `python -m bench.privacy`", "",
              f"Total wall time {seconds:.0f} s on {torch.get_num_threads()} threads. Success is a fraction "
              "(1 = everything recovered); min..max over the swept parameters (drift, layer, n, sigma; see "
-             "rows.csv `parameters`). dcor: plain vs permuted embeddings of the same model's inputs.", "",
+             "rows.csv `parameters`). dcor: plain vs permuted embeddings of the same model's real tokens (per "
+             "vector); beside it (indep.) what two independent random vectors of the same width give: a dcor "
+             "at that floor says nothing about what the attacks recover.", "",
              "| attack | defence | model | metric | success (min..max) | max seconds | max queries | dcor "
              "| assumption |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in g.itertuples():
-        dc = "" if pd.isna(r.dcor) else f"{r.dcor:.3f}"
+        dc = "" if pd.isna(r.dcor) else f"{r.dcor:.3f} (indep. {r.dcor_independent:.3f})"
         lines.append(f"| {r.attack} | {r.defence} | {r.model} | {r.metric} | {r.min_value:.3f}..{r.max_value:.3f} | "
                      f"{r.seconds:.2f} | {r.n_queries} | {dc} | {r.assumption} |")
     real = (f"{cfg.real_tokens} real tokens ({cfg.per_text} per text, rows of {cfg.row_len}) of the shipped prompt "

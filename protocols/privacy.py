@@ -71,3 +71,11 @@ def dcor_parameters(original: torch.Tensor, transformed: torch.Tensor, n_vectors
                     seed: int = 0) -> float:
     """Per-row dcor between an original and a transformed weight matrix of the same shape (Fig. 6a)."""
     return dcor_per_vector(original, transformed, n_vectors=n_vectors, seed=seed)
+
+
+def dcor_independent(d: int, n_vectors: int = DEFAULT_VECTORS, seed: int = 0) -> float:
+    """Per-vector dcor of pairs of independent Gaussian vectors of length d: the floor that `dcor` at width d
+    must be read against (at these widths a permutation reads about the same, while the tokens fall)."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n_vectors, d, generator=gen), torch.randn(n_vectors, d, generator=gen)
+    return dcor_per_vector(x, y, n_vectors=n_vectors, seed=seed)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from bench.privacy import COLUMNS
+from stip.attacks.scoring import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = [  # config-built models only, small sweeps: ~30 s on 2 cores
@@ -40,6 +41,10 @@ def test_rows_schema_and_files(toy_run):
     assert list(rows.columns) == COLUMNS
     assert rows[["attack", "model", "family", "assumption", "metric", "unit"]].notna().all().all()
     assert (rows["seconds"] >= 0).all() and (rows["n_queries"] >= 0).all()
+    unknown = set(rows["metric"]) - set(METRICS)
+    assert not unknown, f"metrics outside the one vocabulary (stip/attacks/scoring.py METRICS): {unknown}"
+    tokens = rows[rows["metric"] == "token_recovery"]
+    assert all("n_real_tokens" in json.loads(p) for p in tokens["parameters"])  # real positions only
     assert rows["dcor"].between(0, 1).all()  # every row sits beside its model's dcor
     assert all(isinstance(json.loads(p), dict) for p in rows["parameters"])
     assert len(pd.read_csv(toy_run / "rows.csv")) == len(rows)
