@@ -392,8 +392,9 @@ def measure_inverter(name: str, base: nn.Module, ids: torch.Tensor, public_ids: 
     """A learned inverter per layer, drift and feature route: trained on the public model's states of
     `public_ids` (the attacker's text, never a user's), attacking the cloud's permuted states of `ids`.
 
-    Rows: token_recovery and distinct_token_recovery on the users' real tokens; for `aligned`, the share of
-    `pi` its alignment recovered. Cost: training seconds and tokens, attack seconds, users' sequences seen.
+    Rows (attack learned_inverter_<route>): token_recovery and distinct_token_recovery on the users' real
+    tokens; for `aligned` and `weights`, the share of `pi` the alignment recovered. Cost: training seconds
+    and tokens, attack seconds (with weight alignment's, for `weights`), users' sequences seen.
     """
     keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
     pkeep = torch.ones_like(public_ids, dtype=torch.bool) if public_mask is None else public_mask.bool()
@@ -432,10 +433,11 @@ def measure_inverter(name: str, base: nn.Module, ids: torch.Tensor, public_ids: 
                               train_seconds=t_train[0] + t_states[0], attack_seconds=t[0],
                               train_coverage=coverage, public_corpus=public_corpus, candidates=int(table.shape[0]),
                               **params)
-                rows += token_rows("learned_inverter", name, developer.family.name, inverter.ASSUMPTIONS[route],
+                attack = f"learned_inverter_{route}"  # one attack per route: each has its own assumption
+                rows += token_rows(attack, name, developer.family.name, inverter.ASSUMPTIONS[route],
                                    guess, ids, keep, ids.shape[0], t[0] + t_train[0] + t_states[0], **common)
                 if index is not None:
-                    rows.append(row("learned_inverter", name, developer.family.name, inverter.ASSUMPTIONS[route],
+                    rows.append(row(attack, name, developer.family.name, inverter.ASSUMPTIONS[route],
                                     "pi_recovered", float((index == device.keys["pi"]).float().mean()), "fraction",
                                     ids.shape[0], t[0], **common))
     return rows
