@@ -24,8 +24,9 @@ from bench.privacy_matrix import matrix_markdown
 from bench.privacy_plots import plot_all
 from bench.results import atomic_write_bytes, atomic_write_csv, atomic_write_parquet
 from protocols.models import load_smollm2, minilm_path
-from protocols.privacy import dcor_both
+from protocols.privacy import dcor_both, dcor_independent
 from stip.attacks import corpus, measure, speculation
+from stip.attacks.corpus import TokenBatch
 from stip.attacks.frontier import noise_frontier
 from stip.attacks.matrix import SCHEMES, MatrixCfg, Tokens, scheme_matrix
 from stip.draft_corpus import package_texts, public_corpus
@@ -36,7 +37,7 @@ from stip.speculation import PromptLookup
 log = logging.getLogger(__name__)
 
 FIXED = ["attack", "model", "family", "assumption", "metric", "value", "unit", "n_queries", "seconds"]
-COLUMNS = ["experiment", *FIXED, "defence", "scheme", "dcor", "dcor_samples", "parameters"]
+COLUMNS = ["experiment", *FIXED, "defence", "scheme", "dcor", "dcor_samples", "dcor_independent", "parameters"]
 
 
 @dataclass
@@ -80,6 +81,14 @@ class AttackCfg:
     real_tokens: int = 256
     row_len: int = 32
     per_text: int = 64
+    drift_kind: str = "perturb"       # perturb (drifts: relative noise) | finetune (drifts: Adam steps, public text)
+    drift_lr: float = 1e-4
+    max_rows: int = 0                 # rows of the users' batch attacked (0 = all)
+    order: str = "index"              # hidden_state: candidate order (index | logits: Hidden No More's)
+    tolerance: float = 0.0            # hidden_state: early exit at this relative distance (0 = full scan)
+    features: list[str] = field(default_factory=lambda: ["sorted", "aligned", "weights"])
+    kind: str = "ridge"               # learned_inverter map: ridge | mlp
+    methods: list[str] = field(default_factory=lambda: ["rank", "logit_profile"])
 
 
 @dataclass
@@ -94,6 +103,11 @@ class PrivacyCfg:
     n_sequences: int = 4
     seq_len: int = 16
     sentences: list[str] = field(default_factory=list)
+    inputs: str = "corpus"      # corpus: real_tokens from the prompt suite + package texts | sentences
+    real_tokens: int = 512      # real (non-pad) tokens attacked per real model
+    row_len: int = 32           # tokens per row of the users' batch (a text's last row is padded)
+    per_text: int = 48          # tokens taken from each text (so many texts are used)
+    public_tokens: int = 8000   # the attacker's public text (learned inverter, fine-tune drift)
 
 
 def validate(cfg: DictConfig) -> PrivacyCfg:
@@ -147,15 +161,38 @@ class Models:
         return self._cache[name]
 
     def ids(self, name: str) -> torch.Tensor:
-        """[n_sequences, seq_len] random ids (config models) or the tokenised sentences (real ones)."""
+        """The users' token ids [rows, seq] (right-padded; `batch(name).mask` marks the real ones)."""
+        return self.batch(name).ids
+
+    def batch(self, name: str) -> TokenBatch:
+        """The users' tokens: random ids of random lengths, padded (config models), or `real_tokens` real
+        tokens from the prompt suite and package texts (real models; `inputs=sentences`: the sentences)."""
         model, tok = self.get(name)
+        cfg = self.cfg
         if tok is None:
             vocab = model.get_input_embeddings().weight.shape[0]
-            gen = torch.Generator().manual_seed(self.cfg.seed)
-            return torch.randint(2, vocab, (self.cfg.n_sequences, self.cfg.seq_len), generator=gen)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        seqs = [tok(s, return_tensors="pt")["input_ids"][0] for s in self.cfg.sentences]
-        return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad)
+            pad = getattr(model.config, "pad_token_id", None)
+            return corpus.random_batch(vocab, cfg.n_sequences, cfg.seq_len, cfg.seed, pad_id=pad if pad else 0)
+        if cfg.inputs == "sentences":
+            return corpus.token_batch(tok, [(f"sentence:{i}", s) for i, s in enumerate(cfg.sentences)],
+                                      max_tokens=10**6, seq_len=max(len(tok(s)["input_ids"]) for s in cfg.sentences),
+                                      per_text=10**6, corpus="privacy.yaml sentences")
+        if cfg.inputs != "corpus":
+            raise ValueError(f"inputs={cfg.inputs!r}; choose corpus or sentences")
+        return corpus.token_batch(tok, corpus.user_texts(n_packages=64), max_tokens=cfg.real_tokens,
+                                  seq_len=cfg.row_len, per_text=cfg.per_text)
+
+    def public_batch(self, name: str, tokens: int | None = None) -> TokenBatch:
+        """The attacker's own text (never a user's): public package texts, or other random ids."""
+        model, tok = self.get(name)
+        n = tokens or self.cfg.public_tokens
+        if tok is None:
+            vocab = model.get_input_embeddings().weight.shape[0]
+            pad = getattr(model.config, "pad_token_id", None)
+            rows = max(2, n // self.cfg.seq_len)
+            return corpus.random_batch(vocab, rows, self.cfg.seq_len, self.cfg.seed + 1, pad_id=pad if pad else 0)
+        return corpus.token_batch(tok, corpus.public_texts(), max_tokens=n, seq_len=64, per_text=512,
+                                  corpus=corpus.PUBLIC)
 
 
 def _candidates(model: torch.nn.Module, ids: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -189,30 +226,58 @@ def _chunks(tokenizer: Any, texts: list[str], max_tokens: int, size: int) -> lis
 Rows = list[dict[str, Any]]
 
 
+def _users(m: Models, name: str, a: AttackCfg) -> TokenBatch:
+    """The users' batch, cut to a.max_rows rows when set."""
+    b = m.batch(name)
+    return b.rows(slice(0, a.max_rows)) if a.max_rows else b
+
+
+def _drift_kwargs(m: Models, name: str, a: AttackCfg) -> dict[str, Any]:
+    """Drift stand-in arguments: a fine-tune runs on the attacker-side public text, never the users' tokens."""
+    out: dict[str, Any] = dict(drifts=a.drifts, drift_kind=a.drift_kind, drift_lr=a.drift_lr)
+    if a.drift_kind == "finetune":
+        out["drift_text"] = m.public_batch(name, 512).ids[:8]
+    return out
+
+
 def _multiset(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
-    return measure.measure_multiset(name, m.get(name)[0], m.ids(name), drifts=a.drifts, seed=seed)
+    b = _users(m, name, a)
+    return measure.measure_multiset(name, m.get(name)[0], b.ids, seed=seed, mask=b.mask, **_drift_kwargs(m, name, a))
 
 
 def _weights(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
-    return measure.measure_weights(name, m.get(name)[0], m.ids(name), drifts=a.drifts, seed=seed,
-                                   hungarian_limit=a.hungarian_limit)
+    b = _users(m, name, a)
+    return measure.measure_weights(name, m.get(name)[0], b.ids, seed=seed, hungarian_limit=a.hungarian_limit,
+                                   mask=b.mask, **_drift_kwargs(m, name, a))
 
 
 def _kpa(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
-    ids = m.ids(name)
-    ns = [n for n in a.ns if n <= ids.numel()]
-    return measure.measure_kpa(name, m.get(name)[0], ids, ns=ns, sigma_rel=a.sigma_rel, seed=seed)
+    b = m.batch(name)
+    ns = [n for n in a.ns if n <= b.n_real]  # known pairs come from real tokens only
+    return measure.measure_kpa(name, m.get(name)[0], b.ids, ns=ns, sigma_rel=a.sigma_rel, seed=seed, mask=b.mask)
 
 
 def _hidden(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
     model = m.get(name)[0]
-    ids = m.ids(name)[:1, : a.seq_len]
-    return measure.measure_hidden(name, model, ids, layers=a.layers, drifts=a.drifts,
-                                  candidates=_candidates(model, ids, a.candidates, seed), seed=seed)
+    b = _users(m, name, a)
+    ids, mask = b.ids[:, : a.seq_len], b.mask[:, : a.seq_len]
+    cands = None if a.candidates <= 0 else _candidates(model, ids[mask], a.candidates, seed)
+    return measure.measure_hidden(name, model, ids, layers=a.layers, candidates=cands, seed=seed, mask=mask,
+                                  order=a.order, tolerance=a.tolerance, **_drift_kwargs(m, name, a))
+
+
+def _inverter(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+    model = m.get(name)[0]
+    b, pub = _users(m, name, a), m.public_batch(name)
+    layers = [layer for layer in a.layers if layer < model.config.get_text_config().num_hidden_layers]
+    return measure.measure_inverter(name, model, b.ids, pub.ids, layers=layers, mask=b.mask,
+                                    public_mask=pub.mask, features=a.features, kind=a.kind, seed=seed,
+                                    public_corpus=pub.corpus, **_drift_kwargs(m, name, a))
 
 
 def _moe(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
-    return measure.measure_moe(name, m.get(name)[0], m.ids(name)[:1], seed=seed)
+    b = _users(m, name, a)
+    return measure.measure_moe(name, m.get(name)[0], b.ids, seed=seed, mask=b.mask)
 
 
 def _vit(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
@@ -234,22 +299,24 @@ def _frequency(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
     return measure.measure_frequency(name, model, _chunks(tok, users, a.tokens, a.chunk),
                                      _chunks(tok, public, a.tokens, a.chunk),
                                      corpus="installed packages' METADATA descriptions (alternate packages)",
-                                     seed=seed)
+                                     seed=seed, methods=a.methods)
 
 
 def _baselines(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
     model = m.get(name)[0]
-    ids = m.ids(name)
-    rows = measure.measure_projection(name, model, ids, ns=a.projection_ns, seed=seed)
+    b = m.batch(name)
+    rows = measure.measure_projection(name, model, b.ids, ns=a.projection_ns, seed=seed, mask=b.mask)
     if name in a.split_models:
-        short = ids[:1, : a.seq_len]
-        rows += measure.measure_split(name, model, short, layers=a.split_layers,
-                                      candidates=_candidates(model, short, a.candidates, seed))
+        short = _users(m, name, a)
+        ids, mask = short.ids[:, : a.seq_len], short.mask[:, : a.seq_len]
+        cands = None if a.candidates <= 0 else _candidates(model, ids[mask], a.candidates, seed)
+        rows += measure.measure_split(name, model, ids, layers=a.split_layers, candidates=cands, mask=mask)
     return rows
 
 
 def _frontier(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
-    return noise_frontier(name, m.get(name)[0], m.ids(name), a.sigmas_rel, seed=seed, kpa_rows=a.kpa_rows)
+    b = m.batch(name)
+    return noise_frontier(name, m.get(name)[0], b.ids, a.sigmas_rel, seed=seed, kpa_rows=a.kpa_rows, mask=b.mask)
 
 
 def _speculation(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
@@ -293,6 +360,7 @@ ATTACKS: dict[str, Callable[[Models, str, AttackCfg, int], Rows]] = {
     "moe_routing": _moe, "vit_patch": _vit, "functional_theft": _theft, "output_frequency": _frequency,
     "baselines": _baselines, "noise_frontier": _frontier, "speculation_length": _speculation,
     "scheme_matrix": _scheme_matrix,
+    "learned_inverter": _inverter,
 }
 
 
@@ -306,9 +374,10 @@ def model_dcor(m: Models, name: str, seed: int) -> dict[str, float]:
         pixels = torch.randn(m.cfg.n_sequences, 3, size, size, generator=torch.Generator().manual_seed(seed))
         plain, wire = device.embedding(pixels), device.encode(pixels)
     else:
-        ids = m.ids(name)
-        plain, wire = device.embed(ids), device.encode(ids)
-    return dcor_both(plain.reshape(-1, plain.shape[-1]), wire.reshape(-1, wire.shape[-1]), seed=seed)
+        b = m.batch(name)
+        plain, wire = device.embed(b.ids)[b.mask], device.encode(b.ids)[b.mask]  # real positions only
+    out = dcor_both(plain.reshape(-1, plain.shape[-1]), wire.reshape(-1, wire.shape[-1]), seed=seed)
+    return {**out, "dcor_independent": dcor_independent(plain.shape[-1], seed=seed)}
 
 
 def tidy(rows: Rows, dcors: dict[str, dict[str, float]], experiment: str) -> pd.DataFrame:
@@ -320,7 +389,7 @@ def tidy(rows: Rows, dcors: dict[str, dict[str, float]], experiment: str) -> pd.
         records.append({"experiment": experiment, **{k: r[k] for k in FIXED}, "defence": params.get("defence"),
                         "scheme": params.get("scheme"),
                         "dcor": d.get("dcor"),
-                        "dcor_samples": d.get("dcor_samples"),
+                        "dcor_samples": d.get("dcor_samples"), "dcor_independent": d.get("dcor_independent"),
                         "parameters": json.dumps(params, sort_keys=True, default=str)})
     return pd.DataFrame.from_records(records, columns=COLUMNS)
 
@@ -331,21 +400,28 @@ def summary_markdown(df: pd.DataFrame, cfg: PrivacyCfg, sizes: dict[str, Any], s
     success = success.assign(defence=success["defence"].fillna("none"))
     g = success.groupby(["attack", "defence", "model", "metric"], sort=False).agg(
         assumption=("assumption", "first"), max_value=("value", "max"), min_value=("value", "min"),
-        seconds=("seconds", "max"), n_queries=("n_queries", "max"), dcor=("dcor", "first")).reset_index()
+        seconds=("seconds", "max"), n_queries=("n_queries", "max"), dcor=("dcor", "first"),
+        dcor_independent=("dcor_independent", "first")).reset_index()
     lines = [f"# Privacy attacks ({cfg.experiment_name}): measured by `python -m bench.privacy`", "",
              f"Total wall time {seconds:.0f} s on {torch.get_num_threads()} threads. Success is a fraction "
              "(1 = everything recovered); min..max over the swept parameters (drift, layer, n, sigma; see "
-             "rows.csv `parameters`). dcor: plain vs permuted embeddings of the same model's inputs.", "",
+             "rows.csv `parameters`). dcor: plain vs permuted embeddings of the same model's real tokens (per "
+             "vector); beside it (indep.) what two independent random vectors of the same width give: a dcor "
+             "at that floor says nothing about what the attacks recover.", "",
              matrix_markdown(df), "## Every attack (STIP unless the defence column says otherwise)", "",
              "| attack | defence | model | metric | success (min..max) | max seconds | max queries | dcor "
              "| assumption |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in g.itertuples():
-        dc = "" if pd.isna(r.dcor) else f"{r.dcor:.3f}"
+        dc = "" if pd.isna(r.dcor) else f"{r.dcor:.3f} (indep. {r.dcor_independent:.3f})"
         lines.append(f"| {r.attack} | {r.defence} | {r.model} | {r.metric} | {r.min_value:.3f}..{r.max_value:.3f} | "
                      f"{r.seconds:.2f} | {r.n_queries} | {dc} | {r.assumption} |")
-    lines += ["", "## Sizes", "", f"- inputs: {cfg.n_sequences} x {cfg.seq_len} random ids (config-built models); "
-              f"{len(cfg.sentences)} sentences (real models)"]
+    real = (f"{cfg.real_tokens} real tokens ({cfg.per_text} per text, rows of {cfg.row_len}) of the shipped prompt "
+            "suite and package texts" if cfg.inputs == "corpus" else f"{len(cfg.sentences)} sentences")
+    lines += ["", "## Sizes", "", f"- inputs: {cfg.n_sequences} x <= {cfg.seq_len} random ids, right-padded "
+              f"(config-built models); {real} (real models). Every token rate is over real (non-pad) positions "
+              "only, per position (token_recovery) and per distinct token (distinct_token_recovery); key rates "
+              "over secret keys only (forced keys listed in `parameters`)"]
     for name, spec in cfg.models.items():
         lines.append(f"- model {name}: {spec.source} {spec.model_class or ''} {spec.kwargs or ''}".rstrip())
     for name, given in sizes.items():

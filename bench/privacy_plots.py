@@ -97,7 +97,7 @@ def plot_frontier(rows: pd.DataFrame, path: Path) -> Path:
     models = list(df["model"].unique())
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
-        m = df[df["model"] == model]
+        m = df[(df["model"] == model) & (df["metric"] != "distinct_token_recovery")]  # one line per attack
         acc = m[m["attack"] == "noise_defence"].set_index("sigma_rel")
         for attack in FRONTIER_ATTACKS:
             a = m[m["attack"] == attack].set_index("sigma_rel").sort_index()

@@ -97,3 +97,11 @@ def dcor_parameters_samples(original: torch.Tensor, transformed: torch.Tensor, h
     rows = _subsample(a.shape[0], n_samples, np.random.default_rng(seed))
     u = float(dcor.u_distance_correlation_sqr(a[rows], b[rows]))
     return float(np.sqrt(max(u, 0.0)))
+
+
+def dcor_independent(d: int, n_vectors: int = DEFAULT_VECTORS, seed: int = 0) -> float:
+    """Per-vector dcor of pairs of independent Gaussian vectors of length d: the floor that `dcor` at width d
+    must be read against (at these widths a permutation reads about the same, while the tokens fall)."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n_vectors, d, generator=gen), torch.randn(n_vectors, d, generator=gen)
+    return dcor_per_vector(x, y, n_vectors=n_vectors, seed=seed)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from bench.privacy import COLUMNS
+from stip.attacks.scoring import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = [  # config-built models only, small sweeps: ~30 s on 2 cores
@@ -23,6 +24,8 @@ TOY = [  # config-built models only, small sweeps: ~30 s on 2 cores
     "attacks.speculation_length.enabled=false",  # real SmolLM2 generation: tests/test_stip_attack_speculation.py
     "attacks.scheme_matrix.models=[llama]", "attacks.scheme_matrix.kpa_ns=[8,128]",
     "attacks.scheme_matrix.candidates=16", "attacks.scheme_matrix.hidden_tokens=6", "attacks.scheme_matrix.real_tokens=48", "attacks.scheme_matrix.row_len=16",
+    "attacks.learned_inverter.models=[llama]", "attacks.learned_inverter.layers=[1]",
+    "attacks.learned_inverter.drifts=[0]", "public_tokens=600",
 ]
 
 
@@ -40,6 +43,10 @@ def test_rows_schema_and_files(toy_run):
     assert list(rows.columns) == COLUMNS
     assert rows[["attack", "model", "family", "assumption", "metric", "unit"]].notna().all().all()
     assert (rows["seconds"] >= 0).all() and (rows["n_queries"] >= 0).all()
+    unknown = set(rows["metric"]) - set(METRICS)
+    assert not unknown, f"metrics outside the one vocabulary (stip/attacks/scoring.py METRICS): {unknown}"
+    tokens = rows[rows["metric"] == "token_recovery"]
+    assert all("n_real_tokens" in json.loads(p) for p in tokens["parameters"])  # real positions only
     assert rows["dcor"].between(0, 1).all()  # every row sits beside its model's dcor
     assert all(isinstance(json.loads(p), dict) for p in rows["parameters"])
     assert len(pd.read_csv(toy_run / "rows.csv")) == len(rows)
@@ -61,7 +68,7 @@ def test_multiset_recovers_every_token_of_untouched_embeddings(toy_run):
 
 def test_noise_frontier_is_monotone_in_sigma_for_multiset(toy_run):
     rows = pd.read_parquet(toy_run / "rows.parquet")
-    noisy = rows[(rows["attack"] == "multiset") & (rows["defence"] == "noise")]
+    noisy = rows[(rows["attack"] == "multiset") & (rows["defence"] == "noise") & (rows["metric"] == "token_recovery")]
     sigma = [json.loads(p)["sigma_rel"] for p in noisy["parameters"]]
     success = noisy.assign(sigma=sigma).sort_values("sigma")["value"].tolist()
     assert success[0] == 1.0 and success[-1] < 0.1  # clean: all recovered; heavy noise: stopped

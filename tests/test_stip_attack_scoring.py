@@ -83,3 +83,11 @@ def test_real_token_batch_holds_several_texts_pads_and_a_mask():
 def test_random_batch_never_uses_the_pad_id_at_real_positions():
     batch = corpus.random_batch(vocab=10, n_rows=20, seq_len=8, seed=1, pad_id=4)
     assert not torch.any(batch.real == 4) and batch.real.max() < 10 and (~batch.mask).any()
+
+
+def test_the_independent_vector_dcor_floor_sits_where_a_permutation_reads():
+    from protocols.privacy import dcor_independent, dcor_per_vector
+    x = torch.randn(16, 512, generator=torch.Generator().manual_seed(1))
+    permuted = x[:, torch.randperm(512, generator=torch.Generator().manual_seed(2))]
+    floor = dcor_independent(512)
+    assert 0.04 < floor < 0.12 and abs(dcor_per_vector(x, permuted) - floor) < 0.03

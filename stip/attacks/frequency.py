@@ -3,7 +3,10 @@
 Assumption: the cloud holds the public base model and public text; it sees (or computes, since
 it runs the model) the permuted argmax index at every position of many users' traffic, all
 under the same `pi_c`. It ranks those indices by frequency and maps them, rank for rank, onto
-the tokens the public model predicts most often on public text.
+the tokens the public model predicts most often on public text. Rank for rank breaks as soon as two
+frequent tokens swap ranks between the users' text and the public text, so `logit_profiles` and
+`profile_mapping` match each output index on a profile of its logits over the traffic instead (the
+cloud computes the permuted logits; several features, nearest or one-to-one), which a rank swap leaves alone.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from collections import Counter
 from typing import Iterable
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 ASSUMPTION = ("cloud holds the public model and public text and sees the permuted argmax index of "
@@ -43,3 +47,57 @@ def frequency_recovery(observed: torch.Tensor, truth: torch.Tensor, guess: torch
     return {"positions_recovered": float(right.float().mean()),
             "distinct_indices_recovered": mapped / max(1, distinct.numel()),
             "distinct_indices": float(distinct.numel())}
+
+
+PROFILE_ASSUMPTION = ("cloud holds the public model and public text and computes the permuted logits of many "
+                      "queries under one pi_c (it runs the head); matches each output index's logit profile over "
+                      "the traffic to the public model's per-token profile on public text; no key")
+PROFILE_FEATURES = ("mean", "std", "skew", "max", "argmax_share")
+
+
+@torch.no_grad()
+def logit_profiles(model: nn.Module, chunks: Iterable[torch.Tensor], **kwargs) -> torch.Tensor:
+    """[V, 5]: per vocabulary index, the mean, std, skew and max of its logit over every position (each
+    position's logits standardised first, which a permutation cannot hide) and its share of argmaxes."""
+    name = kwargs.pop("input_name", "input_ids")
+    s1 = s2 = s3 = top = wins = None
+    n = 0
+    for c in chunks:
+        logits = model(**{name: c}, **kwargs).logits
+        logits = logits.reshape(-1, logits.shape[-1]).double()
+        z = (logits - logits.mean(-1, keepdim=True)) / logits.std(-1, keepdim=True).clamp_min(1e-12)
+        if s1 is None:
+            s1, s2, s3 = z.sum(0), z.pow(2).sum(0), z.pow(3).sum(0)
+            top, wins = z.max(0).values, torch.bincount(z.argmax(-1), minlength=z.shape[1]).double()
+        else:
+            s1, s2, s3 = s1 + z.sum(0), s2 + z.pow(2).sum(0), s3 + z.pow(3).sum(0)
+            top = torch.maximum(top, z.max(0).values)
+            wins += torch.bincount(z.argmax(-1), minlength=z.shape[1]).double()
+        n += z.shape[0]
+    if s1 is None:
+        raise ValueError("no chunks given; pass at least one [1, seq] chunk")
+    mean = s1 / n
+    var = (s2 / n - mean.pow(2)).clamp_min(1e-12)
+    skew = (s3 / n - 3 * mean * var - mean.pow(3)) / var.pow(1.5)
+    return torch.stack([mean, var.sqrt(), skew, top, torch.log1p(wins / n * 1e4)], dim=1).float()
+
+
+def profile_mapping(observed: torch.Tensor, reference: torch.Tensor, indices: torch.Tensor | None = None,
+                    hungarian_limit: int = 4096, chunk: int = 1024) -> torch.Tensor:
+    """guess[j] = the token whose reference profile is nearest index j's observed profile (-1: not asked).
+
+    Every index (or only `indices`) is matched against every token: one-to-one (Hungarian) up to
+    `hungarian_limit` indices, else nearest. Features are scaled by their spread over the reference.
+    """
+    scale = reference.std(0).clamp_min(1e-12)
+    a, b = observed / scale, reference / scale
+    rows = torch.arange(a.shape[0]) if indices is None else torch.unique(indices)
+    guess = torch.full((a.shape[0],), -1, dtype=torch.long)
+    if rows.numel() == b.shape[0] and rows.numel() <= hungarian_limit:
+        _, cols = linear_sum_assignment(torch.cdist(a.double(), b.double()).numpy())
+        guess[:] = torch.as_tensor(cols, dtype=torch.long)
+        return guess
+    for start in range(0, rows.numel(), chunk):
+        r = rows[start:start + chunk]
+        guess[r] = torch.cdist(a[r], b).argmin(-1)
+    return guess

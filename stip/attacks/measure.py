@@ -13,7 +13,7 @@ from torch import nn
 
 from ..parties import ModelDeveloper, ModelServer
 from ..speculation import Drafter
-from . import baselines, drift, frequency, hidden, kpa, moe, multiset, scoring, speculation, theft, weights
+from . import baselines, drift, frequency, hidden, inverter, kpa, moe, multiset, scoring, speculation, theft, weights
 from .frontier import public_table
 from .rows import row, timer
 from .scoring import token_rows
@@ -103,7 +103,7 @@ def measure_hidden(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequen
                    drifts: Sequence[float] = (0.0,), drift_kind: str = "perturb",
                    candidates: torch.Tensor | None = None, seed: int = 0, mask: torch.Tensor | None = None,
                    order: str = "index", tolerance: float = 0.0, drift_text: torch.Tensor | None = None,
-                   drift_lr: float = 1e-4) -> Rows:
+                   drift_lr: float = 1e-4, batch: int = 512) -> Rows:
     """Hidden-state vocabulary matching per layer and drift, every row of `ids` (its real positions).
 
     candidates None = the full vocabulary (the papers' setting); a row parameter says which. Right-padded
@@ -130,8 +130,8 @@ def measure_hidden(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequen
                 wire = device.encode(ids[r:r + 1, :n])
                 observed = hidden.states_at(cloud, layer, inputs_embeds=wire)[0]
                 with timer() as t:
-                    found, used = hidden.vocabulary_matching(observed, base, layer, candidates, order=order,
-                                                             tolerance=tolerance)
+                    found, used = hidden.vocabulary_matching(observed, base, layer, candidates, batch=batch,
+                                                             order=order, tolerance=tolerance)
                 guess[r, :n] = found
                 forwards += used
                 seconds += t[0]
@@ -207,15 +207,17 @@ def measure_weights(name: str, base: nn.Module, ids: torch.Tensor, drifts: Seque
 
 @torch.no_grad()
 def measure_kpa(name: str, model: nn.Module, ids: torch.Tensor, ns: Sequence[int],
-                sigma_rel: float = 0.0, seed: int = 0) -> Rows:
-    """pi recovered from n known (embedding, wire) rows, optionally under the noise defence."""
+                sigma_rel: float = 0.0, seed: int = 0, mask: torch.Tensor | None = None) -> Rows:
+    """pi recovered from n known (embedding, wire) rows of real positions, optionally under the noise defence;
+    scored over pi's entries (pi is always secret: d! values)."""
     developer = ModelDeveloper(model, seed=seed)
     clean = developer.data_owner()
     rms = float(public_table(clean).float().pow(2).mean().sqrt())
     device = developer.data_owner(noise_sigma=sigma_rel * rms,
                                   noise_generator=torch.Generator().manual_seed(seed))
-    plain = clean.embed(ids).reshape(-1, clean.hidden_size)
-    wire = device.encode(ids).reshape(-1, clean.hidden_size)
+    keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+    plain = clean.embed(ids)[keep]
+    wire = device.encode(ids)[keep]
     rows = []
     for n in ns:
         if n > plain.shape[0]:
@@ -224,28 +226,54 @@ def measure_kpa(name: str, model: nn.Module, ids: torch.Tensor, ns: Sequence[int
             pi = kpa.assignment_permutation(plain[:n], wire[:n])
         rows.append(row("known_plaintext", name, developer.family.name, kpa.ASSUMPTION, "pi_recovered",
                         float((pi == clean.keys["pi"]).float().mean()), "fraction", n, t[0], n=n,
-                        d=clean.hidden_size, sigma_rel=sigma_rel))
+                        d=clean.hidden_size, sigma_rel=sigma_rel,
+                        key_bits=scoring.log2_factorial(clean.hidden_size)))
     return rows
 
 
 @torch.no_grad()
 def measure_frequency(name: str, base: nn.Module, user_chunks: Sequence[torch.Tensor],
-                      reference_chunks: Sequence[torch.Tensor], corpus: str, seed: int = 0) -> Rows:
-    """Frequency analysis of permuted argmax indices over the users' chunks against public text."""
+                      reference_chunks: Sequence[torch.Tensor], corpus: str, seed: int = 0,
+                      methods: Sequence[str] = ("rank", "logit_profile")) -> Rows:
+    """Output-side analysis under one pi_c over the users' chunks against public text: `rank` maps argmax
+    indices rank for rank (output_frequency rows); `logit_profile` matches each index's logit profile
+    (output_logit_profile rows, also scoring the whole of pi_c it names)."""
+    unknown = set(methods) - {"rank", "logit_profile"}
+    if unknown:
+        raise ValueError(f"unknown frequency method(s) {sorted(unknown)}; choose rank and/or logit_profile")
     developer = ModelDeveloper(base, seed=seed)
     cloud = developer.cloud_model()
     device = developer.data_owner()
-    with timer() as t:
-        observed = frequency.argmax_indices(cloud, [device.encode(c) for c in user_chunks],
-                                            input_name="inputs_embeds")
-        reference = frequency.argmax_indices(base, reference_chunks)
-        guess = frequency.frequency_mapping(observed, reference, device.keys["pi_c"].numel())
-    result = frequency.frequency_recovery(observed, device.keys["pi_c"][observed], guess)
-    common = dict(corpus=corpus, n_positions=int(observed.numel()),
-                  reference_positions=int(reference.numel()))
-    return [row("output_frequency", name, developer.family.name, frequency.ASSUMPTION, metric, value,
-                "count" if metric == "distinct_indices" else "fraction", len(user_chunks), t[0], **common)
-            for metric, value in result.items()]
+    wires = [device.encode(c) for c in user_chunks]
+    pi_c = device.keys["pi_c"]
+    common = dict(corpus=corpus, reference_positions=int(sum(c.numel() for c in reference_chunks)),
+                  candidates=int(pi_c.numel()))
+    rows = []
+    with timer() as t_obs:
+        observed = frequency.argmax_indices(cloud, wires, input_name="inputs_embeds")
+    common["n_positions"] = int(observed.numel())
+    truth = pi_c[observed]
+    if "rank" in methods:
+        with timer() as t:
+            reference = frequency.argmax_indices(base, reference_chunks)
+            guess = frequency.frequency_mapping(observed, reference, pi_c.numel())
+        result = frequency.frequency_recovery(observed, truth, guess)
+        rows += [row("output_frequency", name, developer.family.name, frequency.ASSUMPTION, metric, value,
+                     "count" if metric == "distinct_indices" else "fraction", len(user_chunks), t[0] + t_obs[0],
+                     method="rank", **common) for metric, value in result.items()]
+    if "logit_profile" in methods:
+        with timer() as t:
+            seen = frequency.logit_profiles(cloud, wires, input_name="inputs_embeds")
+            ref = frequency.logit_profiles(base, reference_chunks)
+            guess = frequency.profile_mapping(seen, ref, observed if pi_c.numel() > 4096 else None)
+        result = frequency.frequency_recovery(observed, truth, guess)
+        named = guess >= 0
+        result["pi_c_named_recovered"] = float((guess[named] == pi_c[named]).float().mean())
+        rows += [row("output_logit_profile", name, developer.family.name, frequency.PROFILE_ASSUMPTION, metric,
+                     value, "count" if metric == "distinct_indices" else "fraction", len(user_chunks), t[0],
+                     method="logit_profile", indices_named=int(named.sum()),
+                     features=list(frequency.PROFILE_FEATURES), **common) for metric, value in result.items()]
+    return rows
 
 
 @torch.no_grad()
@@ -351,4 +379,65 @@ def measure_speculation(name: str, base: nn.Module, tokenizer: Any, tasks: dict[
                         drafter=repr(drafter), classifier="leave-one-out nearest centroid",
                         features=list(speculation.FEATURES),
                         mean_round_trips_per_token=float(np.mean([speculation.features(x)[0] for x in traces]))))
+    return rows
+
+
+@torch.no_grad()
+def measure_inverter(name: str, base: nn.Module, ids: torch.Tensor, public_ids: torch.Tensor,
+                     layers: Sequence[int], mask: torch.Tensor | None = None,
+                     public_mask: torch.Tensor | None = None, features: Sequence[str] = inverter.FEATURES,
+                     kind: str = "ridge", drifts: Sequence[float] = (0.0,), drift_kind: str = "perturb",
+                     seed: int = 0, drift_text: torch.Tensor | None = None, drift_lr: float = 1e-4,
+                     public_corpus: str = "") -> Rows:
+    """A learned inverter per layer, drift and feature route: trained on the public model's states of
+    `public_ids` (the attacker's text, never a user's), attacking the cloud's permuted states of `ids`.
+
+    Rows (attack learned_inverter_<route>): token_recovery and distinct_token_recovery on the users' real
+    tokens; for `aligned` and `weights`, the share of `pi` the alignment recovered. Cost: training seconds
+    and tokens, attack seconds (with weight alignment's, for `weights`), users' sequences seen.
+    """
+    keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+    pkeep = torch.ones_like(public_ids, dtype=torch.bool) if public_mask is None else public_mask.bool()
+    table = base.get_input_embeddings().weight.detach()
+    truth = ids[keep]
+    trained = set(public_ids[pkeep].tolist())
+    coverage = float(torch.tensor([int(t) in trained for t in truth.tolist()], dtype=torch.float).mean())
+    rows = []
+    for size in drifts:
+        text = ids if drift_text is None else drift_text
+        tuned = _drifted(base, drift_kind, size, text, seed, drift_lr)
+        developer = ModelDeveloper(tuned, seed=seed)
+        cloud, device = developer.cloud_model(), developer.data_owner()
+        params = _drift_params(drift_kind, size, base, tuned, drift_lr, text)
+        wire = device.encode(ids)
+        from_weights, t_weights = None, 0.0
+        if "weights" in features:
+            with timer() as t_w:
+                from_weights = weights.recover_pi(developer.family, cloud.state_dict(), base.state_dict())
+            t_weights = t_w[0]
+        for layer in layers:
+            observed = inverter.real_states(cloud, layer, keep, inputs_embeds=wire)
+            with timer() as t_states:
+                public = inverter.real_states(base, layer, pkeep, input_ids=public_ids)
+            for route in features:
+                with timer() as t_train:
+                    inv = inverter.LearnedInverter(features=route, kind=kind, seed=seed).fit(
+                        public, public_ids[pkeep], table)
+                with timer() as t:
+                    index = from_weights if route == "weights" else inv.alignment(observed)
+                    found = inv.attack(observed, index)
+                t[0] += t_weights if route == "weights" else 0.0
+                guess = torch.full_like(ids, -1)
+                guess[keep] = found
+                common = dict(layer=layer, features=route, kind=kind, train_tokens=int(pkeep.sum()),
+                              train_seconds=t_train[0] + t_states[0], attack_seconds=t[0],
+                              train_coverage=coverage, public_corpus=public_corpus, candidates=int(table.shape[0]),
+                              **params)
+                attack = f"learned_inverter_{route}"  # one attack per route: each has its own assumption
+                rows += token_rows(attack, name, developer.family.name, inverter.ASSUMPTIONS[route],
+                                   guess, ids, keep, ids.shape[0], t[0] + t_train[0] + t_states[0], **common)
+                if index is not None:
+                    rows.append(row(attack, name, developer.family.name, inverter.ASSUMPTIONS[route],
+                                    "pi_recovered", float((index == device.keys["pi"]).float().mean()), "fraction",
+                                    ids.shape[0], t[0], **common))
     return rows

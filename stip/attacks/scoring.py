@@ -27,6 +27,17 @@ METRICS = {
     "secret_keys_mean_recovered": "mean of key_recovered over the secret (non-forced) keys [fraction]",
     "key_space_bits_recovered": "bits of the secret keys recovered whole over all secret keys' bits [fraction]",
     "effective_key_space_bits": "log2 of the number of possible key sets (independent draws only) [bits]",
+    "pi_recovered": "share of pi's entries recovered (known plaintext, ViT CLS row, an alignment) [fraction]",
+    "argmax_decoded_with_recovered_pi_c": "share of real positions whose argmax the recovered pi_c decodes [fraction]",
+    "positions_recovered": "output side: share of traffic positions whose argmax index is decoded right [fraction]",
+    "distinct_indices_recovered": "output side: share of distinct argmax indices seen that are mapped right [fraction]",
+    "distinct_indices": "output side: distinct argmax indices seen in the traffic [count]",
+    "pi_c_named_recovered": "output side: share of the pi_c entries an attack named that are right [fraction]",
+    "pixel_relative_error": "ViT: ||recovered - true patches|| / ||true patches|| (lower = better attack) [ratio]",
+    "max_abs_error": "functional theft: max |stolen - original| output [abs]",
+    "top1_agreement": "top-1 agreement with plaintext at real positions (theft, noise defence accuracy) [fraction]",
+    "pooled_cosine": "noise defence accuracy without logits: cosine of mean-pooled last states [cosine]",
+    "prompt_kind_accuracy": "speculation trace: leave-one-out share of prompts whose kind is named [fraction]",
 }
 
 
