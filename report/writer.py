@@ -27,6 +27,7 @@ import pandas as pd
 
 from protocols.paths import REPO_ROOT
 from report.artifacts import SCOPES, STATUSES, Comparison, modules
+from report.artifacts._shared import measured_in
 from report.claims import VERDICTS, ClaimVerdict, judge_all, role
 from report.paper_readings import Reading, paper_readings
 from report.reported import Artifact, ReportedValue, load_artifacts, load_reported
@@ -66,7 +67,8 @@ def _compare(mod: ModuleType, results: Path) -> list[Comparison]:
     """The module's rows; a module that raises or returns no rows gives one not_measured row saying so."""
     name = mod.__name__.rsplit(".", 1)[-1]
     try:
-        rows = list(mod.compare(results))
+        with measured_in(results):  # rows name the host that measured results/, not this one
+            rows = list(mod.compare(results))
     except Exception as err:  # noqa: BLE001 - a broken module must not hide every other artifact
         log.error("report/artifacts/%s.py compare() raised:\n%s", name, traceback.format_exc())
         return [_missing_row(mod.ARTIFACT, f"report/artifacts/{name}.py compare() raised "
