@@ -109,7 +109,7 @@ def test_every_claim_is_quoted_verbatim():
     assert [c.id for c in claims if c.quote not in text] == []
 
 
-@pytest.mark.slow
+# Not slow: 13 s user CPU for the whole `python -m report` (configs/reported and the parquet files read once each).
 @pytest.mark.skipif(not (ROOT / "results" / "REPORT.md").is_file(), reason="no committed results/REPORT.md here")
 def test_committed_report_is_what_the_committed_results_rebuild(tmp_path):
     """No stale rows: `python -m report` over the committed results/ writes the committed REPORT.md, save the

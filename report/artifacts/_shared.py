@@ -104,8 +104,17 @@ def experiment_rows(results: Path, experiment: str, runs: bool = False) -> pd.Da
     folder = Path(results) / experiment
     if not (folder / "rows.parquet").is_file():
         return None
+    stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else None
+                  for f in (folder / "rows.parquet", folder / "runs.parquet"))
+    return _experiment_rows(folder, runs, stamp).copy()  # a copy: callers add columns to what they get
+
+
+@lru_cache(maxsize=128)
+def _experiment_rows(folder: Path, runs: bool, stamp: tuple) -> pd.DataFrame:
+    """experiment_rows, read once per file version (`stamp`): the artifacts read the same experiments ~130 times
+    in one report (cProfile of `python -m report`)."""
     rows = read_rows(folder)
-    if runs and (folder / "runs.parquet").is_file():
+    if runs and stamp[1] is not None:
         rows = with_runs(rows, pd.read_parquet(folder / "runs.parquet"))
     return rows
 
