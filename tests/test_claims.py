@@ -114,13 +114,13 @@ def test_every_claim_is_quoted_verbatim():
 @pytest.mark.skipif(not (ROOT / "results" / "REPORT.md").is_file(), reason="no committed results/REPORT.md here")
 def test_committed_report_is_what_the_committed_results_rebuild(tmp_path, monkeypatch):
     """No stale rows: `python -m report` over the committed results/ writes the committed REPORT.md, save the
-    commit/date and host lines (the machine that rebuilds it), and the same report.csv and claims.csv. Runs on any
-    host: the rows name the host the results record (report.artifacts._shared.measured_host), not this one."""
+    commit/date and 'report written on' lines (the machine that rebuilds it), and the same report.csv and
+    claims.csv. Runs on any host: the rows name the host the results record (_shared.measured_host), not this one."""
     monkeypatch.setattr(os, "cpu_count", lambda: 97)  # a rebuilding host unlike any that measured: rows must not move
     writer.write(ROOT / "results", out=tmp_path)
 
     def body(path: Path) -> list[str]:
-        return [line for line in path.read_text().splitlines() if not re.match(r"- (commit `|host: )", line)]
+        return [line for line in path.read_text().splitlines() if not re.match(r"- (commit `|report written on: )", line)]
 
     assert body(tmp_path / "REPORT.md") == body(ROOT / "results" / "REPORT.md")
     for table in ("report.csv", "claims.csv"):
