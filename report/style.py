@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 
 from protocols.palette import PROTOCOL_COLORS  # noqa: E402
 from protocols.summaries import interval_frame  # noqa: E402
+from report.artifacts._shared import measuring_cpu  # noqa: E402
 
 # A fixed colour per system: the protocols' from protocols.palette (as bench/plots.py draws them), under their
 # names and the report's display names, then the systems only the paper's numbers bring.
@@ -33,7 +34,11 @@ plt.rcParams.update(RC)  # as bench/plots.py does: every figure of the process i
 
 
 def host_label() -> str:
-    """The host in a title's words: '2-core CPU', or the GPU's name when torch sees one."""
+    """The host in a title's words: inside the report (report.artifacts._shared.measured_in) the CPU the results
+    record of the host that measured them; elsewhere this host: '2-core CPU', or the GPU's name when torch sees one."""
+    measured = measuring_cpu()
+    if measured is not None:
+        return measured
     try:
         import torch  # noqa: PLC0415 - only to name a GPU; figures draw without it
 

@@ -89,7 +89,8 @@ def _figures(mod: ModuleType, results: Path, out: Path) -> tuple[list[Path], lis
         return [], []
     name = mod.__name__.rsplit(".", 1)[-1]
     try:
-        return [Path(p) for p in mod.figure(results, out)], []
+        with measured_in(results):  # titles name the host that measured results/, not this one
+            return [Path(p) for p in mod.figure(results, out)], []
     except Exception as err:  # noqa: BLE001 - a figure that fails leaves the rows standing
         log.error("report/artifacts/%s.py figure() raised:\n%s", name, traceback.format_exc())
         return [], [f"report/artifacts/{name}.py figure() raised {type(err).__name__}: {err}"]

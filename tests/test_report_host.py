@@ -36,3 +36,13 @@ def test_results_without_a_record_say_the_host_is_unknown(tmp_path):
     pd.DataFrame({"run_id": ["a"]}).to_parquet(tmp_path / "exp" / "runs.parquet")
     assert measured_host(tmp_path).startswith("host unknown")
     assert host().startswith("host unknown")  # outside measured_in no results folder names a host
+
+
+def test_figure_titles_name_the_measuring_host_inside_the_report(tmp_path, monkeypatch):
+    from report import style
+
+    _runs(tmp_path / "exp", {"logical": 96, "physical": 48, "usable": 96})
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    with measured_in(tmp_path):
+        assert style.host_label() == "96-core CPU"
+    assert "96-core" not in style.host_label()  # outside the report: this machine, for ad-hoc plots

@@ -67,19 +67,34 @@ def _recorded_cores(folder: Path, stamp: tuple) -> tuple[frozenset[int], frozens
     return frozenset(logical), frozenset(usable)
 
 
-def measured_host(results: Path) -> str:
-    """The host that measured `results`, in one phrase, from what the runs recorded: '2-core CPU, GPU not recorded,
-    device and cloud on one host'; 'host unknown (...)' when nothing there records it. The runs record cores
-    (bench/conditions.py) but not which device protocol.cloud_device=auto resolved to, so no GPU is named."""
+def measured_cpu(results: Path) -> str | None:
+    """The CPU the runs in `results` recorded ('2-core CPU'), None when nothing there records it."""
     folder = Path(results)
     logical, usable = _recorded_cores(folder, _stamp(folder))
     if not logical:
-        return f"host unknown ({folder} records no run conditions and no bench profile)"
+        return None
     counts = "-".join(str(n) for n in sorted(logical))
     cpu = f"{counts}-core CPU" if len(logical) == 1 else f"{counts}-core CPUs (the runs' hosts differ)"
     if usable and usable != logical:
         cpu += f" ({'-'.join(str(n) for n in sorted(usable))} usable)"
+    return cpu
+
+
+def measured_host(results: Path) -> str:
+    """The host that measured `results` in one phrase: '2-core CPU, GPU not recorded, device and cloud on one host'
+    (the runner puts both halves on the host it runs on); 'host unknown (...)' when nothing records it. The runs
+    record cores (bench/conditions.py) but not which device protocol.cloud_device=auto resolved to: no GPU named."""
+    cpu = measured_cpu(results)
+    if cpu is None:
+        return f"host unknown ({results} records no run conditions and no bench profile)"
     return f"{cpu}, GPU not recorded, device and cloud on one host"
+
+
+def measuring_cpu() -> str | None:
+    """For report.style's titles, short: measured_cpu of the results being reported ('host unknown' when they record
+    none) inside measured_in; None outside it."""
+    results = _RESULTS.get()
+    return None if results is None else (measured_cpu(results) or "host unknown")
 
 
 def host() -> str:
