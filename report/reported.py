@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -197,10 +198,21 @@ def _read(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _stamp(files: list[Path]) -> tuple[tuple[Path, int, int], ...]:
+    """(file, mtime_ns, size) of each file: the key of the parse caches below, so an edited file is read again."""
+    return tuple((f, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+
+
 def load_artifacts(path: str | Path | None = None) -> dict[str, Artifact]:
     """The declared artifacts of one file or of every file in configs/reported/ (default)."""
+    return dict(_load_artifacts(_stamp(_files(path))))
+
+
+@lru_cache(maxsize=16)
+def _load_artifacts(stamp: tuple[tuple[Path, int, int], ...]) -> dict[str, Artifact]:
+    """load_artifacts, parsed once per file version (the report asks for it once per artifact)."""
     out: dict[str, Artifact] = {}
-    for file in _files(path):
+    for file, _, _ in stamp:
         for key, artifact in _artifacts(_read(file), file).items():
             if key in out:
                 raise ReportedValueError(f"{file}: artifact '{key}' is also declared in {out[key].file}")
@@ -210,9 +222,16 @@ def load_artifacts(path: str | Path | None = None) -> dict[str, Artifact]:
 
 def load_reported(path: str | Path | None = None) -> list[ReportedValue]:
     """Every validated entry of one file, or of every file in configs/reported/ (default), in file order."""
+    return list(_load_reported(_stamp(_files(path))))
+
+
+@lru_cache(maxsize=16)
+def _load_reported(stamp: tuple[tuple[Path, int, int], ...]) -> tuple[ReportedValue, ...]:
+    """load_reported, parsed once per file version: the report looks values up ~140 times, and parsing the YAML
+    each time took most of a rebuild (cProfile of `python -m report`)."""
     values: list[ReportedValue] = []
     seen: dict[str, Path] = {}
-    for file in _files(path):
+    for file, _, _ in stamp:
         doc = _read(file)
         artifacts = _artifacts(doc, file)
         for raw in doc["entries"]:
@@ -221,7 +240,7 @@ def load_reported(path: str | Path | None = None) -> list[ReportedValue]:
                 raise _fail(file, entry.id, "id", f"duplicate id (first in {seen[entry.id]}); ids must be unique")
             seen[entry.id] = file
             values.append(entry)
-    return values
+    return tuple(values)
 
 
 def reported_by_artifact(values: list[ReportedValue] | None = None) -> dict[str, list[ReportedValue]]:

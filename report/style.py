@@ -37,10 +37,15 @@ from protocols.plotting import (  # noqa: F401 - the report's figures draw with 
 )
 from protocols.plotting import save as _save
 from protocols.summaries import interval_frame
+from report.artifacts._shared import measuring_cpu
 
 
 def host_label() -> str:
-    """The host in a title's words: '2-core CPU', or the GPU's name when torch sees one."""
+    """The host in a title's words: inside the report (report.artifacts._shared.measured_in) the CPU the results
+    record of the host that measured them; elsewhere this host: '2-core CPU', or the GPU's name when torch sees one."""
+    recorded = measuring_cpu()
+    if recorded is not None:
+        return recorded
     try:
         import torch  # noqa: PLC0415 - only to name a GPU; figures draw without it
 

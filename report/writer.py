@@ -27,6 +27,7 @@ import pandas as pd
 
 from protocols.paths import REPO_ROOT
 from report.artifacts import SCOPES, STATUSES, Comparison, modules
+from report.artifacts._shared import measured_host, measured_in
 from report.claims import VERDICTS, ClaimVerdict, judge_all, role
 from report.paper_readings import Reading, paper_readings
 from report.reported import Artifact, ReportedValue, load_artifacts, load_reported
@@ -66,7 +67,8 @@ def _compare(mod: ModuleType, results: Path) -> list[Comparison]:
     """The module's rows; a module that raises or returns no rows gives one not_measured row saying so."""
     name = mod.__name__.rsplit(".", 1)[-1]
     try:
-        rows = list(mod.compare(results))
+        with measured_in(results):  # rows name the host that measured results/, not this one
+            rows = list(mod.compare(results))
     except Exception as err:  # noqa: BLE001 - a broken module must not hide every other artifact
         log.error("report/artifacts/%s.py compare() raised:\n%s", name, traceback.format_exc())
         return [_missing_row(mod.ARTIFACT, f"report/artifacts/{name}.py compare() raised "
@@ -87,7 +89,8 @@ def _figures(mod: ModuleType, results: Path, out: Path) -> tuple[list[Path], lis
         return [], []
     name = mod.__name__.rsplit(".", 1)[-1]
     try:
-        return [Path(p) for p in mod.figure(results, out)], []
+        with measured_in(results):  # titles name the host that measured results/, not this one
+            return [Path(p) for p in mod.figure(results, out)], []
     except Exception as err:  # noqa: BLE001 - a figure that fails leaves the rows standing
         log.error("report/artifacts/%s.py figure() raised:\n%s", name, traceback.format_exc())
         return [], [f"report/artifacts/{name}.py figure() raised {type(err).__name__}: {err}"]
@@ -171,7 +174,8 @@ def _version(pkg: str) -> str:
 
 
 def provenance(results: Path) -> dict:
-    """Commit, tree state (results/ excluded: the bench writes it), date, host, versions, the profile's steps."""
+    """Commit, tree state (results/ excluded: the bench writes it), date, the host that measured (from the results)
+    and the one writing the report, versions, the profile's steps."""
     status = _git("status", "--porcelain", "--", ".", f":(exclude){_relative(results)}")
     profile_path = results / "profile.json"
     profile = json.loads(profile_path.read_text()) if profile_path.is_file() else None
@@ -182,6 +186,7 @@ def provenance(results: Path) -> dict:
                                                   f"dirty ({len(status.splitlines())} changed paths)"),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "host": f"{_cpu_model()}, {os.cpu_count()} cores, " + (f"{ram:.0f} GiB RAM" if ram else "RAM unknown"),
+        "measured": measured_host(results),  # the rows' host; `host` is only the machine that wrote the report
         "versions": f"python {platform.python_version()}, torch {_version('torch')}, "
                     f"transformers {_version('transformers')}",
         "profile": profile,
@@ -272,7 +277,8 @@ def markdown(reports: list[ArtifactReport], prov: dict, reported: dict[str, Repo
             of_artifact.setdefault(a, []).append(v)
     lines = ["# STIP paper: reported vs measured", "",
              f"- commit `{prov['commit']}`, tree {prov['tree']}, written {prov['date']}",
-             f"- host: {prov['host']}; {prov['versions']}", *_profile_lines(prov["profile"]), "",
+             f"- measured on (as the results record it): {prov['measured']}",
+             f"- report written on: {prov['host']}; {prov['versions']}", *_profile_lines(prov["profile"]), "",
              *_claims_lines(claims, reports), "",
              "## Artifacts", "",
              f"{len(reports)} artifacts, {sum(total.values())} rows: "

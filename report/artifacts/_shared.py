@@ -5,8 +5,11 @@ Not an artifact module (the leading underscore keeps `report.artifacts.modules()
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -22,17 +25,85 @@ PAPER_HOST = ("paper: cloud 4x A100; devices an 8-core Core i7 PC (GPT-2, LLaMA2
               "a 4-core Core i5 MacBook (BERT, Mixtral)")
 
 
-def host() -> str:
-    """This host in one phrase: '2-core CPU, no GPU, device and cloud on one host'; a GPU is named as the cloud's
-    (protocol.cloud_device=auto puts the cloud on it, the device stays on the CPU)."""
-    try:
-        import torch  # noqa: PLC0415 - a GPU changes the phrase; the report runs without one
+_RESULTS: ContextVar[Path | None] = ContextVar("report_results", default=None)
 
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        gpu = None
-    return f"{os.cpu_count()}-core CPU, " + (f"cloud on GPU {gpu}" if gpu else "no GPU") + \
-        ", device and cloud on one host"
+
+@contextmanager
+def measured_in(results: Path) -> Iterator[None]:
+    """Within this block host() names the host that measured `results` (report.writer wraps each artifact's
+    compare() in it), so a row's text is a function of the results folder, not of the machine that rebuilds it."""
+    token = _RESULTS.set(Path(results))
+    try:
+        yield
+    finally:
+        _RESULTS.reset(token)
+
+
+def _stamp(folder: Path) -> tuple:
+    """(name, mtime_ns, size) of every runs.parquet and profile.json under `folder`: the key of what it records."""
+    files = [*sorted(folder.glob("*/runs.parquet")), folder / "profile.json"]
+    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
+
+
+@lru_cache(maxsize=8)
+def _recorded_cores(folder: Path, stamp: tuple) -> tuple[frozenset[int], frozenset[int]]:
+    """(logical core counts, usable core counts) the runs recorded (bench/conditions.py `conditions.cores`), or the
+    bench profile's cpu_count (results/profile.json) as logical counts; empty sets when neither is recorded."""
+    import pyarrow.parquet as pq  # noqa: PLC0415 - one column, without reading the rest of the runs table
+
+    logical, usable = set(), set()
+    for name, _, _ in stamp:
+        path = Path(name)
+        if path.name == "profile.json":
+            count = json.loads(path.read_text()).get("cpu_count")
+            if isinstance(count, int):
+                logical.add(count)
+        elif "conditions.cores" in pq.read_schema(path).names:
+            for cores in pq.read_table(path, columns=["conditions.cores"]).column(0).to_pylist():
+                rec = json.loads(cores) if isinstance(cores, str) else cores
+                if rec:
+                    logical.add(int(rec["logical"]))
+                    usable.add(int(rec["usable"]))
+    return frozenset(logical), frozenset(usable)
+
+
+def measured_cpu(results: Path) -> str | None:
+    """The CPU the runs in `results` recorded ('2-core CPU'), None when nothing there records it."""
+    folder = Path(results)
+    logical, usable = _recorded_cores(folder, _stamp(folder))
+    if not logical:
+        return None
+    counts = "-".join(str(n) for n in sorted(logical))
+    cpu = f"{counts}-core CPU" if len(logical) == 1 else f"{counts}-core CPUs (the runs' hosts differ)"
+    if usable and usable != logical:
+        cpu += f" ({'-'.join(str(n) for n in sorted(usable))} usable)"
+    return cpu
+
+
+def measured_host(results: Path) -> str:
+    """The host that measured `results` in one phrase: '2-core CPU, GPU not recorded, device and cloud on one host'
+    (the runner puts both halves on the host it runs on); 'host unknown (...)' when nothing records it. The runs
+    record cores (bench/conditions.py) but not which device protocol.cloud_device=auto resolved to: no GPU named."""
+    cpu = measured_cpu(results)
+    if cpu is None:
+        return f"host unknown ({results} records no run conditions and no bench profile)"
+    return f"{cpu}, GPU not recorded, device and cloud on one host"
+
+
+def measuring_cpu() -> str | None:
+    """For report.style's titles, short: measured_cpu of the results being reported ('host unknown' when they record
+    none) inside measured_in; None outside it."""
+    results = _RESULTS.get()
+    return None if results is None else (measured_cpu(results) or "host unknown")
+
+
+def host() -> str:
+    """The host that measured the results being reported (measured_in); 'host unknown' outside measured_in, where
+    no results folder says which machine measured."""
+    results = _RESULTS.get()
+    if results is None:
+        return "host unknown (no results folder given: report.artifacts._shared.measured_in)"
+    return measured_host(results)
 
 
 def host_differences(extra: str = "") -> str:
@@ -48,8 +119,17 @@ def experiment_rows(results: Path, experiment: str, runs: bool = False) -> pd.Da
     folder = Path(results) / experiment
     if not (folder / "rows.parquet").is_file():
         return None
+    stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else None
+                  for f in (folder / "rows.parquet", folder / "runs.parquet"))
+    return _experiment_rows(folder, runs, stamp).copy()  # a copy: callers add columns to what they get
+
+
+@lru_cache(maxsize=128)
+def _experiment_rows(folder: Path, runs: bool, stamp: tuple) -> pd.DataFrame:
+    """experiment_rows, read once per file version (`stamp`): the artifacts read the same experiments ~130 times
+    in one report (cProfile of `python -m report`)."""
     rows = read_rows(folder)
-    if runs and (folder / "runs.parquet").is_file():
+    if runs and stamp[1] is not None:
         rows = with_runs(rows, pd.read_parquet(folder / "runs.parquet"))
     return rows
 
