@@ -76,7 +76,8 @@ def test_scores_ignore_pads_and_count_distinct_tokens():
     guess = torch.tensor([[5, 6, 9, 3], [7, 1, 1, 1]])  # pads wrong, one of two 5s wrong
     got = scores(guess, truth, mask)
     assert got["token_recovery"] == pytest.approx(3 / 4)
-    assert got["distinct_token_recovery"] == pytest.approx(2 / 3)
+    assert got["distinct_token_recovery"] == pytest.approx((1 / 2 + 1 + 1) / 3)  # the one definition (scoring.py)
+    assert got["n_real_tokens"] == 4 and got["n_distinct_tokens"] == 3
 
 
 def test_multiset_breaks_stip_not_rotation(llama, tokens):

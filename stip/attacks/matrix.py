@@ -21,6 +21,7 @@ from ..schemes import Arm, fresh_key_arms, rotation_arm, stip_arm
 from . import hidden, kpa, multiset, rotation, weights
 from .baselines import nearest_tokens
 from .rows import row, timer
+from .scoring import token_scores
 
 ACCURACY = "plaintext model's top-1 on the same real tokens (device decodes the cloud's logits)"
 COST = "developer and device side cost of the scheme (this host, loaded; see summary)"
@@ -50,19 +51,15 @@ class Tokens:
 
 
 def scores(guess: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, float]:
-    """Per real position and per distinct real token (all of its positions right)."""
-    keep = torch.ones_like(truth, dtype=torch.bool) if mask is None else mask.bool()
-    g, t = guess[keep], truth[keep]
-    right = g == t
-    distinct = torch.unique(t)
-    per_token = torch.stack([right[t == tok].all() for tok in distinct]).float().mean()
-    return {"token_recovery": float(right.float().mean()), "distinct_token_recovery": float(per_token)}
+    """The one scoring (stip.attacks.scoring.token_scores): per real position and per distinct real token."""
+    return token_scores(guess.reshape(truth.shape), truth, mask)
 
 
 def _rows(attack: str, scheme: str, name: str, assumption: str, found: dict[str, float], n_queries: int,
           seconds: float, **params: Any) -> list[dict[str, Any]]:
-    return [row(attack, name, "llama", assumption, metric, value, "fraction", n_queries, seconds, scheme=scheme,
-                **params) for metric, value in found.items()]
+    counts = {k: int(found[k]) for k in ("n_real_tokens", "n_distinct_tokens")}
+    return [row(attack, name, "llama", assumption, metric, found[metric], "fraction", n_queries, seconds,
+                scheme=scheme, **counts, **params) for metric in ("token_recovery", "distinct_token_recovery")]
 
 
 @dataclass

@@ -38,6 +38,15 @@ METRICS = {
     "top1_agreement": "top-1 agreement with plaintext at real positions (theft, noise defence accuracy) [fraction]",
     "pooled_cosine": "noise defence accuracy without logits: cosine of mean-pooled last states [cosine]",
     "prompt_kind_accuracy": "speculation trace: leave-one-out share of prompts whose kind is named [fraction]",
+    # a scheme's accuracy and cost beside its attacks (stip/attacks/matrix.py, the scheme x attack matrix)
+    "max_abs_logit_diff": "scheme accuracy: max |scheme - plaintext| logit at real positions [logit]",
+    "call_latency": "scheme cost: median seconds of one in-process forward through the scheme's cloud model [s]",
+    "latency_ratio_vs_plaintext": "scheme cost: call_latency / the plaintext model's, same batch, interleaved [ratio]",
+    "upload_bytes_per_token": "scheme cost: bytes the device sends per token (one hidden vector) [bytes]",
+    "download_bytes_per_token": "scheme cost: bytes the cloud returns per token (one logit row) [bytes]",
+    "transform_seconds": "scheme cost: seconds to transform the model once (keys drawn, weights rewritten) [s]",
+    "per_session_retransform_seconds": "fresh keys: median seconds to re-transform the model per session [s]",
+    "per_session_cloud_bytes": "fresh keys: bytes of the transformed model shipped to the cloud per session [bytes]",
 }
 
 
