@@ -17,8 +17,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from protocols.accuracy import token_agreement_row
-from protocols.base import CloudHandler, SocketProtocol
-from protocols.common import (
+from protocols.cloud_and_traffic import (
     Stopwatch,
     configure_threads,
     greedy_tokens,
@@ -29,10 +28,11 @@ from protocols.common import (
     to_device,
 )
 from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
+from protocols.request_loop import CloudHandler, SocketProtocol
 from protocols.speculation import SpeculativeConfig, check_cloud_drafting, check_speculative_request, per_token_latency
 from protocols.workload import generation_prompt
 from transport import CloudProcess, checks
-from transport.cloud import CallCancelled, cancelled
+from transport.cloud_server import CallCancelled, cancelled
 from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)

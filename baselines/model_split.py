@@ -13,10 +13,17 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from protocols.base import CloudHandler, SocketConfig, SocketProtocol
-from protocols.common import Stopwatch, configure_threads, load_for_cloud, output_bytes, shape_bytes, to_device
+from protocols.cloud_and_traffic import (
+    Stopwatch,
+    configure_threads,
+    load_for_cloud,
+    output_bytes,
+    shape_bytes,
+    to_device,
+)
 from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
 from protocols.memory import embedding_module, module_bytes
+from protocols.request_loop import CloudHandler, SocketConfig, SocketProtocol
 from transport import checks
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.answer import print_answer
+from bench.console_answer import print_answer
 from bench.results import (
     FINISHED,
     REPORT,

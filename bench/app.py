@@ -24,8 +24,8 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bench.answer import RUN_POINTER, print_answer, run_line, sweep_runs
 from bench.conditions import RunConditions
+from bench.console_answer import RUN_POINTER, print_answer, run_line, sweep_runs
 from bench.hostslot import host_slot
 from bench.protocol_configs import protocol_class, register_protocol_defaults, with_defaults
 from bench.results import (

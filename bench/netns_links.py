@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 REPO = Path(CONFIG_DIR).parent
 SERVE_PORT = 7443
 RENDEZVOUS_PORT = 29500
-FACTORIES = {"stip": "protocols.stip_protocol:make_cloud_handler",
+FACTORIES = {"stip": "protocols.stip_over_socket:make_cloud_handler",
              "full_cloud": "baselines.full_cloud:make_cloud_handler"}
 PROTOCOLS = ("stip", "full_cloud", "mpc")
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import stip
-from protocols.base import SocketConfig
 from protocols.models import load_tokenizer
+from protocols.request_loop import SocketConfig
 from stip.draft_corpus import public_corpus
 
 SPECULATE = ("none", "prompt_lookup")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from bench.answer import print_answer, run_line, summary_frame
+from bench.console_answer import print_answer, run_line, summary_frame
 from bench.hostslot import host_slot
 from bench.results import RunReport, atomic_write_parquet, to_frame
 from protocols.results_schema import ROWS

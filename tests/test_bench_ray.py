@@ -116,7 +116,7 @@ def test_ray_sweep_gives_the_basic_launchers_rows_and_keeps_the_host_slot(ray_cl
         assert have[key].equals(want[key]), run_id  # the same rows, in the same order
         counted = want["unit"].isin(["B", "count"])
         # Socket bytes of replies carry the cloud's timings as JSON numbers in the frame header
-        # (transport/cloud.py, RUNTIME_META_KEY): their decimal length varies by a few bytes from run to run.
+        # (transport/cloud_server.py, RUNTIME_META_KEY): their decimal length varies by a few bytes from run to run.
         timed_header = counted & (want["source"] == "socket") & want["phase"].isin(["downlink", "total"]) \
             & (want["metric"] == "bytes")
         exact = counted & ~timed_header

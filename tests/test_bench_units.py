@@ -46,7 +46,7 @@ def test_bad_dtype_names_choices():
 
 
 def test_shape_only_rows_for_models_that_do_not_fit():
-    from protocols.stip_protocol import StipProtocol
+    from protocols.stip_over_socket import StipProtocol
 
     spec = build_spec(model_cfg("llama2-70b"))
     req = RunRequest(batch_size=1, seq_len=128, repeats=1, warmup=0, seed=0, task="forward")

@@ -167,7 +167,7 @@ def test_stip_parameter_rows_carry_both_conventions():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     import stip
-    from protocols.stip_protocol import parameter_dcor_rows
+    from protocols.stip_over_socket import parameter_dcor_rows
 
     torch.manual_seed(0)
     plain = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=4, n_positions=32, vocab_size=100)).eval()

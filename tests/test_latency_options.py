@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from baselines.full_cloud import FullCloudConfig
 from baselines.model_split import ModelSplitConfig
 from bench.app import CONFIG_DIR, run
-from protocols.common import resolve_device
-from protocols.stip_protocol import StipConfig
+from protocols.cloud_and_traffic import resolve_device
+from protocols.stip_over_socket import StipConfig
 
 GPT2 = ["model=gpt2-124m", "model.n_layers=1", "run.repeats=1", "run.warmup=0", "run.seq_len=8", "run.batch_size=2"]
 

@@ -1,4 +1,4 @@
-"""The MPC artifact modules (fig2, mpc_engines) on synthetic results: not_measured rows name the command, the
+"""The MPC artifact modules (fig2, mpc_reported) on synthetic results: not_measured rows name the command, the
 measured rows set CipherGPT's and PUMA's reported numbers beside the runs, with a reason for every gap."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from report.artifacts import fig2, modules, mpc_engines
+from report.artifacts import fig2, modules, mpc_reported
 
 GB = 1e9
 
@@ -64,10 +64,10 @@ def results(tmp_path: Path) -> Path:
 
 
 def test_missing_experiments_give_not_measured_rows_with_the_command(tmp_path: Path) -> None:
-    for mod in (fig2, mpc_engines):
+    for mod in (fig2, mpc_reported):
         rows = mod.compare(tmp_path)
         assert rows and all(r.status == "not_measured" and "python -m bench" in r.reason for r in rows)
-    assert {m.__name__.rsplit(".", 1)[1] for m in modules()} >= {"fig2", "mpc_engines"}
+    assert {m.__name__.rsplit(".", 1)[1] for m in modules()} >= {"fig2", "mpc_reported"}
 
 
 def test_fig2_sets_ciphergpt_beside_the_2pc_run_and_stip(results: Path) -> None:
@@ -86,7 +86,7 @@ def test_fig2_sets_ciphergpt_beside_the_2pc_run_and_stip(results: Path) -> None:
 
 
 def test_mpc_table_has_measured_and_labelled_reported_rows(results: Path, tmp_path: Path) -> None:
-    t = mpc_engines.table(results)
+    t = mpc_reported.table(results)
     assert {"PUMA (3PC ABY3, SPU), reported", "MPCFormer (2PC CrypTen, Quad+2Quad), rerun by PUMA"} <= set(t.row)
     missing = t[t.row.str.contains("not measured")]
     assert len(missing) == 6  # the grid's 8 forward cells but the two CrypTen runs the fixture holds
@@ -96,12 +96,12 @@ def test_mpc_table_has_measured_and_labelled_reported_rows(results: Path, tmp_pa
     bert = t[(t.model == "bert-base") & t.row.str.contains(r"\(measured")].iloc[0]
     assert bert.bytes_GB == pytest.approx(13.76) and bert.weight_open_GB == pytest.approx(1.73)
     assert bert.modelled_wan_s > bert.modelled_lan_s > bert.compute_s
-    rows = mpc_engines.compare(results)
+    rows = mpc_reported.compare(results)
     puma = next(r for r in rows if r.reported_id == "puma-bert-base-128-traffic")
     assert puma.paper == pytest.approx(10.77) and puma.ratio == pytest.approx(13.76 / 10.77)
     assert "1.73 GB re-open the shared weights" in puma.reason and "3.00 GB" in puma.reason
-    paths = mpc_engines.figure(results, tmp_path / "figures")
-    assert [p.name for p in paths] == ["mpc_engines.csv", "mpc_engines.md"]
+    paths = mpc_reported.figure(results, tmp_path / "figures")
+    assert [p.name for p in paths] == ["mpc_reported.csv", "mpc_reported.md"]
     assert "PUMA (3PC ABY3, SPU), reported" in paths[1].read_text()
 
 
@@ -125,7 +125,7 @@ def test_spu_rows_are_modelled_over_their_parties_and_labelled_by_embedding(resu
     pd.DataFrame({"run_id": ["a1", "c1"], "task": "forward", "protocol.engine": "spu",
                   "protocol.mpc_protocol": ["aby3", "cheetah"], "protocol.embedding": ["mpc", "device"]}
                  ).to_csv(folder / "runs.csv", index=False)
-    t = mpc_engines.table(results).set_index("row")
+    t = mpc_reported.table(results).set_index("row")
     aby3 = t.loc["spu aby3 / puma (measured)"]
     assert aby3.modelled_puma_lan_s == pytest.approx(100.0 + 5000 * 1e-3 + 7.5 * GB * 8 / 3 / 5e9, rel=1e-3)
     cheetah = t.loc["spu cheetah / puma, device embeds (measured, REDUCED depth)"]
@@ -134,7 +134,7 @@ def test_spu_rows_are_modelled_over_their_parties_and_labelled_by_embedding(resu
     assert not any(r.startswith("spu aby3 / puma") for r in missing)  # measured at full depth
     assert any(r.startswith("spu cheetah / puma") for r in missing)  # measured at reduced depth only
     # the reduced-depth run is in the table but never set against a full model's reported number
-    compared = [c for c in mpc_engines.compare(results) if "spu" in c.quantity]
+    compared = [c for c in mpc_reported.compare(results) if "spu" in c.quantity]
     assert compared and all("cheetah" not in c.workload for c in compared)
     refused = [c for c in compared if "cheetah" in c.quantity]  # said in a row, not dropped
     assert refused and all(c.status == "not_measured" and c.measured is None and "not compared" in c.reason

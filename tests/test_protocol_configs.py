@@ -71,7 +71,7 @@ def test_overrides_of_defaulted_fields_need_no_plus():
 
 
 def test_stip_speculation_defaults_are_the_ones_runs_used():
-    cfg = protocol_class({"_target_": "protocols.stip_protocol.StipProtocol"})({}).cfg
+    cfg = protocol_class({"_target_": "protocols.stip_over_socket.StipProtocol"})({}).cfg
     assert (cfg.draft_tokens, cfg.max_ngram, cfg.draft_latest) == (16, 3, True)
     full = protocol_class({"_target_": "baselines.full_cloud.FullCloudProtocol"})({}).cfg
     assert (full.draft_tokens, full.max_ngram, full.draft_latest) == (8, 2, False)
@@ -90,7 +90,7 @@ def test_a_hand_built_node_gains_the_defaults():
 
 
 def test_a_broken_protocol_file_registers_nothing_and_stops_nothing(tmp_path):
-    (tmp_path / "mine.yaml").write_text("_target_: protocols.stip_protocol.StipProtocol\nname: mine\n")
+    (tmp_path / "mine.yaml").write_text("_target_: protocols.stip_over_socket.StipProtocol\nname: mine\n")
     (tmp_path / "typo.yaml").write_text("_target_: protocols.no_such.Protocol\nname: typo\n")
     assert register_protocol_defaults(tmp_path) == ("mine",)
 

@@ -133,7 +133,7 @@ def test_sweep_names_every_crashed_job(tmp_path, monkeypatch, capsys):
 
 
 def test_sweep_runs_names_a_job_whose_rows_do_not_read_back(tmp_path):
-    from bench.answer import RUN_POINTER, sweep_runs
+    from bench.console_answer import RUN_POINTER, sweep_runs
 
     for i, rid in enumerate(("good", "torn")):
         (tmp_path / "runs" / rid).mkdir(parents=True)

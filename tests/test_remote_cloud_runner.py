@@ -37,7 +37,7 @@ def served_stip(tmp_path):
     token = tmp_path / "token"
     token.write_text("t" * 32)
     token.chmod(0o600)  # a token file others can read is refused (issue 24)
-    cmd = [sys.executable, "-m", "transport", "serve", "--factory", "protocols.stip_protocol:make_cloud_handler",
+    cmd = [sys.executable, "-m", "transport", "serve", "--factory", "protocols.stip_over_socket:make_cloud_handler",
            "--kwargs", json.dumps({"checkpoint": str(ckpt), "head": "base"}), "--token-file", str(token)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
@@ -64,7 +64,7 @@ def test_runner_refuses_a_cloud_running_another_protocol(tmp_path, served_stip):
     address, token = served_stip
     report = run(make_cfg(tmp_path, "protocol=full_cloud", f"cloud.address={address}", f"cloud.token_file={token}"))
     assert report.status == "failed"
-    assert "runs protocols.stip_protocol:make_cloud_handler, but this protocol needs " \
+    assert "runs protocols.stip_over_socket:make_cloud_handler, but this protocol needs " \
            "baselines.full_cloud:make_cloud_handler" in report.error
 
 

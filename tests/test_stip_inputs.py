@@ -101,8 +101,8 @@ def test_half_precision_vit_casts_float32_pixels_like_plaintext(dtype):
 
 
 def test_harness_sends_exactly_the_library_request():
-    from protocols.common import Stopwatch
-    from protocols.stip_protocol import StipCloudHandler, StipProtocol
+    from protocols.cloud_and_traffic import Stopwatch
+    from protocols.stip_over_socket import StipCloudHandler, StipProtocol
 
     model = tiny_gpt2()
     device, server = _parties(model)

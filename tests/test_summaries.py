@@ -10,7 +10,7 @@ from rich.console import Console
 from bench.aggregate import headline
 from bench.runs_table import join_runs, run_record, runs_frame, variants
 from protocols.summaries import accuracy_table, interval, latency_table
-from bench.answer import print_answer, run_line, summary_frame
+from bench.console_answer import print_answer, run_line, summary_frame
 from report import style
 from protocols.plotting import request_totals
 from bench.results import RunReport, atomic_write_parquet, to_frame

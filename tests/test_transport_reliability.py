@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from transport import CloudError, CloudProcess, RemoteCloud, ServerLimits, checks
-from transport.cloud import CloudServer, redact
+from transport.cloud_server import CloudServer, redact
 from transport.framing import ConnectionClosed, recv_frame
 from transport.testing import EchoHandler
 from transport.wire import MAGIC, WireError, decode_body, encode_message
@@ -234,7 +234,7 @@ def test_request_checks_refuse_wrong_types_nan_and_shapes():
 
 def _stip_handler(**limits):
     import stip
-    from protocols.stip_protocol import StipCloudHandler
+    from protocols.stip_over_socket import StipCloudHandler
     from helpers.stip_models import tiny_gpt2
 
     handler = StipCloudHandler.__new__(StipCloudHandler)  # the weights without a checkpoint on disk

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import torch
 
 from transport.auth import plaintext_token_problem
-from transport.cloud import HELLO, RUNTIME_META_KEY, UNAUTHORIZED, _peer_gone
+from transport.cloud_server import HELLO, RUNTIME_META_KEY, UNAUTHORIZED, _peer_gone
 from transport.framing import recv_frame
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, NetworkProfile, profile_to_dict

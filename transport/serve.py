@@ -6,7 +6,7 @@ STIP_CLOUD_TOKEN environment variable; never on the command line, where `ps` sho
 JSON line ``{"ready": true, "host": ..., "port": ...}`` on stdout when listening; logs go to
 stderr; runs until SIGINT or SIGTERM.
 
-    python -m transport serve --factory protocols.stip_protocol:make_cloud_handler \
+    python -m transport serve --factory protocols.stip_over_socket:make_cloud_handler \
         --kwargs '{"checkpoint": "/srv/cloud_checkpoint", "head": "causal_lm"}' \
         --host 0.0.0.0 --port 7443 --tls-cert cert.pem --tls-key key.pem --token-file token
 """
@@ -22,7 +22,7 @@ import ssl
 import sys
 
 from transport import auth
-from transport.cloud import CloudServer, load_factory
+from transport.cloud_server import CloudServer, load_factory
 from transport.limits import ServerLimits
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from transport.cloud import CallCancelled, cancelled
+from transport.cloud_server import CallCancelled, cancelled
 
 
 class EchoHandler:

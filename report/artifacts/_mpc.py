@@ -1,4 +1,4 @@
-"""What the MPC artifact modules (fig2, mpc_engines) share beyond _shared.py: an experiment's rows with the MPC
+"""What the MPC artifact modules (fig2, mpc_reported) share beyond _shared.py: an experiment's rows with the MPC
 run columns, one line per MPC or STIP run configuration (median and range over repeats, a check that bytes and
 rounds are deterministic), and the modelled latency of a configuration on another link.
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Generic, Optional, TypeVar
 import torch
 
 from protocols.accuracy import accuracy_rows, output_tensor
-from protocols.common import (
+from protocols.cloud_and_traffic import (
     CLOUD_DEVICES,
     Stopwatch,
     cloud_process,

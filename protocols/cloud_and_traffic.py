@@ -19,7 +19,7 @@ from protocols.timing import Stopwatch  # noqa: F401 - the phase timer, for plug
 from transport import CloudProcess
 from transport.auth import TOKEN_ENV, read_token_file
 from transport.client import CloudClient, CloudError, RemoteCloud
-from transport.cloud import DESCRIBE
+from transport.cloud_server import DESCRIBE
 from transport.link import NetworkProfile
 from transport.threads import apply_threads, resolve_threads
 from transport.wire import expected_payload_bytes

@@ -4,7 +4,7 @@ compute s, modelled s on lan and wan}, with PUMA's, MPCFormer's (rerun by PUMA) 
 numbers as labelled rows, and one comparison per (measured configuration, reported number) whose reason
 explains the ratio from the measured operator classes.
 
-`figure()` writes the table (mpc_engines.csv, mpc_engines.md) beside the report's figures.
+`figure()` writes the table (mpc_reported.csv, mpc_reported.md) beside the report's figures.
 """
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def figure(results: Path, out: Path) -> list[Path]:
     if t.empty:
         return []
     out.mkdir(parents=True, exist_ok=True)
-    csv, md = out / "mpc_engines.csv", out / "mpc_engines.md"
+    csv, md = out / "mpc_reported.csv", out / "mpc_reported.md"
     t.to_csv(csv, index=False)
     md.write_text(markdown(t))
     return [csv, md]

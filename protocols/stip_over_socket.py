@@ -16,8 +16,7 @@ from tqdm.auto import tqdm
 
 import stip
 from protocols.accuracy import token_agreement_row
-from protocols.base import CloudHandler, SocketProtocol
-from protocols.common import (
+from protocols.cloud_and_traffic import (
     Stopwatch,
     configure_threads,
     greedy_tokens,
@@ -30,11 +29,12 @@ from protocols.common import (
 from protocols.contract import ModelSpec, ProtocolConfig, Row, RunRequest
 from protocols.memory import device_memory_rows, embedding_module, module_bytes
 from protocols.privacy import dcor_both, dcor_parameters, dcor_parameters_samples
+from protocols.request_loop import CloudHandler, SocketProtocol
 from protocols.speculation import SpeculativeConfig, check_speculative_request, per_token_latency
 from protocols.vocabulary import STIP_PHASES
 from protocols.workload import generation_prompt
 from transport import CloudClient, checks
-from transport.cloud import current_caller
+from transport.cloud_server import current_caller
 from transport.link import NetworkProfile
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class StipConfig(SpeculativeConfig):
 class StipCloudHandler(CloudHandler):
     """The model server in the cloud process: transformed weights only, one KV cache per session.
 
-    Sessions belong to the connection that opened them (`transport.cloud.current_caller`) and are
+    Sessions belong to the connection that opened them (`transport.cloud_server.current_caller`) and are
     dropped when it closes, when unused for the server's session_ttl_s, and capped per connection.
     """
 
@@ -237,7 +237,7 @@ class StipProtocol(SocketProtocol[StipConfig]):
     """STIP: permuted embeddings up, permuted outputs down; the cloud never sees pi or pi_c."""
 
     config_class: ClassVar[type[ProtocolConfig]] = StipConfig
-    factory: ClassVar[str] = "protocols.stip_protocol:make_cloud_handler"
+    factory: ClassVar[str] = "protocols.stip_over_socket:make_cloud_handler"
 
     def prepare(self, model: ModelSpec, request: RunRequest) -> dict:
         """Transform the model, save the cloud's checkpoint in the run folder, keep the device's part."""
