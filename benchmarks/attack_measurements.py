@@ -13,6 +13,7 @@ import sys
 
 import pandas as pd
 import torch
+
 from helpers.attack_measurements import PARTS
 
 

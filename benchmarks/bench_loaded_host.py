@@ -25,12 +25,13 @@ from typing import Iterator
 
 import pandas as pd
 import pytest
-from helpers.results_csv import append_rows
 from hydra import compose, initialize_config_dir
 
 from bench.app import CONFIG_DIR, run
 from transport.processes import signal_tree
 from transport.sched import KERNEL, SLICE_ENV_VAR, apply_slice
+
+from helpers.results_csv import append_rows
 
 pytestmark = pytest.mark.benchmark
 PAIRS = int(os.environ.get("STIP_LOADED_PAIRS", "4"))  # pairs of runs per setting (a smoke run: 1)

@@ -19,7 +19,6 @@ import time
 
 import pytest
 import torch
-from helpers.results_csv import append_rows
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import stip
@@ -30,6 +29,8 @@ from transport.framing import recv_frame, send_bytes
 from transport.sched import KERNEL, SLICE_ENV_VAR, apply_slice
 from transport.threads import apply_threads
 from transport.wire import decode_body, encode_frame
+
+from helpers.results_csv import append_rows
 
 pytestmark = pytest.mark.benchmark
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from report.artifacts import fig6a, fig6b, fig8, tab2, tab4, tab5, traffic
 from protocols.results_schema import typed
+from report.artifacts import fig6a, fig6b, fig8, tab2, tab4, tab5, traffic
 
 from helpers.comparisons import one_row
 

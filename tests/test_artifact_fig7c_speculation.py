@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-from report.artifacts import fig7c_speculation as art
 from protocols.results_schema import typed
+from report.artifacts import fig7c_speculation as art
 
 
 def write_results(root, nets=(("wired", 0.010), ("wireless", 0.250)), experiment="speculation"):

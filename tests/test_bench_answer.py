@@ -12,8 +12,8 @@ from rich.console import Console
 from bench.console_answer import print_answer, run_line, summary_frame
 from bench.hostslot import host_slot
 from bench.results import RunReport, atomic_write_parquet, to_frame
-from protocols.results_schema import ROWS
 from protocols.contract import Row
+from protocols.results_schema import ROWS
 
 
 def _rows(run_id: str, model: str, protocol: str, totals: list[float]):

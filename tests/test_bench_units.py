@@ -11,9 +11,9 @@ from hydra import compose, initialize_config_dir
 
 from bench.app import CONFIG_DIR
 from bench.results import atomic_write_json, atomic_write_parquet, run_id, to_frame
-from protocols.results_schema import COLUMNS
 from protocols.contract import Row, RunRequest
 from protocols.models import build_spec, fits_on_host
+from protocols.results_schema import COLUMNS
 from transport.link import NetworkProfile
 
 

@@ -22,10 +22,10 @@ from transformers import BertConfig, BertForMaskedLM, BertForQuestionAnswering, 
 from bench.aggregate import aggregate
 from bench.app import CONFIG_DIR, run, run_key
 from bench.results import run_id
-from protocols.results_schema import COLUMNS, with_runs
 from bench.schema import field_names, labelled_network, schema_problems, unknown_key_problems
 from bench.validate import ConfigError, check_run_config
 from protocols.models import ModelConfig, build_spec
+from protocols.results_schema import COLUMNS, with_runs
 from transport.link import NetworkProfile
 
 REPO = Path(CONFIG_DIR).parent

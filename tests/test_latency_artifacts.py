@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from report.artifacts import fig7a, fig7c, fig7d, fig9, generation_3s
 from protocols.results_schema import typed
+from report.artifacts import fig7a, fig7c, fig7d, fig9, generation_3s
 
 from helpers.comparisons import one_row
 

@@ -9,10 +9,10 @@ from hydra import compose, initialize_config_dir
 
 from baselines.mpc.protocol import MpcConfig
 from bench.aggregate import aggregate
-from protocols.summaries import accuracy_table
 from bench.app import CONFIG_DIR, run
 from protocols.models import build_spec, load_tokenizer
 from protocols.sentences import SENTENCES, sentence_inputs
+from protocols.summaries import accuracy_table
 
 
 def cfg(tmp_path: Path, *overrides: str):

@@ -9,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from baselines.mpc.protocol import MpcProtocol
-from bench.protocol_configs import file_values
 from baselines.mpc.session import MpcResult, RunStats, merge_parties
+from bench.protocol_configs import file_values
 from protocols.contract import Row, RunRequest
 from protocols.vocabulary import MPC_PHASES
 from transport.link import NetworkProfile

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from helpers.tiny_results import write_tiny_results
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+
+from helpers.tiny_results import write_tiny_results
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -6,7 +6,13 @@ import math
 import pytest
 
 from report.paper_readings import (
-    key_space, log10_factorial, model_key_space, paper_readings, per_token_latency_s, slope_readings_ms, table_mib,
+    key_space,
+    log10_factorial,
+    model_key_space,
+    paper_readings,
+    per_token_latency_s,
+    slope_readings_ms,
+    table_mib,
     tokens_for_traffic,
 )
 from stip.families import Dims

@@ -14,7 +14,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from baselines.full_cloud import FullCloudConfig
-from bench.runs_table import run_record
 from bench.app import CONFIG_DIR, run, run_key
 from bench.protocol_configs import (
     DEFAULTS_SUFFIX,
@@ -25,6 +24,7 @@ from bench.protocol_configs import (
     with_defaults,
 )
 from bench.results import run_id
+from bench.runs_table import run_record
 from bench.schema import labelled_network
 
 PROTOCOL_FILES = sorted((Path(CONFIG_DIR) / "protocol").glob("*.yaml"))

@@ -13,6 +13,7 @@ from bench.aggregate import aggregate
 from bench.app import run, run_dir_of
 from bench.results import REPORT, RunReport
 from protocols.results_schema import ROWS
+
 from test_results_safety import fake_ok_run, make_cfg, plain
 
 # --- results and aggregation (items 5-9) ----------------------------------------------------------------------
@@ -214,10 +215,11 @@ def test_a_hello_whose_token_is_not_text_is_unauthorized_without_a_traceback(cap
     import socket
     import time
 
-    from test_transport_reliability import serving
     from transport.framing import recv_frame
     from transport.testing import EchoHandler
     from transport.wire import decode_body, encode_message
+
+    from test_transport_reliability import serving
 
     with serving(EchoHandler(), token="t" * 32) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
@@ -263,11 +265,12 @@ def test_the_emulated_link_honours_the_calls_deadline():
 def test_a_call_over_a_link_slower_than_its_timeout_times_out_in_time():
     import time
 
-    from test_transport_reliability import serving
     from transport import RemoteCloud
     from transport.client import CloudTimeout
     from transport.link import NetworkProfile
     from transport.testing import EchoHandler
+
+    from test_transport_reliability import serving
 
     with serving(EchoHandler()) as server:
         cloud = RemoteCloud(f"127.0.0.1:{server.port}", network=NetworkProfile("typo", None, rtt_s=1e7), timeout_s=0.5)
@@ -294,9 +297,10 @@ def test_link_values_that_are_typos_are_refused_naming_them(tmp_path, override, 
 def test_server_refuses_batch_x_sequence_above_its_cap_before_compute():
     import torch
 
-    from test_transport_reliability import client, serving
     from transport import CloudError, ServerLimits
     from transport.testing import EchoHandler
+
+    from test_transport_reliability import client, serving
 
     class Counting(EchoHandler):
         calls = 0
@@ -320,9 +324,10 @@ def test_server_refuses_batch_x_sequence_above_its_cap_before_compute():
 def test_mask_values_other_than_0_and_1_are_refused(values):
     import torch
 
-    from test_transport_reliability import client, serving
     from transport import CloudError
     from transport.testing import EchoHandler
+
+    from test_transport_reliability import client, serving
 
     with serving(EchoHandler()) as server, client(server) as cloud:
         good = torch.tensor([[1, 0]])
@@ -335,8 +340,9 @@ def test_mask_values_other_than_0_and_1_are_refused(values):
 def test_session_refusals_neither_tell_a_live_id_from_an_unknown_one_nor_echo_it():
     import torch
 
-    from test_transport_reliability import _stip_handler, client, serving
     from transport import CloudError
+
+    from test_transport_reliability import _stip_handler, client, serving
 
     handler, owner = _stip_handler()
     with serving(handler) as server, client(server) as alice, client(server) as mallory:
@@ -363,15 +369,17 @@ def test_session_refusals_neither_tell_a_live_id_from_an_unknown_one_nor_echo_it
 @pytest.fixture
 def tls_token_server(tmp_path):
     """A CloudServer in this process with TLS and a token, and what a client needs to reach it."""
-    from test_transport_reliability import _self_signed
     from transport.serve import server_ssl_context
+
+    from test_transport_reliability import _self_signed
 
     cert, key = _self_signed(tmp_path)
 
     def start(**limits):
-        from test_transport_reliability import serving
         from transport import ServerLimits
         from transport.testing import EchoHandler
+
+        from test_transport_reliability import serving
 
         return serving(EchoHandler(), token="t" * 32, ssl_context=server_ssl_context(str(cert), str(key)),
                        limits=ServerLimits(**limits))

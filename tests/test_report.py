@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from report.reported import load_artifacts
+from bench.profile import load_profile
 from report import writer
 from report.artifacts import Comparison, modules
-from bench.profile import load_profile
+from report.reported import load_artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,13 @@ import pytest
 
 from report.paper_readings import table_mib, tokens_for_traffic, vit_embedding_params
 from report.reported import (
-    REPORTED_DIR, UNITS, Range, ReportedValueError, load_artifacts, load_reported, reported_by_artifact,
+    REPORTED_DIR,
+    UNITS,
+    Range,
+    ReportedValueError,
+    load_artifacts,
+    load_reported,
+    reported_by_artifact,
     reported_by_id,
 )
 

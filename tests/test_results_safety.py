@@ -21,9 +21,9 @@ from hydra import compose, initialize_config_dir
 from bench.aggregate import aggregate
 from bench.app import CONFIG_DIR, run, run_dir_of
 from bench.results import LOCK, RunReport, atomic_write_bytes, atomic_write_parquet, to_frame
-from protocols.results_schema import ROWS
 from bench.validate import ConfigError
 from protocols.contract import Row
+from protocols.results_schema import ROWS
 
 REPO = Path(CONFIG_DIR).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}

@@ -15,10 +15,10 @@ from protocols.cloud_and_traffic import greedy_tokens
 from protocols.contract import RunRequest
 from protocols.speculation import check_cloud_drafting
 from protocols.stip_over_socket import RemoteModelServer, StipCloudHandler, StipConfig
-from helpers.stip_models import tiny_llama
 from transport import CloudError, RemoteCloud
 from transport.cloud_server import CloudServer
 
+from helpers.stip_models import tiny_llama
 
 
 @contextlib.contextmanager

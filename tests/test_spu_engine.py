@@ -12,9 +12,9 @@ from baselines.mpc.protocol import MpcProtocol
 from baselines.spu import protocol as spu_protocol
 from baselines.spu.engine import SpuResult, SpuRun
 from bench.protocol_configs import file_values
-from protocols.summaries import latency_table
 from protocols.contract import Row, RunRequest
 from protocols.models import build_spec
+from protocols.summaries import latency_table
 from protocols.vocabulary import SECURITY
 from transport.link import NetworkProfile
 

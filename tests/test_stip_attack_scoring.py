@@ -1,12 +1,11 @@
 """Honest scoring (issue 27): pads never count, distinct tokens weigh once, forced keys are not secret."""
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import stip
 from protocols.models import minilm_path
 from stip.attacks import corpus, scoring
-from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def one_kv_head_llama():

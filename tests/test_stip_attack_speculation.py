@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 import torch
-from helpers.stip_models import sample_inputs, tiny_llama
 
 import stip
 from stip.attacks import measure, speculation
+
+from helpers.stip_models import sample_inputs, tiny_llama
 
 
 class Tokenizer:

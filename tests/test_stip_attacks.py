@@ -10,8 +10,18 @@ from stip.attacks.drift import finetuned_copy, perturbed_copy, relative_weight_c
 from stip.attacks.frontier import noise_frontier
 from stip.attacks.rows import ROW_FIELDS
 from stip.attacks.theft import functional_theft
-from helpers.stip_models import (randomise_vectors, sample_inputs, tiny_bert, tiny_gpt2, tiny_llama, tiny_mixtral,
-                         tiny_qwen2, tiny_roberta, tiny_vit)
+
+from helpers.stip_models import (
+    randomise_vectors,
+    sample_inputs,
+    tiny_bert,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_mixtral,
+    tiny_qwen2,
+    tiny_roberta,
+    tiny_vit,
+)
 
 GEN = torch.Generator().manual_seed(0)
 

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from helpers.attack_measurements import SENTENCES, minilm_rows
 from stip.attacks import measure
+
+from helpers.attack_measurements import SENTENCES, minilm_rows
 
 pytestmark = pytest.mark.slow
 

@@ -5,6 +5,7 @@ import torch
 
 import stip
 from stip.attacks import corpus, frequency, hidden, inverter, measure
+
 from helpers.stip_models import tiny_llama
 
 GEN = torch.Generator().manual_seed(0)

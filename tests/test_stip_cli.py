@@ -10,6 +10,7 @@ from transformers import GPT2LMHeadModel, LlamaForCausalLM, OPTConfig, OPTForCau
 
 import stip
 from stip.cli import main as stip_main
+
 from helpers.stip_models import sample_inputs, tiny_gpt2, tiny_llama
 
 

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import stip
 from stip.families import DEVICE
+
 from helpers.stip_models import FACTORIES, sample_inputs, tiny_gpt2, tiny_llama
 
 

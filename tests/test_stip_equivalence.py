@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import stip
+
 from helpers.equivalence import assert_equivalent, run_both
 from helpers.stip_models import FACTORIES, sample_inputs, tiny_bert, tiny_llama
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import stip
+
 from helpers.stip_models import DECODERS, FACTORIES, sample_inputs, tiny_gpt2, tiny_llama, tiny_llava
 
 

@@ -6,13 +6,29 @@ fresh: BERT's masked-LM decoder bias gave 0% top-1), and the cloud output equals
 """
 import pytest
 import torch
-from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassification, BertLMHeadModel, BertModel,
-                          GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2Model, LlamaConfig,
-                          LlamaForCausalLM, LlamaForSequenceClassification, MixtralConfig, MixtralForCausalLM,
-                          ViTConfig, ViTForImageClassification, ViTModel)
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertLMHeadModel,
+    BertModel,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    GPT2Model,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    MixtralConfig,
+    MixtralForCausalLM,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
+)
 
 import stip
 from stip.cli import main as stip_main
+
 from helpers.stip_models import randomise_vectors, sample_inputs
 
 VOCAB = 97

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import stip
+
 from helpers.stip_models import sample_inputs, tiny_bert, tiny_gpt2, tiny_llama, tiny_vit
 
 

@@ -12,6 +12,7 @@ from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadMode
 import stip
 from stip.keys import KeySet
 from stip.transform import generate_keys
+
 from helpers.stip_models import randomise_vectors, sample_inputs, tiny_gpt2, tiny_llama
 
 

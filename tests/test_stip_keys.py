@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import stip
+
 from helpers.stip_models import sample_inputs, tiny_gpt2, tiny_llama
 
 

@@ -4,12 +4,19 @@ import sys
 
 import pytest
 import torch
-from transformers import (AutoModelForSequenceClassification, CLIPVisionConfig, Gemma2Config, LlavaConfig,
-                          LlavaForConditionalGeneration, RobertaModel)
+from transformers import (
+    AutoModelForSequenceClassification,
+    CLIPVisionConfig,
+    Gemma2Config,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    RobertaModel,
+)
 
 import stip
-from helpers.stip_models import FACTORIES, randomise_vectors, sample_inputs, tiny_roberta
+
 from helpers.equivalence import assert_equivalent, run_both
+from helpers.stip_models import FACTORIES, randomise_vectors, sample_inputs, tiny_roberta
 
 NEW = ("mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "roberta", "distilbert", "llava")
 ROPE = ("llama", "mixtral", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "llava")

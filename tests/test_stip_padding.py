@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import stip
+
 from helpers.stip_models import tiny_gpt2, tiny_llama, tiny_mixtral
 
 PAD = 3

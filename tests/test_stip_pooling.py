@@ -1,10 +1,10 @@
 """Decoder sequence classifiers pool at the last non-pad token, which only the device can find."""
 import pytest
 import torch
-from transformers import (GPT2Config, GPT2ForSequenceClassification, LlamaConfig,
-                          LlamaForSequenceClassification)
+from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
 import stip
+
 from helpers.stip_models import randomise_vectors
 
 PAD = 5

@@ -4,6 +4,7 @@ import torch
 
 import stip
 from stip.sampling import Sampling, choose_tokens, reference_next_token
+
 from helpers.stip_models import sample_inputs, tiny_gpt2, tiny_llama, tiny_mixtral
 
 MODES = {

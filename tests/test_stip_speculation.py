@@ -1,10 +1,11 @@
 """Speculative STIP generation: device drafts, one verifying round trip, tokens identical to greedy."""
 import pytest
 import torch
-from helpers.stip_models import DECODERS, FACTORIES, sample_inputs, tiny_llama, tiny_llava, tiny_mistral
 
 import stip
 from stip.speculation import accepted_length
+
+from helpers.stip_models import DECODERS, FACTORIES, sample_inputs, tiny_llama, tiny_llava, tiny_mistral
 
 
 class CountingServer:

@@ -8,14 +8,14 @@ import pytest
 from rich.console import Console
 
 from bench.aggregate import headline
-from bench.runs_table import join_runs, run_record, runs_frame, variants
-from protocols.summaries import accuracy_table, interval, latency_table
 from bench.console_answer import print_answer, run_line, summary_frame
-from report import style
-from protocols.plotting import request_totals
 from bench.results import RunReport, atomic_write_parquet, to_frame
-from protocols.results_schema import ROWS
+from bench.runs_table import join_runs, run_record, runs_frame, variants
 from protocols.contract import Row
+from protocols.plotting import request_totals
+from protocols.results_schema import ROWS
+from protocols.summaries import accuracy_table, interval, latency_table
+from report import style
 
 STIP_STEPS = ("device_embed", "device_permute", "cloud_compute", "device_recover")
 

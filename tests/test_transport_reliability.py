@@ -235,6 +235,7 @@ def test_request_checks_refuse_wrong_types_nan_and_shapes():
 def _stip_handler(**limits):
     import stip
     from protocols.stip_over_socket import StipCloudHandler
+
     from helpers.stip_models import tiny_gpt2
 
     handler = StipCloudHandler.__new__(StipCloudHandler)  # the weights without a checkpoint on disk

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from helpers import stip_models
 from stip.attacks import measure
 from stip.attacks.frontier import noise_frontier
+
+from helpers import stip_models
 
 FAMILY_BUILDERS = ["tiny_gpt2", "tiny_bert", "tiny_llama", "tiny_mixtral", "tiny_mistral", "tiny_qwen2",
                    "tiny_qwen3", "tiny_gemma2", "tiny_gemma3", "tiny_phi3", "tiny_roberta", "tiny_distilbert"]
