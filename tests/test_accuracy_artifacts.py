@@ -95,7 +95,8 @@ def test_tab5_rows_follow_the_measured_models(results):
     assert one_row(rows, "BERT-110m").status == "differs"  # 0.056x: outside the factor of 10
     llama = one_row(rows, "LLaMA2-7b")
     assert llama.status == "reproduced" and "streamed" in llama.workload and "not the checkpoint" in llama.differences
-    assert one_row(rows, "LLaMA2-70b").status == "not_measured" and "bench.layer_stream" in one_row(rows, "LLaMA2-70b").reason
+    assert one_row(rows, "LLaMA2-70b").status == "not_measured" and \
+        "bench.layer_stream" in one_row(rows, "LLaMA2-70b").reason
     assert one_row(rows, "ViT-307m").status == "not_measured" and "tab5_full_vit" in one_row(rows, "ViT-307m").reason
     assert one_row(rows, "LLaVA-13b").status == "not_reproducible"
     assert one_row(rows, "smollm2-135m (real").status == "differs"  # top-1 99.9%
@@ -127,7 +128,8 @@ def test_traffic_rows_show_no_token_count_fits_both_numbers(results):
 
 def test_fig8_rows(results):
     rows = fig8.compare(results)
-    assert one_row(rows, "LLaMA2-70b").measured == pytest.approx(1000.0) and one_row(rows, "LLaMA2-70b").status == "differs"
+    assert one_row(rows, "LLaMA2-70b").measured == pytest.approx(1000.0) and \
+        one_row(rows, "LLaMA2-70b").status == "differs"
     assert one_row(rows, "vit-base").status == "differs" and one_row(rows, "vit-large").status == "reproduced"
     assert one_row(rows, "LLaMA-2's").status == "not_reproducible" and one_row(rows, "LLaMA-2's").measured == 45.6
     assert fig8.figure(results, results / "fig")[0].is_file()
@@ -136,7 +138,8 @@ def test_fig8_rows(results):
 def test_fig6b_conventions_and_random_projection(results):
     rows = fig6b.compare(results)
     assert one_row(rows, "d = 128, per-vector").status == "reproduced"
-    assert one_row(rows, "d = 8192, sample-wise").status == "differs" and one_row(rows, "d = 8192, sample-wise").measured == 1
+    assert one_row(rows, "d = 8192, sample-wise").status == "differs" and \
+        one_row(rows, "d = 8192, sample-wise").measured == 1
     per_vector = one_row(rows, "randomly projected embeddings, mean over d, per-vector")
     assert per_vector.status == "differs" and per_vector.measured < 0.6
     sample_wise = one_row(rows, "randomly projected embeddings, mean over d, sample-wise")
@@ -146,10 +149,11 @@ def test_fig6b_conventions_and_random_projection(results):
 
 def test_fig6a_and_tab4(results):
     rows = fig6a.compare(results)
-    assert one_row(rows, "STIP, gpt2-1.5b").measured == pytest.approx(0.06) and one_row(rows, "STIP, gpt2-1.5b").status == \
-        "reproduced"
+    assert one_row(rows, "STIP, gpt2-1.5b").measured == pytest.approx(0.06) and \
+        one_row(rows, "STIP, gpt2-1.5b").status == "reproduced"
     assert one_row(rows, "random projection, gpt2-1.5b").status == "differs"
     assert fig6a.figure(results, results / "fig")[0].is_file()
     tab = tab4.compare(results)
-    assert one_row(tab, "transformed cloud model").status == "reproduced" and "x x x" in one_row(tab, "transformed").reason
+    assert one_row(tab, "transformed cloud model").status == "reproduced" and \
+        "x x x" in one_row(tab, "transformed").reason
     assert tab4.compare(results / "missing")[0].status == "not_measured"

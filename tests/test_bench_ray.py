@@ -79,7 +79,8 @@ def ray_cluster(tmp_path_factory):
         deadline = time.monotonic() + 120
         while not address_file.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray start did not come up (rc {proc.poll()}): {(work / 'ray-start.log').read_text()[-3000:]}")
+                log = (work / "ray-start.log").read_text()[-3000:]
+                pytest.fail(f"ray start did not come up (rc {proc.poll()}): {log}")
             time.sleep(0.5)
         yield {"address": address_file.read_text().strip(), "env": env, "work": work}
     finally:

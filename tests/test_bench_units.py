@@ -95,7 +95,8 @@ def test_embedding_memory_matches_shapes():
 def _fake_run(root, exp, rid, status, n=3):
     run = root / exp / rid
     run.mkdir(parents=True)
-    cfg = {"model": {"name": "m"}, "protocol": {"name": "stip"}, "network": {"name": "none"}, "run": {"task": "forward"}}
+    cfg = {"model": {"name": "m"}, "protocol": {"name": "stip"}, "network": {"name": "none"},
+           "run": {"task": "forward"}}
     (run / "report.json").write_text(json.dumps({"run_id": rid, "experiment": exp, "status": status, "config": cfg}))
     if status == "ok":
         ctx = {"run_id": rid, "experiment": exp, "protocol": "stip", "approx": None, "model": "m", "n_params": 5,

@@ -120,7 +120,8 @@ def test_committed_report_is_what_the_committed_results_rebuild(tmp_path, monkey
     writer.write(ROOT / "results", out=tmp_path)
 
     def body(path: Path) -> list[str]:
-        return [line for line in path.read_text().splitlines() if not re.match(r"- (commit `|report written on: )", line)]
+        return [line for line in path.read_text().splitlines()
+                if not re.match(r"- (commit `|report written on: )", line)]
 
     assert body(tmp_path / "REPORT.md") == body(ROOT / "results" / "REPORT.md")
     for table in ("report.csv", "claims.csv"):

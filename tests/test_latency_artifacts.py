@@ -40,10 +40,11 @@ def _generation(run_id, protocol, network, per_token, n=32):
                           source=source) for d in ("uplink", "downlink")
                      for source, extra in (("modelled", 0.0), ("socket", 0.015))]  # socket: + host overhead
         rows.append(_row(run_id, "fig7c_generation", protocol, network, "prefill", "latency", 0.5, rep))
-        rows += [_row(run_id, "fig7c_generation", protocol, network, "token", "latency", per_token, rep, seq_len=128 + i)
+        rows += [_row(run_id, "fig7c_generation", protocol, network, "token", "latency", per_token, rep,
+                      seq_len=128 + i)
                  for i in range(1, n)]
-        rows.append(_row(run_id, "fig7c_generation", protocol, network, "generate", "latency", 0.5 + per_token * (n - 1),
-                         rep))
+        rows.append(_row(run_id, "fig7c_generation", protocol, network, "generate", "latency",
+                         0.5 + per_token * (n - 1), rep))
     return rows
 
 
@@ -87,7 +88,8 @@ def results(tmp_path_factory) -> Path:
         for b, tp in ((1, 500.0), (10, 900.0), (100, 950.0)):
             rows += [_row(f"{protocol}{b}", "fig7a_throughput", protocol, "none", "total", "throughput", tp * scale,
                           rep, seq_len=100, model="gpt2-124m", n_params=124439808, batch_size=b) for rep in range(2)]
-    _write(root, "fig7a_throughput", rows, [{"run_id": f"{p}{b}"} for p in ("stip", "full_cloud") for b in (1, 10, 100)])
+    _write(root, "fig7a_throughput", rows,
+           [{"run_id": f"{p}{b}"} for p in ("stip", "full_cloud") for b in (1, 10, 100)])
     return root
 
 
@@ -95,8 +97,8 @@ def test_fig7c_slopes_and_the_one_way_reading_reproduces_the_paper(results):
     rows = fig7c.compare(results)
     assert one_row(rows, "slope, full cloud").measured == pytest.approx(35.0)
     assert one_row(rows, "per-token slope, STIP wired_oneway").measured == pytest.approx(60.0)
-    rtt, one_way = one_row(rows, "link part of a token (the profile's uplink + downlink per round trip), STIP wired ("), \
-        one_row(rows, "round trip), STIP wired_oneway")
+    rtt = one_row(rows, "link part of a token (the profile's uplink + downlink per round trip), STIP wired (")
+    one_way = one_row(rows, "round trip), STIP wired_oneway")
     assert (rtt.measured, rtt.paper, rtt.status) == (pytest.approx(10.2), 18.0, "differs")
     assert (one_way.measured, one_way.status) == (pytest.approx(20.2), "reproduced")
     assert "slope difference to no link: 20 ms/token" in one_way.spread
@@ -109,7 +111,8 @@ def test_fig7c_slopes_and_the_one_way_reading_reproduces_the_paper(results):
 
 def test_generation_3s_projects_the_link_part_on_the_paper_compute(results):
     rows = generation_3s.compare(results)
-    projected = one_row(rows, "projected on the paper's compute: 100 x (12 ms + the profile's link part), STIP wired_oneway")
+    projected = one_row(rows,
+                        "projected on the paper's compute: 100 x (12 ms + the profile's link part), STIP wired_oneway")
     assert projected.measured == pytest.approx(100 * (0.012 + 0.0202)) and projected.status == "reproduced"
     wired = one_row(rows, "projected on the paper's compute: 100 x (12 ms + the profile's link part), STIP wired,")
     assert wired.measured == pytest.approx(100 * (0.012 + 0.0102)) and wired.status == "reproduced"  # "in 3 s": a bound

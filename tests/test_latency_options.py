@@ -33,7 +33,8 @@ def value(df: pd.DataFrame, phase: str, metric: str, source: str) -> float:
     return float(m["value"].iloc[0])
 
 
-@pytest.mark.parametrize("protocol,mode,down", [("full_cloud", "tokens", 2 * 8), ("full_cloud", "topk", 2 * 5 * (4 + 8)),
+@pytest.mark.parametrize("protocol,mode,down", [("full_cloud", "tokens", 2 * 8),
+                                                ("full_cloud", "topk", 2 * 5 * (4 + 8)),
                                                 ("stip", "topk", 2 * 5 * (4 + 8))])
 def test_reduced_reply_returns_the_next_token_only(tmp_path, protocol, mode, down):
     df = rows_of(run(make_cfg(tmp_path, *GPT2, f"protocol={protocol}", f"protocol.return_mode={mode}")))

@@ -112,7 +112,8 @@ def test_range_reduced_inv_sqrt_covers_real_normalisation_inputs() -> None:
     assert rel < 1e-6
     assert FAMILIES["puma"].inv_sqrt_variant == "range_reduced" and FAMILIES["crypten"].inv_sqrt_variant == "crypten"
     big = torch.tensor([600.0, 5000.0], dtype=torch.float64)
-    assert not torch.isfinite(inv_sqrt_nr(big, 3) * big.sqrt()).all() or (inv_sqrt_nr(big, 3) * big.sqrt() - 1).abs().min() > 0.5
+    assert not torch.isfinite(inv_sqrt_nr(big, 3) * big.sqrt()).all() or \
+        (inv_sqrt_nr(big, 3) * big.sqrt() - 1).abs().min() > 0.5
 
 
 def test_crypten_tanh_gelu_diverges_beyond_its_exp_range() -> None:

@@ -1,4 +1,5 @@
-"""transport.netns: namespaces joined by tbf-limited veth links, removed afterwards, nothing left in the root namespace."""
+"""transport.netns: namespaces joined by tbf-limited veth links, removed afterwards, nothing left in the root
+namespace."""
 from __future__ import annotations
 
 import subprocess

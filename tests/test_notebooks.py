@@ -81,7 +81,8 @@ NEVER_POOLED = """
 assert set(LATENCY) == {("tiny", "bert-tiny"), ("tiny", "gpt2-124m")}, sorted(LATENCY)
 assert all(set(t.model) == {model} for (_, model), t in LATENCY.items())
 medians = {m: {p: round(v, 6) for p, v in zip(t.protocol, t.latency_modelled_s)} for (_, m), t in LATENCY.items()}
-assert medians == {"bert-tiny": {"full_cloud": 0.009, "stip": 0.011}, "gpt2-124m": {"full_cloud": 9.0, "stip": 11.0}}, medians
+assert medians == {"bert-tiny": {"full_cloud": 0.009, "stip": 0.011},
+                   "gpt2-124m": {"full_cloud": 9.0, "stip": 11.0}}, medians
 assert set(PHASES) == set(LATENCY)
 """
 

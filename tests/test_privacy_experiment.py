@@ -19,11 +19,13 @@ TOY = [  # config-built models only, small sweeps: ~30 s on 2 cores
     "attacks.hidden_state.models=[llama]", "attacks.hidden_state.layers=[1]", "attacks.hidden_state.drifts=[0.0]",
     "attacks.moe_routing.models=[mixtral]", "attacks.vit_patch.n_images=1",
     "attacks.functional_theft.models=[gpt2]", "attacks.output_frequency.enabled=false",
-    "attacks.baselines.models=[llama]", "attacks.baselines.projection_ns=[16,128]", "attacks.baselines.split_layers=[1]",
+    "attacks.baselines.models=[llama]", "attacks.baselines.projection_ns=[16,128]",
+    "attacks.baselines.split_layers=[1]",
     "attacks.noise_frontier.models=[llama]", "attacks.noise_frontier.sigmas_rel=[0.0,0.3,1.0,3.0,10.0]",
     "attacks.speculation_length.enabled=false",  # real SmolLM2 generation: tests/test_stip_attack_speculation.py
     "attacks.scheme_matrix.models=[llama]", "attacks.scheme_matrix.kpa_ns=[8,128]",
-    "attacks.scheme_matrix.candidates=16", "attacks.scheme_matrix.hidden_tokens=6", "attacks.scheme_matrix.real_tokens=48", "attacks.scheme_matrix.row_len=16",
+    "attacks.scheme_matrix.candidates=16", "attacks.scheme_matrix.hidden_tokens=6",
+    "attacks.scheme_matrix.real_tokens=48", "attacks.scheme_matrix.row_len=16",
     "attacks.learned_inverter.models=[llama]", "attacks.learned_inverter.layers=[1]",
     "attacks.learned_inverter.drifts=[0]", "public_tokens=600",
 ]

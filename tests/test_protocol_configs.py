@@ -104,4 +104,5 @@ def test_a_hand_built_protocol_node_still_fills_every_runs_column(tmp_path, rest
     assert report.status == "ok", report.error
     assert report.config["protocol"] == composed("protocol=full_cloud")["protocol"]
     record = run_record(report)
-    assert {f"protocol.{k}" for k in dataclass_defaults(FullCloudConfig) if k not in ("_target_", "name")} <= set(record)
+    assert {f"protocol.{k}" for k in dataclass_defaults(FullCloudConfig)
+            if k not in ("_target_", "name")} <= set(record)

@@ -283,7 +283,8 @@ def test_a_call_over_a_link_slower_than_its_timeout_times_out_in_time():
 
 @pytest.mark.parametrize("override,named", [
     ("network.rtt_s=1e7", "network.rtt_s=10000000.0"), ("network.rtt_s=3601", "network.rtt_s=3601"),
-    ("network.bandwidth_bps=10", "network.bandwidth_bps=10"), ("network.bandwidth_bps=1e20", "network.bandwidth_bps=1e+20"),
+    ("network.bandwidth_bps=10", "network.bandwidth_bps=10"),
+    ("network.bandwidth_bps=1e20", "network.bandwidth_bps=1e+20"),
 ])
 def test_link_values_that_are_typos_are_refused_naming_them(tmp_path, override, named):
     from bench.validate import ConfigError

@@ -1,4 +1,5 @@
-"""A finished run whose outputs are non-finite or below its approximation's bound is `diverged`, rows kept (issue 20)."""
+"""A finished run whose outputs are non-finite or below its approximation's bound is `diverged`, rows kept
+(issue 20)."""
 from __future__ import annotations
 
 import math

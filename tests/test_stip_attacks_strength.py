@@ -87,7 +87,8 @@ def test_logit_profiles_survive_rank_swaps_that_break_rank_for_rank():
     assert (guess == pi_c).float().mean() > 0.6  # every index, argmax or not (chance: 1/40)
     observed = torch.cat([c.argmax(-1).reshape(-1) for c in users])
     reference = torch.cat([c.argmax(-1).reshape(-1) for c in public])
-    rank = frequency.frequency_recovery(observed, pi_c[observed], frequency.frequency_mapping(observed, reference, vocab))
+    rank = frequency.frequency_recovery(observed, pi_c[observed],
+                                        frequency.frequency_mapping(observed, reference, vocab))
     profile = frequency.frequency_recovery(observed, pi_c[observed], guess)
     assert profile["positions_recovered"] > rank["positions_recovered"] + 0.3, (rank, profile)
 

@@ -37,7 +37,8 @@ def test_cloud_checkpoint_reloads_with_stock_class_and_hides_protected_tensors(f
         spaces, _ = developer.family.spaces_for(name)
         if spaces == DEVICE:
             assert not tensor.any(), f"{name} belongs on the device but reached the cloud"
-        elif all(space is None for space in spaces):  # in the clear by design (q/k norms); docs/protocol-library.md says so
+        elif all(space is None for space in spaces):
+            # in the clear by design (q/k norms); docs/protocol-library.md says so
             assert torch.equal(tensor, original[name]), name
         elif spaces == ("k",) and developer.family.rope:
             # a RoPE K bias moves by whole KV groups only: with 2 groups, unchanged half the time
@@ -79,7 +80,8 @@ def test_shard_by_shard_transform_matches_in_memory(factory, shard, tmp_path):
     out = device.decode(stip.ModelServer(cloud).infer(device.encode(ids)))["logits"]
     assert torch.allclose(out, model(ids).logits, rtol=1e-4, atol=1e-5)
 
-    shown = subprocess.run([sys.executable, "-m", "stip.cli", "keys", str(tmp_path / "keys" / stip.DEVELOPER_KEYS_FILE)],
+    shown = subprocess.run([sys.executable, "-m", "stip.cli", "keys",
+                            str(tmp_path / "keys" / stip.DEVELOPER_KEYS_FILE)],
                            capture_output=True, text=True, check=True).stdout
     assert "pi_c" in shown and "valid permutation" in shown
     assert str(keys["pi"].tolist()[:6])[1:-1] not in shown, "key values must never be printed"

@@ -1,5 +1,5 @@
-"""The docs/protocol-library.md recipe end to end: `stip transform`, `stip device-package`, a stock from_pretrained server,
-and a device loaded in one call gives the plaintext model's outputs."""
+"""The docs/protocol-library.md recipe end to end: `stip transform`, `stip device-package`, a stock
+from_pretrained server, and a device loaded in one call gives the plaintext model's outputs."""
 from __future__ import annotations
 
 import pytest

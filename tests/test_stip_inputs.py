@@ -29,7 +29,8 @@ def test_gpt2_token_types_are_embedded_on_the_device_and_never_sent():
     with pytest.raises(stip.StipInputError, match="gpt2 embeds it on the device"):
         server.infer(device.encode(ids), token_type_ids=types)  # wte is zeroed on the cloud
     request = device.request(ids, attention_mask=mask, token_type_ids=types)
-    assert {k for k, v in request.items() if isinstance(v, torch.Tensor)} == {"inputs_embeds", "attention_mask"}, "GPT-2 token types never leave the device"
+    assert {k for k, v in request.items() if isinstance(v, torch.Tensor)} == {"inputs_embeds", "attention_mask"}, \
+        "GPT-2 token types never leave the device"
     assert _rel(device.decode(server.infer(**request))["logits"], plain) < 1e-4
 
 

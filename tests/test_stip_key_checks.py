@@ -64,7 +64,8 @@ def test_keys_must_move_whole_heads_consistently():
     developer = stip.ModelDeveloper(model, seed=0)
     keys = developer.keys
     cases = {
-        "mixes features of different heads": {"layers.0.pi_i1_k": torch.randperm(16, generator=torch.Generator().manual_seed(1))},
+        "mixes features of different heads": {
+            "layers.0.pi_i1_k": torch.randperm(16, generator=torch.Generator().manual_seed(1))},
         "K and V keys move the KV heads in different orders": {
             "layers.0.pi_i2_v": _layer0(keys, "pi_i2_v").view(2, 8).flip(0).reshape(-1)},
         "query heads do not move with their KV group": {
@@ -85,7 +86,8 @@ def test_keys_without_model_metadata_are_refused():
     model = tiny_gpt2()
     keys = stip.ModelDeveloper(model, seed=0).keys
     with pytest.raises(stip.KeyMismatchError, match=r"no 'n_heads' metadata"):
-        stip.ModelDeveloper(model, keys=KeySet(keys.tensors, {k: v for k, v in keys.metadata.items() if k != "n_heads"}))
+        stip.ModelDeveloper(model,
+                            keys=KeySet(keys.tensors, {k: v for k, v in keys.metadata.items() if k != "n_heads"}))
 
 
 def test_key_metadata_records_the_model():

@@ -70,7 +70,8 @@ def test_unknown_model_type_names_it_and_lists_supported():
     from transformers import OPTConfig, OPTForCausalLM
     model = OPTForCausalLM(OPTConfig(hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=4,
                                      vocab_size=50, word_embed_proj_dim=32))
-    with pytest.raises(stip.UnsupportedModelError, match=r"'opt'.*supported: bert, distilbert, gemma2, gemma3_text, gpt2, "
+    with pytest.raises(stip.UnsupportedModelError,
+                       match=r"'opt'.*supported: bert, distilbert, gemma2, gemma3_text, gpt2, "
                        r"llama, llava, mistral, mixtral, phi3, qwen2, qwen3, roberta, vit"):
         stip.ModelDeveloper(model)
 

@@ -82,7 +82,8 @@ def test_roberta_positions_follow_padding_exactly(left):
 def test_roberta_token_types_are_embedded_on_the_device_and_refused_by_the_server():
     model = tiny_roberta(type_vocab_size=2)
     inputs = sample_inputs(model)
-    inputs["token_type_ids"] = torch.randint(0, 2, inputs["input_ids"].shape, generator=torch.Generator().manual_seed(1))
+    inputs["token_type_ids"] = torch.randint(0, 2, inputs["input_ids"].shape,
+                                             generator=torch.Generator().manual_seed(1))
     reference, decoded = run_both(model, inputs)  # DataOwner.request embeds token_type_ids on the device
     assert_equivalent(reference, decoded)
 

@@ -37,7 +37,8 @@ def _stip_logits(model, ids, mask=None):
     developer = stip.ModelDeveloper(model, seed=0)
     device, server = developer.data_owner(), stip.ModelServer(developer.cloud_model())
     request = device.request(ids, attention_mask=mask)
-    assert {k for k, v in request.items() if isinstance(v, torch.Tensor)} == {"inputs_embeds"} | ({"attention_mask"} if mask is not None else set())
+    assert {k for k, v in request.items() if isinstance(v, torch.Tensor)} == \
+        {"inputs_embeds"} | ({"attention_mask"} if mask is not None else set())
     return device.decode(server.infer(**request), input_ids=ids)["logits"]
 
 

@@ -19,7 +19,8 @@ def test_round_trip_by_rows_and_blocks(tmp_path):
         assert torch.equal(read_tensor(fh, header["b"]), tensors["b"])
         specs = [(n, header[n].dtype, header[n].shape) for n in ("b", "a", "c", "d")]
         with ShardWriter(tmp_path / "out.safetensors", specs) as writer:
-            writer.write("b", [read_tensor(fh, header["b"], torch.arange(0, 3)), read_tensor(fh, header["b"], torch.tensor([3]))])
+            writer.write("b", [read_tensor(fh, header["b"], torch.arange(0, 3)),
+                               read_tensor(fh, header["b"], torch.tensor([3]))])
             writer.write("a", [read_tensor(fh, header["a"], rows)])
             writer.write_zeros("c")
             writer.write("d", [read_tensor(fh, header["d"])])

@@ -108,8 +108,8 @@ def test_llava_drafts_after_the_image_prompt():
     inputs = sample_inputs(model, batch=1, seq=5)
     reference = plaintext_greedy(model, inputs["input_ids"], 8, pixel_values=inputs["pixel_values"])
     device, server = setup(model)
-    tokens = stip.generate(device, server, inputs["input_ids"], 8, device_inputs={"pixel_values": inputs["pixel_values"]},
-                           speculate=OracleDrafter(reference))
+    tokens = stip.generate(device, server, inputs["input_ids"], 8,
+                           device_inputs={"pixel_values": inputs["pixel_values"]}, speculate=OracleDrafter(reference))
     assert torch.equal(tokens, reference)
     assert server.requests[0]["last_n"] == 1, "the image prompt goes alone; drafts follow"
     assert len(server.requests) == 3  # 1 + 4 + 3 tokens
