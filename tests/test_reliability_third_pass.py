@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,7 +15,10 @@ from bench.app import run, run_dir_of
 from bench.results import REPORT, RunReport
 from protocols.results_schema import ROWS
 
-from test_results_safety import fake_ok_run, make_cfg, plain
+from helpers.bench_runs import fake_ok_run, make_cfg, plain
+from helpers.loopback_cloud import client, gone, self_signed, serving, stip_handler
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- results and aggregation (items 5-9) ----------------------------------------------------------------------
 
@@ -219,7 +223,6 @@ def test_a_hello_whose_token_is_not_text_is_unauthorized_without_a_traceback(cap
     from transport.testing import EchoHandler
     from transport.wire import decode_body, encode_message
 
-    from test_transport_reliability import serving
 
     with serving(EchoHandler(), token="t" * 32) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
@@ -270,7 +273,6 @@ def test_a_call_over_a_link_slower_than_its_timeout_times_out_in_time():
     from transport.link import NetworkProfile
     from transport.testing import EchoHandler
 
-    from test_transport_reliability import serving
 
     with serving(EchoHandler()) as server:
         cloud = RemoteCloud(f"127.0.0.1:{server.port}", network=NetworkProfile("typo", None, rtt_s=1e7), timeout_s=0.5)
@@ -301,7 +303,6 @@ def test_server_refuses_batch_x_sequence_above_its_cap_before_compute():
     from transport import CloudError, ServerLimits
     from transport.testing import EchoHandler
 
-    from test_transport_reliability import client, serving
 
     class Counting(EchoHandler):
         calls = 0
@@ -328,7 +329,6 @@ def test_mask_values_other_than_0_and_1_are_refused(values):
     from transport import CloudError
     from transport.testing import EchoHandler
 
-    from test_transport_reliability import client, serving
 
     with serving(EchoHandler()) as server, client(server) as cloud:
         good = torch.tensor([[1, 0]])
@@ -343,9 +343,8 @@ def test_session_refusals_neither_tell_a_live_id_from_an_unknown_one_nor_echo_it
 
     from transport import CloudError
 
-    from test_transport_reliability import _stip_handler, client, serving
 
-    handler, owner = _stip_handler()
+    handler, owner = stip_handler()
     with serving(handler) as server, client(server) as alice, client(server) as mallory:
         live = alice.call("open_session")[1]["session"]
         unknown = "f" * len(live)
@@ -372,15 +371,13 @@ def tls_token_server(tmp_path):
     """A CloudServer in this process with TLS and a token, and what a client needs to reach it."""
     from transport.serve import server_ssl_context
 
-    from test_transport_reliability import _self_signed
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
 
     def start(**limits):
         from transport import ServerLimits
         from transport.testing import EchoHandler
 
-        from test_transport_reliability import serving
 
         return serving(EchoHandler(), token="t" * 32, ssl_context=server_ssl_context(str(cert), str(key)),
                        limits=ServerLimits(**limits))
@@ -485,7 +482,6 @@ def test_a_device_killed_by_sigkill_leaves_neither_cloud_nor_grandchild():
     import signal
     import subprocess
 
-    from test_transport_reliability import ROOT, gone
 
     runner = subprocess.Popen([sys.executable, "-c", RUNNER], stdout=subprocess.PIPE, text=True, cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -16,37 +16,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
 from bench.aggregate import aggregate
 from bench.app import CONFIG_DIR, run, run_dir_of
-from bench.results import LOCK, RunReport, atomic_write_bytes, atomic_write_parquet, to_frame
+from bench.results import LOCK, atomic_write_bytes
 from bench.validate import ConfigError
-from protocols.contract import Row
 from protocols.results_schema import ROWS
+
+from helpers.bench_runs import fake_ok_run, make_cfg, plain
 
 REPO = Path(CONFIG_DIR).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 BUILD_PLUS_SPAWN_S = 20.0  # what a model build + cloud spawn costs on this host (issue 10); checks must be far faster
-
-
-def make_cfg(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=[f"output_root={tmp_path / 'runs'}", "model=bert-tiny",
-                                            "protocol=full_cloud", *overrides])
-
-
-def plain(cfg) -> dict:
-    from omegaconf import OmegaConf
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def fake_ok_run(folder: Path, run_id: str, experiment: str = "exp") -> None:
-    """A finished run's files as the runner writes them (no model needed)."""
-    df = to_frame([Row("total", "latency", 0.5, "socket")], {"run_id": run_id, "experiment": experiment,
-                                                              "protocol": "p", "model": "m", "network": "none"})
-    atomic_write_parquet(folder / ROWS, df)
-    RunReport(run_id=run_id, experiment=experiment, config={}, status="ok", n_rows=1).save_json(folder)
 
 
 # --- atomic writes -------------------------------------------------------------------------------
@@ -76,7 +57,7 @@ HOLDER = textwrap.dedent("""
     from pathlib import Path
     from filelock import FileLock
     sys.path.insert(0, {repo!r})
-    from tests.test_results_safety import fake_ok_run
+    from tests.helpers.bench_runs import fake_ok_run
     folder = Path({folder!r})
     with FileLock(str(folder / {lock!r})):
         print("locked", flush=True)

@@ -4,17 +4,14 @@ Loopback only, bounded in count and time; each test stops by itself.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,28 +25,13 @@ from transport.framing import ConnectionClosed, recv_frame
 from transport.testing import EchoHandler
 from transport.wire import MAGIC, WireError, decode_body, encode_message
 
+from helpers.loopback_cloud import client, gone, self_signed, serving, stip_handler
+
 pytestmark = pytest.mark.timeout(120)
 
 ECHO = "transport.testing:make_echo_handler"
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
-
-
-@contextlib.contextmanager
-def serving(handler, **kwargs):
-    """A CloudServer in this process (a thread), closed on exit."""
-    server = CloudServer(handler, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.close()
-        thread.join(5)
-
-
-def client(server, **kwargs) -> RemoteCloud:
-    return RemoteCloud(f"127.0.0.1:{server.port}", timeout_s=10, **kwargs).start()
 
 
 def assert_serving(cloud) -> None:
@@ -72,18 +54,6 @@ def reply_to(address, data: bytes, *, close_write: bool = True, wait_s: float = 
 
 def rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
-
-
-def gone(pid: int, wait_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # ---------------------------------------------------------------- limits and frames
@@ -232,20 +202,8 @@ def test_request_checks_refuse_wrong_types_nan_and_shapes():
     assert checks.meta_int("top_k", None, optional=True) is None
 
 
-def _stip_handler(**limits):
-    import stip
-    from protocols.stip_over_socket import StipCloudHandler
-
-    from helpers.stip_models import tiny_gpt2
-
-    handler = StipCloudHandler.__new__(StipCloudHandler)  # the weights without a checkpoint on disk
-    developer = stip.ModelDeveloper(tiny_gpt2(), seed=0)
-    handler.server = stip.ModelServer(developer.cloud_model())
-    return handler, developer.data_owner()
-
-
 def test_stip_sessions_are_bound_capped_expired_and_inputs_checked():
-    handler, owner = _stip_handler()
+    handler, owner = stip_handler()
     limits = ServerLimits(max_sessions_per_connection=2, session_ttl_s=1.5)
     with serving(handler, limits=limits) as server:
         alice, mallory = client(server), client(server)
@@ -354,16 +312,6 @@ def test_fuzz_malformed_frames_server_keeps_serving_with_bounded_memory():
 
 
 # ---------------------------------------------------------------- remote serving
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
-    return cert, key
-
-
 def _serve(args: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "transport", "serve", "--factory", ECHO, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
@@ -374,14 +322,14 @@ def test_serve_refuses_a_non_loopback_address_without_tls_and_token(tmp_path):
     proc = _serve(["--host", "0.0.0.0"])
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and b"not loopback" in err and b"TLS" in err and b"token" in err
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     proc = _serve(["--host", "0.0.0.0", "--tls-cert", str(cert), "--tls-key", str(key)])
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and b"token" in err and out == b""
 
 
 def test_serve_with_tls_and_token_on_loopback(tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     token = "t" * 32
     proc = _serve(["--tls-cert", str(cert), "--tls-key", str(key)], env={"STIP_CLOUD_TOKEN": token})
     try:
