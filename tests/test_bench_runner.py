@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from baselines.full_cloud import FullCloudProtocol
+from baselines.mpc.distill import main as distil_main
 from bench.app import CONFIG_DIR, run
 from bench.validate import ConfigError
 
@@ -111,7 +112,6 @@ def test_stip_generation_topk_saves_downlink(tmp_path):
 @pytest.fixture(scope="module")
 def toy_student(tmp_path_factory) -> Path:
     """A distilled student made in two training steps: mpc_distilled* read one that `make bench` distils first."""
-    from baselines.mpc.distill import main as distil_main
     return distil_main(["--out", str(tmp_path_factory.mktemp("student") / "student"), "--steps-layerwise", "1",
                         "--steps-output", "1", "--batch-size", "2", "--seq-len", "8"])
 

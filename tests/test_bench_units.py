@@ -9,11 +9,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from bench.app import CONFIG_DIR
+from bench import plots
+from bench.aggregate import aggregate, headline
+from bench.app import CONFIG_DIR, run_key
 from bench.results import atomic_write_json, atomic_write_parquet, run_id, to_frame
 from protocols.contract import Row, RunRequest
+from protocols.memory import embedding_shape_bytes, materialized_embedding, module_bytes
 from protocols.models import build_spec, fits_on_host
+from protocols.privacy import dcor_both, dcor_samples
 from protocols.results_schema import COLUMNS
+from protocols.stip_over_socket import StipProtocol
 from transport.link import NetworkProfile
 
 
@@ -46,8 +51,6 @@ def test_bad_dtype_names_choices():
 
 
 def test_shape_only_rows_for_models_that_do_not_fit():
-    from protocols.stip_over_socket import StipProtocol
-
     spec = build_spec(model_cfg("llama2-70b"))
     req = RunRequest(batch_size=1, seq_len=128, repeats=1, warmup=0, seed=0, task="forward")
     got = StipProtocol({}).run(spec, NetworkProfile("none", None, 0.0), req)
@@ -72,8 +75,6 @@ def test_tidy_rows_schema_and_atomic_writes(tmp_path):
 
 
 def test_dcor_conventions():
-    from protocols.privacy import dcor_both, dcor_samples
-
     x = torch.randn(300, 128, generator=torch.Generator().manual_seed(0))
     perm = x[:, torch.randperm(128)]
     both = dcor_both(x, perm, n_vectors=32)
@@ -84,8 +85,6 @@ def test_dcor_conventions():
 
 
 def test_embedding_memory_matches_shapes():
-    from protocols.memory import embedding_shape_bytes, materialized_embedding, module_bytes
-
     for name in ("bert-tiny", "gpt2-124m", "vit-base", "llama2-70b"):
         spec = build_spec(model_cfg(name))
         emb = materialized_embedding(spec)
@@ -107,8 +106,6 @@ def _fake_run(root, exp, rid, status, n=3):
 
 
 def test_aggregate_collects_ok_runs_and_lists_failed(tmp_path):
-    from bench.aggregate import aggregate
-
     _fake_run(tmp_path / "runs", "exp", "a", "ok")
     _fake_run(tmp_path / "runs", "exp", "b", "failed")
     (out,) = aggregate(tmp_path / "runs", tmp_path / "results", plots=True)
@@ -120,8 +117,6 @@ def test_aggregate_collects_ok_runs_and_lists_failed(tmp_path):
 
 
 def test_every_figure_function_draws_from_synthetic_rows(tmp_path):
-    from bench import plots
-
     rng = np.random.default_rng(0)
     recs = []
 
@@ -152,8 +147,6 @@ def test_every_figure_function_draws_from_synthetic_rows(tmp_path):
 
 
 def test_headline_ratio_is_taken_against_the_configured_reference():
-    from bench.aggregate import headline
-
     recs = [{"run_id": f"{m}{p}{i}", "protocol": p, "network": "lan", "phase": "cloud_compute", "metric": "latency",
              "source": "socket", "value": v * k * (1 + 0.01 * i), "model": m, "seq_len": 8, "batch_size": 1,
              "reference_protocol": "b"}
@@ -169,8 +162,6 @@ def test_headline_ratio_is_taken_against_the_configured_reference():
 
 
 def test_run_key_changes_when_a_model_folder_is_rewritten(tmp_path):
-    from bench.app import run_key
-
     folder = tmp_path / "student"
     folder.mkdir()
     (folder / "config.json").write_text("{}")

@@ -10,7 +10,8 @@ import pytest
 
 from report import writer
 from report.artifacts import Comparison
-from report.claims import Claim, judge, judge_privacy, load_claims, role
+from report.claims import Claim, judge, judge_all, judge_privacy, load_claims, role
+from report.reported import load_reported
 from report.weights import of_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,9 +133,6 @@ def test_committed_report_is_what_the_committed_results_rebuild(tmp_path, monkey
 def test_committed_claims_follow_from_the_committed_rows():
     """Fast staleness check (the full rebuild above is slow): the committed claims.csv is what report/claims.py
     judges from the committed report.csv rows and attack rows."""
-    from report.claims import judge_all
-    from report.reported import load_reported
-
     table = pd.read_csv(ROOT / "results" / "report.csv", keep_default_na=False, na_values={
         "measured": [""], "paper": [""]})
     rows = [Comparison(artifact=r.artifact, quantity=r.quantity, unit=r.unit, status=r.status,

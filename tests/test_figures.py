@@ -11,6 +11,7 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from bench import plots
 from protocols import plotting
 from protocols.paths import COMMITTED_RESULTS_DIR
 from protocols.results_schema import read_rows, with_runs
@@ -146,8 +147,6 @@ def test_runner_memory_figure_draws_each_tokenizer_once(tmp_path, monkeypatch):
     if not (folder / "rows.parquet").is_file():
         pytest.skip("fig8_memory is not in the committed results")
     rows = with_runs(read_rows(folder), pd.read_parquet(folder / "runs.parquet"))
-    from bench import plots
-
     figs: list[Figure] = []
     monkeypatch.setattr(plotting, "save", lambda fig, out, name, formats=("png",): figs.append(fig) or [out / name])
     assert plots.fig8_memory(rows, tmp_path)

@@ -9,10 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
+import stip
 from protocols.memory import tokenizer_bytes_subprocess
 from protocols.privacy import dcor_parameters, dcor_parameters_samples
 from protocols.results_schema import typed
+from protocols.stip_over_socket import parameter_dcor_rows
 from report.artifacts import fig6a, fig7c, fig7d, fig8, millions, tab5
 from transport.link import NetworkProfile
 
@@ -164,11 +167,6 @@ def test_millions_by_the_papers_method_beside_the_same_host_ratio(tmp_path):
 
 
 def test_stip_parameter_rows_carry_both_conventions():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    import stip
-    from protocols.stip_over_socket import parameter_dcor_rows
-
     torch.manual_seed(0)
     plain = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=4, n_positions=32, vocab_size=100)).eval()
     cloud = stip.ModelDeveloper(plain, seed=0).cloud_model()

@@ -17,7 +17,7 @@ from baselines.mpc.protocol import MpcProtocol
 from baselines.mpc.student import _keep_mask, mpcformer_student, range_penalty
 from bench.app import CONFIG_DIR
 from protocols.contract import RunRequest
-from protocols.models import build_spec
+from protocols.models import build_spec, load_tokenizer
 from protocols.sentences import SENTENCES
 from transport.link import NetworkProfile
 
@@ -120,8 +120,6 @@ def test_distil_config_refuses_bad_values_by_name():
 
 
 def test_batches_are_padded_to_seq_len():
-    from protocols.models import load_tokenizer
-
     tok = load_tokenizer("minilm")
     b = next(itertools.islice(batches(tok, corpus_sentences(), 4, 12, 0), 1))
     assert b["input_ids"].shape == (4, 12) and b["attention_mask"].shape == (4, 12)

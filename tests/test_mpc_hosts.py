@@ -14,6 +14,7 @@ from transformers import BertConfig, BertModel
 from baselines.mpc import hosts
 from baselines.mpc.forward import extract_weights
 from baselines.mpc.session import Job, run_mpc_forward
+from bench.validate import parties_problems
 from transport import netns
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,8 +121,6 @@ def test_a_crypten_pair_across_namespaces_gives_the_loopback_bytes_and_rounds(tm
 
 
 def test_parties_with_another_protocol_are_refused_by_name():
-    from bench.validate import parties_problems
-
     assert parties_problems({"rendezvous": None}, {"name": "stip"}) == []
     assert parties_problems({"rendezvous": "file:///x"}, {"name": "mpc", "engine": "crypten"}) == []
     (problem,) = parties_problems({"rendezvous": "file:///x"}, {"name": "stip"})

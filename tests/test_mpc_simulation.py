@@ -6,6 +6,7 @@ import torch
 from transformers import (
     BertConfig,
     BertForMaskedLM,
+    BertForSequenceClassification,
     BertModel,
     GPT2Config,
     GPT2LMHeadModel,
@@ -14,7 +15,7 @@ from transformers import (
 )
 
 from baselines.mpc.approximations import get_approximation
-from baselines.mpc.forward import extract_weights, simulate
+from baselines.mpc.forward import CALIBRATION_MAX_ABS, extract_weights, simulate
 
 TINY = {
     "bert": lambda: BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -59,8 +60,6 @@ def test_approximate_simulation_stays_near_plaintext(name: str, family: str, bou
 
 
 def test_unsupported_model_class_is_named() -> None:
-    from transformers import BertForSequenceClassification
-
     model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                                      intermediate_size=64, vocab_size=50))
     with pytest.raises(ValueError, match="BertForSequenceClassification"):
@@ -79,8 +78,6 @@ def test_norm_scaling_is_mathematically_neutral(name: str) -> None:
 
 
 def test_calibration_gives_powers_of_two_that_bound_the_squares() -> None:
-    from baselines.mpc.forward import CALIBRATION_MAX_ABS
-
     model, *_ = _case("gpt2")
     scales = extract_weights(model).norm_scales
     assert set(scales) == {"0.ln1", "0.ln2", "1.ln1", "1.ln2", "ln_f"}

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import types
 from io import BytesIO
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+
+from report import writer
+from report.artifacts import Comparison
 
 from helpers.tiny_results import write_tiny_results
 
@@ -119,11 +123,6 @@ def test_analysis_notebook_reads_what_make_bench_writes_now(tmp_path, monkeypatc
 
 def test_paper_report_notebook_reads_what_bench_report_writes(tmp_path, monkeypatch):
     """The report notebook on a report.csv report.writer wrote (one measured artifact, one module that raises)."""
-    import types
-
-    from report import writer
-    from report.artifacts import Comparison
-
     def module(name, artifact, compare):
         mod = types.ModuleType(f"report.artifacts.{name}")
         mod.ARTIFACT, mod.EXPERIMENTS, mod.compare = artifact, (), compare

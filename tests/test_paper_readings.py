@@ -6,6 +6,7 @@ import math
 import pytest
 
 from report.paper_readings import (
+    PAPER_MODELS,
     key_space,
     log10_factorial,
     model_key_space,
@@ -15,6 +16,7 @@ from report.paper_readings import (
     table_mib,
     tokens_for_traffic,
 )
+from report.reported import load_reported
 from stip.families import Dims
 from stip.keys import PermutationSource, head_structured_permutations
 
@@ -93,8 +95,6 @@ def test_model_key_space_refuses_shapeless_configs():
 
 
 def test_paper_readings_from_the_reported_values():
-    from report.reported import load_reported
-
     readings = {r.id: r for r in paper_readings(load_reported())}
     assert readings["throughput-ratio"].value == pytest.approx(6.77e7, rel=1e-3)
     assert "6.8e+07" in readings["throughput-ratio"].statement and "6.7e+06" in readings["throughput-ratio"].statement
@@ -107,16 +107,12 @@ def test_paper_readings_from_the_reported_values():
 
 
 def test_paper_readings_name_a_missing_entry():
-    from report.reported import load_reported
-
     values = [v for v in load_reported() if v.id != "traffic-ciphergpt"]
     with pytest.raises(KeyError, match="traffic-ciphergpt"):
         paper_readings(values)
 
 
 def test_every_paper_model_has_a_key_space():
-    from report.paper_readings import PAPER_MODELS
-
     spaces = {name: model_key_space(name) for name in PAPER_MODELS}
     assert all(s.pi > 200 and s.total > s.pi for s in spaces.values())  # bert-tiny: 128! ~ 10^216
     rope = [n for n in PAPER_MODELS if n.startswith(("llama2", "mixtral"))]

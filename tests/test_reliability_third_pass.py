@@ -2,18 +2,38 @@
 remote cloud's token never travels in clear or from a readable file. Each test failed on the code before it."""
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import signal
+import socket
+import ssl
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
+import torch
 
+import bench.app
+import transport.auth
 from bench.aggregate import aggregate
 from bench.app import run, run_dir_of
+from bench.console_answer import RUN_POINTER, sweep_runs
 from bench.results import REPORT, RunReport
+from bench.validate import ConfigError, activation_bytes, memory_problems
 from protocols.results_schema import ROWS
+from transport import CloudError, RemoteCloud, ServerLimits
+from transport.auth import TokenError, read_token_file
+from transport.client import CloudTimeout
+from transport.framing import recv_frame
+from transport.link import EmulatedLink, NetworkProfile
+from transport.serve import ServeConfigError, read_token, server_ssl_context
+from transport.testing import EchoHandler
+from transport.wire import decode_body, encode_message
 
 from helpers.bench_runs import fake_ok_run, make_cfg, plain
 from helpers.loopback_cloud import client, gone, self_signed, serving, stip_handler
@@ -113,8 +133,6 @@ def test_runner_redoes_an_ok_run_whose_rows_do_not_read_back(tmp_path):
 
 def test_sweep_names_every_crashed_job(tmp_path, monkeypatch, capsys):
     """6 jobs, 4 raise outside the protocol (the runner itself): every one is named and recorded `failed`."""
-    import bench.app
-
     real_run = bench.app.run
 
     def crashing_run(cfg):
@@ -138,8 +156,6 @@ def test_sweep_names_every_crashed_job(tmp_path, monkeypatch, capsys):
 
 
 def test_sweep_runs_names_a_job_whose_rows_do_not_read_back(tmp_path):
-    from bench.console_answer import RUN_POINTER, sweep_runs
-
     for i, rid in enumerate(("good", "torn")):
         (tmp_path / "runs" / rid).mkdir(parents=True)
         fake_ok_run(tmp_path / "runs" / rid, rid)
@@ -156,8 +172,6 @@ def test_sweep_runs_names_a_job_whose_rows_do_not_read_back(tmp_path):
 
 @pytest.mark.parametrize("name", ["../x", "/abs", "a/b", ""])
 def test_an_experiment_name_that_is_not_one_folder_is_refused_before_anything(tmp_path, name):
-    from bench.validate import ConfigError
-
     with pytest.raises(ConfigError, match=r"experiment_name=.* must be one folder name.*experiment_name=adhoc"):
         run(make_cfg(tmp_path, f"experiment_name='{name}'"))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
@@ -173,8 +187,6 @@ def _token_file(tmp_path, mode: int):
 
 
 def test_client_refuses_to_send_a_token_in_clear_off_loopback(tmp_path, monkeypatch):
-    from transport import RemoteCloud
-
     connected = []
     monkeypatch.setattr("socket.create_connection", lambda *a, **k: connected.append(a) or 1 / 0)
     with pytest.raises(ValueError, match=r"refusing to send the cloud token to 10\.1\.2\.3:7443.*clear text.*ca_file"):
@@ -192,11 +204,6 @@ def test_client_refuses_to_send_a_token_in_clear_off_loopback(tmp_path, monkeypa
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
 def test_a_token_file_others_can_read_is_refused_naming_it_and_the_fix(tmp_path, mode):
-    import subprocess
-
-    from transport.auth import TokenError, read_token_file
-    from transport.serve import ServeConfigError, read_token
-
     token = _token_file(tmp_path, mode)
     fix = f"chmod 600 {token}"
     with pytest.raises(TokenError, match=fix):
@@ -216,14 +223,6 @@ def test_a_token_file_others_can_read_is_refused_naming_it_and_the_fix(tmp_path,
 
 @pytest.mark.parametrize("bad", ["\ud800x", "x\udfff", 12, None, ["t" * 32]])
 def test_a_hello_whose_token_is_not_text_is_unauthorized_without_a_traceback(caplog, bad):
-    import socket
-    import time
-
-    from transport.framing import recv_frame
-    from transport.testing import EchoHandler
-    from transport.wire import decode_body, encode_message
-
-
     with serving(EchoHandler(), token="t" * 32) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             sock.sendall(encode_message("hello", None, {"token": bad}))
@@ -233,10 +232,6 @@ def test_a_hello_whose_token_is_not_text_is_unauthorized_without_a_traceback(cap
 
 
 def test_tokens_are_compared_in_constant_time_on_bytes(monkeypatch):
-    import hmac
-
-    import transport.auth
-
     seen = []
     real = hmac.compare_digest
     monkeypatch.setattr(transport.auth.hmac, "compare_digest", lambda a, b: seen.append((a, b)) or real(a, b))
@@ -251,11 +246,6 @@ def test_tokens_are_compared_in_constant_time_on_bytes(monkeypatch):
 # --- bad values (items 10, 12) ----------------------------------------------------------------------------------
 
 def test_the_emulated_link_honours_the_calls_deadline():
-    import socket
-    import time
-
-    from transport.link import EmulatedLink, NetworkProfile
-
     link = EmulatedLink(NetworkProfile("typo", None, rtt_s=1e7))
     a, b = socket.socketpair()
     with a, b:
@@ -266,14 +256,6 @@ def test_the_emulated_link_honours_the_calls_deadline():
 
 
 def test_a_call_over_a_link_slower_than_its_timeout_times_out_in_time():
-    import time
-
-    from transport import RemoteCloud
-    from transport.client import CloudTimeout
-    from transport.link import NetworkProfile
-    from transport.testing import EchoHandler
-
-
     with serving(EchoHandler()) as server:
         cloud = RemoteCloud(f"127.0.0.1:{server.port}", network=NetworkProfile("typo", None, rtt_s=1e7), timeout_s=0.5)
         with cloud:
@@ -289,8 +271,6 @@ def test_a_call_over_a_link_slower_than_its_timeout_times_out_in_time():
     ("network.bandwidth_bps=1e20", "network.bandwidth_bps=1e+20"),
 ])
 def test_link_values_that_are_typos_are_refused_naming_them(tmp_path, override, named):
-    from bench.validate import ConfigError
-
     with pytest.raises(ConfigError) as err:
         run(make_cfg(tmp_path, "network=wired", override))
     assert named in str(err.value) and ("3600" in str(err.value) or "bits/s" in str(err.value)), str(err.value)
@@ -298,12 +278,6 @@ def test_link_values_that_are_typos_are_refused_naming_them(tmp_path, override, 
 
 
 def test_server_refuses_batch_x_sequence_above_its_cap_before_compute():
-    import torch
-
-    from transport import CloudError, ServerLimits
-    from transport.testing import EchoHandler
-
-
     class Counting(EchoHandler):
         calls = 0
 
@@ -324,12 +298,6 @@ def test_server_refuses_batch_x_sequence_above_its_cap_before_compute():
 
 @pytest.mark.parametrize("values", [[1, 2], [1, -1], [0.5, 1.0]])
 def test_mask_values_other_than_0_and_1_are_refused(values):
-    import torch
-
-    from transport import CloudError
-    from transport.testing import EchoHandler
-
-
     with serving(EchoHandler()) as server, client(server) as cloud:
         good = torch.tensor([[1, 0]])
         assert torch.equal(cloud.call("echo", {"attention_mask": good})[0]["attention_mask"], good)
@@ -339,11 +307,6 @@ def test_mask_values_other_than_0_and_1_are_refused(values):
 
 
 def test_session_refusals_neither_tell_a_live_id_from_an_unknown_one_nor_echo_it():
-    import torch
-
-    from transport import CloudError
-
-
     handler, owner = stip_handler()
     with serving(handler) as server, client(server) as alice, client(server) as mallory:
         live = alice.call("open_session")[1]["session"]
@@ -369,16 +332,9 @@ def test_session_refusals_neither_tell_a_live_id_from_an_unknown_one_nor_echo_it
 @pytest.fixture
 def tls_token_server(tmp_path):
     """A CloudServer in this process with TLS and a token, and what a client needs to reach it."""
-    from transport.serve import server_ssl_context
-
-
     cert, key = self_signed(tmp_path)
 
     def start(**limits):
-        from transport import ServerLimits
-        from transport.testing import EchoHandler
-
-
         return serving(EchoHandler(), token="t" * 32, ssl_context=server_ssl_context(str(cert), str(key)),
                        limits=ServerLimits(**limits))
     return start, cert
@@ -386,9 +342,6 @@ def tls_token_server(tmp_path):
 
 def _stalled(port: int, n: int, tls_cert=None) -> list:
     """n connections that send one byte and then nothing (raw TCP, or a finished TLS handshake then one byte)."""
-    import socket
-    import ssl
-
     out = []
     for _ in range(n):
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -400,8 +353,6 @@ def _stalled(port: int, n: int, tls_cert=None) -> list:
 
 
 def _closed_within(sock, seconds: float) -> bool:
-    import time
-
     sock.settimeout(seconds)
     t0 = time.monotonic()
     try:
@@ -417,10 +368,6 @@ def _closed_within(sock, seconds: float) -> bool:
 @pytest.mark.parametrize("stage", ["tls_handshake", "hello"])
 def test_unauthenticated_connections_cannot_lock_out_a_client_with_the_token(tls_token_server, stage):
     """Issue 24 item 1: 4 connections that send one byte each once held all 4 slots for frame_timeout_s."""
-    import time
-
-    from transport import RemoteCloud
-
     start, cert = tls_token_server
     with start(max_connections=4, handshake_timeout_s=2, frame_timeout_s=20) as server:
         attackers = _stalled(server.port, 4, cert if stage == "hello" else None)
@@ -438,16 +385,10 @@ def test_unauthenticated_connections_cannot_lock_out_a_client_with_the_token(tls
 
 
 def torch_ones():
-    import torch
-
     return torch.ones(3)
 
 
 def test_a_full_server_answers_with_a_reason(tls_token_server):
-    import time
-
-    from transport import CloudError, RemoteCloud
-
     start, cert = tls_token_server
     with start(max_unauthenticated=2, handshake_timeout_s=3) as server:
         attackers = _stalled(server.port, 2)
@@ -479,10 +420,6 @@ time.sleep(300)
 
 
 def test_a_device_killed_by_sigkill_leaves_neither_cloud_nor_grandchild():
-    import signal
-    import subprocess
-
-
     runner = subprocess.Popen([sys.executable, "-c", RUNNER], stdout=subprocess.PIPE, text=True, cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     cloud = grandchild = None
@@ -501,13 +438,6 @@ def test_a_device_killed_by_sigkill_leaves_neither_cloud_nor_grandchild():
 # --- memory from shapes before building (item 11) ---------------------------------------------------------------
 
 def test_a_batch_that_cannot_fit_is_refused_before_anything_is_built(tmp_path, monkeypatch):
-    import time
-
-    import psutil
-
-    import bench.app
-    from bench.validate import ConfigError, activation_bytes
-
     def no_build(*a, **k):
         raise AssertionError("a model was built for a run that cannot fit")
     monkeypatch.setattr(bench.app, "build_spec", no_build)
@@ -524,8 +454,6 @@ def test_a_batch_that_cannot_fit_is_refused_before_anything_is_built(tmp_path, m
 
 
 def test_the_memory_estimate_passes_the_shipped_workloads(tmp_path):
-    from bench.validate import memory_problems
-
     cfg = plain(make_cfg(tmp_path, "run.batch_size=100", "run.seq_len=100"))
     assert memory_problems(cfg["run"], cfg["model"]) == []
     shapes = plain(make_cfg(tmp_path, "run.batch_size=1000000", "run.task=shapes"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import report.artifacts as artifacts
 from bench.profile import load_profile
 from report import writer
 from report.artifacts import Comparison, modules
@@ -85,8 +86,6 @@ def test_the_shipped_profiles_parse():
 
 
 def test_an_unimportable_module_and_an_undeclared_artifact_are_reported_not_fatal(tmp_path, monkeypatch):
-    import report.artifacts as artifacts
-
     def broken_modules(errors=None):
         errors.append("report/artifacts/fig9.py: SyntaxError: invalid syntax")
         return [_module("odd", "not_an_artifact", lambda r: [

@@ -4,6 +4,7 @@ import os
 
 import pandas as pd
 
+from report import style
 from report.artifacts._shared import host, host_differences, measured_host, measured_in
 
 
@@ -39,8 +40,6 @@ def test_results_without_a_record_say_the_host_is_unknown(tmp_path):
 
 
 def test_figure_titles_name_the_measuring_host_inside_the_report(tmp_path, monkeypatch):
-    from report import style
-
     _runs(tmp_path / "exp", {"logical": 96, "physical": 48, "usable": 96})
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     with measured_in(tmp_path):

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from protocols.results_schema import typed
-from report.artifacts import fig7b, indexing, kpa_bfa, millions, tab1_tab3
+from report import writer
+from report.artifacts import STATUSES, fig7b, indexing, kpa_bfa, millions, tab1_tab3
+from report.reported import load_artifacts
 
 from helpers.comparisons import one_row
 
@@ -131,10 +133,6 @@ def test_modules_on_an_empty_folder_say_what_to_run(tmp_path):
 
 
 def test_the_report_over_these_results_gives_every_artifact_a_status(results, tmp_path):
-    from report import writer
-    from report.artifacts import STATUSES
-    from report.reported import load_artifacts
-
     md, csv = writer.write(results, out=tmp_path)
     table = pd.read_csv(csv)
     assert set(load_artifacts()) <= set(table.artifact) and table.status.isin(list(STATUSES)).all()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import bench.app
 from bench.aggregate import aggregate
 from bench.app import CONFIG_DIR, run, run_dir_of
 from bench.results import LOCK, atomic_write_bytes
@@ -162,8 +163,6 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("overrides,named,fix", BAD_VALUES, ids=[" ".join(b[0]) for b in BAD_VALUES])
 def test_bad_value_fails_before_the_model_is_built(tmp_path, monkeypatch, overrides, named, fix):
-    import bench.app
-
     def no_build(*a, **k):
         raise AssertionError("a model was built for an invalid config")
     monkeypatch.setattr(bench.app, "build_spec", no_build)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load, save
 
 from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
 from transport.link import EmulatedLink, NetworkProfile, profile_from_dict, profile_to_dict, sleep_until
@@ -202,8 +203,6 @@ def test_meter_keeps_counts_modelled_and_measured_apart():
 
 def test_body_is_standard_safetensors_both_ways():
     """Bodies written here load with the safetensors library, and its output decodes here."""
-    from safetensors.torch import load, save
-
     tensors = sample_tensors()
     frame = encode_message("m", tensors)
     header_len = struct.unpack("<I", frame[4:8])[0]

@@ -5,6 +5,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import stip
 from protocols.models import minilm_path
+from protocols.privacy import dcor_independent, dcor_per_vector
 from stip.attacks import corpus, scoring
 
 
@@ -85,7 +86,6 @@ def test_random_batch_never_uses_the_pad_id_at_real_positions():
 
 
 def test_the_independent_vector_dcor_floor_sits_where_a_permutation_reads():
-    from protocols.privacy import dcor_independent, dcor_per_vector
     x = torch.randn(16, 512, generator=torch.Generator().manual_seed(1))
     permuted = x[:, torch.randperm(512, generator=torch.Generator().manual_seed(2))]
     floor = dcor_independent(512)

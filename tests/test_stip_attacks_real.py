@@ -1,7 +1,9 @@
 """The attacks on real weights (MiniLM, SmolLM2): slow; the full table is benchmarks/attack_measurements.py."""
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from protocols.models import smollm2_path
 from stip.attacks import measure
 
 from helpers.attack_measurements import SENTENCES, minilm_rows
@@ -22,9 +24,6 @@ def test_minilm_falls_to_multiset_matching_weight_alignment_and_known_plaintext(
 
 
 def test_smollm2_tokens_and_keys_fall_without_any_key():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from protocols.models import smollm2_path
     tok = AutoTokenizer.from_pretrained(smollm2_path())
     model = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval()
     ids = tok(SENTENCES[1], return_tensors="pt")["input_ids"]

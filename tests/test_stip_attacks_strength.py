@@ -2,6 +2,7 @@
 attack; every one scored on real positions only (a pad row recovered or not changes nothing)."""
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import stip
 from stip.attacks import corpus, frequency, hidden, inverter, measure
@@ -105,7 +106,6 @@ def test_measured_frequency_rows_name_both_methods():
 
 
 def test_weight_alignment_rows_leave_forced_keys_out_and_state_the_key_space():
-    from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=1, vocab_size=50)).eval()

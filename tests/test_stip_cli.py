@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import GPT2LMHeadModel, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 import stip
 from stip.cli import main as stip_main
@@ -130,7 +130,6 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_keys_command_takes_a_folder_and_lists_layers_in_numeric_order(tmp_path, capsys):
-    from transformers import GPT2Config
     model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=12, n_head=2, vocab_size=31, n_positions=16))
     developer = stip.ModelDeveloper(model, seed=0)
     developer.save_keys(tmp_path / "keys")

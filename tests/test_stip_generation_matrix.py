@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 import stip
 from stip.generation_rules import CACHE_RECOMPUTE_AT, generation_rules, position_dependent
@@ -95,7 +96,6 @@ def test_thresholds_found_in_the_installed_transformers_are_all_handled():
     rope_src = (root / "modeling_rope_utils.py").read_text()
     assert '"dynamic" in rope_type' in rope_src and 'rope_type == "longrope"' in rope_src, \
         "dynamic_rope_update changed: re-check stip.generation_rules.position_dependent"
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
     assert {k for k in ROPE_INIT_FUNCTIONS if position_dependent(k)} == {"dynamic", "longrope"}
 
 

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 import stip
+from protocols.cloud_and_traffic import Stopwatch
+from protocols.stip_over_socket import StipCloudHandler, StipProtocol
 
 from helpers.stip_models import sample_inputs, tiny_bert, tiny_gpt2, tiny_llama, tiny_vit
 
@@ -103,9 +105,6 @@ def test_half_precision_vit_casts_float32_pixels_like_plaintext(dtype):
 
 
 def test_harness_sends_exactly_the_library_request():
-    from protocols.cloud_and_traffic import Stopwatch
-    from protocols.stip_over_socket import StipCloudHandler, StipProtocol
-
     model = tiny_gpt2()
     device, server = _parties(model)
     protocol = StipProtocol({})

@@ -3,6 +3,7 @@ import stat
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
 
 import stip
 
@@ -50,7 +51,6 @@ def test_keys_of_another_model_are_refused():
     with pytest.raises(stip.KeyMismatchError, match="another model"):
         stip.ModelDeveloper(tiny_llama(), keys=gpt2_keys)
     with pytest.raises(stip.KeyMismatchError, match="hidden=64 but this model has hidden=96"):
-        from transformers import GPT2Config, GPT2LMHeadModel
         wider = GPT2LMHeadModel(GPT2Config(n_embd=96, n_layer=2, n_head=4, vocab_size=97))
         stip.DataOwner.from_model(wider, gpt2_keys)
 
@@ -67,7 +67,6 @@ def test_wrong_hidden_size_and_rank_are_refused():
 
 
 def test_unknown_model_type_names_it_and_lists_supported():
-    from transformers import OPTConfig, OPTForCausalLM
     model = OPTForCausalLM(OPTConfig(hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=4,
                                      vocab_size=50, word_embed_proj_dim=32))
     with pytest.raises(stip.UnsupportedModelError,

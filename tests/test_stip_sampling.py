@@ -3,7 +3,9 @@ import pytest
 import torch
 
 import stip
+from protocols.models import load_smollm2
 from stip.sampling import Sampling, choose_tokens, reference_next_token
+from stip.transform import permute_features
 
 from helpers.stip_models import sample_inputs, tiny_gpt2, tiny_llama, tiny_mixtral
 
@@ -66,8 +68,6 @@ def test_candidates_from_the_cloud_topk_give_the_same_tokens():
 
 @pytest.mark.parametrize("shape", [(1, 1, 576), (2, 64, 9001), (130, 8193)])
 def test_permute_features_equals_indexing_on_every_path(shape):
-    from stip.transform import permute_features
-
     x = torch.randn(*shape)
     index = torch.randperm(shape[-1])
     assert torch.equal(permute_features(x, index), x[..., index])
@@ -139,8 +139,6 @@ def test_generate_with_cloud_topk_sampling_equals_model_generate():
 
 @pytest.mark.slow
 def test_smollm2_sampling_equals_model_generate():
-    from protocols.models import load_smollm2
-
     model, tokenizer = load_smollm2()
     ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
     developer = stip.ModelDeveloper(model, seed=0)

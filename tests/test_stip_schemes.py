@@ -6,6 +6,7 @@ import torch
 import transformers
 
 from stip.attacks import multiset
+from stip.attacks.hidden import states_at
 from stip.attacks.matrix import MatrixCfg, Tokens, attack_arm, build_arms, candidate_set, scores
 from stip.attacks.rotation import gram_token_recovery, known_plaintext_rotation, procrustes_rotation
 from stip.errors import StipInputError
@@ -104,7 +105,6 @@ def test_known_plaintext_rotation_needs_d_rows(llama):
 def test_gram_attack_reads_a_rotated_hidden_state(llama, tokens):
     arm = rotation_arm(llama, 0)
     seq = tokens.sequences[0][:6]
-    from stip.attacks.hidden import states_at
     observed = states_at(arm.cloud, 1, inputs_embeds=arm.encode(seq[None]))[0]
     guess = gram_token_recovery(observed, llama, 1, candidate_set(tokens, VOCAB, 32, 0))
     assert torch.equal(guess, seq)

@@ -7,10 +7,12 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from bench import plots
 from bench.aggregate import headline
 from bench.console_answer import print_answer, run_line, summary_frame
 from bench.results import RunReport, atomic_write_parquet, to_frame
 from bench.runs_table import join_runs, run_record, runs_frame, variants
+from protocols import plotting
 from protocols.contract import Row
 from protocols.plotting import request_totals
 from protocols.results_schema import ROWS
@@ -163,9 +165,6 @@ def test_memory_and_dcor_sweeps_print_their_quantities(tmp_path):
 
 
 def test_figure_points_keep_configurations_apart(tmp_path):
-    from bench import plots
-    from protocols import plotting
-
     runs = pd.DataFrame({"run_id": ["a", "b"], "protocol": ["stip", "stip"], "status": ["ok", "ok"],
                          "protocol.return_mode": ["full", "topk"]})
     rows = join_runs(pd.concat([_stip_run("a"), _stip_run("b", 0.05)]), runs)

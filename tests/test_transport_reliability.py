@@ -19,6 +19,8 @@ import psutil
 import pytest
 import torch
 
+from baselines.full_cloud import FullCloudHandler
+from baselines.mpc.launcher import loopback_interface
 from transport import CloudError, CloudProcess, RemoteCloud, ServerLimits, checks
 from transport.cloud_server import CloudServer, redact
 from transport.framing import ConnectionClosed, recv_frame
@@ -176,8 +178,6 @@ def test_only_remote_methods_are_callable_and_errors_carry_no_traceback_or_path(
     with pytest.raises(TypeError, match="remote_methods"):
         CloudServer(object())
     assert redact('File "/home/u/x.py", line 3') == 'File "<path>", line 3'
-    from baselines.full_cloud import FullCloudHandler
-
     assert "model" not in FullCloudHandler.remote_methods
 
 
@@ -371,8 +371,6 @@ run_parties(party, sys.argv[1], timeout_s=120)
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_mpc_parties_die_with_a_killed_runner(tmp_path, sig):
-    from baselines.mpc.launcher import loopback_interface
-
     rdv_root = tmp_path / "tmp"
     rdv_root.mkdir()
     runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(tmp_path)], cwd=ROOT,

@@ -11,7 +11,9 @@ import sysconfig
 from pathlib import Path
 
 import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, ViTConfig, ViTForImageClassification
 
+from protocols.models import minilm_path, smollm2_path
 from stip.attacks import measure
 from stip.attacks.frontier import noise_frontier
 
@@ -60,7 +62,6 @@ def tiny_rows() -> list[dict]:
     vit = stip_models.tiny_vit()
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     rows += measure.measure_vit_patches("tiny_vit", vit, images)
-    from transformers import ViTConfig, ViTForImageClassification
     torch.manual_seed(0)  # ViT-Base/16 shapes (768 features per 3*16*16 = 768 pixels), one layer, random weights
     base16 = ViTForImageClassification(ViTConfig(num_hidden_layers=1)).eval()
     with torch.no_grad():
@@ -74,9 +75,6 @@ def tiny_rows() -> list[dict]:
 
 
 def minilm_rows() -> list[dict]:
-    from transformers import AutoModel, AutoTokenizer
-
-    from protocols.models import minilm_path
     tok = AutoTokenizer.from_pretrained(minilm_path())
     model = AutoModel.from_pretrained(minilm_path()).eval()
     ids = tok(SENTENCES, padding=True, return_tensors="pt")["input_ids"]
@@ -91,9 +89,6 @@ def minilm_rows() -> list[dict]:
 
 
 def smollm2_rows() -> list[dict]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from protocols.models import smollm2_path
     tok = AutoTokenizer.from_pretrained(smollm2_path())
     model = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval()
     name = "smollm2-135m"
