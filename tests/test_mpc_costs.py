@@ -15,7 +15,11 @@ from baselines.mpc.approximations import get_approximation, indicators
 from baselines.mpc.forward import extract_weights, simulate
 from baselines.mpc.launcher import run_parties
 from baselines.mpc.ops import MpcOps, PlainOps
+from baselines.mpc.protocol import MpcProtocol
 from baselines.mpc.session import run_mpc_forward
+from protocols.contract import RunRequest
+from protocols.models import build_spec
+from transport.link import NetworkProfile
 
 TESTS = [("lt", -4.0), ("lt", -1.95), ("gt", 3.0)]
 
@@ -114,11 +118,6 @@ TINY_GPT2 = {"name": "tiny-gpt2", "model_type": "gpt2", "head": "causal_lm", "we
 
 @pytest.mark.timeout(120)
 def test_protocol_generate_task_gives_generate_rows_and_refuses_a_second_token() -> None:
-    from baselines.mpc.protocol import MpcProtocol  # noqa: PLC0415
-    from protocols.contract import RunRequest  # noqa: PLC0415
-    from protocols.models import build_spec  # noqa: PLC0415
-    from transport.link import NetworkProfile  # noqa: PLC0415
-
     spec, lan = build_spec(TINY_GPT2), NetworkProfile("lan", bandwidth_bps=3e9, rtt_s=0.8e-3)
     proto = MpcProtocol({"approx": "puma"})
     rows = proto.run(spec, lan, RunRequest(batch_size=1, seq_len=6, repeats=2, warmup=0, seed=0, task="generate",

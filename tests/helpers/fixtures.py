@@ -19,10 +19,10 @@ def set_offline_env() -> None:
 def restore_threads() -> Iterator[None]:
     """A test that runs the runner in-process changes this process's threads, scheduler slice and their environment:
     put them back."""
-    import torch  # noqa: PLC0415
+    import torch  # noqa: PLC0415 - conftest imports this module before set_offline_env(): load after it
 
-    from transport.sched import KERNEL, SLICE_ENV_VAR, apply_slice  # noqa: PLC0415
-    from transport.threads import THREAD_ENV_VARS  # noqa: PLC0415
+    from transport.sched import KERNEL, SLICE_ENV_VAR, apply_slice  # noqa: PLC0415 - environment first (above)
+    from transport.threads import THREAD_ENV_VARS  # noqa: PLC0415 - environment first (above)
 
     before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in (*THREAD_ENV_VARS, SLICE_ENV_VAR)}
     yield
