@@ -15,14 +15,14 @@ from typing import Iterable
 
 import torch
 from scipy.optimize import linear_sum_assignment
-from torch import nn
+from transformers import PreTrainedModel
 
 ASSUMPTION = ("cloud holds the public model and public text and sees the permuted argmax index of "
               "every position of many queries under one pi_c; no key")
 
 
 @torch.no_grad()
-def argmax_indices(model: nn.Module, chunks: Iterable[torch.Tensor], **kwargs) -> torch.Tensor:
+def argmax_indices(model: PreTrainedModel, chunks: Iterable[torch.Tensor], **kwargs) -> torch.Tensor:
     """The argmax vocabulary index at every position of each [1, seq] chunk (input_ids or inputs_embeds)."""
     name = kwargs.pop("input_name", "input_ids")
     return torch.cat([model(**{name: c}, **kwargs).logits.argmax(-1).reshape(-1) for c in chunks])
@@ -56,7 +56,7 @@ PROFILE_FEATURES = ("mean", "std", "skew", "max", "argmax_share")
 
 
 @torch.no_grad()
-def logit_profiles(model: nn.Module, chunks: Iterable[torch.Tensor], **kwargs) -> torch.Tensor:
+def logit_profiles(model: PreTrainedModel, chunks: Iterable[torch.Tensor], **kwargs) -> torch.Tensor:
     """[V, 5]: per vocabulary index, the mean, std, skew and max of its logit over every position (each
     position's logits standardised first, which a permutation cannot hide) and its share of argmaxes."""
     name = kwargs.pop("input_name", "input_ids")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
+from transformers import PreTrainedModel
 
 from .hidden import states_at
 
@@ -39,7 +40,7 @@ KINDS = ("ridge", "mlp")
 
 
 @torch.no_grad()
-def real_states(model: nn.Module, layer: int, mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+def real_states(model: PreTrainedModel, layer: int, mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
     """[n_real, d]: the residual stream entering block `layer` at the real positions (mask True), row by row."""
     return states_at(model, layer, attention_mask=mask.long(), **inputs)[mask.bool()].float()
 
