@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from transformers import PreTrainedModel
+from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 from ..parties import ModelDeveloper, ModelServer
 from ..speculation import Drafter
@@ -82,12 +83,16 @@ def measure_vit_patches(name: str, vit: PreTrainedModel, pixel_values: torch.Ten
     """ViT: pi from the CLS row, then pixels by inverting the public patch projection."""
     developer = ModelDeveloper(vit, seed=seed)
     device = developer.data_owner()
+    embeddings = device.embedding
+    if not isinstance(embeddings, ViTEmbeddings):
+        raise ValueError(f"{name}: the device module is a {type(embeddings).__name__}, not ViTEmbeddings; "
+                         "measure_vit_patches takes a ViT (family 'vit')")
     patch = vit.config.patch_size
     rows = []
     for image in pixel_values:
         wire = device.encode(image[None])[0]
         with timer() as t:
-            pi, patches = multiset.vit_patch_recovery(wire, device.embedding, patch)
+            pi, patches = multiset.vit_patch_recovery(wire, embeddings, patch)
         truth = multiset.image_patches(image, patch)
         rel = float((patches - truth).norm() / truth.norm())
         common = dict(d=int(pi.numel()), pixels_per_patch=int(truth.shape[1]))
