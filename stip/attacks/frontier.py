@@ -29,7 +29,7 @@ def embedding_rms(model: PreTrainedModel) -> float:
 @torch.no_grad()
 def public_table(device: DataOwner) -> torch.Tensor:
     """[V, d]: the device module's output for each token id at the first position (scaled as it embeds)."""
-    vocab = device.embedding.num_embeddings if hasattr(device.embedding, "num_embeddings") else None
+    vocab = getattr(device.embedding, "num_embeddings", None)
     if vocab is None:
         vocab = next(m.num_embeddings for m in device.embedding.modules() if isinstance(m, nn.Embedding))
     return device.embed(torch.arange(vocab)[:, None])[:, 0]  # each id at the first position
