@@ -51,9 +51,10 @@ $(RAY_STAMP): requirements.txt pyproject.toml
 
 install-ray: $(RAY_STAMP) ## Create .venv-ray: everything of .venv plus ray and hydra-ray-launcher (for hydra/launcher=ray)
 
-lint: install ## ruff check and the import-linter layer contracts (both configured in pyproject.toml)
+lint: install ## ruff check, the import-linter layer contracts and mypy on stip/, transport/, protocols/ (all configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: install ## Run the fast test suite (not slow)
 	$(PY) -m pytest -m "not slow and not benchmark" -q

@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from .errors import StipInputError
 from .parties import ModelDeveloper
@@ -37,7 +38,7 @@ class Arm:
 
     name: str
     kind: str  # "permutation" or "rotation": which attack variants apply
-    cloud: nn.Module
+    cloud: PreTrainedModel
     embed: Callable[[torch.Tensor], torch.Tensor]  # ids -> plaintext embeddings (device only)
     encode: Callable[[torch.Tensor], torch.Tensor]  # ids -> what crosses the wire
     decode: Callable[[torch.Tensor], torch.Tensor]  # cloud logits -> logits in plaintext vocabulary order
@@ -79,7 +80,7 @@ def _unpermute_logits(pi_c: torch.Tensor) -> Callable[[torch.Tensor], torch.Tens
     return lambda logits: logits.index_select(-1, inverse)
 
 
-def stip_arm(model: nn.Module, seed: int | None, noise_sigma: float = 0.0, noise_seed: int = 0,
+def stip_arm(model: PreTrainedModel, seed: int | None, noise_sigma: float = 0.0, noise_seed: int = 0,
              name: str | None = None) -> Arm:
     """STIP (stip.parties) as an arm; `noise_sigma` > 0 is the device's N(0, sigma^2) noise defence."""
     start = time.perf_counter()
@@ -93,7 +94,7 @@ def stip_arm(model: nn.Module, seed: int | None, noise_sigma: float = 0.0, noise
                {"pi": developer.keys["pi"], "pi_c": developer.keys["pi_c"]}, noise_sigma, seconds)
 
 
-def fresh_key_arms(model: nn.Module, seeds: list[int | None]) -> list[Arm]:
+def fresh_key_arms(model: PreTrainedModel, seeds: list[int | None]) -> list[Arm]:
     """One STIP arm per session, each with a key set of its own (its transform time is that session's cost)."""
     return [stip_arm(model, seed, name="stip_fresh_keys") for seed in seeds]
 
@@ -117,49 +118,62 @@ def _fold_writer(linear: nn.Linear, rot: torch.Tensor) -> None:
         linear.bias.data = (linear.bias.detach().double() @ rot).to(linear.bias.dtype)
 
 
-def rotate_model(model: nn.Module, rot: torch.Tensor, pi_c: torch.Tensor | None = None) -> nn.Module:
+def _linear(module: nn.Module, name: str) -> nn.Linear:
+    """`module`'s submodule `name` as the nn.Linear the Llama-style families build there."""
+    linear = module.get_submodule(name)
+    if not isinstance(linear, nn.Linear):
+        raise StipInputError(f"the rotation arm folds into nn.Linear layers; {name!r} is a {type(linear).__name__}")
+    return linear
+
+
+def rotate_model(model: PreTrainedModel, rot: torch.Tensor, pi_c: torch.Tensor | None = None) -> PreTrainedModel:
     """The cloud's copy: residual stream rotated by `rot`, norm scales folded, embeddings zeroed (device-side)."""
-    model_type = getattr(model.config, "model_type", type(model).__name__)
+    config = model.config
+    model_type = getattr(config, "model_type", type(model).__name__)
     if model_type not in ROTATION_FAMILIES:
         raise StipInputError(f"the rotation arm needs an RMSNorm decoder ({', '.join(ROTATION_FAMILIES)}); "
                              f"{model_type!r} is not one (LayerNorm's mean subtraction is not rotation-"
                              "invariant: fold it into the previous layer first, as SliceGPT does)")
-    d = model.config.hidden_size
+    d = config.hidden_size
     if tuple(rot.shape) != (d, d):
         raise StipInputError(f"rotation has shape {tuple(rot.shape)}, the model's hidden size needs ({d}, {d})")
     cloud = copy.deepcopy(model)
     untie_parameters(cloud)
     cloud.config.tie_word_embeddings = False
     with torch.no_grad():
-        for layer in cloud.model.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            blocks = ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj), attn.o_proj),
-                      (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj), mlp.down_proj))
-            for norm, readers, writer in blocks:
+        for layer in cloud.get_submodule("model.layers").children():
+            blocks = ((layer.get_parameter("input_layernorm.weight"),
+                       ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.o_proj"),
+                      (layer.get_parameter("post_attention_layernorm.weight"),
+                       ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"))
+            for norm_weight, readers, writer in blocks:
                 for reader in readers:
-                    _fold_reader(reader, norm.weight.detach(), rot)
-                norm.weight.fill_(1.0)
-                _fold_writer(writer, rot)
-        _fold_reader(cloud.lm_head, cloud.model.norm.weight.detach(), rot)
-        cloud.model.norm.weight.fill_(1.0)
+                    _fold_reader(_linear(layer, reader), norm_weight.detach(), rot)
+                norm_weight.fill_(1.0)
+                _fold_writer(_linear(layer, writer), rot)
+        lm_head = _linear(cloud, "lm_head")
+        final_norm = cloud.get_parameter("model.norm.weight")
+        _fold_reader(lm_head, final_norm.detach(), rot)
+        final_norm.fill_(1.0)
         if pi_c is not None:
-            cloud.lm_head.weight.data = cloud.lm_head.weight.data.index_select(0, pi_c).contiguous()
-        cloud.model.embed_tokens.weight.zero_()  # the device keeps the embedding, as in STIP
+            lm_head.weight.data = lm_head.weight.data.index_select(0, pi_c).contiguous()
+        cloud.get_parameter("model.embed_tokens.weight").zero_()  # the device keeps the embedding, as in STIP
     return cloud.eval()
 
 
-def rotation_arm(model: nn.Module, seed: int, noise_sigma: float = 0.0, noise_seed: int = 0,
+def rotation_arm(model: PreTrainedModel, seed: int, noise_sigma: float = 0.0, noise_seed: int = 0,
                  permute_outputs: bool = True) -> Arm:
     """The orthogonal-rotation arm (+ noise when `noise_sigma` > 0); `permute_outputs` adds STIP's pi_c."""
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    rot = random_orthogonal(model.config.hidden_size, gen)
+    config = model.config
+    rot = random_orthogonal(config.hidden_size, gen)
     vocab = model.get_output_embeddings().weight.shape[0]
     pi_c = torch.randperm(vocab, generator=gen) if permute_outputs else None
     cloud = rotate_model(model, rot, pi_c)
     seconds = time.perf_counter() - start
     embedding = copy.deepcopy(model.get_input_embeddings()).eval()
-    rot32 = rot.to(embedding.weight.dtype)
+    rot32 = rot.to(embedding.get_parameter("weight").dtype)
     noisy = _noise(noise_sigma, torch.Generator().manual_seed(noise_seed))
 
     @torch.no_grad()

@@ -6,7 +6,7 @@ device runs the first layers itself and sends their activations in the clear.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from transformers import PreTrainedModel
 
 from .hidden import hidden_state_token_recovery
 
@@ -48,7 +48,7 @@ def projection_token_recovery(projected: torch.Tensor, r_guess: torch.Tensor,
     return nearest_tokens(projected.float() @ torch.linalg.pinv(r_guess), embedding_table)
 
 
-def split_token_recovery(activations: torch.Tensor, public_model: nn.Module, layer: int,
+def split_token_recovery(activations: torch.Tensor, public_model: PreTrainedModel, layer: int,
                          candidates: torch.Tensor | None = None) -> torch.Tensor:
     """Invert a model split's clear layer-`layer` activations [seq, d] by vocabulary matching."""
     return hidden_state_token_recovery(activations, public_model, layer, candidates, statistic="raw")

@@ -6,13 +6,16 @@ each tensor's std) and `finetune` (a few Adam steps of next-token loss on given 
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+M = TypeVar("M", bound=nn.Module)  # a copy has its original's type
+
 
 @torch.no_grad()
-def perturbed_copy(model: nn.Module, relative: float, seed: int = 0) -> nn.Module:
+def perturbed_copy(model: M, relative: float, seed: int = 0) -> M:
     """A copy with every float tensor t replaced by t + relative * std(t) * N(0, 1) (seeded)."""
     if relative < 0:
         raise ValueError(f"relative drift must be >= 0, got {relative}")
@@ -25,8 +28,8 @@ def perturbed_copy(model: nn.Module, relative: float, seed: int = 0) -> nn.Modul
     return out.eval()
 
 
-def finetuned_copy(model: nn.Module, input_ids: torch.Tensor, steps: int, lr: float = 1e-4,
-                   seed: int = 0) -> nn.Module:
+def finetuned_copy(model: M, input_ids: torch.Tensor, steps: int, lr: float = 1e-4,
+                   seed: int = 0) -> M:
     """A copy trained for `steps` Adam steps of causal-LM loss on `input_ids` [batch, seq]."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")

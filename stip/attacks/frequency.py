@@ -15,14 +15,14 @@ from typing import Iterable
 
 import torch
 from scipy.optimize import linear_sum_assignment
-from torch import nn
+from transformers import PreTrainedModel
 
 ASSUMPTION = ("cloud holds the public model and public text and sees the permuted argmax index of "
               "every position of many queries under one pi_c; no key")
 
 
 @torch.no_grad()
-def argmax_indices(model: nn.Module, chunks: Iterable[torch.Tensor], **kwargs) -> torch.Tensor:
+def argmax_indices(model: PreTrainedModel, chunks: Iterable[torch.Tensor], **kwargs) -> torch.Tensor:
     """The argmax vocabulary index at every position of each [1, seq] chunk (input_ids or inputs_embeds)."""
     name = kwargs.pop("input_name", "input_ids")
     return torch.cat([model(**{name: c}, **kwargs).logits.argmax(-1).reshape(-1) for c in chunks])
@@ -56,26 +56,27 @@ PROFILE_FEATURES = ("mean", "std", "skew", "max", "argmax_share")
 
 
 @torch.no_grad()
-def logit_profiles(model: nn.Module, chunks: Iterable[torch.Tensor], **kwargs) -> torch.Tensor:
+def logit_profiles(model: PreTrainedModel, chunks: Iterable[torch.Tensor], **kwargs) -> torch.Tensor:
     """[V, 5]: per vocabulary index, the mean, std, skew and max of its logit over every position (each
     position's logits standardised first, which a permutation cannot hide) and its share of argmaxes."""
     name = kwargs.pop("input_name", "input_ids")
-    s1 = s2 = s3 = top = wins = None
+    # running (sum z, sum z^2, sum z^3, max z, argmax count) per vocabulary index
+    acc: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     n = 0
     for c in chunks:
         logits = model(**{name: c}, **kwargs).logits
         logits = logits.reshape(-1, logits.shape[-1]).double()
         z = (logits - logits.mean(-1, keepdim=True)) / logits.std(-1, keepdim=True).clamp_min(1e-12)
-        if s1 is None:
-            s1, s2, s3 = z.sum(0), z.pow(2).sum(0), z.pow(3).sum(0)
-            top, wins = z.max(0).values, torch.bincount(z.argmax(-1), minlength=z.shape[1]).double()
+        wins = torch.bincount(z.argmax(-1), minlength=z.shape[1]).double()
+        if acc is None:
+            acc = (z.sum(0), z.pow(2).sum(0), z.pow(3).sum(0), z.max(0).values, wins)
         else:
-            s1, s2, s3 = s1 + z.sum(0), s2 + z.pow(2).sum(0), s3 + z.pow(3).sum(0)
-            top = torch.maximum(top, z.max(0).values)
-            wins += torch.bincount(z.argmax(-1), minlength=z.shape[1]).double()
+            acc = (acc[0] + z.sum(0), acc[1] + z.pow(2).sum(0), acc[2] + z.pow(3).sum(0),
+                   torch.maximum(acc[3], z.max(0).values), acc[4] + wins)
         n += z.shape[0]
-    if s1 is None:
+    if acc is None:
         raise ValueError("no chunks given; pass at least one [1, seq] chunk")
+    s1, s2, s3, top, wins = acc
     mean = s1 / n
     var = (s2 / n - mean.pow(2)).clamp_min(1e-12)
     skew = (s3 / n - 3 * mean * var - mean.pow(3)) / var.pow(1.5)

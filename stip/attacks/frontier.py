@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from ..parties import DataOwner, ModelDeveloper, ModelServer
 from . import baselines, kpa, multiset, weights
@@ -20,7 +21,7 @@ from .scoring import token_rows
 DEFENCE = "defence: the device adds fresh N(0, sigma^2) noise to the permuted embeddings"
 
 
-def embedding_rms(model: nn.Module) -> float:
+def embedding_rms(model: PreTrainedModel) -> float:
     """RMS of the public embedding table: the unit sigma_rel is measured in."""
     return float(public_table(ModelDeveloper(model, seed=0).data_owner()).float().pow(2).mean().sqrt())
 
@@ -28,7 +29,7 @@ def embedding_rms(model: nn.Module) -> float:
 @torch.no_grad()
 def public_table(device: DataOwner) -> torch.Tensor:
     """[V, d]: the device module's output for each token id at the first position (scaled as it embeds)."""
-    vocab = device.embedding.num_embeddings if hasattr(device.embedding, "num_embeddings") else None
+    vocab = getattr(device.embedding, "num_embeddings", None)
     if vocab is None:
         vocab = next(m.num_embeddings for m in device.embedding.modules() if isinstance(m, nn.Embedding))
     return device.embed(torch.arange(vocab)[:, None])[:, 0]  # each id at the first position
@@ -46,7 +47,7 @@ def accuracy(plain_out: Any, decoded: dict[str, torch.Tensor],
 
 
 @torch.no_grad()
-def noise_frontier(name: str, model: nn.Module, input_ids: torch.Tensor, sigmas_rel: Sequence[float],
+def noise_frontier(name: str, model: PreTrainedModel, input_ids: torch.Tensor, sigmas_rel: Sequence[float],
                    seed: int = 0, kpa_rows: int = 8, mask: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Rows per sigma: accuracy, multiset token recovery, KPA (Hungarian) from `kpa_rows` rows, and
     nearest-token decoding with the `pi` that weight alignment recovers (noise never touches weights).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 ASSUMPTION = ("cloud holds the public base model (weights may have drifted) and sees the permuted "
               "hidden state at layer l; no key")
@@ -20,7 +21,12 @@ class _Stop(Exception):
         self.value = value
 
 
-def layer_list(model: nn.Module) -> nn.ModuleList:
+def embedding_table(model: PreTrainedModel) -> torch.Tensor:
+    """The public input embedding table [vocab, d]: the vocabulary every matching attack tries."""
+    return model.get_input_embeddings().get_parameter("weight")
+
+
+def layer_list(model: PreTrainedModel) -> nn.ModuleList:
     """The model's stack of transformer blocks (the ModuleList with one entry per layer)."""
     n = model.config.get_text_config().num_hidden_layers
     for _, module in model.named_modules():
@@ -30,7 +36,7 @@ def layer_list(model: nn.Module) -> nn.ModuleList:
 
 
 @torch.no_grad()
-def states_at(model: nn.Module, layer: int, **inputs: torch.Tensor) -> torch.Tensor:
+def states_at(model: PreTrainedModel, layer: int, **inputs: torch.Tensor) -> torch.Tensor:
     """The residual stream entering block `layer` (0 = embeddings), stopping the forward there."""
     blocks = layer_list(model)
     if not 0 <= layer < len(blocks):
@@ -50,7 +56,7 @@ def states_at(model: nn.Module, layer: int, **inputs: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def hidden_state_token_recovery(observed: torch.Tensor, public_model: nn.Module, layer: int,
+def hidden_state_token_recovery(observed: torch.Tensor, public_model: PreTrainedModel, layer: int,
                                 candidates: torch.Tensor | None = None, batch: int = 512,
                                 statistic: str = "sorted", order: str = "index",
                                 tolerance: float = 0.0) -> torch.Tensor:
@@ -64,7 +70,7 @@ def hidden_state_token_recovery(observed: torch.Tensor, public_model: nn.Module,
 
 
 @torch.no_grad()
-def vocabulary_matching(observed: torch.Tensor, public_model: nn.Module, layer: int,
+def vocabulary_matching(observed: torch.Tensor, public_model: PreTrainedModel, layer: int,
                         candidates: torch.Tensor | None = None, batch: int = 512, statistic: str = "sorted",
                         order: str = "index", tolerance: float = 0.0) -> tuple[torch.Tensor, int]:
     """(guesses [seq], candidate sequences run through the public model): Hidden No More's search.
@@ -84,7 +90,7 @@ def vocabulary_matching(observed: torch.Tensor, public_model: nn.Module, layer: 
         return x.float().sort(dim=-1).values if statistic == "sorted" else x.float()
 
     if candidates is None:
-        candidates = torch.arange(public_model.get_input_embeddings().weight.shape[0])
+        candidates = torch.arange(embedding_table(public_model).shape[0])
     target = stat(observed)
     guesses: list[int] = []
     forwards = 0

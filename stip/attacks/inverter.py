@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
+from transformers import PreTrainedModel
 
 from .hidden import states_at
 
@@ -39,7 +40,7 @@ KINDS = ("ridge", "mlp")
 
 
 @torch.no_grad()
-def real_states(model: nn.Module, layer: int, mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+def real_states(model: PreTrainedModel, layer: int, mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
     """[n_real, d]: the residual stream entering block `layer` at the real positions (mask True), row by row."""
     return states_at(model, layer, attention_mask=mask.long(), **inputs)[mask.bool()].float()
 
@@ -144,12 +145,14 @@ class LearnedInverter:
         """The permutation estimated from the observed states (features="aligned"), else None."""
         if self.features != "aligned":
             return None
+        if self._public is None:
+            raise RuntimeError("call fit(public states, tokens, table) before alignment()")
         return align_features(observed.float(), self._public, self.quantiles)
 
     @torch.no_grad()
     def attack(self, observed: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """Token guesses [n] for observed (permuted) states [n, d]; `index` = a known alignment (else estimated)."""
-        if self._map is None:
+        if self._map is None or self._table is None:
             raise RuntimeError("call fit(public states, tokens, table) before attack()")
         x = observed.float()
         if self.undoes_permutation:
@@ -163,6 +166,9 @@ class LearnedInverter:
 
 
 class _Standardise(nn.Module):
+    mu: torch.Tensor  # buffers, registered in __init__
+    sd: torch.Tensor
+
     def __init__(self, mu: torch.Tensor, sd: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mu", mu)

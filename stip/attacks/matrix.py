@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import nn
+from transformers import PreTrainedModel
 
 from ..families import Family, get_family
 from ..schemes import Arm, fresh_key_arms, rotation_arm, stip_arm
@@ -76,11 +76,11 @@ class MatrixCfg:
     seed: int = 0
 
 
-def arm_makers(model: nn.Module, cfg: MatrixCfg,
+def arm_makers(model: PreTrainedModel, cfg: MatrixCfg,
                schemes: Sequence[str] = SCHEMES) -> dict[str, Callable[[], list[Arm]]]:
     """{scheme: () -> [session arms]}: two sessions for fresh keys (the second is attacked), one for the rest.
     Lazy, so one scheme's cloud copies are freed before the next is built."""
-    rms = float(model.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+    rms = float(hidden.embedding_table(model).detach().float().pow(2).mean().sqrt())
     sigma = cfg.noise_sigma_rel * rms
     makers = {
         "stip": lambda: [stip_arm(model, cfg.seed)],
@@ -95,13 +95,13 @@ def arm_makers(model: nn.Module, cfg: MatrixCfg,
     return {s: makers[s] for s in schemes}
 
 
-def build_arms(model: nn.Module, cfg: MatrixCfg, schemes: Sequence[str] = SCHEMES) -> dict[str, list[Arm]]:
+def build_arms(model: PreTrainedModel, cfg: MatrixCfg, schemes: Sequence[str] = SCHEMES) -> dict[str, list[Arm]]:
     """Every scheme's session arms at once (small models; scheme_matrix builds them one at a time)."""
     return {s: make() for s, make in arm_makers(model, cfg, schemes).items()}
 
 
 @torch.no_grad()
-def accuracy_and_cost(name: str, arm: Arm, sessions: list[Arm], plain: nn.Module, tokens: Tokens,
+def accuracy_and_cost(name: str, arm: Arm, sessions: list[Arm], plain: PreTrainedModel, tokens: Tokens,
                       reps: int, ref: torch.Tensor | None = None, latency_rows: int = 2) -> list[dict[str, Any]]:
     """Top-1 agreement and max |logit diff| on real positions (`ref`: plaintext logits of `tokens`);
     latency on the first `latency_rows` rows, interleaved with plaintext; bytes; re-transform cost."""
@@ -159,7 +159,7 @@ def _decode_wire(arm: Arm, wire: torch.Tensor, key: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def attack_arm(name: str, arm: Arm, earlier: Arm, base: nn.Module, tokens: Tokens, cfg: MatrixCfg,
+def attack_arm(name: str, arm: Arm, earlier: Arm, base: PreTrainedModel, tokens: Tokens, cfg: MatrixCfg,
                candidates: torch.Tensor, aligned: dict[str, tuple[torch.Tensor, float]] | None = None
                ) -> list[dict[str, Any]]:
     """Every matrix attack on one arm; `earlier` is the session the known plaintext came from.
@@ -167,7 +167,7 @@ def attack_arm(name: str, arm: Arm, earlier: Arm, base: nn.Module, tokens: Token
     `aligned` caches weight alignment by the cloud's non-secret key id (stip and stip_noise share one cloud
     model: the attack sees the same weights, so it is run once; its row keeps the first run's seconds).
     """
-    table = base.get_input_embeddings().weight.detach()
+    table = hidden.embedding_table(base).detach()
     wire = arm.encode(tokens.ids)
     out: list[dict[str, Any]] = []
     scheme = arm.name
@@ -248,15 +248,15 @@ def candidate_set(tokens: Tokens, vocab: int, n: int, seed: int) -> torch.Tensor
     return torch.cat([true, rest])
 
 
-def scheme_matrix(name: str, model: nn.Module, tokens: Tokens, cfg: MatrixCfg,
-                  schemes: Sequence[str] = SCHEMES, base: nn.Module | None = None) -> list[dict[str, Any]]:
+def scheme_matrix(name: str, model: PreTrainedModel, tokens: Tokens, cfg: MatrixCfg,
+                  schemes: Sequence[str] = SCHEMES, base: PreTrainedModel | None = None) -> list[dict[str, Any]]:
     """Rows for every scheme: accuracy and cost, then each attack. `base`: the attacker's public model
     (defaults to `model`, i.e. the developer published the weights unchanged)."""
     base = model if base is None else base
     makers = arm_makers(model, cfg, schemes)
     hidden_tokens = Tokens.from_sequences([s[: cfg.hidden_tokens] for s in tokens.sequences[: cfg.hidden_sequences]],
                                           pad=0)
-    cands = candidate_set(hidden_tokens, model.get_input_embeddings().weight.shape[0], cfg.candidates, cfg.seed)
+    cands = candidate_set(hidden_tokens, hidden.embedding_table(model).shape[0], cfg.candidates, cfg.seed)
     with torch.no_grad():
         ref = model(input_ids=tokens.ids, attention_mask=tokens.mask).logits
     out: list[dict[str, Any]] = []

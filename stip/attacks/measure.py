@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
+from transformers import PreTrainedModel
+from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 from ..parties import ModelDeveloper, ModelServer
 from ..speculation import Drafter
@@ -27,8 +28,8 @@ def _rate(guess: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None = 
     return scoring.token_scores(guess.reshape(truth.shape), truth, mask)["token_recovery"]
 
 
-def _drifted(base: nn.Module, kind: str, size: float, ids: torch.Tensor | None, seed: int,
-             lr: float = 1e-4) -> nn.Module:
+def _drifted(base: PreTrainedModel, kind: str, size: float, ids: torch.Tensor, seed: int,
+             lr: float = 1e-4) -> PreTrainedModel:
     """The developer's fine-tuned model: `perturb` (relative size) or `finetune` (size = Adam steps on `ids`,
     which should be public text the attacked users never send: the `drift_text` of the measure functions)."""
     if size == 0:
@@ -40,7 +41,7 @@ def _drifted(base: nn.Module, kind: str, size: float, ids: torch.Tensor | None, 
     raise ValueError(f"drift kind must be 'perturb' or 'finetune', got {kind!r}")
 
 
-def _drift_params(kind: str, size: float, base: nn.Module, tuned: nn.Module, lr: float,
+def _drift_params(kind: str, size: float, base: PreTrainedModel, tuned: PreTrainedModel, lr: float,
                   text: torch.Tensor | None) -> dict[str, Any]:
     """What the drift stand-in was and how far it moved the weights (||W' - W|| / ||W||)."""
     out: dict[str, Any] = dict(drift_kind=kind, drift=size, weight_change=drift.relative_weight_change(base, tuned))
@@ -50,7 +51,7 @@ def _drift_params(kind: str, size: float, base: nn.Module, tuned: nn.Module, lr:
 
 
 @torch.no_grad()
-def measure_multiset(name: str, base: nn.Module, ids: torch.Tensor, drifts: Sequence[float] = (0.0,),
+def measure_multiset(name: str, base: PreTrainedModel, ids: torch.Tensor, drifts: Sequence[float] = (0.0,),
                      drift_kind: str = "perturb", seed: int = 0, mask: torch.Tensor | None = None,
                      drift_text: torch.Tensor | None = None, drift_lr: float = 1e-4) -> Rows:
     """Token recovery from permuted embeddings against the public (base) table, per weight drift.
@@ -78,16 +79,20 @@ def measure_multiset(name: str, base: nn.Module, ids: torch.Tensor, drifts: Sequ
 
 
 @torch.no_grad()
-def measure_vit_patches(name: str, vit: nn.Module, pixel_values: torch.Tensor, seed: int = 0) -> Rows:
+def measure_vit_patches(name: str, vit: PreTrainedModel, pixel_values: torch.Tensor, seed: int = 0) -> Rows:
     """ViT: pi from the CLS row, then pixels by inverting the public patch projection."""
     developer = ModelDeveloper(vit, seed=seed)
     device = developer.data_owner()
+    embeddings = device.embedding
+    if not isinstance(embeddings, ViTEmbeddings):
+        raise ValueError(f"{name}: the device module is a {type(embeddings).__name__}, not ViTEmbeddings; "
+                         "measure_vit_patches takes a ViT (family 'vit')")
     patch = vit.config.patch_size
     rows = []
     for image in pixel_values:
         wire = device.encode(image[None])[0]
         with timer() as t:
-            pi, patches = multiset.vit_patch_recovery(wire, device.embedding, patch)
+            pi, patches = multiset.vit_patch_recovery(wire, embeddings, patch)
         truth = multiset.image_patches(image, patch)
         rel = float((patches - truth).norm() / truth.norm())
         common = dict(d=int(pi.numel()), pixels_per_patch=int(truth.shape[1]))
@@ -99,7 +104,7 @@ def measure_vit_patches(name: str, vit: nn.Module, pixel_values: torch.Tensor, s
 
 
 @torch.no_grad()
-def measure_hidden(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequence[int],
+def measure_hidden(name: str, base: PreTrainedModel, ids: torch.Tensor, layers: Sequence[int],
                    drifts: Sequence[float] = (0.0,), drift_kind: str = "perturb",
                    candidates: torch.Tensor | None = None, seed: int = 0, mask: torch.Tensor | None = None,
                    order: str = "index", tolerance: float = 0.0, drift_text: torch.Tensor | None = None,
@@ -110,7 +115,7 @@ def measure_hidden(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequen
     rows: a causal model's real states never see the pads, and only the real positions are attacked.
     """
     rows = []
-    vocab = int(base.get_input_embeddings().weight.shape[0])
+    vocab = int(hidden.embedding_table(base).shape[0])
     n_cand = vocab if candidates is None else int(candidates.numel())
     keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
     lengths = [int(k.sum()) for k in keep]
@@ -162,7 +167,7 @@ def key_rows(name: str, family: str, recovered: dict[str, torch.Tensor], keys: A
 
 
 @torch.no_grad()
-def measure_weights(name: str, base: nn.Module, ids: torch.Tensor, drifts: Sequence[float] = (0.0,),
+def measure_weights(name: str, base: PreTrainedModel, ids: torch.Tensor, drifts: Sequence[float] = (0.0,),
                     drift_kind: str = "perturb", seed: int = 0, hungarian_limit: int = 8192,
                     mask: torch.Tensor | None = None, drift_text: torch.Tensor | None = None,
                     drift_lr: float = 1e-4) -> Rows:
@@ -206,7 +211,7 @@ def measure_weights(name: str, base: nn.Module, ids: torch.Tensor, drifts: Seque
 
 
 @torch.no_grad()
-def measure_kpa(name: str, model: nn.Module, ids: torch.Tensor, ns: Sequence[int],
+def measure_kpa(name: str, model: PreTrainedModel, ids: torch.Tensor, ns: Sequence[int],
                 sigma_rel: float = 0.0, seed: int = 0, mask: torch.Tensor | None = None) -> Rows:
     """pi recovered from n known (embedding, wire) rows of real positions, optionally under the noise defence;
     scored over pi's entries (pi is always secret: d! values)."""
@@ -232,7 +237,7 @@ def measure_kpa(name: str, model: nn.Module, ids: torch.Tensor, ns: Sequence[int
 
 
 @torch.no_grad()
-def measure_frequency(name: str, base: nn.Module, user_chunks: Sequence[torch.Tensor],
+def measure_frequency(name: str, base: PreTrainedModel, user_chunks: Sequence[torch.Tensor],
                       reference_chunks: Sequence[torch.Tensor], corpus: str, seed: int = 0,
                       methods: Sequence[str] = ("rank", "logit_profile")) -> Rows:
     """Output-side analysis under one pi_c over the users' chunks against public text: `rank` maps argmax
@@ -277,7 +282,7 @@ def measure_frequency(name: str, base: nn.Module, user_chunks: Sequence[torch.Te
 
 
 @torch.no_grad()
-def measure_moe(name: str, base: nn.Module, ids: torch.Tensor, seed: int = 0,
+def measure_moe(name: str, base: PreTrainedModel, ids: torch.Tensor, seed: int = 0,
                 mask: torch.Tensor | None = None) -> Rows:
     """Token recovery from the cloud's routing (router logits, and expert choices only), full vocabulary,
     over every row's real positions (right-padded rows)."""
@@ -298,12 +303,12 @@ def measure_moe(name: str, base: nn.Module, ids: torch.Tensor, seed: int = 0,
             seconds += t[0]
         rows += token_rows("moe_routing", name, developer.family.name, moe.ASSUMPTION, guess, ids, keep,
                            len(lengths), seconds, observed=use, experts=base.config.num_local_experts, top_k=top_k,
-                           candidates=int(base.get_input_embeddings().weight.shape[0]))
+                           candidates=int(hidden.embedding_table(base).shape[0]))
     return rows
 
 
 @torch.no_grad()
-def measure_theft(name: str, model: nn.Module, ids: torch.Tensor, seed: int = 0) -> Rows:
+def measure_theft(name: str, model: PreTrainedModel, ids: torch.Tensor, seed: int = 0) -> Rows:
     """Equivalence of (cloud weights + one user's package) with the original model."""
     developer = ModelDeveloper(model, seed=seed)
     with timer() as t:
@@ -314,7 +319,7 @@ def measure_theft(name: str, model: nn.Module, ids: torch.Tensor, seed: int = 0)
 
 
 @torch.no_grad()
-def measure_projection(name: str, model: nn.Module, ids: torch.Tensor, ns: Sequence[int],
+def measure_projection(name: str, model: PreTrainedModel, ids: torch.Tensor, ns: Sequence[int],
                        seed: int = 0, mask: torch.Tensor | None = None) -> Rows:
     """Random projection baseline: multiset matching (ciphertext only) and least-squares KPA vs n."""
     table = public_table(ModelDeveloper(model, seed=seed).data_owner())
@@ -339,12 +344,12 @@ def measure_projection(name: str, model: nn.Module, ids: torch.Tensor, ns: Seque
 
 
 @torch.no_grad()
-def measure_split(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequence[int],
+def measure_split(name: str, base: PreTrainedModel, ids: torch.Tensor, layers: Sequence[int],
                   candidates: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> Rows:
     """Model split baseline: invert the device's clear layer-l activations by vocabulary matching, every
     row's real positions (right-padded rows)."""
     family = ModelDeveloper(base, seed=0).family.name
-    n_cand = int((candidates if candidates is not None else base.get_input_embeddings().weight).shape[0])
+    n_cand = int((candidates if candidates is not None else hidden.embedding_table(base)).shape[0])
     keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
     lengths = [int(k.sum()) for k in keep]
     rows = []
@@ -361,7 +366,7 @@ def measure_split(name: str, base: nn.Module, ids: torch.Tensor, layers: Sequenc
     return rows
 
 
-def measure_speculation(name: str, base: nn.Module, tokenizer: Any, tasks: dict[str, Sequence[tuple[str, str]]],
+def measure_speculation(name: str, base: PreTrainedModel, tokenizer: Any, tasks: dict[str, Sequence[tuple[str, str]]],
                         new_tokens: int, drafter: Drafter, seed: int = 0) -> Rows:
     """Per task set ({task: [(label, prompt)]}): how often the accepted lengths alone tell the label, vs chance."""
     developer = ModelDeveloper(base, seed=seed)
@@ -383,7 +388,7 @@ def measure_speculation(name: str, base: nn.Module, tokenizer: Any, tasks: dict[
 
 
 @torch.no_grad()
-def measure_inverter(name: str, base: nn.Module, ids: torch.Tensor, public_ids: torch.Tensor,
+def measure_inverter(name: str, base: PreTrainedModel, ids: torch.Tensor, public_ids: torch.Tensor,
                      layers: Sequence[int], mask: torch.Tensor | None = None,
                      public_mask: torch.Tensor | None = None, features: Sequence[str] = inverter.FEATURES,
                      kind: str = "ridge", drifts: Sequence[float] = (0.0,), drift_kind: str = "perturb",
@@ -398,7 +403,7 @@ def measure_inverter(name: str, base: nn.Module, ids: torch.Tensor, public_ids: 
     """
     keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
     pkeep = torch.ones_like(public_ids, dtype=torch.bool) if public_mask is None else public_mask.bool()
-    table = base.get_input_embeddings().weight.detach()
+    table = hidden.embedding_table(base).detach()
     truth = ids[keep]
     trained = set(public_ids[pkeep].tolist())
     coverage = float(torch.tensor([int(t) in trained for t in truth.tolist()], dtype=torch.float).mean())

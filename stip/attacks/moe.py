@@ -8,13 +8,15 @@ whose routing matches best.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from transformers import PreTrainedModel
+
+from .hidden import embedding_table
 
 ASSUMPTION = "cloud holds the public base model and router and sees each token's routing; no key"
 
 
 @torch.no_grad()
-def router_logits(model: nn.Module, **inputs: torch.Tensor) -> torch.Tensor:
+def router_logits(model: PreTrainedModel, **inputs: torch.Tensor) -> torch.Tensor:
     """[batch, seq, layers, experts]: every MoE layer's router logits (what the cloud computes)."""
     batch, seq = next(iter(inputs.values())).shape[:2]
     out = model.base_model(**inputs, output_router_logits=True)
@@ -27,7 +29,7 @@ def _choices(logits: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def routing_token_recovery(observed: torch.Tensor, public_model: nn.Module, top_k: int,
+def routing_token_recovery(observed: torch.Tensor, public_model: PreTrainedModel, top_k: int,
                            use: str = "logits", candidates: torch.Tensor | None = None) -> torch.Tensor:
     """Tokens of one sequence from its routing [seq, layers, experts].
 
@@ -37,7 +39,7 @@ def routing_token_recovery(observed: torch.Tensor, public_model: nn.Module, top_
     if use not in ("logits", "choices"):
         raise ValueError(f"use must be 'logits' or 'choices', got {use!r}")
     if candidates is None:
-        candidates = torch.arange(public_model.get_input_embeddings().weight.shape[0])
+        candidates = torch.arange(embedding_table(public_model).shape[0])
     guesses: list[int] = []
     for t in range(observed.shape[0]):
         prefix = torch.tensor(guesses, dtype=torch.long).expand(candidates.numel(), t)

@@ -6,7 +6,7 @@ permuted embeddings; it knows no key.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 from .kpa import known_plaintext_permutation
 
@@ -53,7 +53,7 @@ def adds_positions(device_embed, token: int = 3) -> bool:
 
 
 @torch.no_grad()
-def vit_patch_recovery(permuted: torch.Tensor, vit_embeddings: nn.Module,
+def vit_patch_recovery(permuted: torch.Tensor, vit_embeddings: ViTEmbeddings,
                        patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ViT analogue: the CLS row (cls + pos[0]) is known plaintext, so it gives `pi`; then
     each patch row is un-permuted and the public linear patch projection inverted (least squares).
@@ -66,6 +66,8 @@ def vit_patch_recovery(permuted: torch.Tensor, vit_embeddings: nn.Module,
     plain = torch.empty_like(permuted, dtype=torch.float32)
     plain[:, pi] = permuted.float()  # plain[..., pi[j]] = x_perm[..., j]
     proj = vit_embeddings.patch_embeddings.projection
+    if proj.bias is None:
+        raise ValueError("the ViT patch projection has no bias; this inversion subtracts it (a ViT's has one)")
     weight = proj.weight.reshape(proj.weight.shape[0], -1).float()  # [d, C*p*p]
     target = plain[1:] - vit_embeddings.position_embeddings[0, 1:].float() - proj.bias.float()
     patches = torch.linalg.lstsq(weight, target.T).solution.T  # minimum-norm where d < C*p*p

@@ -15,9 +15,9 @@ determine Q:
 from __future__ import annotations
 
 import torch
-from torch import nn
+from transformers import PreTrainedModel
 
-from .hidden import states_at
+from .hidden import embedding_table, states_at
 
 PROCRUSTES_ASSUMPTION = ("cloud holds its transformed weights and the public base weights; no key, no traffic; "
                          "then decodes traffic with the recovered rotation (nearest public embedding row)")
@@ -33,7 +33,7 @@ def orthogonal_procrustes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def procrustes_rotation(cloud: nn.Module, base: nn.Module) -> torch.Tensor:
+def procrustes_rotation(cloud: PreTrainedModel, base: PreTrainedModel) -> torch.Tensor:
     """Q estimated from the cloud's weights and the public base's (norm scales folded as the arm folds them)."""
     cross = None
     for lc, lb in zip(cloud.model.layers, base.model.layers):
@@ -58,7 +58,7 @@ def known_plaintext_rotation(plain: torch.Tensor, wire: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
-def gram_token_recovery(observed: torch.Tensor, public_model: nn.Module, layer: int,
+def gram_token_recovery(observed: torch.Tensor, public_model: PreTrainedModel, layer: int,
                         candidates: torch.Tensor | None = None, batch: int = 512) -> torch.Tensor:
     """Recover one sequence's tokens from its transformed layer-`layer` states [seq, d].
 
@@ -67,7 +67,7 @@ def gram_token_recovery(observed: torch.Tensor, public_model: nn.Module, layer: 
     `layer` 0 is the embedding output (what the device sends).
     """
     if candidates is None:
-        candidates = torch.arange(public_model.get_input_embeddings().weight.shape[0])
+        candidates = torch.arange(embedding_table(public_model).shape[0])
     obs = observed.double()
     guesses: list[int] = []
     for t in range(obs.shape[0]):

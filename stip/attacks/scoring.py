@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -124,8 +124,20 @@ def secret_keys(dims: Dims, out_dim: int | None) -> dict[str, float]:
     return {k: b for k, b in key_space_bits(dims, out_dim).items() if b > 0}
 
 
+class KeyScores(TypedDict):
+    """What `key_scores` returns: each field a row's value (or, per_key, one row per key)."""
+
+    per_key: dict[str, tuple[float, bool]]
+    forced: list[str]
+    secret_keys_mean_recovered: float
+    n_secret_keys: int
+    n_secret_keys_attempted: int
+    key_space_bits_recovered: float
+    effective_key_space_bits: float
+
+
 def key_scores(recovered: Mapping[str, torch.Tensor], keys: KeySet, dims: Dims,
-               out_dim: int | None) -> dict[str, object]:
+               out_dim: int | None) -> KeyScores:
     """Score recovered keys {name: index} against the truth, secret keys only.
 
     Returns per_key {name: (entry fraction, exact)}, the forced keys left out, the mean over the secret

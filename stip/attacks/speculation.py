@@ -38,10 +38,10 @@ class RecordingServer:
     def close_session(self, session: Any) -> None:
         self.server.close_session(session)
 
-    def infer(self, x: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
-        self.requests.append({"sent": int(x.shape[1]), "last_n": kwargs.get("last_n"),
+    def infer(self, inputs_embeds: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
+        self.requests.append({"sent": int(inputs_embeds.shape[1]), "last_n": kwargs.get("last_n"),
                               "cache_length": kwargs.get("cache_length")})
-        return self.server.infer(x, **kwargs)
+        return self.server.infer(inputs_embeds, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,21 @@ class Trace:
     accepted: tuple[int, ...]
 
 
+def _recorded(request: dict[str, int | None], key: str) -> int:
+    """One logged field of a request; every round of speculative generation sends all three."""
+    value = request[key]
+    if value is None:
+        raise ValueError(f"a recorded request has no {key}: run stip.generate with speculate= (each speculative "
+                         "round sends last_n and cache_length)")
+    return int(value)
+
+
 def cloud_trace(requests: Sequence[dict[str, int | None]]) -> Trace:
     """Drafted and accepted lengths from the requests alone (the cloud's arithmetic, no device state)."""
     if not requests:
         raise ValueError("no requests recorded: run stip.generate with speculate= through a RecordingServer")
-    drafted = tuple(int(r["last_n"]) - 1 for r in requests)
-    kept = [requests[0]["sent"] - drafted[0]] + [int(r["cache_length"]) + 1 for r in requests[1:]]
+    drafted = tuple(_recorded(r, "last_n") - 1 for r in requests)
+    kept = [_recorded(requests[0], "sent") - drafted[0]] + [_recorded(r, "cache_length") + 1 for r in requests[1:]]
     # round r keeps its sent token, its accepted drafts and the cloud's chosen token is sent next:
     # kept[r+1] = kept[r] + accepted[r] + 1 (kept counts the cache plus the token sent with the request)
     accepted = tuple(kept[i + 1] - kept[i] - 1 for i in range(len(kept) - 1))

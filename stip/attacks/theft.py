@@ -6,7 +6,7 @@ module plus the transformed weights run the plaintext model's function exactly.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from transformers import PreTrainedModel
 
 from ..parties import DataOwner, ModelServer
 
@@ -14,7 +14,7 @@ ASSUMPTION = "one user's package (pi, pi_c, embedding) joins the cloud's transfo
 
 
 @torch.no_grad()
-def functional_theft(plain_model: nn.Module, cloud_model: nn.Module, user: DataOwner,
+def functional_theft(plain_model: PreTrainedModel, cloud_model: PreTrainedModel, user: DataOwner,
                      input_ids: torch.Tensor) -> dict[str, float]:
     """Run the stolen function (user package + cloud weights) and compare with the original model.
 
