@@ -70,14 +70,14 @@ class AttackCfg:
     new_tokens: int = 32
     pairs: int = 12
     draft_corpus: str = "public"
-    # scheme_matrix (stip/attacks/matrix.py): the arms, their noise, and the attacks' sizes
+    # scheme_matrix: the arms and their sizes, defaults from stip.attacks.matrix.MatrixCfg (the one place)
     schemes: list[str] = field(default_factory=lambda: list(SCHEMES))
-    noise_sigma_rel: float = 0.5
-    hidden_layer: int = 1
-    hidden_sequences: int = 2
-    hidden_tokens: int = 12
-    kpa_ns: list[int] = field(default_factory=lambda: [16, 1024])
-    latency_reps: int = 3
+    noise_sigma_rel: float = MatrixCfg.noise_sigma_rel
+    hidden_layer: int = MatrixCfg.hidden_layer
+    hidden_sequences: int = MatrixCfg.hidden_sequences
+    hidden_tokens: int = MatrixCfg.hidden_tokens
+    kpa_ns: list[int] = field(default_factory=lambda: list(MatrixCfg().kpa_ns))
+    latency_reps: int = MatrixCfg.latency_reps
     real_tokens: int = 256
     row_len: int = 32
     per_text: int = 64
