@@ -104,6 +104,18 @@ def test_weight_alignment_recovers_every_key_of_a_drifted_model_and_decodes_traf
     assert bits["unit"] == "bits" and bits["value"] > 1000 and bits["forced_keys"] == []
 
 
+def test_weight_alignment_scores_a_pooled_head_per_sequence_with_padded_inputs():
+    # bench.privacy attacks BERT (sequence classification: one argmax per sequence) on padded rows; the
+    # per-position mask must not be applied to its per-sequence outputs
+    base = tiny_bert()
+    ids = _ids(base, batch=3, seq=8)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 5:] = False
+    rows = measure.measure_weights("tiny", base, ids, mask=mask)
+    pooled = [r for r in rows if r["metric"] == "argmax_decoded_with_recovered_pi_c"]
+    assert len(pooled) == 1 and pooled[0]["value"] == 1.0
+
+
 def test_weight_alignment_against_an_unrelated_base_recovers_little():
     developer = stip.ModelDeveloper(tiny_llama(), seed=0)
     foreign = tiny_llama(seed=7).state_dict()

@@ -204,8 +204,10 @@ def measure_weights(name: str, base: PreTrainedModel, ids: torch.Tensor, drifts:
         if "pi_c" in recovered:
             logits = cloud(inputs_embeds=wire).logits.argmax(-1)
             truth = tuned(input_ids=ids).logits.argmax(-1)
+            # a per-position head is scored at real positions; a pooled one (sequence classification) per sequence
+            positions = keep if truth.shape == keep.shape else None
             rows.append(row("weight_alignment", name, family.name, DECODES,
-                            "argmax_decoded_with_recovered_pi_c", _rate(recovered["pi_c"][0][logits], truth, keep),
+                            "argmax_decoded_with_recovered_pi_c", _rate(recovered["pi_c"][0][logits], truth, positions),
                             "fraction", ids.shape[0], t[0], **common))
     return rows
 
