@@ -74,11 +74,19 @@ def _absolute(path: str) -> Path:
 RUN_KEYS = ("experiment_name", "model", "protocol", "network", "run")
 
 
+# A protocol class whose module was renamed is hashed under its first path, so finished runs stay findable
+# (a run id hashes every composed value, `_target_` included).
+RENAMED_TARGETS = {"protocols.stip_over_socket.StipProtocol": "protocols.stip_protocol.StipProtocol"}
+
+
 def run_key(cfg: Mapping[str, Any]) -> dict:
     """What defines a run (and its id): experiment, model, protocol, network, workload (and a remote cloud).
 
     The network under its label (bench.schema.labelled_network): unchanged profiles keep their run ids."""
     key = {k: cfg.get(k) for k in RUN_KEYS}
+    protocol = key.get("protocol")
+    if isinstance(protocol, Mapping) and protocol.get("_target_") in RENAMED_TARGETS:
+        key["protocol"] = {**protocol, "_target_": RENAMED_TARGETS[protocol["_target_"]]}
     if isinstance(key["network"], Mapping):
         key["network"] = labelled_network(key["network"])
     folder = (cfg.get("model") or {}).get("path")
