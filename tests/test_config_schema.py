@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from transformers import BertConfig, BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification
 
 from bench.aggregate import aggregate
-from bench.app import CONFIG_DIR, run, run_key
+from bench.app import CONFIG_DIR, RENAMED_TARGETS, run, run_key
 from bench.results import run_id
 from bench.schema import field_names, labelled_network, schema_problems, unknown_key_problems
 from bench.validate import ConfigError, check_run_config
@@ -104,6 +104,8 @@ def test_unchanged_profiles_keep_their_name_and_run_id():
         cfg = composed("model=bert-tiny", f"network={name}")
         assert labelled_network(cfg["network"]) == cfg["network"]
         old_key = {k: cfg.get(k) for k in ("experiment_name", "model", "protocol", "network", "run")}
+        target = old_key["protocol"]["_target_"]
+        old_key["protocol"] = {**old_key["protocol"], "_target_": RENAMED_TARGETS.get(target, target)}
         assert run_id(run_key(cfg)) == run_id(old_key)  # committed results keep their run ids
 
 
