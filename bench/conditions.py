@@ -44,6 +44,13 @@ def _own_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def busy_and_own_seconds() -> tuple[float, float]:
+    """(CPU seconds every process spent on this process's cores, CPU seconds of this process and its reaped
+    children), both since they started: the difference of two samples over the wall time between them is the
+    cores other processes kept busy."""
+    return _busy_seconds(_cpu_ids()), _own_seconds()
+
+
 def backend_summary() -> dict[str, Any]:
     """torch's parallel backend (torch.__config__.parallel_info() lines) and its BLAS (BLAS_INFO of the build)."""
     blas = re.search(r"BLAS_INFO=([\w-]+)", torch.__config__.show())

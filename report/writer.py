@@ -42,6 +42,7 @@ WHOLE = "(the artifact as a whole)"  # the quantity of a row that stands for a m
 CSV_COLUMNS = ["artifact", "quantity", "status", "role", "paper_relation", "paper", "measured", "unit", "ratio",
                "spread", "workload", "weights", "differences", "reason", "reported_id", "source"]
 REPORT_STEP = "report --results"  # the profile step that writes this report: it cannot time itself, so it is left out
+OTHER_LOAD_BUSY = 0.25  # cores others kept busy over a profile above which its timings are pessimistic (as conditions)
 
 
 @dataclass
@@ -230,15 +231,25 @@ def _counts(rep: ArtifactReport) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in SEVERITY if counts[s])
 
 
+def _host_load(profile: dict) -> str:
+    """The profile's host-load note: other processes' cores while it ran (bench.profile.HostLoad) where recorded;
+    else, for older records, the load average at start (which also holds the harness's own previous job)."""
+    cores = profile.get("cpu_count") or 1
+    others = profile.get("other_load_cores")
+    if others is not None:
+        return (f"; other processes kept {others:.2f} of {cores} cores busy while it ran"
+                + (" (host busy: timings are pessimistic)" if others > OTHER_LOAD_BUSY else " (host idle)"))
+    load = profile.get("load_average_at_start") or [None]
+    return "" if load[0] is None else (f"; load average at start {load[0]:.1f} on {cores} cores"
+                                       + (" (host busy: timings are pessimistic)" if load[0] > 0.5 * cores else ""))
+
+
 def _profile_lines(profile: dict | None) -> list[str]:
     if not profile:
         return ["- profile: none recorded (no profile.json: the report ran alone, not by `python -m bench.profile`)"]
     steps = [s for s in profile.get("steps", []) if REPORT_STEP not in s.get("command", "")]
     failed = [s for s in steps if s.get("status") != "ok"]
-    load = profile.get("load_average_at_start") or [None]
-    busy = "" if load[0] is None else (f"; load average at start {load[0]:.1f} on {profile.get('cpu_count')} cores"
-                                       + (" (host busy: timings are pessimistic)"
-                                          if load[0] > 0.5 * (profile.get("cpu_count") or 1) else ""))
+    busy = _host_load(profile)
     lines = [f"- profile: `{profile.get('profile')}`, {len(steps)} steps, "
              f"{sum(s.get('minutes') or 0 for s in steps):.1f} min in all, {len(failed)} failed{busy}", ""]
     lines += _table(["step", "minutes", "status"],

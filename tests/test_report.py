@@ -78,6 +78,17 @@ def test_profile_runner_records_a_failure_runs_the_next_step_and_writes_the_repo
     assert steps["next"]["status"] == steps["report"]["status"] == "ok"
     text = (results / "REPORT.md").read_text()
     assert "profile: `tiny`" in text and "| `python -m bench.no_such_module` | 0.0 | failed |" in text
+    assert record["other_load_cores"] >= 0 and "other processes kept" in text
+
+
+def test_host_load_is_judged_by_other_processes_not_by_the_load_average_the_harness_left():
+    """make bench runs bench-micro's busy-core benchmark just before the profile: the load average at start then
+    holds the harness's own spinners (2.2 on an idle host), so a recorded other-process load is what is judged."""
+    idle = {"cpu_count": 2, "load_average_at_start": [2.2, 1.0, 0.5], "other_load_cores": 0.04}
+    busy = {**idle, "other_load_cores": 0.9}
+    assert "(host idle)" in writer._host_load(idle) and "pessimistic" not in writer._host_load(idle)
+    assert "pessimistic" in writer._host_load(busy)
+    assert "pessimistic" in writer._host_load({"cpu_count": 2, "load_average_at_start": [2.2, 1.0, 0.5]})  # older
 
 
 def test_the_shipped_profiles_parse():
