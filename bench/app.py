@@ -217,7 +217,8 @@ def _run_locked(c: dict, rid: str, out: Path) -> RunReport:
                  request.task)
         sampler = RunConditions(request.threads).start()  # sets the device's threads; host load before
         rows = protocol.run(spec, network, request)
-        report.conditions, report.noisy = sampler.finish(rows, getattr(protocol, "process_threads", None))
+        report.conditions, report.noisy = sampler.finish(rows, getattr(protocol, "process_threads", None),
+                                                         getattr(protocol, "cloud_accelerator", None))
         for reason in report.noisy:
             log.warning("run %s noisy: %s", rid, reason)
         context = {

@@ -3,8 +3,9 @@
 A run's repeats can agree with each other and still all be slow because other processes held the cores
 (docs/harness.md "Timing on a shared host"): so the runner records thread counts per process, the host's cores, the
 load average before and after, the cores other processes kept busy during the run, CPU time beside wall
-time per phase and torch's parallel backend, and flags the run `noisy` when they say the host was
-oversubscribed, whatever the repeats' spread.
+time per phase, torch's parallel backend and the accelerator the cloud computed on ('cpu', or the GPUs' names and
+count as the cloud process reported them; None where no cloud process said, e.g. the MPC baselines), and flags the
+run `noisy` when they say the host was oversubscribed, whatever the repeats' spread.
 """
 from __future__ import annotations
 
@@ -74,8 +75,10 @@ class RunConditions:
         self._before = {"wall": time.perf_counter(), "busy": _busy_seconds(self.cpus), "own": _own_seconds()}
         return self
 
-    def finish(self, rows: list[Row], process_threads: Mapping[str, Any] | None = None) -> tuple[dict, list[str]]:
-        """(report.conditions, report.noisy) of the run whose rows these are."""
+    def finish(self, rows: list[Row], process_threads: Mapping[str, Any] | None = None,
+               accelerator: Mapping[str, Any] | str | None = None) -> tuple[dict, list[str]]:
+        """(report.conditions, report.noisy) of the run whose rows these are; `accelerator` is what the cloud process
+        reported it computed on (transport.cloud_server.process_accelerator), None where none did."""
         wall = time.perf_counter() - self._before["wall"]
         busy = _busy_seconds(self.cpus) - self._before["busy"]
         own = _own_seconds() - self._before["own"]
@@ -93,6 +96,7 @@ class RunConditions:
             "load_before": self.load_before, "load_after": list(psutil.getloadavg()),
             "other_load_cores": round(others, 3), "run_wall_s": round(wall, 3), "run_cpu_s": round(own, 3),
             "cpu_wall": cpu_wall, "backend": backend_summary(),
+            "accelerator": dict(accelerator) if isinstance(accelerator, Mapping) else accelerator,
         }
         return conditions, noisy_reasons(conditions, harness)
 

@@ -82,6 +82,7 @@ def remote_cloud(factory: str, kwargs: dict, network: NetworkProfile, request: R
     try:
         _, served = cloud.call(DESCRIBE)
         check_served_handler(served, factory, kwargs, r.address)
+        cloud.accelerator = served.get("accelerator")  # what the served cloud computes on (report.conditions)
     except BaseException:
         cloud.close()
         raise

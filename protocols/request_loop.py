@@ -151,6 +151,7 @@ class SocketProtocol(Protocol[SC], Generic[SC]):
             else:
                 rows += self.generate(cloud, model, network, request)
             self.process_threads = {"cloud": cloud_threads_seen(cloud)}  # read by the runner (report.conditions)
+            self.cloud_accelerator = cloud.accelerator  # likewise: 'cpu' or the GPUs the cloud process used
         return rows
 
     def shape_rows(self, model: ModelSpec, request: RunRequest) -> list[Row]:

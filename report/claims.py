@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from report.artifacts import Comparison
+from report.artifacts import APPROX_BAND, Comparison, close_to_paper
 from report.reported import REPORTED_DIR, ReportedValue
 
 CLAIMS_DIR = REPORTED_DIR / "claims"
@@ -26,7 +26,6 @@ VERDICTS = {
     "not testable here": "what would be needed is named",
 }
 HOST_UNITS = frozenset({"s", "ms", "min", "h", "ms/token", "s/token", "token/s"})  # absolute speeds
-TOLERANCE = (0.8, 1.25)  # the report's band for "eq"/"approx" (as the artifact modules use it)
 PRIVACY_COMMAND = "python -m bench.privacy results_dir=results"
 RECOVERED = 0.5  # an attack recovering at least half of what it targets contradicts "avoids" / "cannot be uncovered"
 
@@ -118,7 +117,7 @@ def _agrees(c: Comparison, relation: str) -> bool:
         return c.measured > c.paper
     if relation == "lt":
         return c.measured < c.paper
-    return c.paper != 0 and TOLERANCE[0] <= c.measured / c.paper <= TOLERANCE[1]
+    return close_to_paper(c.measured, c.paper)  # "eq"/"approx": the report's one band (APPROX_BAND)
 
 
 def judge(claim: Claim, rows: list[Comparison], relations: dict[str, str]) -> ClaimVerdict:
@@ -137,7 +136,7 @@ def judge(claim: Claim, rows: list[Comparison], relations: dict[str, str]) -> Cl
                                                        f"numbers, printed {_num(c.paper)}" for c in wrong))
     if claim.agree:
         vals = [c.measured for c in derived if c.measured]
-        if len(vals) >= 2 and max(vals) / min(vals) > TOLERANCE[1]:
+        if len(vals) >= 2 and max(vals) / min(vals) > APPROX_BAND[1]:
             return verdict("paper inconsistent", f"the paper's numbers imply different {claim.agree}: "
                            + "; ".join(f"{c.quantity}: {_num(c.measured)}" for c in derived))
     tested = [c for c in mine if c.status in ("reproduced", "differs")]

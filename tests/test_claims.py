@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from report import writer
-from report.artifacts import Comparison
+from report.artifacts import APPROX_BAND, Comparison, close_to_paper
 from report.claims import Claim, judge, judge_all, judge_privacy, load_claims, role
 from report.reported import load_reported
 from report.weights import of_text
@@ -56,6 +56,15 @@ def test_the_paper_arithmetic_that_disagrees_makes_the_paper_inconsistent():
     assert judge(_claim(), [derived], {"x": "gt"}).verdict == "holds"  # "over 6.7e6": 6.8e7 agrees
     two = [_row("derived", measured=1980, paper=None), _row("derived", measured=39, paper=None)]
     assert judge(_claim(agree="tokens"), two, {}).verdict == "paper inconsistent"
+
+
+def test_one_band_judges_closeness_to_the_paper_for_claims_and_artifacts():
+    """report.artifacts.APPROX_BAND: 0.8-1.25x of the paper's value holds, just outside does not, a 0 paper never."""
+    assert APPROX_BAND == (0.8, 1.25)
+    assert close_to_paper(0.8, 1) and close_to_paper(12.5, 10) and not close_to_paper(0.79, 1)
+    assert not close_to_paper(1.26, 1) and not close_to_paper(0, 0)
+    assert judge(_claim(), [_row("derived", measured=1.25, paper=1.0)], {"x": "eq"}).verdict != "paper inconsistent"
+    assert judge(_claim(), [_row("derived", measured=1.26, paper=1.0)], {"x": "eq"}).verdict == "paper inconsistent"
 
 
 def test_a_reading_that_holds_decides_and_names_the_others():

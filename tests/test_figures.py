@@ -109,6 +109,34 @@ def test_millions_plots_the_printed_and_the_derived_ratio(drawn):
     assert _plotted(fig, printed) and _plotted(fig, quotient) and _plotted(fig, millions.MILLION)
 
 
+def _overlapping(texts, renderer) -> list[tuple[str, str]]:
+    """Pairs of drawn, non-empty texts whose boxes overlap."""
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text()]
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+
+
+def test_millions_sets_the_papers_method_beside_the_same_host_ratios(drawn):
+    """The paper-method reading (STIP's batched prefill here / CipherGPT's reported rate) has a row per batch,
+    labelled by its method like the 2PC rows, at the values REPORT gives; no tick label collides with another."""
+    fig = drawn(millions)
+    ax = fig.axes[0]
+    points = millions.paper_method_points(COMMITTED_RESULTS_DIR)
+    if points.empty:
+        pytest.skip("no fig7a_throughput rows in the committed results")
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    method = [t for t in ticks if t.startswith("paper's method, here: ")]
+    assert len(method) == len(points) and sum(t.endswith("(best)") for t in method) == 1
+    assert all(t.startswith(("paper: ", "paper's method, here: ", "2PC / STIP, one host: ")) for t in ticks)
+    assert len(set(ticks)) == len(ticks)
+    for ratio in points.ratio:
+        assert _plotted(fig, ratio), ratio
+    best = millions._paper_method_row(COMMITTED_RESULTS_DIR, pd.Series(dtype=float))
+    assert np.isclose(points[points.best].ratio.iloc[0], best.measured)  # the figure's best row is REPORT's number
+    renderer = fig.canvas.get_renderer()
+    assert _overlapping(ax.get_yticklabels(), renderer) == []
+    assert _overlapping(ax.get_xticklabels(), renderer) == []
+
+
 def test_tab2_no_series_hides_another(drawn):
     ax = drawn(tab2).axes[0]
     series = [set(map(tuple, np.round(np.asarray(line.get_xydata(), dtype=float), 3))) for line in ax.get_lines()

@@ -58,6 +58,7 @@ def test_runner_measures_against_the_served_cloud(tmp_path, served_stip):
     err = rows[(rows.phase == "output") & (rows.metric == "max_abs_error")]["value"]
     assert len(err) and err.max() < 1e-4  # the served checkpoint is the one this run's keys belong to
     assert rows[(rows.phase == "uplink") & (rows.metric == "bytes") & (rows.source == "socket")]["value"].iloc[0] > 0
+    assert report.conditions["accelerator"] == "cpu"  # served with the handler's default device, as DESCRIBE said
 
 
 def test_runner_refuses_a_cloud_running_another_protocol(tmp_path, served_stip):

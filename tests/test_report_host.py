@@ -8,9 +8,15 @@ from report import style
 from report.artifacts._shared import host, host_differences, measured_host, measured_in
 
 
-def _runs(folder, cores):
+def _runs(folder, cores, accelerators=None):
+    """A runs table as bench/runs_table.py writes it: dict conditions as JSON, 'cpu' / None as they are."""
     folder.mkdir(parents=True)
-    pd.DataFrame({"run_id": ["a"], "conditions.cores": [json.dumps(cores)]}).to_parquet(folder / "runs.parquet")
+    table = {"run_id": ["a"], "conditions.cores": [json.dumps(cores)]}
+    if accelerators is not None:
+        table = {"run_id": [str(i) for i in range(len(accelerators))],
+                 "conditions.cores": [json.dumps(cores)] * len(accelerators),
+                 "conditions.accelerator": [json.dumps(a) if isinstance(a, dict) else a for a in accelerators]}
+    pd.DataFrame(table).to_parquet(folder / "runs.parquet")
 
 
 def test_the_host_comes_from_the_runs_conditions_not_this_machine(tmp_path, monkeypatch):
@@ -45,3 +51,26 @@ def test_figure_titles_name_the_measuring_host_inside_the_report(tmp_path, monke
     with measured_in(tmp_path):
         assert style.host_label() == "96-core CPU"
     assert "96-core" not in style.host_label()  # outside the report: this machine, for ad-hoc plots
+
+
+H100 = {"device": "cuda", "count": 1, "names": ["NVIDIA H100 80GB HBM3"]}
+
+
+def test_a_cloud_on_a_gpu_is_named_from_the_runs_conditions(tmp_path):
+    _runs(tmp_path / "gpu", {"logical": 16, "physical": 16, "usable": 16}, [H100, None])  # None: an MPC run
+    assert measured_host(tmp_path) == "16-core CPU, cloud on 1x NVIDIA H100 80GB HBM3, device and cloud on one host"
+    with measured_in(tmp_path):
+        assert "GPU not recorded" not in host_differences()
+
+
+def test_a_cloud_on_the_cpu_says_no_gpu_and_mixed_runs_say_both(tmp_path):
+    _runs(tmp_path / "a", {"logical": 2, "physical": 2, "usable": 2}, ["cpu", None])
+    assert measured_host(tmp_path) == "2-core CPU, no GPU (cloud on the CPU), device and cloud on one host"
+    _runs(tmp_path / "b", {"logical": 2, "physical": 2, "usable": 2},
+          [{"device": "cuda", "count": 2, "names": ["NVIDIA A100", "NVIDIA A100"]}])
+    assert "cloud on 2x NVIDIA A100 in some runs, on the CPU in others" in measured_host(tmp_path)
+
+
+def test_runs_that_record_no_accelerator_say_so(tmp_path):
+    _runs(tmp_path / "mpc", {"logical": 2, "physical": 2, "usable": 2}, [None])  # recorded, but no cloud said
+    assert measured_host(tmp_path) == "2-core CPU, GPU not recorded, device and cloud on one host"

@@ -14,8 +14,9 @@ from hydra import compose, initialize_config_dir
 from baselines.mpc.launcher import run_parties
 from baselines.spu.engine import spu_env
 from bench.app import CONFIG_DIR, run
-from bench.conditions import noisy_reasons
+from bench.conditions import RunConditions, noisy_reasons
 from transport import CloudProcess
+from transport.cloud_server import process_accelerator
 from transport.sched import read_slice
 from transport.threads import DEFAULT_THREADS, THREAD_ENV_VARS, apply_threads, resolve_threads
 
@@ -42,6 +43,27 @@ def test_cloud_process_sets_and_reports_its_threads(threads):
     assert call.cloud_threads == n  # reported with every reply's timing
     assert call.cloud_compute_cpu is not None and call.cloud_compute_cpu >= 0
     assert described["threads"]["intra_op"] == n
+    assert cloud.accelerator == described["accelerator"] == "cpu"  # the probe puts nothing on a GPU, whatever the host
+
+
+def test_process_accelerator_names_the_gpus_only_once_cuda_is_used(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert process_accelerator() == "cpu"  # a GPU on the host the cloud never used (protocol.cloud_device=cpu)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: f"NVIDIA H100 #{i}")
+    assert process_accelerator() == {"device": "cuda", "count": 2, "names": ["NVIDIA H100 #0", "NVIDIA H100 #1"]}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_accelerator() == "cpu"
+
+
+def test_conditions_record_the_clouds_accelerator(restore_threads):
+    sampler = RunConditions(1).start()
+    gpu = {"device": "cuda", "count": 1, "names": ["NVIDIA H100 80GB HBM3"]}
+    assert sampler.finish([], None, gpu)[0]["accelerator"] == gpu
+    assert sampler.finish([], None, "cpu")[0]["accelerator"] == "cpu"
+    assert sampler.finish([])[0]["accelerator"] is None  # no cloud process said (the MPC baselines)
 
 
 def _party_threads(rank, crypten, payload):
@@ -112,4 +134,6 @@ def test_report_records_conditions(tmp_path, restore_threads):
     assert cond["cpu_wall"]["cloud_compute"]["cpu_s"] > 0 and cond["cpu_wall"]["cloud_compute"]["wall_s"] > 0
     assert cond["backend"]["parallel_info"] and "other_load_cores" in cond
     assert isinstance(saved["noisy"], list)
+    gpu = torch.cuda.is_available()  # protocol.cloud_device=auto: the cloud takes the GPU where torch sees one
+    assert (cond["accelerator"]["device"] == "cuda") if gpu else (cond["accelerator"] == "cpu")
     assert saved["provenance"]["host"]["cpu_usable"] == len(os.sched_getaffinity(0))

@@ -130,6 +130,9 @@ class CloudClient:
         self.meter = TrafficMeter()
         self.last_timing: dict[str, float] = {}
         self.last_call: CallRecord | None = None
+        # What the cloud computes on as its server reported it (transport.cloud_server.process_accelerator):
+        # set from the ready line of a spawned cloud, from DESCRIBE for a served one; None where it did not say.
+        self.accelerator: dict | str | None = None
         self._call_lock = threading.Lock()  # one request in flight per connection
         self._sock: socket.socket | None = None
 
@@ -378,6 +381,7 @@ class CloudProcess(CloudClient):
                 pass  # the child died at once; _wait_ready reports how
             ready = self._wait_ready(ready_r)
             self.port = int(ready["port"])
+            self.accelerator = ready.get("accelerator")
             self._connect()
         except BaseException:
             self.close()

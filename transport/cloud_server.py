@@ -4,8 +4,9 @@ Started by `transport.client.CloudProcess` as ``python -m transport --ready-fd N
 configuration arrives as the first line of stdin (JSON: factory, kwargs, network, host, port, limits
 (transport.limits.ServerLimits), sys_path, log_level); it then builds the handler with
 ``factory(**kwargs)`` ("pkg.module:function"), binds the socket and writes one JSON line to fd N:
-``{"ready": true, "port": P, "pid": ...}`` or ``{"ready": false, "error": "..."}``. It exits when
-stdin reaches EOF, i.e. when the parent closes it or dies, so it never outlives its device.
+``{"ready": true, "port": P, "pid": ..., "accelerator": ...}`` (process_accelerator) or
+``{"ready": false, "error": "..."}``. It exits when stdin reaches EOF, i.e. when the parent closes it or dies, so it
+never outlives its device.
 
 A request of kind ``m`` calls ``handler.m(tensors, **meta) -> (tensors, meta)`` if ``m`` is in the
 handler's allow-list ``remote_methods``; handler calls are serialised by a lock (a call whose client
@@ -192,6 +193,16 @@ class _CallWatcher:
                     event.set()
 
 
+def process_accelerator() -> dict | str:
+    """What this process computes on, as a run records it (report.conditions.accelerator): 'cpu' unless it has put
+    work on CUDA (a handler loaded with protocol.cloud_device=cuda, or auto on a GPU host), then the GPUs torch sees
+    here: {"device": "cuda", "count": n, "names": [...]} (the handler's model sits on the first, cuda:0)."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return "cpu"
+    count = torch.cuda.device_count()
+    return {"device": "cuda", "count": count, "names": [torch.cuda.get_device_name(i) for i in range(count)]}
+
+
 class CloudServer:
     """Accepts connections (one thread each, up to a limit) and dispatches frames to one handler object.
 
@@ -215,8 +226,10 @@ class CloudServer:
         self.methods = remote_methods(handler)
         # Answered to DESCRIBE, so a client can refuse a server that runs another protocol's handler
         # (never paths: `description` holds the factory and its non-path settings).
+        # The accelerator is read after the handler is built: a handler loaded on a GPU has initialised CUDA by then.
         self.description = {"handler": f"{type(handler).__module__}.{type(handler).__qualname__}",
-                            "methods": sorted(self.methods), **(description or {})}
+                            "methods": sorted(self.methods), "accelerator": process_accelerator(),
+                            **(description or {})}
         self.limits = limits
         self.max_message_bytes = limits.max_message_bytes
         self.frame_timeout_s = limits.frame_timeout_s
@@ -652,6 +665,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("cloud handler %s serving on %s:%d", config["factory"], server.host, server.port)
     _write_ready(args.ready_fd, {"ready": True, "host": server.host, "port": server.port,
-                                 "pid": os.getpid()})
+                                 "pid": os.getpid(), "accelerator": server.description["accelerator"]})
     server.serve_forever()
     return 0

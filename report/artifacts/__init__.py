@@ -31,6 +31,17 @@ STATUSES = {
     "qualitative": "a claim with no number to measure (the reason says what the harness checks instead)",
 }
 
+APPROX_BAND = (0.8, 1.25)
+"""How close a number must be to the paper's to count as the same (`reproduced`, a claim `holds`, the paper's own
+arithmetic agreeing with its print): within a factor 1.25 either way (0.8-1.25x), fixed before the data because the
+paper prints its numbers as approximate. One band for every artifact module and for report/claims.py."""
+
+
+def close_to_paper(measured: float, paper: float) -> bool:
+    """Whether `measured` lies within APPROX_BAND of `paper` (never for a paper value of 0: no ratio to judge)."""
+    return paper != 0 and APPROX_BAND[0] <= measured / paper <= APPROX_BAND[1]
+
+
 # What a row is to the paper's claims (report/claims.py); the default is "paper".
 SCOPES = {
     "paper": "compares a paper value or relation: a difference here is a genuine disagreement",

@@ -80,14 +80,50 @@ def measured_cpu(results: Path) -> str | None:
     return cpu
 
 
+@lru_cache(maxsize=8)
+def _recorded_accelerators(folder: Path, stamp: tuple) -> frozenset[str]:
+    """What the runs' clouds computed on (bench/conditions.py `conditions.accelerator`), one phrase each: 'cpu' or
+    '1x NVIDIA H100 80GB HBM3'; empty when no run records it (runs before it was recorded, MPC runs: no cloud)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415 - one column, without reading the rest of the runs table
+
+    seen = set()
+    for name, _, _ in stamp:
+        path = Path(name)
+        if path.name != "runs.parquet" or "conditions.accelerator" not in pq.read_schema(path).names:
+            continue
+        for cell in pq.read_table(path, columns=["conditions.accelerator"]).column(0).to_pylist():
+            rec = json.loads(cell) if isinstance(cell, str) and cell.startswith("{") else cell
+            if isinstance(rec, dict):
+                names = rec.get("names") or ["unnamed GPU"]
+                seen.add(", ".join(f"{names.count(n)}x {n}" for n in dict.fromkeys(names)))
+            elif isinstance(rec, str) and rec:
+                seen.add(rec)
+    return frozenset(seen)
+
+
+def measured_accelerator(results: Path) -> str:
+    """The cloud's accelerator in the runs of `results`, as the cloud processes reported it: 'cloud on 1x NVIDIA H100
+    80GB HBM3', 'no GPU (cloud on the CPU)', both where runs differ; 'GPU not recorded' where no run says."""
+    folder = Path(results)
+    seen = _recorded_accelerators(folder, _stamp(folder))
+    gpus = sorted(seen - {"cpu"})
+    if not seen:
+        return "GPU not recorded"
+    if not gpus:
+        return "no GPU (cloud on the CPU)"
+    where = f"cloud on {' / '.join(gpus)}"
+    return where + (" in some runs, on the CPU in others" if "cpu" in seen else "")
+
+
 def measured_host(results: Path) -> str:
-    """The host that measured `results` in one phrase: '2-core CPU, GPU not recorded, device and cloud on one host'
-    (the runner puts both halves on the host it runs on); 'host unknown (...)' when nothing records it. The runs
-    record cores (bench/conditions.py) but not which device protocol.cloud_device=auto resolved to: no GPU named."""
+    """The host that measured `results` in one phrase: '2-core CPU, no GPU (cloud on the CPU), device and cloud on one
+    host' (the runner puts both halves on the host it runs on); 'host unknown (...)' when nothing records it. Cores
+    and the cloud's accelerator come from the runs' conditions (bench/conditions.py); where no run records the
+    accelerator (runs from before it was recorded) the phrase says 'GPU not recorded'."""
     cpu = measured_cpu(results)
     if cpu is None:
         return f"host unknown ({results} records no run conditions and no bench profile)"
-    return f"{cpu}, GPU not recorded, device and cloud on one host"
+    return f"{cpu}, {measured_accelerator(results)}, device and cloud on one host"
 
 
 def measuring_cpu() -> str | None:

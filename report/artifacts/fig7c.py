@@ -30,7 +30,10 @@ PAPER_SLOPE = {"full_cloud": "fig7c-slope-full-cloud", "wired": "fig7c-slope-sti
 # Each STIP profile, the paper line it stands for and the reading of the paper's latency it encodes.
 PROFILES = {"wired": ("wired", "round trip"), "wired_oneway": ("wired", "one way"),
             "wireless": ("wireless", "round trip"), "wireless_oneway": ("wireless", "one way")}
-TOLERANCE = 0.25  # a link part within 25% of the paper's counts as reproduced (the paper says "approximately")
+# A link part within +-25% of the paper's counts as reproduced: a linear band (0.75-1.25x), wider below than the
+# report's APPROX_BAND (0.8-1.25x, report.artifacts) every other paper number is judged by; not aligned yet, since
+# its bandwidth notes (bandwidth_note) print this band's bounds.
+LINK_TOLERANCE = 0.25
 MS = 1e3
 LOGITS_NOTE = " plus the permuted logits (49,152 fp32) at the assumed bandwidth"
 
@@ -64,7 +67,8 @@ def matching_bandwidth(profile: NetworkProfile, n_bytes: float, target_s: float)
     return profile.bandwidth_bps * profile.transfer_time(n_bytes) / room  # transfer time scales as 1 / bandwidth
 
 
-def bandwidth_note(profile: NetworkProfile, n_bytes: float, paper_s: float, tolerance: float = TOLERANCE) -> str:
+def bandwidth_note(profile: NetworkProfile, n_bytes: float, paper_s: float,
+                   tolerance: float = LINK_TOLERANCE) -> str:
     """The row's deciding assumption: the assumed bandwidth, and the bandwidths at which the profile's link time
     on the measured bytes would equal the paper's and come within `tolerance` of it."""
     def fmt(bps: float) -> str:
@@ -137,7 +141,7 @@ def compare(results: Path) -> list[Comparison]:
                 continue
             socket = float(sel.link_s.median() - (off.link_s.median() if len(off) else 0.0)) * MS
             link, paper_link = float(link_vals.median()), paper_slope - paper_compute
-            ok = abs(link - paper_link) <= TOLERANCE * paper_link
+            ok = abs(link - paper_link) <= LINK_TOLERANCE * paper_link
             fits.setdefault(f"{reading}, return {mode}", []).append(abs(link - paper_link) / paper_link)
             why = ("" if ok else
                    f"{reading} reading: {'one round trip' if reading == 'round trip' else 'two one-way waits'} per "
@@ -163,10 +167,10 @@ def compare(results: Path) -> list[Comparison]:
     if fits:
         best = min(fits, key=lambda k: max(fits[k]))
         out.append(Comparison(ARTIFACT, "which reading of the paper's 10 / 250 ms reproduces its slopes", "none",
-                              "reproduced" if max(fits[best]) <= TOLERANCE else "differs",
+                              "reproduced" if max(fits[best]) <= LINK_TOLERANCE else "differs",
                               workload=work, differences="the paper states one latency per connection, not whether "
                                                          "it is a round trip or one way",
-                              reason="" if max(fits[best]) <= TOLERANCE else "no reading within 25%",
+                              reason="" if max(fits[best]) <= LINK_TOLERANCE else "no reading within 25%",
                               source="fig7c_generation link parts: " + "; ".join(
                                   f"{k}: worst gap {max(v):.0%}" for k, v in sorted(fits.items())) +
                               f"; best: {best}"))

@@ -14,7 +14,7 @@ import pandas as pd
 
 from protocols.memory import FRAME_HW
 from report import style
-from report.artifacts import Comparison, paper_value
+from report.artifacts import APPROX_BAND, Comparison, close_to_paper, paper_value
 from report.artifacts._shared import experiment_rows, host_differences, not_measured, spread
 from report.paper_readings import MIB, table_mib
 from report.reported import reported_by_id
@@ -23,7 +23,6 @@ ARTIFACT = "fig8"
 EXPERIMENTS = ("fig8_memory",)
 COMMAND = "python -m bench -m experiment=fig8_memory"
 VITS = ("vit-base", "vit-large", "vit-huge")
-BAND = (0.8, 1.25)  # the report's band for an approximate reading (report/claims.py TOLERANCE), fixed before the data
 
 
 def memory_table(results: Path) -> pd.DataFrame:
@@ -61,7 +60,7 @@ def _processor_row(results: Path, table: pd.DataFrame) -> Comparison:
     if not frames:
         return not_measured(ARTIFACT, quantity, "MiB", COMMAND, "fig8-tokenizer-vit")
     value = float(pd.Series(frames).median())
-    close = BAND[0] <= value / paper <= BAND[1]
+    close = close_to_paper(value, paper)
     h, w = FRAME_HW
     return Comparison(
         ARTIFACT, quantity, "MiB", "reproduced" if close else "differs", measured=value, paper=paper,
@@ -73,7 +72,8 @@ def _processor_row(results: Path, table: pd.DataFrame) -> Comparison:
                                      "has preprocessed a frame (its first call's working memory and output), "
                                      "not the bare object; RSS of a library's first call varies with its version "
                                      "and allocator"),
-        reason="" if close else f"{value / paper:.2g}x the paper's, outside the report's {BAND[0]:g}-{BAND[1]:g}x band "
+        reason="" if close else f"{value / paper:.2g}x the paper's, outside the report's "
+                                f"{APPROX_BAND[0]:g}-{APPROX_BAND[1]:g}x band "
                                 "(another transformers/Pillow version and allocator may explain it; not checked)",
         source="fig8_memory: device_tokenizer/memory_after_frame (host)")
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from report.artifacts import Comparison, paper_value
+from report.artifacts import APPROX_BAND, Comparison, paper_value
 from report.artifacts._shared import host_differences, spread
 from report.artifacts.fig7c import COMMAND, PAPER_SLOPE, _workload, slopes
 
 ARTIFACT = "generation_3s"
 EXPERIMENTS = ("fig7c_generation",)
 STIP_ID, FULL_ID = "generation-stip-wired-100-tokens", "generation-full-cloud-delay"
-IN_TIME = 1.25  # "in 3s": within 3 s, with the 25% every approximate paper number gets in this report
+IN_TIME = APPROX_BAND[1]  # "in 3s": within 3 s, with the 1.25x every approximate paper number gets in this report
 
 
 def compare(results: Path) -> list[Comparison]:

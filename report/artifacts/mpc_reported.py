@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from report.artifacts import Comparison, paper_value
+from report.artifacts import Comparison, close_to_paper, paper_value
 from report.artifacts._mpc import modelled, mpc_rows, network, summarise
 from report.artifacts._shared import spread
 from report.reported import reported_by_id
@@ -205,7 +205,7 @@ def compare(results: Path) -> list[Comparison]:
                      f"modelled on 5 Gbps / 1 ms; compute {spread(r.compute_values_s)} s")):
                 paper = paper_value(rid, unit)
                 same = (r.engine == "spu" and "aby3" in str(r.mpc_protocol).lower() and label.startswith("PUMA")
-                        and metric == "bytes" and 0.8 <= value / paper <= 1.25)
+                        and metric == "bytes" and close_to_paper(value, paper))
                 out.append(Comparison(
                     artifact=ARTIFACT, quantity=f"{metric} of {r.engine} {r.approx} vs {label}", unit=unit,
                     status="reproduced" if same else "differs", measured=value, paper=paper, reported_id=rid,
