@@ -11,7 +11,7 @@ import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Generic
 
 import hydra
 import pandas as pd
@@ -20,6 +20,26 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from bench.app import CONFIG_DIR, _absolute
+from bench.privacy_configs import (
+    C,
+    AttackConfig,
+    BaselinesCfg,
+    Drifting,
+    FunctionalTheftCfg,
+    HiddenStateCfg,
+    KnownPlaintextCfg,
+    LearnedInverterCfg,
+    MoeRoutingCfg,
+    MultisetCfg,
+    NoiseFrontierCfg,
+    OutputFrequencyCfg,
+    RowLimited,
+    SchemeMatrixCfg,
+    SpeculationLengthCfg,
+    VitPatchCfg,
+    WeightAlignmentCfg,
+    parse_attack,
+)
 from bench.privacy_matrix import matrix_markdown
 from bench.privacy_plots import plot_all
 from bench.results import atomic_write_bytes, atomic_write_csv, atomic_write_parquet
@@ -28,7 +48,7 @@ from protocols.privacy import dcor_both, dcor_independent
 from stip.attacks import corpus, measure, speculation
 from stip.attacks.corpus import TokenBatch
 from stip.attacks.frontier import noise_frontier
-from stip.attacks.matrix import SCHEMES, MatrixCfg, Tokens, scheme_matrix
+from stip.attacks.matrix import MatrixCfg, Tokens, scheme_matrix
 from stip.draft_corpus import package_texts, public_corpus
 from stip.parties import ModelDeveloper
 from stip.prompts import prompt_suite
@@ -49,49 +69,6 @@ class ModelCfg:
 
 
 @dataclass
-class AttackCfg:
-    enabled: bool = True
-    models: list[str] = field(default_factory=list)
-    drifts: list[float] = field(default_factory=lambda: [0.0])
-    hungarian_limit: int = 8192
-    ns: list[int] = field(default_factory=list)
-    sigma_rel: float = 0.0
-    layers: list[int] = field(default_factory=list)
-    candidates: int = 32
-    seq_len: int = 8
-    n_images: int = 2
-    tokens: int = 2048
-    chunk: int = 128
-    projection_ns: list[int] = field(default_factory=list)
-    split_models: list[str] = field(default_factory=list)
-    split_layers: list[int] = field(default_factory=list)
-    sigmas_rel: list[float] = field(default_factory=list)
-    kpa_rows: int = 8
-    new_tokens: int = 32
-    pairs: int = 12
-    draft_corpus: str = "public"
-    # scheme_matrix: the arms and their sizes, defaults from stip.attacks.matrix.MatrixCfg (the one place)
-    schemes: list[str] = field(default_factory=lambda: list(SCHEMES))
-    noise_sigma_rel: float = MatrixCfg.noise_sigma_rel
-    hidden_layer: int = MatrixCfg.hidden_layer
-    hidden_sequences: int = MatrixCfg.hidden_sequences
-    hidden_tokens: int = MatrixCfg.hidden_tokens
-    kpa_ns: list[int] = field(default_factory=lambda: list(MatrixCfg().kpa_ns))
-    latency_reps: int = MatrixCfg.latency_reps
-    real_tokens: int = 256
-    row_len: int = 32
-    per_text: int = 64
-    drift_kind: str = "perturb"       # perturb (drifts: relative noise) | finetune (drifts: Adam steps, public text)
-    drift_lr: float = 1e-4
-    max_rows: int = 0                 # rows of the users' batch attacked (0 = all)
-    order: str = "index"              # hidden_state: candidate order (index | logits: Hidden No More's)
-    tolerance: float = 0.0            # hidden_state: early exit at this relative distance (0 = full scan)
-    features: list[str] = field(default_factory=lambda: ["sorted", "aligned", "weights"])
-    kind: str = "ridge"               # learned_inverter map: ridge | mlp
-    methods: list[str] = field(default_factory=lambda: ["rank", "logit_profile"])
-
-
-@dataclass
 class PrivacyCfg:
     experiment_name: str = "privacy"
     results_dir: str = "outputs"
@@ -99,7 +76,7 @@ class PrivacyCfg:
     threads: int = 2
     plots: bool = True
     models: dict[str, ModelCfg] = field(default_factory=dict)
-    attacks: dict[str, AttackCfg] = field(default_factory=dict)
+    attacks: dict[str, AttackConfig] = field(default_factory=dict)  # parsed per attack by validate
     n_sequences: int = 4
     seq_len: int = 16
     sentences: list[str] = field(default_factory=list)
@@ -111,15 +88,18 @@ class PrivacyCfg:
 
 
 def validate(cfg: DictConfig) -> PrivacyCfg:
-    """The composed config as typed dataclasses (a wrong type or unknown key fails here, naming it)."""
+    """The composed config as typed dataclasses, each attack's node as its own class (ATTACKS): an unknown
+    attack or key, a wrong type or a value outside an attack's choices fails here, naming it, before any runs."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
+    given = plain.pop("attacks", None) or {}
     typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PrivacyCfg), plain))
-    unknown = set(typed.attacks) - set(ATTACKS)
+    unknown = set(given) - set(ATTACKS)
     if unknown:
         raise ValueError(f"unknown attack(s) {sorted(unknown)}; known: {sorted(ATTACKS)}")
+    typed.attacks = {name: parse_attack(name, ATTACKS[name].config, node) for name, node in given.items()}
     for name, attack in typed.attacks.items():
-        missing = [m for m in attack.models + attack.split_models if m not in typed.models]
+        missing = [m for m in attack.model_names() if m not in typed.models]
         if missing:
             raise ValueError(f"attacks.{name}.models names {missing}, not in models: {sorted(typed.models)}")
     return typed
@@ -226,13 +206,13 @@ def _chunks(tokenizer: Any, texts: list[str], max_tokens: int, size: int) -> lis
 Rows = list[dict[str, Any]]
 
 
-def _users(m: Models, name: str, a: AttackCfg) -> TokenBatch:
+def _users(m: Models, name: str, a: RowLimited) -> TokenBatch:
     """The users' batch, cut to a.max_rows rows when set."""
     b = m.batch(name)
     return b.rows(slice(0, a.max_rows)) if a.max_rows else b
 
 
-def _drift_kwargs(m: Models, name: str, a: AttackCfg) -> dict[str, Any]:
+def _drift_kwargs(m: Models, name: str, a: Drifting) -> dict[str, Any]:
     """Drift stand-in arguments: a fine-tune runs on the attacker-side public text, never the users' tokens."""
     out: dict[str, Any] = dict(drifts=a.drifts, drift_kind=a.drift_kind, drift_lr=a.drift_lr)
     if a.drift_kind == "finetune":
@@ -240,24 +220,24 @@ def _drift_kwargs(m: Models, name: str, a: AttackCfg) -> dict[str, Any]:
     return out
 
 
-def _multiset(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _multiset(m: Models, name: str, a: MultisetCfg, seed: int) -> Rows:
     b = _users(m, name, a)
     return measure.measure_multiset(name, m.get(name)[0], b.ids, seed=seed, mask=b.mask, **_drift_kwargs(m, name, a))
 
 
-def _weights(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _weights(m: Models, name: str, a: WeightAlignmentCfg, seed: int) -> Rows:
     b = _users(m, name, a)
     return measure.measure_weights(name, m.get(name)[0], b.ids, seed=seed, hungarian_limit=a.hungarian_limit,
                                    mask=b.mask, **_drift_kwargs(m, name, a))
 
 
-def _kpa(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _kpa(m: Models, name: str, a: KnownPlaintextCfg, seed: int) -> Rows:
     b = m.batch(name)
     ns = [n for n in a.ns if n <= b.n_real]  # known pairs come from real tokens only
     return measure.measure_kpa(name, m.get(name)[0], b.ids, ns=ns, sigma_rel=a.sigma_rel, seed=seed, mask=b.mask)
 
 
-def _hidden(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _hidden(m: Models, name: str, a: HiddenStateCfg, seed: int) -> Rows:
     model = m.get(name)[0]
     b = _users(m, name, a)
     ids, mask = b.ids[:, : a.seq_len], b.mask[:, : a.seq_len]
@@ -266,7 +246,7 @@ def _hidden(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
                                   order=a.order, tolerance=a.tolerance, **_drift_kwargs(m, name, a))
 
 
-def _inverter(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _inverter(m: Models, name: str, a: LearnedInverterCfg, seed: int) -> Rows:
     model = m.get(name)[0]
     b, pub = _users(m, name, a), m.public_batch(name)
     layers = [layer for layer in a.layers if layer < model.config.get_text_config().num_hidden_layers]
@@ -275,23 +255,23 @@ def _inverter(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
                                     public_corpus=pub.corpus, **_drift_kwargs(m, name, a))
 
 
-def _moe(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _moe(m: Models, name: str, a: MoeRoutingCfg, seed: int) -> Rows:
     b = _users(m, name, a)
     return measure.measure_moe(name, m.get(name)[0], b.ids, seed=seed, mask=b.mask)
 
 
-def _vit(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _vit(m: Models, name: str, a: VitPatchCfg, seed: int) -> Rows:
     model = m.get(name)[0]
     size = model.config.image_size
     images = torch.randn(a.n_images, 3, size, size, generator=torch.Generator().manual_seed(seed))
     return measure.measure_vit_patches(name, model, images, seed=seed)
 
 
-def _theft(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _theft(m: Models, name: str, a: FunctionalTheftCfg, seed: int) -> Rows:
     return measure.measure_theft(name, m.get(name)[0], m.ids(name), seed=seed)
 
 
-def _frequency(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _frequency(m: Models, name: str, a: OutputFrequencyCfg, seed: int) -> Rows:
     model, tok = m.get(name)
     if tok is None:
         raise ValueError(f"output_frequency needs a real tokenizer; model {name!r} has none")
@@ -302,7 +282,7 @@ def _frequency(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
                                      seed=seed, methods=a.methods)
 
 
-def _baselines(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _baselines(m: Models, name: str, a: BaselinesCfg, seed: int) -> Rows:
     model = m.get(name)[0]
     b = m.batch(name)
     rows = measure.measure_projection(name, model, b.ids, ns=a.projection_ns, seed=seed, mask=b.mask)
@@ -314,17 +294,15 @@ def _baselines(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
     return rows
 
 
-def _frontier(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _frontier(m: Models, name: str, a: NoiseFrontierCfg, seed: int) -> Rows:
     b = m.batch(name)
     return noise_frontier(name, m.get(name)[0], b.ids, a.sigmas_rel, seed=seed, kpa_rows=a.kpa_rows, mask=b.mask)
 
 
-def _speculation(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _speculation(m: Models, name: str, a: SpeculationLengthCfg, seed: int) -> Rows:
     model, tok = m.get(name)
     if tok is None:
         raise ValueError(f"speculation_length needs a real tokenizer; model {name!r} has none")
-    if a.draft_corpus not in ("none", "public"):
-        raise ValueError(f"attacks.speculation_length.draft_corpus={a.draft_corpus!r}; choose none or public")
     drafter = PromptLookup(corpus=public_corpus(tok) if a.draft_corpus == "public" else None)
     snippets = speculation.public_snippets(package_texts()[::-1], a.pairs)  # the corpus holds the first texts
     tasks = {"shipped suite: copying / code / summarisation / open-ended":
@@ -333,7 +311,7 @@ def _speculation(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
     return measure.measure_speculation(name, model, tok, tasks, a.new_tokens, drafter, seed=seed)
 
 
-def real_tokens(m: Models, name: str, a: AttackCfg, seed: int) -> Tokens:
+def real_tokens(m: Models, name: str, a: SchemeMatrixCfg, seed: int) -> Tokens:
     """The users' real tokens (stip.attacks.corpus: prompt suite, then package texts; random ids of random
     lengths for config-built models), right-padded; the matrix scores real positions only."""
     model, tok = m.get(name)
@@ -346,7 +324,7 @@ def real_tokens(m: Models, name: str, a: AttackCfg, seed: int) -> Tokens:
     return Tokens(batch.ids, batch.attention_mask, [r[k] for r, k in zip(batch.ids, batch.mask)])
 
 
-def _scheme_matrix(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
+def _scheme_matrix(m: Models, name: str, a: SchemeMatrixCfg, seed: int) -> Rows:
     model, _ = m.get(name)
     tokens = real_tokens(m, name, a, seed)
     cfg = MatrixCfg(noise_sigma_rel=a.noise_sigma_rel, hidden_layer=a.hidden_layer,
@@ -355,12 +333,28 @@ def _scheme_matrix(m: Models, name: str, a: AttackCfg, seed: int) -> Rows:
     return scheme_matrix(name, model, tokens, cfg, schemes=a.schemes)
 
 
-ATTACKS: dict[str, Callable[[Models, str, AttackCfg, int], Rows]] = {
-    "multiset": _multiset, "weight_alignment": _weights, "known_plaintext": _kpa, "hidden_state": _hidden,
-    "moe_routing": _moe, "vit_patch": _vit, "functional_theft": _theft, "output_frequency": _frequency,
-    "baselines": _baselines, "noise_frontier": _frontier, "speculation_length": _speculation,
-    "scheme_matrix": _scheme_matrix,
-    "learned_inverter": _inverter,
+@dataclass(frozen=True)
+class Attack(Generic[C]):
+    """One attack: its own config class (configs/attack/<name>.yaml's keys) and the function that runs it."""
+
+    config: type[C]
+    run: Callable[[Models, str, C, int], Rows]
+
+
+ATTACKS: dict[str, Attack[Any]] = {  # the one registry, keyed by the attack's name in configs/privacy.yaml
+    "multiset": Attack(MultisetCfg, _multiset),
+    "weight_alignment": Attack(WeightAlignmentCfg, _weights),
+    "known_plaintext": Attack(KnownPlaintextCfg, _kpa),
+    "hidden_state": Attack(HiddenStateCfg, _hidden),
+    "moe_routing": Attack(MoeRoutingCfg, _moe),
+    "vit_patch": Attack(VitPatchCfg, _vit),
+    "functional_theft": Attack(FunctionalTheftCfg, _theft),
+    "output_frequency": Attack(OutputFrequencyCfg, _frequency),
+    "baselines": Attack(BaselinesCfg, _baselines),
+    "noise_frontier": Attack(NoiseFrontierCfg, _frontier),
+    "speculation_length": Attack(SpeculationLengthCfg, _speculation),
+    "scheme_matrix": Attack(SchemeMatrixCfg, _scheme_matrix),
+    "learned_inverter": Attack(LearnedInverterCfg, _inverter),
 }
 
 
@@ -443,7 +437,7 @@ def run(cfg: DictConfig) -> Path:
             continue
         for name in a.models:
             log.info("attack %s on %s", attack, name)
-            rows += ATTACKS[attack](models, name, a, typed.seed)
+            rows += ATTACKS[attack].run(models, name, a, typed.seed)
             used += [name] if name not in used else []
     dcors = {name: model_dcor(models, name, typed.seed) for name in used}
     df = tidy(rows, dcors, typed.experiment_name)

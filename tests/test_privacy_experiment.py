@@ -1,6 +1,7 @@
 """The privacy experiment end to end at toy size: `python -m bench.privacy` writes tidy rows beside dcor."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,8 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from bench.privacy import COLUMNS
+from bench.app import CONFIG_DIR
+from bench.privacy import ATTACKS, COLUMNS, validate
+from bench.privacy_configs import AttackConfig, HiddenStateCfg, SpeculationLengthCfg, parse_attack
 from stip.attacks.scoring import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,3 +93,83 @@ def test_scheme_matrix_is_the_headline(toy_run):
     assert summary.index("## The scheme x attack matrix") < summary.index("## Every attack")
     assert "Talaria" in summary and "ConjFormer" in summary
     assert (toy_run / "scheme_matrix.png").is_file()
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("privacy", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "attack").glob("*.yaml")), ids=lambda p: p.stem)
+def test_each_shipped_attack_yaml_parses_into_its_own_class(path):
+    given = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    cls = ATTACKS[path.stem].config  # the registry knows the attack by its file's name
+    assert cls is not AttackConfig and [a.config for a in ATTACKS.values()].count(cls) == 1
+    assert list(given) and set(given) == {f.name for f in dataclasses.fields(cls)}  # exactly the file's keys
+    typed = parse_attack(path.stem, cls, given)
+    assert type(typed) is cls and typed == cls()  # the class's defaults are the file's values
+
+
+def test_the_registry_is_the_composed_attacks():
+    typed = validate(_compose())
+    assert set(typed.attacks) == set(ATTACKS) == {p.stem for p in (ROOT / "configs" / "attack").glob("*.yaml")}
+    assert all(type(a) is ATTACKS[name].config for name, a in typed.attacks.items())
+
+
+def _privacy_overrides() -> list[list[str]]:
+    """The argument lists configs/bench_profiles.yaml passes to bench.privacy (make bench, make bench-all)."""
+    found: list[list[str]] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("module") == "bench.privacy":
+                found.append(node["args"].replace("{results}", "/tmp/unused").split())
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(yaml.safe_load((ROOT / "configs" / "bench_profiles.yaml").read_text()))
+    return found
+
+
+def test_the_profiles_overrides_still_parse():
+    profiles = _privacy_overrides()
+    assert ["attacks.hidden_state.seq_len=4", "attacks.hidden_state.max_rows=1",
+            "attacks.speculation_length.pairs=6"] in [args[1:] for args in profiles]  # make bench's
+    for args in profiles:
+        validate(_compose(*args))
+    typed = validate(_compose("attacks.hidden_state.seq_len=4", "attacks.hidden_state.max_rows=1",
+                              "attacks.speculation_length.pairs=6", "attacks.output_frequency.enabled=false"))
+    hidden, spec = typed.attacks["hidden_state"], typed.attacks["speculation_length"]
+    assert isinstance(hidden, HiddenStateCfg) and (hidden.seq_len, hidden.max_rows) == (4, 1)
+    assert isinstance(spec, SpeculationLengthCfg) and spec.pairs == 6
+    assert typed.attacks["output_frequency"].enabled is False and typed.attacks["multiset"].enabled is True
+    assert hidden.drifts == [0.0, 10.0] and hidden.drift_lr == 1e-4  # yaml `1e-4` and ints typed as the class says
+
+
+def test_unknown_key_names_the_attack_and_its_known_keys():
+    with pytest.raises(ValueError, match=r"attacks\.multiset: unknown key\(s\) \['pairs'\]") as err:
+        validate(_compose("+attacks.multiset.pairs=3"))  # speculation_length's key: the union took it silently
+    assert "MultisetCfg" in str(err.value) and "'drifts'" in str(err.value) and "'max_rows'" in str(err.value)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("attacks.hidden_state.seq_len=abc", r"attacks\.hidden_state\.seq_len='abc' has the wrong type: .* expects int"),
+    ("attacks.known_plaintext.ns=[1,x]", r"attacks\.known_plaintext\.ns=\[1, 'x'\] .* expects list\[int\]"),
+    ("attacks.noise_frontier.sigmas_rel=0.3", r"attacks\.noise_frontier\.sigmas_rel=0\.3 .* expects list\[float\]"),
+    ("attacks.vit_patch.enabled=maybe", r"attacks\.vit_patch\.enabled='maybe' .* expects bool"),
+])
+def test_wrong_type_names_the_key_and_the_expected_type(override, expected):
+    with pytest.raises(ValueError, match=expected):
+        validate(_compose(override))
+
+
+def test_a_value_outside_the_choices_fails_before_any_attack_runs():
+    with pytest.raises(ValueError, match=r"draft_corpus='web'.*choose from \['none', 'public'\]"):
+        validate(_compose("attacks.speculation_length.draft_corpus=web"))
+    with pytest.raises(ValueError, match=r"schemes=.*\['rot'\] not allowed"):
+        validate(_compose("attacks.scheme_matrix.schemes=[stip,rot]"))
+    with pytest.raises(ValueError, match=r"attacks\.baselines\.models names \['gpt3'\]"):
+        validate(_compose("attacks.baselines.split_models=[gpt3]"))
