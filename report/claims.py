@@ -16,6 +16,7 @@ import yaml
 
 from report.artifacts import APPROX_BAND, Comparison, close_to_paper
 from report.reported import REPORTED_DIR, ReportedValue
+from stip.attacks.scoring import METRICS
 
 CLAIMS_DIR = REPORTED_DIR / "claims"
 VERDICTS = {
@@ -67,6 +68,10 @@ def load_claims(path: Path | None = None) -> list[Claim]:
                 raise ValueError(f"{file}: claim {raw.get('id')!r}: needs id, section, quote; unknown {unknown}")
             if not raw.get("from") and not raw.get("privacy"):
                 raise ValueError(f"{file}: claim {raw['id']!r} names no rows (`from`) and no attacks (`privacy`)")
+            stale = {m for ms in (raw.get("privacy") or {}).values() for m in ms} - set(METRICS)
+            if stale:  # a renamed metric would leave the claim judged on fewer attacks, silently
+                raise ValueError(f"{file}: claim {raw['id']!r} reads metrics {sorted(stale)} that no attack writes; "
+                                 f"known (stip.attacks.scoring.METRICS): {sorted(METRICS)}")
             out.append(Claim(raw["id"], raw["section"], " ".join(raw["quote"].split()), tuple(raw.get("from") or ()),
                              {k: tuple(v) for k, v in (raw.get("privacy") or {}).items()},
                              tuple(raw.get("readings") or ()), tuple(raw.get("host_bound") or ()), raw.get("agree"),

@@ -113,6 +113,14 @@ def test_weights_come_from_the_model_configs():
 
 
 @pytest.mark.skipif(not PAPER.is_file(), reason="the shared papers folder is not here")
+def test_a_claim_reading_a_metric_no_attack_writes_is_refused(tmp_path):
+    """A renamed attack metric once left a security claim judged on fewer attacks with no warning."""
+    (tmp_path / "c.yaml").write_text("claims:\n  - {id: x, section: s, quote: q, "
+                                     "privacy: {weight_alignment: [token_recovery_with_recovered_pi]}}\n")
+    with pytest.raises(ValueError, match="token_recovery_with_recovered_pi"):
+        load_claims(tmp_path)
+
+
 def test_every_claim_is_quoted_verbatim():
     text = " ".join(PAPER.read_text().split())
     claims = load_claims()
