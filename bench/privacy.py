@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.app import CONFIG_DIR, _absolute
 from bench.privacy_configs import (
-    C,
     AttackConfig,
     BaselinesCfg,
+    C,
     Drifting,
     FunctionalTheftCfg,
     HiddenStateCfg,
