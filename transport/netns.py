@@ -119,11 +119,16 @@ class Party:
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """`argv` run inside this party's namespace (`ip netns exec`)."""
-        return ["ip", "netns", "exec", self.netns, *argv]
+        return [*exec_prefix(self.netns), *argv]
 
     def enter(self) -> None:
         """Move the calling process (a forked party, before it opens any socket) into this namespace."""
         enter_netns(self.netns)
+
+
+def exec_prefix(name: str) -> list[str]:
+    """The argv prefix that runs a command inside network namespace `name` (iproute2 execs it there)."""
+    return ["ip", "netns", "exec", name]
 
 
 def enter_netns(name: str) -> None:

@@ -13,18 +13,27 @@ Request keys: checkpoint, model_type (bert | gpt2), output (last_hidden_state | 
 (a party's longest wait for a peer's message), embedding (mpc: one-hot x table in MPC | device: the device looks
 its tokens up in its own copy of the token table and secret-shares the vectors, as CrypTen's embedding=device;
 positions and token types are then added in MPC from the server's tables at public indices, a local operation).
+Parties as processes: "link": "brpc" runs each party as its own process (baselines.spu.party) over SPU's brpc link
+instead of threads over in-memory links ("mem", the default); "addresses" (one host:port per rank; default
+127.0.0.1 with free ports), "allow_network" (required beyond loopback), "local" (ranks started here, default all;
+each other rank gets its job file and a printed command), "launch_prefix" (rank -> argv prefix, e.g.
+`ip netns exec NS` from transport.netns.Party.exec_argv), "job_dir" (kept; default a temporary folder removed
+after an all-local run). Each party reports its own Link details; the run's seconds are the slowest party's.
 """
 from __future__ import annotations
 
-import ctypes
+import ipaddress
 import json
 import os
-import re
-import signal
+import shlex
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -38,16 +47,26 @@ import transformers
 from spu.utils import frontend as spu_fe
 
 from baselines.spu.approximations import patched
+from baselines.spu.party import (
+    DEVICE,
+    JOB_VERSION,
+    CapturedLog,
+    add_ops,
+    dump_plain,
+    exit_with_parent,
+    load_plain,
+    parse_profile,
+    share_from_plain,
+    share_to_plain,
+)
 
 PARTIES = {"ABY3": 3, "CHEETAH": 2, "SEMI2K": 2}
 EMBEDDINGS = ("mpc", "device")
+LINKS = ("mem", "brpc")
+FLAG = "parties.allow_network=true"  # baselines.mpc.hosts.FLAG: the one switch for parties beyond loopback
+REPO = Path(__file__).resolve().parents[2]
 WORD_EMBEDDING = {"bert": ("embeddings", "word_embeddings"), "gpt2": ("transformer", "wte")}  # Flax param paths
 DEVICE_EMBEDS: list[Any] = []  # the device's token vectors while forward() traces (embedding=device)
-LINK = re.compile(r"Link details: total send bytes (\d+), recv bytes (\d+), send actions (\d+), recv actions (\d+)")
-OP = re.compile(r"- (\S+), executed (\d+) times, duration ([0-9.e+-]+)s, send bytes (\d+) recv bytes (\d+), "
-                r"send actions (\d+), recv actions (\d+)")
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-SECTION = re.compile(r"(HLO|HAL|MPC) profiling: total time")
 
 
 def runtime_config(protocol: str, approx: str, fraction_bits: int) -> Any:
@@ -107,52 +126,6 @@ def load_model(checkpoint: str, model_type: str) -> Any:
     return classes[model_type].from_pretrained(checkpoint, from_pt=True)
 
 
-def parse_profile(text: str) -> dict[str, Any]:
-    """Per-party link totals (one 'Link details' line per party) and the profiled parties' per-op counts."""
-    links = [dict(zip(("send_bytes", "recv_bytes", "send_actions", "recv_actions"), map(int, m.groups())))
-             for m in LINK.finditer(text)]
-    ops: dict[str, dict[str, dict[str, float]]] = {}
-    section = None
-    for line in text.splitlines():
-        s = SECTION.search(line)
-        if s:
-            section = s.group(1)
-            continue
-        m = OP.search(line)
-        if m and section:
-            name = m.group(1)
-            entry = ops.setdefault(section, {}).setdefault(name, {"count": 0, "seconds": 0.0, "send_bytes": 0,
-                                                                   "send_actions": 0})
-            entry["count"] += int(m.group(2))
-            entry["seconds"] += float(m.group(3))
-            entry["send_bytes"] += int(m.group(4))
-            entry["send_actions"] += int(m.group(6))
-    return {"links": links, "ops": ops}
-
-
-class CapturedLog:
-    """fds 1 and 2 redirected into a file for the block: SPU's C++ logger writes its profile to stdout."""
-    def __enter__(self) -> "CapturedLog":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.file = tempfile.TemporaryFile(mode="w+b")
-        self.saved = [os.dup(1), os.dup(2)]
-        os.dup2(self.file.fileno(), 1)
-        os.dup2(self.file.fileno(), 2)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, saved in zip((1, 2), self.saved):
-            os.dup2(saved, fd)
-            os.close(saved)
-        self.file.seek(0)
-        self.text = self.file.read().decode("utf-8", "replace")
-        self.file.close()
-        sys.stderr.write(self.text)  # the profile stays in the driver's log too
-
-
 def run_parties(executable: Any, shares: list[list[Any]], cfg: Any, n: int,
                 recv_timeout_s: float) -> list[list[Any]]:
     """One thread per party over in-memory links; every party profiles; returns each party's output shares."""
@@ -185,11 +158,163 @@ def run_parties(executable: Any, shares: list[list[Any]], cfg: Any, n: int,
     return results
 
 
+def _split_address(address: str, rank: int) -> tuple[str, int | None]:
+    """host:port, [v6]:port or a bare host (port None: a free one is picked where the rank runs here)."""
+    text = str(address).strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host or (port and not port.isdigit()):
+        raise ValueError(f"addresses[{rank}]={address!r}: give rank {rank}'s host:port (e.g. 127.0.0.1:9530)")
+    return host, int(port) if port else None
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether every address `host` resolves to is loopback (transport.auth.is_loopback's test, stdlib only)."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve SPU party host {host!r}: {exc}") from exc
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+def free_port(host: str) -> int:
+    """A port nothing listens on at `host` now (the party binds it a moment later)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def party_addresses(req: dict[str, Any], n: int, local: list[int]) -> list[str]:
+    """One host:port per rank: the request's "addresses" (default 127.0.0.1 for every rank), free ports where none
+    is given; beyond loopback only with "allow_network" (the runner's parties.allow_network=true)."""
+    given = req.get("addresses") or ["127.0.0.1"] * n
+    if len(given) != n:
+        raise ValueError(f"addresses has {len(given)} entries; SPU {req['protocol']} runs {n} parties: give one "
+                         "host:port per rank")
+    out = []
+    for rank, address in enumerate(given):
+        host, port = _split_address(address, rank)
+        if not _is_loopback(host) and not req.get("allow_network"):
+            raise ValueError(f"addresses[{rank}]={address!r} is not loopback: an SPU party's brpc server listens on "
+                             f"its address; refused unless asked for: set {FLAG} (on a network you trust, or "
+                             "with TLS; docs/multi-host.md)")
+        if port is None:
+            if rank not in local or not _is_loopback(host):
+                raise ValueError(f"addresses[{rank}]={address!r} has no port: a free one is picked only for a "
+                                 "loopback rank this driver starts; give host:port")
+            port = free_port(host)
+        out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return out
+
+
+def party_command(job_file: Path, exit_with_parent: bool = False) -> list[str]:
+    """The command that runs one party from its job file (in a checkout of the same commit, with .venv-spu)."""
+    return [sys.executable, "-m", "baselines.spu.party", "--job", str(job_file),
+            *(["--exit-with-parent"] if exit_with_parent else [])]
+
+
+def _stop(procs: dict[int, subprocess.Popen]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+def run_processes(executable: Any, shares: list[list[Any]], cfg: Any, n: int, req: dict[str, Any]) -> dict[str, Any]:
+    """Every party its own process over SPU's brpc link (baselines.spu.party); each job file holds only that rank's
+    shares. Returns per-party reports (rank order) from the device's result file, and where each party ran."""
+    local = sorted({int(r) for r in req.get("local", range(n))})
+    if DEVICE not in local or any(not 0 <= r < n for r in local):
+        raise ValueError(f"local={local}: ranks of 0..{n - 1} this driver starts, including the device ({DEVICE}), "
+                         "which collects the reports and the output shares")
+    addresses = party_addresses(req, n, local)
+    prefixes = {int(r): list(p) for r, p in (req.get("launch_prefix") or {}).items()}
+    timeout_s = float(req.get("timeout_s", 3600))
+    job_dir = Path(req["job_dir"]) if req.get("job_dir") else Path(tempfile.mkdtemp(prefix="spu-parties-"))
+    job_dir.mkdir(parents=True, exist_ok=True)
+    remote = [r for r in range(n) if r not in local]
+    result_file = job_dir / "result.pkl"
+    common = {"version": JOB_VERSION, "parties": n, "addresses": addresses, "device": DEVICE,
+              "runtime_config": cfg.SerializeToString(), "executable": executable.SerializeToString(),
+              "runs": int(req.get("runs", 1)), "recv_timeout_s": timeout_s,
+              "connect_timeout_s": timeout_s if remote else 60.0}
+    jobs = {}
+    for rank in range(n):
+        jobs[rank] = job_dir / f"rank{rank}.job"
+        own = [{"name": executable.input_names[i], **share_to_plain(share[rank])} for i, share in enumerate(shares)]
+        dump_plain({**common, "rank": rank, "inputs": own,
+                    "result": str(result_file) if rank == DEVICE else None}, jobs[rank])
+    commands = {}
+    for rank in remote:
+        argv = [".venv-spu/bin/python", *party_command(jobs[rank])[1:]]
+        commands[rank] = shlex.join(argv)
+        print(f"SPU rank {rank} listens on {addresses[rank]}: copy {jobs[rank]} there (it holds only rank {rank}'s "
+              f"shares) and run, in a checkout of this repository at the same commit:\n    {commands[rank]}",
+              file=sys.stderr, flush=True)
+    procs: dict[int, subprocess.Popen] = {}
+    logs = {rank: job_dir / f"rank{rank}.log" for rank in local}
+    try:
+        for rank in local:
+            with open(logs[rank], "wb") as log:
+                procs[rank] = subprocess.Popen([*prefixes.get(rank, []), *party_command(jobs[rank], True)],
+                                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy())
+        deadline = time.monotonic() + timeout_s
+        while any(p.poll() is None for p in procs.values()):
+            failed = [r for r, p in procs.items() if p.returncode not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"SPU party {failed[0]} exited {procs[failed[0]].returncode}; its log "
+                                   f"({logs[failed[0]]}) ends:\n{_tail(logs[failed[0]])}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"SPU parties {[r for r, p in procs.items() if p.poll() is None]} still running "
+                                   f"after timeout_s={timeout_s}")
+            time.sleep(0.2)
+        failed = [r for r, p in procs.items() if p.returncode != 0]
+        if failed:
+            raise RuntimeError(f"SPU party {failed[0]} exited {procs[failed[0]].returncode}; its log "
+                               f"({logs[failed[0]]}) ends:\n{_tail(logs[failed[0]])}")
+        reports = load_plain(result_file.read_bytes())["reports"]
+    finally:
+        _stop(procs)
+        for rank in local:  # the parties' own logs (SPU's profiles) into the driver's log
+            sys.stderr.write(f"--- SPU party {rank} ---\n{_tail(logs[rank], 10**9)}")
+        if not remote and not req.get("job_dir"):
+            shutil.rmtree(job_dir, ignore_errors=True)  # job files hold shares: gone once used
+    return {"reports": reports, "addresses": addresses, "remote_commands": commands}
+
+
+def runs_of_reports(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run: the slowest party's seconds, each party's own link totals (rank order), all parties' ops summed."""
+    runs = []
+    for i in range(len(reports[0]["runs"])):
+        ops: dict[str, dict[str, dict[str, float]]] = {}
+        for rep in reports:
+            add_ops(ops, rep["runs"][i]["ops"])
+        runs.append({"seconds": max(rep["runs"][i]["seconds"] for rep in reports),
+                     "party_seconds": [rep["runs"][i]["seconds"] for rep in reports],
+                     "links": [rep["runs"][i]["link"] for rep in reports], "ops": ops})
+    return runs
+
+
 def run(req: dict[str, Any]) -> dict[str, Any]:
     """Compile once, run `runs` times; per run: wall seconds, per-party link totals, per-op profile."""
     protocol, approx = str(req["protocol"]).upper(), str(req["approx"])
     cfg = runtime_config(protocol, approx, int(req.get("fxp_fraction_bits", 0)))  # validates the protocol
     n = PARTIES[protocol]
+    link = str(req.get("link", "mem"))
+    if link not in LINKS:
+        raise ValueError(f"link {link!r}; choices: {list(LINKS)} (mem: threads of this process; brpc: one process "
+                         "per party)")
+    if link == "brpc":  # the placement's errors before minutes of compiling
+        party_addresses(req, n, sorted({int(r) for r in req.get("local", range(n))}))
     model = load_model(req["checkpoint"], req["model_type"])
     ids = np.asarray(req["input_ids"], dtype=np.int64)
     embedding = req.get("embedding", "mpc")
@@ -236,31 +361,29 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         compile_s = time.perf_counter() - t0
     io = spu_api.Io(n, cfg)
     shares = [io.make_shares(np.asarray(a), libspu.Visibility.VIS_SECRET) for a in flat]
-    runs = []
-    for _ in range(int(req.get("runs", 1))):
-        with CapturedLog() as cap:
-            t0 = time.perf_counter()
-            parties = run_parties(executable, shares, cfg, n, float(req.get("timeout_s", 3600)))
-            wall = time.perf_counter() - t0
-        prof = parse_profile(cap.text)
-        if len(prof["links"]) != n:
-            raise RuntimeError(f"expected {n} 'Link details' lines from SPU's profile, found {len(prof['links'])}; "
-                               f"log tail: {cap.text[-2000:]}")
-        runs.append({"seconds": wall, **prof})
-    out = np.asarray(io.reconstruct(list(parties[r][0] for r in range(n))), dtype=np.float64)
+    placed: dict[str, Any] = {}
+    if link == "brpc":
+        placed = run_processes(executable, shares, cfg, n, req)
+        runs = runs_of_reports(placed["reports"])
+        out_shares = [share_from_plain(rep["outputs"][0]) for rep in placed["reports"]]
+        placed = {"addresses": placed["addresses"], "remote_commands": placed["remote_commands"]}
+    else:
+        runs = []
+        for _ in range(int(req.get("runs", 1))):
+            with CapturedLog() as cap:
+                t0 = time.perf_counter()
+                parties = run_parties(executable, shares, cfg, n, float(req.get("timeout_s", 3600)))
+                wall = time.perf_counter() - t0
+            prof = parse_profile(cap.text)
+            if len(prof["links"]) != n:
+                raise RuntimeError(f"expected {n} 'Link details' lines from SPU's profile, found "
+                                   f"{len(prof['links'])}; log tail: {cap.text[-2000:]}")
+            runs.append({"seconds": wall, **prof})
+        out_shares = [parties[r][0] for r in range(n)]
+    out = np.asarray(io.reconstruct(out_shares), dtype=np.float64)
     return {"output": out.tolist(), "approx_plaintext": plain.tolist(), "parties": n, "compile_s": compile_s,
-            "runs": runs, "runtime": runtime_settings(cfg),
+            "runs": runs, "runtime": runtime_settings(cfg), "link": link, **placed,
             "versions": {"spu": spu.__version__, "jax": jax.__version__, "transformers": transformers.__version__}}
-
-
-def exit_with_parent() -> None:
-    """Die with the runner that started this process (Linux PR_SET_PDEATHSIG): an orphaned driver would hold
-    the cores for hours, and a Python watcher thread cannot run while SPU's C++ code holds the GIL."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() == 1:  # the runner died before the call above
-        os._exit(3)
 
 
 def main() -> None:

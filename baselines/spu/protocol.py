@@ -3,7 +3,8 @@
 `SpuEngine` is protocol=mpc's engine object for SPU (baselines.mpc.protocol.ENGINES); runs in the main environment.
 Rows (vocabulary of protocols/vocabulary.py), per measured run (warm-up runs dropped):
 - `latency` at `compute`, source `engine`: wall time of one forward with every party running on this host
-  (threads over SPU's in-memory links; they share its cores);
+  (threads over SPU's in-memory links; they share its cores); with `parties.hosts` (docs/multi-host.md) each party
+  is its own process over SPU's brpc link, and it is the slowest party's wall time, link included;
 - `bytes` at `total` (engine): the bytes all parties send, each party's own SPU link counter;
 - `rounds` at `total` (engine): send actions per party (all parties' sends / parties): one message per party
   per round in ABY3's ring, so it is the round count there, and an upper bound on rounds for Cheetah;
@@ -27,6 +28,7 @@ from baselines.spu.engine import (
     EMBEDDINGS,
     PROTOCOLS,
     SpuResult,
+    placement_request,
     run_spu_forward,
     runtime_settings,
     spu_bound,
@@ -81,9 +83,8 @@ def run(cfg: Any, model: ModelSpec, network: NetworkProfile, request: RunRequest
     security label read from the RuntimeConfig the driver ran with."""
     if request.task != "forward":
         raise ValueError(f"task {request.task!r} is not supported by protocol=mpc engine=spu; supported: 'forward'")
-    if request.parties is not None:
-        raise ValueError("parties.* places CrypTen's parties; SPU's parties run as threads of one driver here "
-                         "(multi-host SPU: docs/multi-host.md); set parties.rendezvous=null or protocol.engine=crypten")
+    if request.parties is not None:  # the placement's errors before the model is built
+        placement_request(request.parties, cfg.mpc_protocol)
     net = model.build()
     inputs = model.make_inputs(request.batch_size, request.seq_len, request.seed)
     if "input_ids" not in inputs:
@@ -94,7 +95,7 @@ def run(cfg: Any, model: ModelSpec, network: NetworkProfile, request: RunRequest
         out = net(input_ids=ids, attention_mask=mask)
     result = run_spu_forward(net, model.model_type, ids, protocol=cfg.mpc_protocol, approx=cfg.approx,
                              n_runs=request.warmup + request.repeats, workdir=request.workdir,
-                             timeout_s=cfg.timeout_s, embedding=cfg.embedding)
+                             timeout_s=cfg.timeout_s, embedding=cfg.embedding, parties=request.parties)
     write_profile(result, request)
     return rows(result, getattr(out, result.output_name), mask, network, request), security_of(result.runtime)
 
@@ -139,6 +140,7 @@ def write_profile(result: SpuResult, request: RunRequest) -> None:
     run_dir = request.workdir.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     profile = {"versions": result.versions, "runtime": result.runtime, "parties": result.parties,
+               "link": result.link, "addresses": result.addresses,
                "compile_s": result.compile_s,
                "runs": [{"seconds": r.seconds, "links": r.links, "ops": r.ops} for r in result.runs]}
     (run_dir / "spu_profile.json").write_text(json.dumps(profile, indent=1))
