@@ -96,7 +96,9 @@ def run_key(cfg: Mapping[str, Any]) -> dict:
     if address:  # a remote cloud is another measurement (a real link); local run ids stay as they were
         key["cloud_address"] = address
     parties = cfg.get("parties") or {}
-    if parties.get("rendezvous"):  # MPC parties placed elsewhere: another measurement (namespaces are not part of it)
+    # MPC parties placed elsewhere (CrypTen: a rendezvous; SPU: hosts alone): another measurement (namespaces are not
+    # part of it)
+    if parties.get("rendezvous") or parties.get("hosts"):
         key["parties"] = {k: parties.get(k) for k in ("rendezvous", "hosts")}
     return key
 
@@ -118,7 +120,7 @@ def remote_cloud_of(cfg: Mapping[str, Any]) -> RemoteCloudConfig | None:
 def parties_of(cfg: Mapping[str, Any]) -> PartiesConfig | None:
     """The `parties.*` options as a PartiesConfig, or None when every MPC party runs on this host's loopback."""
     parties = dict(cfg.get("parties") or {})
-    return PartiesConfig(**parties) if parties.get("rendezvous") else None
+    return PartiesConfig(**parties) if parties.get("rendezvous") or parties.get("hosts") else None
 
 
 def run_dir_of(cfg: Mapping[str, Any]) -> Path:

@@ -142,13 +142,20 @@ def cloud_problems(cloud: Mapping[str, Any], network: Mapping[str, Any]) -> list
 
 
 def parties_problems(parties: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
-    """`parties.*` places CrypTen's ranks only: set with another protocol or engine it would be silently ignored."""
-    if not parties.get("rendezvous"):
+    """`parties.*` places CrypTen's ranks (with a rendezvous) or SPU's (parties.hosts alone, host:port per rank):
+    set with another protocol or engine it would be silently ignored."""
+    rendezvous, hosts = parties.get("rendezvous"), parties.get("hosts")
+    if not rendezvous and not hosts:
         return []
-    if protocol.get("name") != "mpc" or protocol.get("engine", "crypten") != "crypten":
-        return [f"parties.rendezvous={parties.get('rendezvous')!r} places CrypTen's parties, but this run is "
+    engine = protocol.get("engine", "crypten")
+    if rendezvous and (protocol.get("name") != "mpc" or engine != "crypten"):
+        return [f"parties.rendezvous={rendezvous!r} places CrypTen's parties, but this run is "
                 f"protocol={protocol.get('name')!r} engine={protocol.get('engine')!r}; use protocol=mpc "
                 "protocol.engine=crypten, or cloud.address for a remote STIP/full-cloud cloud (docs/multi-host.md)"]
+    if not rendezvous and (protocol.get("name") != "mpc" or engine != "spu"):
+        return [f"parties.hosts={hosts!r} without parties.rendezvous places SPU's parties (one host:port per rank), "
+                f"but this run is protocol={protocol.get('name')!r} engine={engine!r}; use protocol=mpc "
+                "protocol.engine=spu, or give CrypTen's parties.rendezvous (docs/multi-host.md)"]
     if parties.get("netns") and int(os.geteuid()) != 0:
         return [f"parties.netns={parties.get('netns')!r}: entering a network namespace needs root"]
     return []
