@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import shlex
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -98,9 +99,17 @@ def drive_with_remote_ranks(request: dict[str, Any], log: Path) -> tuple[dict[st
     return json.loads(stdout), commands
 
 
-def per_party(result: SpuResult) -> list[list[tuple[int, int]]]:
-    """Per run: each party's (send bytes, send actions), sorted: the in-memory mode's profile lines carry no rank."""
-    return [sorted((p["send_bytes"], p["send_actions"]) for p in run.links) for run in result.runs]
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def per_run(result: SpuResult) -> list[tuple[int, int]]:
+    """Per run: (send bytes, send actions) summed over the parties. Not per party: ABY3's split between parties
+    changes from run to run even over in-memory threads (seen: 208504/208744/215656 bytes, then 208264/208600/216040,
+    both 632904 in all), so the invariant a transport must keep is each run's total."""
+    return [(sum(p["send_bytes"] for p in run.links), sum(p["send_actions"] for p in run.links)) for run in result.runs]
 
 
 def toy(seq: int = 6) -> tuple[Any, torch.Tensor]:
@@ -112,7 +121,7 @@ def toy(seq: int = 6) -> tuple[Any, torch.Tensor]:
 @pytest.mark.timeout(300)
 def test_brpc_processes_on_loopback_match_the_in_memory_threads(tmp_path: Path) -> None:
     """3-party ABY3 on a toy BERT: each party its own process on 127.0.0.1 reports the same bytes and send actions
-    as the threads over in-memory links (SPU counts at yacl's link context, before brpc frames a message)."""
+    in all as the threads over in-memory links (SPU counts at yacl's link context, before brpc frames a message)."""
     net, ids = toy()
     common = {"protocol": "aby3", "approx": "puma", "n_runs": 2, "timeout_s": 240}
     mem = run_spu_forward(net, "bert", ids, workdir=tmp_path / "mem", **common)
@@ -120,9 +129,9 @@ def test_brpc_processes_on_loopback_match_the_in_memory_threads(tmp_path: Path) 
                            parties=PartiesConfig(hosts=["127.0.0.1"] * 3, local=[0, 1, 2]))
     assert (mem.link, brpc.link) == ("mem", "brpc")
     assert len(set(brpc.addresses)) == 3 and all(a.startswith("127.0.0.1:") for a in brpc.addresses)
-    assert per_party(brpc) == per_party(mem), (per_party(brpc), per_party(mem))
+    assert per_run(brpc) == per_run(mem), (per_run(brpc), per_run(mem))
     assert [r.bytes for r in brpc.runs] == [r.bytes for r in mem.runs] and brpc.runs[0].bytes > 0
-    assert brpc.runs[0].links == brpc.runs[1].links  # each rank's own counter, run after run
+    assert all(len(run.links) == 3 and all(p["send_bytes"] > 0 for p in run.links) for run in brpc.runs)
     # fresh random shares and PRG seeds in each mode: the outputs agree within SPU's fixed-point error
     assert (brpc.output - mem.output).abs().max() < 0.02
     assert (brpc.output - brpc.approx_plaintext).abs().max() < 0.02
@@ -140,7 +149,8 @@ def test_a_remote_rank_runs_from_the_printed_command_with_only_its_own_shares(tm
     res, commands = drive_with_remote_ranks(
         {"checkpoint": str(ckpt), "model_type": "bert", "output": "last_hidden_state", "input_ids": ids.tolist(),
          "protocol": "CHEETAH", "approx": "nimbus", "runs": 1, "timeout_s": 240, "link": "brpc",
-         "local": [1], "job_dir": str(jobs)}, tmp_path / "driver.log")
+         "local": [1], "addresses": [f"127.0.0.1:{free_port()}", "127.0.0.1"],  # a remote rank's port is given
+         "job_dir": str(jobs)}, tmp_path / "driver.log")
     assert commands == [f".venv-spu/bin/python -m baselines.spu.party --job {jobs / 'rank0.job'}"]
     assert res["link"] == "brpc" and len(res["runs"][0]["links"]) == 2
     assert all(link["send_bytes"] > 0 for link in res["runs"][0]["links"])
@@ -167,7 +177,7 @@ NETNS = netns.unavailable_reason() if HAS_SPU else "needs .venv-spu (make instal
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(NETNS is not None, reason=f"SPU parties across namespaces: {NETNS}")
 def test_brpc_processes_across_namespaces_behind_tbf_match_the_in_memory_threads(tmp_path: Path) -> None:
-    """3-party ABY3, each party in its own namespace behind a 50 Mbit/s tbf: same bytes and send actions per party as
+    """3-party ABY3, each party in its own namespace behind a 50 Mbit/s tbf: same bytes and send actions in all as
     in memory, and each party's limiter passed at least what SPU counted it sending (brpc's framing on top)."""
     before = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True).stdout
     net, ids = toy()
@@ -180,7 +190,7 @@ def test_brpc_processes_across_namespaces_behind_tbf_match_the_in_memory_threads
                                 netns={r: ns.parties[p].netns for r, p in enumerate(names)})
         placed = run_spu_forward(net, "bert", ids, workdir=tmp_path / "ns", **common, parties=parties)
         wire = [qdisc_sent(ns.qdiscs(p)) for p in names]
-    assert per_party(placed) == per_party(mem), (per_party(placed), per_party(mem))
+    assert per_run(placed) == per_run(mem), (per_run(placed), per_run(mem))
     assert (placed.output - mem.output).abs().max() < 0.02
     counted = [link["send_bytes"] for link in placed.runs[0].links]
     assert all(w >= c for w, c in zip(wire, counted)), (wire, counted)
