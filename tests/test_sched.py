@@ -1,4 +1,4 @@
-"""The scheduler slice (transport.sched): parsed, applied, inherited by the cloud process, recorded per run."""
+"""The scheduler slice and nice value (transport.sched): parsed, applied, inherited by the cloud process, recorded."""
 from __future__ import annotations
 
 import os
@@ -9,17 +9,23 @@ import pytest
 
 from transport import CloudProcess
 from transport.sched import (
+    DEFAULT_NICE,
     DEFAULT_SLICE_US,
     KERNEL,
+    NICE_ENV_VAR,
     SLICE_ENV_VAR,
+    apply_nice,
     apply_slice,
+    read_nice,
     read_slice,
+    resolve_nice,
     resolve_slice,
 )
 from transport.threads import apply_threads
 
 FACTORY = "helpers.thread_probe:make_probe"
 SUPPORTED = read_slice()["slice_us"] is not None  # Linux >= 6.12 reports its EEVDF slice
+PRIVILEGED = os.geteuid() == 0  # root may lower the nice value (as CAP_SYS_NICE may)
 
 
 @pytest.fixture
@@ -85,3 +91,44 @@ def test_cloud_process_serves_with_the_slice_and_reports_it(setting, restore_sli
     want = {None: DEFAULT_SLICE_US, "kernel": default, "300": 300}[setting]
     assert call.cloud_sched_slice_us == want  # the thread that ran the handler
     assert described["threads"]["sched_slice_us"] == want
+
+
+def test_resolve_nice(monkeypatch):
+    monkeypatch.delenv(NICE_ENV_VAR, raising=False)
+    assert resolve_nice() == DEFAULT_NICE == -10
+    assert resolve_nice(5) == 5 and resolve_nice("keep") is None and resolve_nice("-20") == -20
+    monkeypatch.setenv(NICE_ENV_VAR, "3")
+    assert resolve_nice() == 3
+    for bad, match in ((-21, "outside"), (20, "outside"), ("high", "not a whole number")):
+        with pytest.raises(ValueError, match=match):
+            resolve_nice(bad)
+
+
+def test_a_refused_nice_value_is_recorded_not_raised(monkeypatch, restore_threads):
+    def refuse(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("transport.sched.os.setpriority", refuse)
+    before = read_nice()
+    got = apply_nice(before - 1)
+    assert got["nice"] == before == read_nice() and "refused (Operation not permitted)" in got["reason"]
+    monkeypatch.delenv(NICE_ENV_VAR, raising=False)
+    if before != DEFAULT_NICE:  # apply_threads asks for the default: refused, it says why in the conditions
+        assert "CAP_SYS_NICE" in apply_threads(1)["nice_reason"]
+
+
+@pytest.mark.skipif(not PRIVILEGED, reason="lowering the nice value needs root or CAP_SYS_NICE")
+def test_children_and_the_cloud_process_inherit_the_nice_value(monkeypatch, restore_threads):
+    monkeypatch.delenv(NICE_ENV_VAR, raising=False)
+    threads = apply_threads(1)  # what the runner does
+    assert threads["nice"] == read_nice() == DEFAULT_NICE and "nice_reason" not in threads
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"],
+                         capture_output=True, text=True, check=True, timeout=60)
+    assert int(out.stdout) == DEFAULT_NICE  # MPC parties and SPU's driver too
+    monkeypatch.setenv(NICE_ENV_VAR, "-3")
+    with CloudProcess(FACTORY, {}) as cloud:  # the cloud applies $STIP_NICE itself before it serves
+        cloud.call("threads", {}, {})
+        call = cloud.last_call
+        _, described = cloud.call("describe", {}, {})
+    assert call.cloud_nice == -3 and described["threads"]["nice"] == -3
+    assert apply_nice(0) == {"requested": 0, "nice": 0} and os.environ[NICE_ENV_VAR] == "0"

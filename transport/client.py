@@ -94,6 +94,7 @@ class CallRecord:
     cloud_compute_cpu: float | None = None  # the cloud process's CPU time in the handler (None: server did not say)
     cloud_threads: int | None = None  # the cloud's torch intra-op threads during the call (as it reported)
     cloud_sched_slice_us: float | None = None  # the serving thread's scheduler slice (transport.sched), as reported
+    cloud_nice: int | None = None  # the serving thread's nice value (transport.sched), as reported
 
     @property
     def timing(self) -> dict[str, float]:
@@ -276,7 +277,7 @@ class CloudClient:
             link_time_up=self.link.one_way_time(len(frame)), link_time_down=link_down,
             request_overhead_bytes=len(frame) - request_payload, reply=reply,
             cloud_compute_cpu=runtime.get("cloud_compute_cpu"), cloud_threads=runtime.get("threads"),
-            cloud_sched_slice_us=runtime.get("sched_slice_us"))
+            cloud_sched_slice_us=runtime.get("sched_slice_us"), cloud_nice=runtime.get("nice"))
         self.last_call, self.last_timing = record, record.timing
         if reply.kind == KIND_ERROR:
             raise CloudError(f"{self.describe} refused {method!r}: {reply.error}",

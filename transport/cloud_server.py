@@ -46,7 +46,7 @@ from transport.auth import tokens_match
 from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, profile_from_dict
-from transport.sched import read_slice
+from transport.sched import read_nice, read_slice
 from transport.threads import apply_threads, read_threads
 from transport.wire import (
     KIND_ERROR,
@@ -574,7 +574,7 @@ class CloudServer:
             tensors, meta = self._unpack_result(request.kind, result)
             meta = {**meta, RUNTIME_META_KEY: {"cloud_compute": cloud_compute, "cloud_compute_cpu": cloud_cpu,
                                                "threads": torch.get_num_threads(),
-                                               "sched_slice_us": read_slice()["slice_us"]}}
+                                               "sched_slice_us": read_slice()["slice_us"], "nice": read_nice()}}
             return encode_frame(KIND_RESULT, tensors, meta, max_bytes=self.max_message_bytes)  # sent unjoined
         except Exception as exc:  # bad types, non-JSON meta, too large, tensors that will not copy
             log.error("handler method %r returned an unsendable result: %s", request.kind, exc)

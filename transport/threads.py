@@ -14,8 +14,9 @@ kept busy (docs/harness.md "Timing on a shared host"): bert-tiny cloud compute 1
 cloud take turns; two MPC parties) number no more than the cores. On a dedicated many-core host, pass a
 larger count (`run.threads`, `protocol.cloud_threads`); the run records what it used.
 
-`apply_threads` also asks for a short scheduler slice (transport.sched), so that the wake-ups within a request
-are not queued behind other processes' busy cores; `read_threads` reports it as `sched_slice_us`.
+`apply_threads` also asks for a short scheduler slice and a lower nice value (transport.sched), so that the
+wake-ups within a request are not queued behind other processes' busy cores and a forward is not halved by
+them; `read_threads` reports both (`sched_slice_us`, `nice`; `nice_reason` where the kernel refused).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from transport.sched import apply_slice, read_slice
+from transport.sched import apply_nice, apply_slice, read_nice, read_slice
 
 DEFAULT_THREADS = 1
 # NUMBA_NUM_THREADS: numba's OpenMP layer (loaded by `dcor`, the privacy rows) sets the process-wide OpenMP count
@@ -83,6 +84,7 @@ def apply_threads(requested: Any = None) -> dict[str, Any]:
     """
     n = resolve_threads(requested)
     os.environ.update(thread_env(n))
+    nice = apply_nice()  # the priority ($STIP_NICE, default -10 where permitted): transport.sched
     apply_slice()  # the scheduler slice ($STIP_SCHED_SLICE_US, default 0.1 ms): transport.sched
     torch.set_num_threads(n)
     if torch.get_num_interop_threads() != n:
@@ -90,14 +92,14 @@ def apply_threads(requested: Any = None) -> dict[str, Any]:
             torch.set_num_interop_threads(n)
         except RuntimeError:  # inter-op pool already started; recorded below as it is
             pass
-    return read_threads(requested=n)
+    return {**read_threads(requested=n), **({"nice_reason": nice["reason"]} if "reason" in nice else {})}
 
 
 def read_threads(requested: int | None = None) -> dict[str, Any]:
     """The thread settings in force in this process (what a run records for each of its processes)."""
     out: dict[str, Any] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
                            "env": {var: os.environ.get(var) for var in THREAD_ENV_VARS},
-                           "sched_slice_us": read_slice()["slice_us"]}
+                           "sched_slice_us": read_slice()["slice_us"], "nice": read_nice()}
     if requested is not None:
         out["requested"] = int(requested)
     return out

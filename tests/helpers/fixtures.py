@@ -17,18 +17,27 @@ def set_offline_env() -> None:
 
 @pytest.fixture
 def restore_threads() -> Iterator[None]:
-    """A test that runs the runner in-process changes this process's threads, scheduler slice and their environment:
-    put them back."""
+    """A test that runs the runner in-process changes this process's threads, scheduler slice, nice value and their
+    environment: put them back."""
     import torch  # noqa: PLC0415 - conftest imports this module before set_offline_env(): load after it
 
-    from transport.sched import KERNEL, SLICE_ENV_VAR, apply_slice  # noqa: PLC0415 - environment first (above)
+    from transport.sched import (  # noqa: PLC0415 - environment first (above)
+        KERNEL,
+        NICE_ENV_VAR,
+        SLICE_ENV_VAR,
+        apply_nice,
+        apply_slice,
+        read_nice,
+    )
     from transport.threads import THREAD_ENV_VARS  # noqa: PLC0415 - environment first (above)
 
-    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in (*THREAD_ENV_VARS, SLICE_ENV_VAR)}
+    env = {v: os.environ.get(v) for v in (*THREAD_ENV_VARS, SLICE_ENV_VAR, NICE_ENV_VAR)}
+    before, nice = torch.get_num_threads(), read_nice()
     yield
     torch.set_num_threads(before)
     apply_slice(env[SLICE_ENV_VAR] or KERNEL)  # the slice this thread had (the kernel's, unless one was set)
-    for var, val in env.items():  # after apply_slice, which exports its own value
+    apply_nice(nice)  # raising it back is always allowed; lowering it needs the privilege the run had
+    for var, val in env.items():  # after apply_slice and apply_nice, which export their own values
         if val is None:
             os.environ.pop(var, None)
         else:
