@@ -45,11 +45,20 @@ def _own_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def busy_and_own_seconds() -> tuple[float, float]:
-    """(CPU seconds every process spent on this process's cores, CPU seconds of this process and its reaped
-    children), both since they started: the difference of two samples over the wall time between them is the
-    cores other processes kept busy."""
-    return _busy_seconds(_cpu_ids()), _own_seconds()
+class OtherLoad:
+    """Cores other processes keep busy from construction on: the busy CPU seconds of this process's cores less
+    this process's and its reaped children's, over the wall time. Unlike the load average, whose minute-long
+    memory holds the harness's own previous job, it sees only others (a run's conditions, a whole profile)."""
+
+    def __init__(self) -> None:
+        self.cpus = _cpu_ids()
+        self.wall, self.busy, self.own = time.perf_counter(), _busy_seconds(self.cpus), _own_seconds()
+
+    def sample(self) -> tuple[float, float, float]:
+        """(wall seconds, own CPU seconds, cores others kept busy) since construction."""
+        wall = time.perf_counter() - self.wall
+        busy, own = _busy_seconds(self.cpus) - self.busy, _own_seconds() - self.own
+        return wall, own, max(busy - own, 0.0) / wall if wall > 0 else 0.0
 
 
 def backend_summary() -> dict[str, Any]:
@@ -64,26 +73,21 @@ class RunConditions:
 
     def __init__(self, threads: int | None = None) -> None:
         self.requested = threads
-        self.cpus = _cpu_ids()
         self.device_threads: dict[str, Any] = {}
-        self._before: dict[str, float] = {}
 
     def start(self) -> RunConditions:
         """Apply the thread policy to this (the device's) process, then take the 'before' sample."""
         self.device_threads = apply_threads(self.requested)
         self.load_before = list(psutil.getloadavg())
-        self._before = {"wall": time.perf_counter(), "busy": _busy_seconds(self.cpus), "own": _own_seconds()}
+        self.load = OtherLoad()
         return self
 
     def finish(self, rows: list[Row], process_threads: Mapping[str, Any] | None = None,
                accelerator: Mapping[str, Any] | str | None = None) -> tuple[dict, list[str]]:
         """(report.conditions, report.noisy) of the run whose rows these are; `accelerator` is what the cloud process
         reported it computed on (transport.cloud_server.process_accelerator), None where none did."""
-        wall = time.perf_counter() - self._before["wall"]
-        busy = _busy_seconds(self.cpus) - self._before["busy"]
-        own = _own_seconds() - self._before["own"]
+        wall, own, others = self.load.sample()
         usable = usable_cores()
-        others = max(busy - own, 0.0) / wall if wall > 0 else 0.0
         children = {"requested": inherited_threads()}  # what MPC parties and SPU's driver take (OMP_NUM_THREADS)
         device = {**self.device_threads, "intra_op_after": torch.get_num_threads()}
         threads = {"device": device, **(dict(process_threads) if process_threads else {"children": children})}

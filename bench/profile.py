@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.conditions import busy_and_own_seconds
+from bench.conditions import OtherLoad
 from protocols.paths import CONFIG_DIR, REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -125,23 +125,6 @@ def _write(path: Path, record: dict) -> None:
     tmp.replace(path)
 
 
-class HostLoad:
-    """Cores other processes kept busy while the profile ran: the host's busy CPU seconds minus the profile's own
-    (its reaped steps'), over the wall time. Unlike the load average at start, whose minute-long memory holds the
-    harness's own previous job (`make bench` runs bench-micro's busy-core benchmark just before), it sees only
-    others."""
-
-    def __init__(self) -> None:
-        self.wall = time.perf_counter()
-        self.busy, self.own = busy_and_own_seconds()
-
-    def other_cores(self) -> float:
-        wall = time.perf_counter() - self.wall
-        busy, own = busy_and_own_seconds()
-        others = (busy - self.busy) - (own - self.own)
-        return round(max(others, 0.0) / wall, 3) if wall > 0 else 0.0
-
-
 def run_profile(name: str, results: Path, runs: Path, profiles: Path = PROFILES) -> dict:
     """Every step of the profile, then aggregate and report; returns the profile.json record."""
     steps = load_profile(name, profiles)
@@ -151,12 +134,12 @@ def run_profile(name: str, results: Path, runs: Path, profiles: Path = PROFILES)
     record = {"profile": name, "profiles_file": str(profiles), "started": datetime.now(timezone.utc).isoformat(),
               "load_average_at_start": list(os.getloadavg()), "cpu_count": os.cpu_count(), "steps": []}
     path = results / "profile.json"
-    host = HostLoad()
+    host = OtherLoad()  # the report judges the host by others' cores, not by the load average at start
     for step in [*steps, *tail]:
         if step.name == "report":  # the report reads profile.json: write it complete up to here first
             record["finished"] = datetime.now(timezone.utc).isoformat()
             record["load_average_at_end"] = list(os.getloadavg())
-            record["other_load_cores"] = host.other_cores()
+            record["other_load_cores"] = round(host.sample()[2], 3)
             _write(path, record)
         record["steps"].append(asdict(run_step(step, results, runs)))
         _write(path, record)

@@ -232,7 +232,7 @@ def _counts(rep: ArtifactReport) -> str:
 
 
 def _host_load(profile: dict) -> str:
-    """The profile's host-load note: other processes' cores while it ran (bench.profile.HostLoad) where recorded;
+    """The profile's host-load note: other processes' cores while it ran (bench.conditions.OtherLoad) where recorded;
     else, for older records, the load average at start (which also holds the harness's own previous job)."""
     cores = profile.get("cpu_count") or 1
     others = profile.get("other_load_cores")
