@@ -85,6 +85,23 @@ def test_random_batch_never_uses_the_pad_id_at_real_positions():
     assert not torch.any(batch.real == 4) and batch.real.max() < 10 and (~batch.mask).any()
 
 
+def test_batch_from_sequences_pads_keeps_sources_and_gives_the_sequences_back():
+    seqs = [torch.tensor([5, 6, 7]), torch.tensor([], dtype=torch.long), torch.tensor([[8, 0]])]
+    batch = corpus.TokenBatch.from_sequences(seqs, pad_id=3, sources=["a", "empty", "b"], corpus="toy")
+    assert batch.ids.tolist() == [[5, 6, 7], [8, 0, 3]] and batch.mask.dtype == torch.bool
+    assert batch.sources == ("a", "b") and batch.corpus == "toy" and batch.pad_id == 3  # the empty one is dropped
+    assert [s.tolist() for s in batch.sequences] == [[5, 6, 7], [8, 0]]  # a real 0 is kept; only pads go
+    assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]] and batch.n_real == 5
+    assert corpus.TokenBatch.from_sequences(seqs[:1], pad_id=0).sources == ("sequence:0",)
+    with pytest.raises(ValueError, match="2 sources for 3 sequences"):
+        corpus.TokenBatch.from_sequences(seqs, pad_id=0, sources=["a", "b"])
+    with pytest.raises(ValueError, match="no real tokens"):
+        corpus.TokenBatch.from_sequences([torch.tensor([], dtype=torch.long)], pad_id=0)
+    random = corpus.random_batch(vocab=50, n_rows=4, seq_len=9, seed=2)
+    again = corpus.TokenBatch.from_sequences(random.sequences, random.pad_id, random.sources)
+    assert torch.equal(again.real, random.real) and torch.equal(again.mask.sum(1), random.mask.sum(1))
+
+
 def test_the_independent_vector_dcor_floor_sits_where_a_permutation_reads():
     x = torch.randn(16, 512, generator=torch.Generator().manual_seed(1))
     permuted = x[:, torch.randperm(512, generator=torch.Generator().manual_seed(2))]

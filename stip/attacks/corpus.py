@@ -39,6 +39,28 @@ class TokenBatch:
         if self.mask.dtype != torch.bool:
             object.__setattr__(self, "mask", self.mask.bool())
 
+    @classmethod
+    def from_sequences(cls, sequences: Sequence[torch.Tensor], pad_id: int,
+                       sources: Sequence[str] | None = None, corpus: str = "") -> "TokenBatch":
+        """Unpadded id sequences right-padded with pad_id to the longest; empty ones are dropped with their
+        source (they hold no real token). `sources` defaults to "sequence:<i>" by position."""
+        names = tuple(f"sequence:{i}" for i in range(len(sequences))) if sources is None else tuple(sources)
+        if len(names) != len(sequences):
+            raise ValueError(f"{len(names)} sources for {len(sequences)} sequences; give one per sequence")
+        kept = [(s.reshape(-1), n) for s, n in zip(sequences, names) if s.numel()]
+        if not kept:
+            raise ValueError("no real tokens: give at least one non-empty sequence")
+        seqs = [s for s, _ in kept]
+        ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_id)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s, dtype=torch.bool) for s in seqs],
+                                               batch_first=True)
+        return cls(ids, mask, tuple(n for _, n in kept), int(pad_id), corpus)
+
+    @property
+    def sequences(self) -> list[torch.Tensor]:
+        """Each row's real ids, unpadded (the row's masked positions in order)."""
+        return [row[keep] for row, keep in zip(self.ids, self.mask)]
+
     @property
     def real(self) -> torch.Tensor:
         """The real token ids, flattened row by row."""
