@@ -48,7 +48,7 @@ from protocols.privacy import dcor_both, dcor_independent
 from stip.attacks import corpus, measure, speculation
 from stip.attacks.corpus import TokenBatch
 from stip.attacks.frontier import noise_frontier
-from stip.attacks.matrix import MatrixCfg, Tokens, scheme_matrix
+from stip.attacks.matrix import MatrixCfg, scheme_matrix
 from stip.draft_corpus import package_texts, public_corpus
 from stip.parties import ModelDeveloper
 from stip.prompts import prompt_suite
@@ -311,17 +311,15 @@ def _speculation(m: Models, name: str, a: SpeculationLengthCfg, seed: int) -> Ro
     return measure.measure_speculation(name, model, tok, tasks, a.new_tokens, drafter, seed=seed)
 
 
-def real_tokens(m: Models, name: str, a: SchemeMatrixCfg, seed: int) -> Tokens:
+def real_tokens(m: Models, name: str, a: SchemeMatrixCfg, seed: int) -> TokenBatch:
     """The users' real tokens (stip.attacks.corpus: prompt suite, then package texts; random ids of random
     lengths for config-built models), right-padded; the matrix scores real positions only."""
     model, tok = m.get(name)
     if tok is None:
         vocab = model.get_input_embeddings().weight.shape[0]
-        batch = corpus.random_batch(vocab, max(1, a.real_tokens // a.row_len), a.row_len, seed=seed)
-    else:
-        batch = corpus.token_batch(tok, corpus.user_texts(), max_tokens=a.real_tokens, seq_len=a.row_len,
-                                   per_text=a.per_text)
-    return Tokens(batch.ids, batch.attention_mask, [r[k] for r, k in zip(batch.ids, batch.mask)])
+        return corpus.random_batch(vocab, max(1, a.real_tokens // a.row_len), a.row_len, seed=seed)
+    return corpus.token_batch(tok, corpus.user_texts(), max_tokens=a.real_tokens, seq_len=a.row_len,
+                              per_text=a.per_text)
 
 
 def _scheme_matrix(m: Models, name: str, a: SchemeMatrixCfg, seed: int) -> Rows:

@@ -6,8 +6,9 @@ import torch
 import transformers
 
 from stip.attacks import multiset
+from stip.attacks.corpus import TokenBatch
 from stip.attacks.hidden import states_at
-from stip.attacks.matrix import MatrixCfg, Tokens, attack_arm, build_arms, candidate_set, scores
+from stip.attacks.matrix import MatrixCfg, attack_arm, build_arms, candidate_set, scores
 from stip.attacks.rotation import gram_token_recovery, known_plaintext_rotation, procrustes_rotation
 from stip.errors import StipInputError
 from stip.schemes import fresh_key_arms, random_orthogonal, rotate_model, rotation_arm, stip_arm
@@ -29,9 +30,9 @@ def llama() -> transformers.LlamaForCausalLM:
 
 
 @pytest.fixture(scope="module")
-def tokens() -> Tokens:
+def tokens() -> TokenBatch:
     gen = torch.Generator().manual_seed(1)
-    return Tokens.from_sequences([torch.randint(2, VOCAB, (n,), generator=gen) for n in (10, 6, 12)], pad=0)
+    return TokenBatch.from_sequences([torch.randint(2, VOCAB, (n,), generator=gen) for n in (10, 6, 12)], pad_id=0)
 
 
 @pytest.mark.parametrize("make", [lambda m: stip_arm(m, 0), lambda m: rotation_arm(m, 0),
@@ -40,9 +41,9 @@ def tokens() -> Tokens:
                          ids=["stip", "rotation", "rotation_plain_vocab", "fresh_keys"])
 def test_exact_arms_give_plaintext_logits(llama, tokens, make):
     arm = make(llama)
-    ref = llama(input_ids=tokens.ids, attention_mask=tokens.mask).logits
-    out = arm.logits(tokens.ids, tokens.mask)
-    keep = tokens.mask.bool()
+    ref = llama(input_ids=tokens.ids, attention_mask=tokens.attention_mask).logits
+    out = arm.logits(tokens.ids, tokens.attention_mask)
+    keep = tokens.mask
     assert arm.exact
     torch.testing.assert_close(out[keep], ref[keep], atol=1e-4, rtol=1e-4)
 
@@ -51,9 +52,9 @@ def test_exact_arms_give_plaintext_logits(llama, tokens, make):
                          ids=["stip_noise", "rotation_noise"])
 def test_noise_arms_do_not_claim_exactness(llama, tokens, make):
     arm = make(llama)
-    ref = llama(input_ids=tokens.ids, attention_mask=tokens.mask).logits
+    ref = llama(input_ids=tokens.ids, attention_mask=tokens.attention_mask).logits
     assert not arm.exact
-    assert (arm.logits(tokens.ids, tokens.mask) - ref).abs().max() > 1e-4
+    assert (arm.logits(tokens.ids, tokens.attention_mask) - ref).abs().max() > 1e-4
 
 
 def test_rotation_cloud_hides_norm_scales_and_embeddings(llama):

@@ -20,34 +20,13 @@ from ..families import Family, get_family
 from ..schemes import Arm, fresh_key_arms, rotation_arm, stip_arm
 from . import hidden, kpa, multiset, rotation, weights
 from .baselines import nearest_tokens
+from .corpus import TokenBatch
 from .rows import row, timer
 from .scoring import token_scores
 
 ACCURACY = "plaintext model's top-1 on the same real tokens (device decodes the cloud's logits)"
 COST = "developer and device side cost of the scheme (this host, loaded; see summary)"
 SCHEMES = ("stip", "stip_noise", "stip_fresh_keys", "rotation", "rotation_noise")
-
-
-@dataclass
-class Tokens:
-    """Real tokens: a right-padded batch with its mask (1 = real) and the unpadded sequences."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor
-    sequences: list[torch.Tensor] = field(default_factory=list)
-
-    @classmethod
-    def from_sequences(cls, sequences: Sequence[torch.Tensor], pad: int) -> "Tokens":
-        seqs = [s.reshape(-1) for s in sequences if s.numel()]
-        if not seqs:
-            raise ValueError("no real tokens: give at least one non-empty sequence")
-        ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad)
-        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in seqs], batch_first=True)
-        return cls(ids, mask, seqs)
-
-    @property
-    def n_real(self) -> int:
-        return int(self.mask.sum())
 
 
 def scores(guess: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, float]:
@@ -101,14 +80,14 @@ def build_arms(model: PreTrainedModel, cfg: MatrixCfg, schemes: Sequence[str] = 
 
 
 @torch.no_grad()
-def accuracy_and_cost(name: str, arm: Arm, sessions: list[Arm], plain: PreTrainedModel, tokens: Tokens,
+def accuracy_and_cost(name: str, arm: Arm, sessions: list[Arm], plain: PreTrainedModel, tokens: TokenBatch,
                       reps: int, ref: torch.Tensor | None = None, latency_rows: int = 2) -> list[dict[str, Any]]:
     """Top-1 agreement and max |logit diff| on real positions (`ref`: plaintext logits of `tokens`);
     latency on the first `latency_rows` rows, interleaved with plaintext; bytes; re-transform cost."""
-    ref = plain(input_ids=tokens.ids, attention_mask=tokens.mask).logits if ref is None else ref
-    keep = tokens.mask.bool()
-    out = arm.logits(tokens.ids, tokens.mask)
-    small_ids, small_mask = tokens.ids[:latency_rows], tokens.mask[:latency_rows]
+    ref = plain(input_ids=tokens.ids, attention_mask=tokens.attention_mask).logits if ref is None else ref
+    keep = tokens.mask
+    out = arm.logits(tokens.ids, tokens.attention_mask)
+    small_ids, small_mask = tokens.ids[:latency_rows], tokens.attention_mask[:latency_rows]
     times, plain_times = [], []
     arm.logits(small_ids, small_mask)  # warm-up: first-call allocations are not the scheme's cost
     plain(input_ids=small_ids, attention_mask=small_mask)
@@ -159,7 +138,7 @@ def _decode_wire(arm: Arm, wire: torch.Tensor, key: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def attack_arm(name: str, arm: Arm, earlier: Arm, base: PreTrainedModel, tokens: Tokens, cfg: MatrixCfg,
+def attack_arm(name: str, arm: Arm, earlier: Arm, base: PreTrainedModel, tokens: TokenBatch, cfg: MatrixCfg,
                candidates: torch.Tensor, aligned: dict[str, tuple[torch.Tensor, float]] | None = None
                ) -> list[dict[str, Any]]:
     """Every matrix attack on one arm; `earlier` is the session the known plaintext came from.
@@ -240,7 +219,7 @@ def weights_family(arm: Arm) -> Family:
     return get_family(arm.cloud.config.model_type)
 
 
-def candidate_set(tokens: Tokens, vocab: int, n: int, seed: int) -> torch.Tensor:
+def candidate_set(tokens: TokenBatch, vocab: int, n: int, seed: int) -> torch.Tensor:
     """The hidden-state attacks' candidates: the true tokens plus random distractors, n in all."""
     true = torch.unique(torch.cat(tokens.sequences))
     extra = torch.randperm(vocab, generator=torch.Generator().manual_seed(seed))
@@ -248,17 +227,18 @@ def candidate_set(tokens: Tokens, vocab: int, n: int, seed: int) -> torch.Tensor
     return torch.cat([true, rest])
 
 
-def scheme_matrix(name: str, model: PreTrainedModel, tokens: Tokens, cfg: MatrixCfg,
+def scheme_matrix(name: str, model: PreTrainedModel, tokens: TokenBatch, cfg: MatrixCfg,
                   schemes: Sequence[str] = SCHEMES, base: PreTrainedModel | None = None) -> list[dict[str, Any]]:
     """Rows for every scheme: accuracy and cost, then each attack. `base`: the attacker's public model
     (defaults to `model`, i.e. the developer published the weights unchanged)."""
     base = model if base is None else base
     makers = arm_makers(model, cfg, schemes)
-    hidden_tokens = Tokens.from_sequences([s[: cfg.hidden_tokens] for s in tokens.sequences[: cfg.hidden_sequences]],
-                                          pad=0)
+    hidden_tokens = TokenBatch.from_sequences(
+        [s[: cfg.hidden_tokens] for s in tokens.sequences[: cfg.hidden_sequences]], tokens.pad_id,
+        sources=tokens.sources[: cfg.hidden_sequences], corpus=tokens.corpus)
     cands = candidate_set(hidden_tokens, hidden.embedding_table(model).shape[0], cfg.candidates, cfg.seed)
     with torch.no_grad():
-        ref = model(input_ids=tokens.ids, attention_mask=tokens.mask).logits
+        ref = model(input_ids=tokens.ids, attention_mask=tokens.attention_mask).logits
     out: list[dict[str, Any]] = []
     aligned: dict[str, tuple[torch.Tensor, float]] = {}
     for make in makers.values():
