@@ -37,13 +37,14 @@ from protocols.plotting import (  # noqa: F401 - the report's figures draw with 
 )
 from protocols.plotting import save as _save
 from protocols.summaries import interval_frame
-from report.artifacts._shared import measuring_cpu
+from report.artifacts._shared import measuring_host
 
 
 def host_label() -> str:
-    """The host in a title's words: inside the report (report.artifacts._shared.measured_in) the CPU the results
-    record of the host that measured them; elsewhere this host: '2-core CPU', or the GPU's name when torch sees one."""
-    recorded = measuring_cpu()
+    """The host in a title's words: inside the report (report.artifacts._shared.measured_in) the CPU, and the cloud's
+    GPU where one is recorded, of the host that measured the results; elsewhere this host: '2-core CPU', or the GPU's
+    name when torch sees one."""
+    recorded = measuring_host()
     if recorded is not None:
         return recorded
     try:

@@ -61,6 +61,7 @@ def test_a_cloud_on_a_gpu_is_named_from_the_runs_conditions(tmp_path):
     assert measured_host(tmp_path) == "16-core CPU, cloud on 1x NVIDIA H100 80GB HBM3, device and cloud on one host"
     with measured_in(tmp_path):
         assert "GPU not recorded" not in host_differences()
+        assert style.host_label() == "16-core CPU, cloud on 1x NVIDIA H100 80GB HBM3"  # figure titles name the GPU
 
 
 def test_a_cloud_on_the_cpu_says_no_gpu_and_mixed_runs_say_both(tmp_path):

@@ -126,11 +126,16 @@ def measured_host(results: Path) -> str:
     return f"{cpu}, {measured_accelerator(results)}, device and cloud on one host"
 
 
-def measuring_cpu() -> str | None:
+def measuring_host() -> str | None:
     """For report.style's titles, short: measured_cpu of the results being reported ('host unknown' when they record
-    none) inside measured_in; None outside it."""
+    none), and the cloud's GPUs where runs record one ('16-core CPU, cloud on 1x NVIDIA H100'), inside measured_in;
+    None outside it."""
     results = _RESULTS.get()
-    return None if results is None else (measured_cpu(results) or "host unknown")
+    if results is None:
+        return None
+    folder = Path(results)
+    gpus = sorted(_recorded_accelerators(folder, _stamp(folder)) - {"cpu"})
+    return (measured_cpu(results) or "host unknown") + (f", cloud on {' / '.join(gpus)}" if gpus else "")
 
 
 def host() -> str:
