@@ -25,7 +25,7 @@ import stip
 from protocols.models import load_smollm2
 from stip.sampling import Sampling, choose_tokens
 from stip.transform import _rows_in_parallel
-from transport.framing import recv_frame, send_bytes
+from transport.framing import recv_frame, send_bytes, tune_stream_socket
 from transport.sched import KERNEL, SLICE_ENV_VAR, apply_slice
 from transport.threads import apply_threads
 from transport.wire import decode_body, encode_frame
@@ -372,15 +372,15 @@ def _socket_floor_once(src: memoryview, dst: memoryview, a: socket.socket, b: so
 
 
 def _socket_pair(kind: str) -> tuple[socket.socket, socket.socket]:
-    """A connected pair: `unix` (socketpair) or `tcp` (loopback with TCP_NODELAY, as CloudProcess connects)."""
+    """A connected pair: `unix` (socketpair) or `tcp` (loopback), each end with the options every connection of
+    the transport gets (transport.framing.tune_stream_socket: TCP_NODELAY, 4 MiB buffers)."""
     if kind == "unix":
-        return socket.socketpair()
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        a = socket.create_connection(server.getsockname())
-        b, _ = server.accept()
-    for sock in (a, b):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return a, b
+        a, b = socket.socketpair()
+    else:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            a = socket.create_connection(server.getsockname())
+            b, _ = server.accept()
+    return tune_stream_socket(a), tune_stream_socket(b)
 
 
 @pytest.mark.parametrize("kind", ["unix", "tcp"])

@@ -33,7 +33,7 @@ import torch
 
 from transport.auth import plaintext_token_problem
 from transport.cloud_server import HELLO, RUNTIME_META_KEY, UNAUTHORIZED, _peer_gone
-from transport.framing import recv_frame
+from transport.framing import recv_frame, tune_stream_socket
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, NetworkProfile, profile_to_dict
 from transport.meter import DOWN, UP, TrafficMeter
@@ -175,8 +175,7 @@ class CloudClient:
             log.info("%s closed the idle connection; reconnecting", self.describe)
             self._drop_connection()
         if self._sock is None:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = tune_stream_socket(socket.create_connection((self.host, self.port), timeout=self.timeout_s))
             try:
                 if self.ssl_context is not None:
                     sock = self.ssl_context.wrap_socket(sock, server_hostname=self.server_hostname)

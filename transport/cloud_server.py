@@ -43,7 +43,7 @@ import torch
 
 from transport import checks
 from transport.auth import tokens_match
-from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame
+from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame, tune_stream_socket
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, profile_from_dict
 from transport.sched import read_nice, read_slice
@@ -279,7 +279,7 @@ class CloudServer:
         """Start serving `conn`, or refuse it with a reason. A connection that must authenticate first (TLS or
         a token) counts against max_unauthenticated until it has, and only then takes a max_connections slot,
         so connections that never authenticate cannot lock out one that does."""
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_stream_socket(conn)
         gated = self.token is not None or self.ssl_context is not None
         with self._conn_lock:
             if gated:
