@@ -72,6 +72,34 @@ def test_rate_limited_link_is_measured_and_everything_is_removed():
     assert root_state() == before
 
 
+def hub_qdiscs(ns: netns.Namespaces) -> str:
+    return subprocess.run(["tc", "-n", ns.hub, "qdisc", "show"], capture_output=True, text=True, check=True).stdout
+
+
+def test_set_rate_replaces_every_limiter_in_place():
+    """One set of namespaces, three rates: the tbf on both ends of every veth is replaced (not stacked), a transfer
+    runs at the new rate, and None removes the limiters; the root namespace never changes."""
+    before = root_state()
+    with netns.Namespaces(["device", "cloud"], rate_bps=20e6) as ns:
+        made = list(ns.made)
+        ns.set_rate(80e6)
+        for party in ("device", "cloud"):
+            shown = ns.qdiscs(party)
+            assert shown.count("qdisc tbf") == 1 and "rate 80Mbit" in shown and "20Mbit" not in shown, shown
+        assert hub_qdiscs(ns).count("qdisc tbf") == 2 and "20Mbit" not in hub_qdiscs(ns)
+        got, seconds = transfer(ns, 4_000_000)
+        expected = 8 * 4_000_000 / 80e6  # 0.4 s; at the first 20 Mbit/s it would take 1.6 s
+        assert got == 4_000_000 and 0.8 * expected < seconds < 2.5 * expected, (seconds, expected)
+        ns.set_rate(None)
+        assert "tbf" not in ns.qdiscs("device") and "tbf" not in hub_qdiscs(ns)
+        ns.set_rate(20e6)
+        assert "rate 20Mbit" in ns.qdiscs("cloud") and hub_qdiscs(ns).count("qdisc tbf") == 2
+        assert ns.made == made and root_state() == before
+        with pytest.raises(ValueError, match="positive bit rate"):
+            ns.set_rate(0)
+    assert root_state() == before
+
+
 def test_removed_when_the_body_fails():
     before = set(netns.list_namespaces())
     with pytest.raises(RuntimeError, match="boom"):

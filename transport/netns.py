@@ -5,7 +5,8 @@ bridge; each party reaches the hub through a veth pair whose two ends carry a `t
 and hub egress towards the party), so every byte between two parties crosses two limiters at `rate_bps`.
 Addresses (198.18.0.0/15, the benchmarking range) exist only inside those namespaces, which have no route
 out: nothing in the root namespace changes (no interface, address, route or qdisc). Everything is removed
-on exit, also when the body raises; namespaces a crashed run left behind are found by their name prefix
+on exit, also when the body raises; `set_rate` changes every limiter in place (`tc qdisc replace`), so one
+set of namespaces serves several rates; namespaces a crashed run left behind are found by their name prefix
 and the creator's pid in it (`remove_leftovers`). Needs root and `ip`/`tc` (iproute2). `netem` (delay, loss)
 is used only where the kernel has it (`netem_problem`); the `tc` commands are in docs/multi-host.md.
 """
@@ -204,6 +205,21 @@ class Namespaces:
                 _run("tc", "-n", self.hub, "qdisc", "add", "dev", party.hub_iface, "root", "tbf",
                      *tbf_args(self.rate_bps))
             self.parties[name] = party
+
+    def set_rate(self, rate_bps: float | None) -> None:
+        """Change every limiter in place (`tc qdisc replace`; None: delete it) and flush the TCP metrics each
+        namespace cached (ssthresh, cwnd per peer), so runs at the new rate start as in fresh namespaces."""
+        if rate_bps is not None and not rate_bps > 0:
+            raise ValueError(f"rate_bps={rate_bps!r}: a positive bit rate, or None for no limit")
+        for party in self.parties.values():
+            for ns, dev in ((party.netns, party.iface), (self.hub, party.hub_iface)):
+                if rate_bps is not None:
+                    _run("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", *tbf_args(rate_bps))
+                elif self.rate_bps is not None:
+                    _run("tc", "-n", ns, "qdisc", "del", "dev", dev, "root")
+            _run("ip", "-n", party.netns, "tcp_metrics", "flush", "all")
+        _run("ip", "-n", self.hub, "tcp_metrics", "flush", "all")
+        self.rate_bps = rate_bps
 
     def qdiscs(self, party: str) -> str:
         """`tc -s qdisc` of a party's interface (bytes and drops the limiter saw)."""
