@@ -1,21 +1,31 @@
 """Links measured, not only modelled: each party in its own network namespace behind a `tbf` rate limit.
 
 `python -m bench.netns_links [results_dir=...] [runs_dir=...] [models=[bert-tiny,bert-medium]]
-[rates=[1e8,1e9]] [protocols=[stip,full_cloud,mpc]]` (root; transport.netns) runs, per model and rate (and once
-with no limit), STIP and full cloud with the device and a served cloud (`python -m transport serve`, TLS and a
-token) in two namespaces, and 2PC CrypTen with the server and device ranks in two namespaces (`parties.*`).
+[rates=[1e8,1e9]] [protocols=[stip,full_cloud,mpc,spu]]` (root; transport.netns) runs, per model, in one set of
+namespaces (server, device and, for spu, helper), once with no limit and then at each rate (`Namespaces.set_rate`
+replaces every tbf in place and flushes the cached TCP metrics, so each rate starts as in fresh namespaces):
+STIP and full cloud with the device and a served cloud (`python -m transport serve`, TLS and a token, one per
+model and protocol, kept across rates); 2PC CrypTen with the server and device ranks in their namespaces
+(`parties.*`); spu: SPU's 3-party ABY3 (PUMA's approximations; faster and far fewer bytes than 2-party Cheetah
+on bert-tiny) with ranks 0, 1 (device), 2 each its own process over SPU's brpc link in its namespace.
 Every run is the ordinary runner (`python -m bench`) with network=none, so its rows are measured through the
-link (source socket; CrypTen's `compute` row is the slower party's wall time, link included). It writes
+link (source socket; CrypTen's and SPU's `compute` row is the slowest party's wall time, link included). It writes
 <results_dir>/netns_links/: rows.csv (per run and repeat: latency at source socket and modelled at that rate),
 links_table.{csv,md} (medians: measured / modelled, and what the gap is made of).
-Modelled = the harness's formula on the run's own counts: STIP and full cloud: that run's compute + rounds x RTT +
-(up + down bytes) / rate (request and reply in sequence); CrypTen: the compute of the unlimited-link run in the
-same namespaces + rounds x RTT + bytes / 2 / rate (full duplex). RTT is 0: this kernel has no netem (the
-namespace's own RTT, ~0.05 ms, is inside the measured time). Where namespaces cannot be made, writes
-skipped.json with the reason and exits 0.
+Modelled = the harness's formula on the run's own counts, RTT 0 (this kernel has no netem; the namespaces' own
+~0.05 ms RTT is inside the measured time), with `link_bytes` the bytes on the critical path:
+- STIP and full cloud: that run's compute + rounds x RTT + (up + down bytes) / rate (request and reply in sequence);
+- CrypTen and SPU: the compute of the unlimited-link run in the same namespaces (neither can split its compute
+  from waiting) + rounds x RTT + link_bytes / rate. The parties send at once, each through its own limiter (its
+  veth's egress; the hub's egress towards it carries what it receives), so the slowest limiter sets the link
+  time: CrypTen (2PC, no per-party counts): bytes / 2; SPU: the most bytes one party sent (its own link counter,
+  spu_profile.json), which for 2 parties and for ABY3's ring (each party receives from one peer) is also the
+  most one party receives. That is >= SPU's own modelled bytes / parties, the mean, by ABY3's uneven split (~5%).
+Where namespaces cannot be made, writes skipped.json with the reason and exits 0.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,9 +48,15 @@ log = logging.getLogger(__name__)
 REPO = Path(CONFIG_DIR).parent
 SERVE_PORT = 7443
 RENDEZVOUS_PORT = 29500
+SPU_PORT = 9530
 FACTORIES = {"stip": "protocols.stip_over_socket:make_cloud_handler",
              "full_cloud": "baselines.full_cloud:make_cloud_handler"}
-PROTOCOLS = ("stip", "full_cloud", "mpc")
+PROTOCOLS = ("stip", "full_cloud", "mpc", "spu")
+# protocol choice -> the runner's protocol config and its overrides. spu: 3-party ABY3 with PUMA's approximations
+# (PUMA's setting): on bert-tiny about 15x faster and 50x fewer bytes than 2-party Cheetah (OT/HE) here
+RUNNER_PROTOCOL = {"stip": ("stip", []), "full_cloud": ("full_cloud", []), "mpc": ("mpc", []),
+                   "spu": ("mpc", ["protocol.engine=spu", "protocol.mpc_protocol=aby3", "protocol.approx=puma"])}
+RANKS = ("server", "device", "helper")  # namespace of MPC rank 0, 1, 2 (rank 1 is the device; ABY3's third party)
 
 
 @dataclass
@@ -83,7 +99,8 @@ def rows_of(output_root: Path) -> pd.DataFrame:
 
 
 def base_overrides(cfg: LinksCfg, model: str, protocol: str, root: Path) -> list[str]:
-    return [f"experiment_name={cfg.experiment_name}", f"model={model}", f"protocol={protocol}", "network=none",
+    name, extra = RUNNER_PROTOCOL[protocol]
+    return [f"experiment_name={cfg.experiment_name}", f"model={model}", f"protocol={name}", *extra, "network=none",
             f"run.seq_len={cfg.seq_len}", f"run.repeats={cfg.repeats}", f"run.warmup={cfg.warmup}",
             f"run.threads={cfg.threads}", f"output_root={root}", "force=true"]
 
@@ -110,9 +127,11 @@ def tls_files(folder: Path, address: str) -> tuple[Path, Path, Path]:
 class Served:
     """`python -m transport serve` inside the cloud's namespace, on its namespace address, with TLS and a token."""
 
-    def __init__(self, party: netns.Party, factory: str, kwargs: dict, cert: Path, key: Path, token: Path) -> None:
+    def __init__(self, party: netns.Party, factory: str, kwargs: dict, cert: Path, key: Path, token: Path,
+                 port: int = SERVE_PORT) -> None:
+        self.address = f"{party.address}:{port}"
         argv = party.exec_argv([sys.executable, "-m", "transport", "serve", "--factory", factory, "--kwargs",
-                                json.dumps(kwargs), "--host", party.address, "--port", str(SERVE_PORT),
+                                json.dumps(kwargs), "--host", party.address, "--port", str(port),
                                 "--tls-cert", str(cert), "--tls-key", str(key), "--token-file", str(token)])
         self.proc = subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
@@ -135,30 +154,53 @@ def head_of(model: str) -> str:
     return str(OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{model}.yaml").get("head", "base"))
 
 
-def run_served(cfg: LinksCfg, ns: netns.Namespaces, model: str, protocol: str, ckpt: Path, root: Path,
-               tls: tuple[Path, Path, Path]) -> pd.DataFrame:
-    """STIP or full cloud: the device (the runner) in its namespace, the cloud served in the other."""
-    cloud, device = ns.parties["server"], ns.parties["device"]
+def serve(cfg: LinksCfg, ns: netns.Namespaces, model: str, protocol: str, ckpt: Path, port: int,
+          tls: tuple[Path, Path, Path]) -> Served:
+    """The cloud of STIP or full cloud served in the server's namespace; kept across the rates of one model."""
     cert, key, token = tls
-    served = Served(cloud, FACTORIES[protocol], {"checkpoint": str(ckpt), "head": head_of(model),
-                                                 "threads": cfg.threads}, cert, key, token)
-    try:
-        bench_run([*base_overrides(cfg, model, protocol, root), f"cloud.address={cloud.address}:{SERVE_PORT}",
-                   f"cloud.ca_file={cert}", f"cloud.token_file={token}"], device.exec_argv([]))
-    finally:
-        served.close()
+    return Served(ns.parties["server"], FACTORIES[protocol], {"checkpoint": str(ckpt), "head": head_of(model),
+                                                              "threads": cfg.threads}, cert, key, token, port)
+
+
+def run_served(cfg: LinksCfg, ns: netns.Namespaces, model: str, protocol: str, served: Served, root: Path,
+               tls: tuple[Path, Path, Path]) -> pd.DataFrame:
+    """STIP or full cloud: the device (the runner) in its namespace, the cloud served in the server's."""
+    cert, _, token = tls
+    bench_run([*base_overrides(cfg, model, protocol, root), f"cloud.address={served.address}",
+               f"cloud.ca_file={cert}", f"cloud.token_file={token}"], ns.parties["device"].exec_argv([]))
     return rows_of(root)
 
 
-def run_mpc(cfg: LinksCfg, ns: netns.Namespaces, model: str, root: Path) -> pd.DataFrame:
+def run_mpc(cfg: LinksCfg, ns: netns.Namespaces, model: str, root: Path, port: int) -> pd.DataFrame:
     """2PC CrypTen: rank 0 (server) and rank 1 (device) forked by the runner, each entering its namespace."""
     server, device = ns.parties["server"], ns.parties["device"]
     bench_run([*base_overrides(cfg, model, "mpc", root), f"protocol.timeout_s={cfg.timeout_s}",
-               f"parties.rendezvous=tcp://{server.address}:{RENDEZVOUS_PORT}",
+               f"parties.rendezvous=tcp://{server.address}:{port}",
                f"parties.hosts=[{server.address},{device.address}]", "parties.local=[0,1]",
                "parties.allow_network=true",  # the addresses exist only inside namespaces with no route out
                f"parties.netns={{0:{server.netns},1:{device.netns}}}"])
     return rows_of(root)
+
+
+def run_spu(cfg: LinksCfg, ns: netns.Namespaces, model: str, root: Path, port: int) -> pd.DataFrame:
+    """3PC SPU (ABY3): ranks 0, 1 (device), 2 each its own process over SPU's brpc link, started by the runner
+    inside its namespace (`parties.netns`)."""
+    ranks = [ns.parties[name] for name in RANKS]
+    hosts = ",".join(f"{p.address}:{port + r}" for r, p in enumerate(ranks))
+    places = ",".join(f"{r}:{p.netns}" for r, p in enumerate(ranks))
+    bench_run([*base_overrides(cfg, model, "spu", root), f"protocol.timeout_s={cfg.timeout_s}",
+               f"parties.hosts=[{hosts}]", "parties.local=[0,1,2]",
+               "parties.allow_network=true",  # the addresses exist only inside namespaces with no route out
+               f"parties.netns={{{places}}}"])
+    return rows_of(root)
+
+
+def busiest_sends(root: Path, warmup: int) -> pd.Series:
+    """Per measured repeat: the most bytes one SPU party sent (its own link counter, spu_profile.json beside the
+    rows; warm-up runs dropped as in the rows)."""
+    (found,) = root.glob("*/*/spu_profile.json")
+    runs = json.loads(found.read_text())["runs"][warmup:]
+    return pd.Series([max(p["send_bytes"] for p in run["links"]) for run in runs], dtype=float)
 
 
 def _pick(rows: pd.DataFrame, phase: str, metric: str, source: str) -> pd.Series:
@@ -166,26 +208,35 @@ def _pick(rows: pd.DataFrame, phase: str, metric: str, source: str) -> pd.Series
     return got.set_index("repeat")["value"].sort_index()
 
 
-def link_rows(protocol: str, rows: pd.DataFrame, rate: float | None, unlimited: pd.DataFrame | None) -> Iterator[dict]:
-    """Per repeat: latency measured through the link (socket) and modelled at `rate` from the run's own counts."""
+def link_rows(protocol: str, rows: pd.DataFrame, rate: float | None, unlimited: pd.DataFrame | None,
+              busiest: pd.Series | None = None) -> Iterator[dict]:
+    """Per repeat: latency measured through the link (socket) and modelled at `rate` from the run's own counts.
+    `busiest` (spu): per repeat, the most bytes one party sent (`busiest_sends`)."""
     link = NetworkProfile(name=rate_label(rate), bandwidth_bps=rate, rtt_s=0.0, source="tbf in transport.netns")
-    if protocol == "mpc":
+    if protocol in ("mpc", "spu"):
         measured = _pick(rows, "compute", "latency", "engine")
         n_bytes, rounds = _pick(rows, "total", "bytes", "engine"), _pick(rows, "total", "rounds", "engine")
-        compute = _pick(unlimited, "compute", "latency", "engine").median() if unlimited is not None else measured
-        modelled = {r: float(compute if unlimited is not None else measured[r]) + link.time(rounds[r], n_bytes[r] / 2)
+        if protocol == "spu":
+            if busiest is None or len(busiest) != len(measured):
+                raise ValueError(f"spu rows need the busiest party's sends per repeat ({len(measured)}), got "
+                                 f"{None if busiest is None else len(busiest)}")
+            # parties send at once, each through its own limiter: the busiest one is the critical path
+            critical = pd.Series(busiest.to_numpy(), index=measured.index)
+        else:
+            critical = n_bytes / 2  # 2PC: both ranks send at once, each through its own limiter
+        compute = _pick(unlimited, "compute", "latency", "engine").median() if unlimited is not None else None
+        modelled = {r: float(measured[r] if compute is None else compute) + link.time(rounds[r], critical[r])
                     for r in measured.index}
     else:
         measured = _pick(rows, "total", "latency", "socket")
         n_bytes, rounds = _pick(rows, "total", "bytes", "socket"), _pick(rows, "total", "rounds", "socket")
+        critical = n_bytes  # a request and its reply follow each other
         compute = _pick(rows, "total", "latency", "modelled")  # network=none: the run's own compute
         modelled = {r: float(compute[r]) + link.time(rounds[r], n_bytes[r]) for r in measured.index}
     for r in measured.index:
+        # link_bytes: the bytes the busiest limiter carries on the critical path
         base = {"protocol": protocol, "rate_bps": rate, "link": link.name, "repeat": int(r),
-                "bytes": float(n_bytes[r]), "rounds": float(rounds[r]),
-                # bytes one direction carries on the critical path: 2PC sends both ways at once, a request
-                # and its reply follow each other
-                "link_bytes": float(n_bytes[r]) / (2 if protocol == "mpc" else 1)}
+                "bytes": float(n_bytes[r]), "rounds": float(rounds[r]), "link_bytes": float(critical[r])}
         yield {**base, "source": "socket", "latency_s": float(measured[r])}
         yield {**base, "source": "modelled", "latency_s": float(modelled[r])}
 
@@ -216,29 +267,46 @@ def markdown(tab: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
 
 
+def measure(cfg: LinksCfg, ns: netns.Namespaces, model: str, protocol: str, root: Path, served: dict[str, Served],
+            tls: tuple[Path, Path, Path], index: int) -> tuple[pd.DataFrame, pd.Series | None]:
+    """One run of `protocol` across the namespaces at their current rate (the `index`-th: fresh MPC ports, so no
+    listener waits on a port the previous run's sockets still hold): its rows (and, for spu, `busiest_sends`)."""
+    if protocol == "mpc":
+        return run_mpc(cfg, ns, model, root, RENDEZVOUS_PORT + index), None
+    if protocol == "spu":
+        return run_spu(cfg, ns, model, root, SPU_PORT + 3 * index), busiest_sends(root, cfg.warmup)
+    return run_served(cfg, ns, model, protocol, served[protocol], root, tls), None
+
+
 def run(cfg: LinksCfg) -> pd.DataFrame:
-    """Every (model, rate, protocol) run in fresh namespaces; the rows of rows.csv."""
+    """Per model one set of namespaces (and one served cloud per protocol); each rate set in place
+    (`Namespaces.set_rate`), unlimited first; the rows of rows.csv."""
     bad = [p for p in cfg.protocols if p not in PROTOCOLS]
     if bad:
         raise ValueError(f"protocols={bad}: choose from {list(PROTOCOLS)}")
     runs = _absolute(cfg.runs_dir) / cfg.experiment_name
+    names = list(RANKS if "spu" in cfg.protocols else RANKS[:2])
     records = []
     with tempfile.TemporaryDirectory(prefix="netns-links-") as tmp:
         for model in cfg.models:
             ckpts = {p: prepared_checkpoint(cfg, model, p, runs) for p in cfg.protocols if p in FACTORIES}
             unlimited: dict[str, pd.DataFrame] = {}
-            for rate in [None, *cfg.rates]:
-                with netns.Namespaces(["server", "device"], rate_bps=rate) as ns:
-                    tls = tls_files(Path(tmp), ns.address("server"))
+            with netns.Namespaces(names, rate_bps=None) as ns, contextlib.ExitStack() as stack:
+                tls = tls_files(Path(tmp), ns.address("server"))
+                served = {}
+                for i, (protocol, ckpt) in enumerate(ckpts.items()):
+                    served[protocol] = serve(cfg, ns, model, protocol, ckpt, SERVE_PORT + i, tls)
+                    stack.callback(served[protocol].close)
+                for i, rate in enumerate([None, *cfg.rates]):
+                    ns.set_rate(rate)
                     for protocol in cfg.protocols:
                         root = runs / rate_label(rate) / model / protocol
                         log.info("netns_links: %s %s at %s", model, protocol, rate_label(rate))
-                        rows = (run_mpc(cfg, ns, model, root) if protocol == "mpc" else
-                                run_served(cfg, ns, model, protocol, ckpts[protocol], root, tls))
+                        rows, busiest = measure(cfg, ns, model, protocol, root, served, tls, i)
                         if rate is None:
                             unlimited[protocol] = rows
-                        records += [{"model": model, **r} for r in
-                                    link_rows(protocol, rows, rate, None if rate is None else unlimited[protocol])]
+                        records += [{"model": model, **r} for r in link_rows(
+                            protocol, rows, rate, None if rate is None else unlimited[protocol], busiest)]
     return pd.DataFrame.from_records(records)
 
 
