@@ -107,26 +107,29 @@ def test_spu_run_places_three_ranks_in_their_namespaces(monkeypatch, tmp_path):
 HAS_SPU = (netns_links.REPO / ".venv-spu" / "bin" / "python").exists() or bool(os.environ.get("SPU_VENV"))
 
 
-@pytest.mark.slow  # three SPU party processes per run, two runs: about two minutes on the loaded 2-core host
+@pytest.mark.slow  # three SPU party processes per run, two runs, 27 s on the 2 Mbit/s link: about 2 min loaded
 @pytest.mark.skipif(not HAS_SPU, reason="needs .venv-spu (make install)")
 @pytest.mark.skipif(REASON is not None, reason=f"no network namespaces here: {REASON}")
 def test_spu_aby3_parties_measured_through_a_rate_limited_link(tmp_path):
-    """SPU's three ABY3 ranks, each in its namespace, unlimited then 20 Mbit/s set in place: the same bytes on both
-    links, the busiest party's share on the critical path, the tbf caps what it delivered; nothing left behind."""
+    """SPU's three ABY3 ranks, each in its namespace, unlimited then 2 Mbit/s set in place: the same bytes on both
+    links, the busiest party's share on the critical path, and the limiter's floor on the measured time;
+    nothing left behind."""
     before = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True).stdout
     out = netns_links.main([f"results_dir={tmp_path / 'results'}", f"runs_dir={tmp_path / 'runs'}",
-                            "models=[bert-tiny]", "rates=[2e7]", "protocols=[spu]", "seq_len=8",
+                            "models=[bert-tiny]", "rates=[2e6]", "protocols=[spu]", "seq_len=8",
                             "repeats=1", "warmup=1"])
     rows = pd.read_csv(out / "rows.csv")
     assert set(rows.protocol) == {"spu"} and set(rows.source) == {"socket", "modelled"} and len(rows) == 4
     tab = pd.read_csv(out / "links_table.csv").set_index("link")
-    unlimited, limited = tab.loc["unlimited"], tab.loc["20mbit"]
+    unlimited, limited = tab.loc["unlimited"], tab.loc["2mbit"]
     assert limited["bytes"] == unlimited["bytes"] > 0  # ABY3's total sends are the same every run
     assert limited["bytes"] / 3 <= limited["link_bytes"] < limited["bytes"] / 2  # the busiest of three parties
     assert unlimited["measured_over_modelled"] == 1.0  # no limit: modelled is the run's own compute
-    # 9.8 MB in all at 20 Mbit/s: over a second on the busiest link alone, which the limiter cannot beat
-    assert limited["measured_s"] > unlimited["measured_s"] + 0.5 * 8 * limited["link_bytes"] / 2e7
-    assert 0 < limited["delivered_mbit"] <= 20 * 1.05
-    assert limited["modelled_s"] > unlimited["modelled_s"]
+    # the busiest party's ~3.4 MB cannot leave its namespace faster than its limiter: 13.5 s at 2 Mbit/s, far above
+    # an unlimited forward (2-7 s on the loaded host); compute noise of one repeat makes a tighter bound flaky
+    link_floor = 8 * limited["link_bytes"] / 2e6
+    assert limited["measured_s"] >= link_floor > unlimited["measured_s"]
+    assert limited["modelled_s"] == pytest.approx(unlimited["measured_s"] + link_floor)
+    assert 0.5 < limited["measured_over_modelled"] < 3
     assert not [n for n in netns.list_namespaces() if n.startswith(f"{netns.PREFIX}{os.getpid()}x")]
     assert subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True).stdout == before
