@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-all bench bench-micro bench-all clean install-ray
+.PHONY: help install lint test test-all bench bench-micro bench-links bench-all clean install-ray
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ bench-micro: install ## STIP micro-benchmarks and the loaded-host benchmark in b
 
 bench: bench-micro ## Reproduce the paper report (profile `bench` of configs/bench_profiles.yaml, <= 60 min): results/REPORT.md
 	$(PY) -m bench.profile bench --results results
+
+bench-links: install ## Links measured through network namespaces behind tbf, beside modelled (root; ~20 min): results/netns_links/
+	$(PY) -m bench.netns_links results_dir=results runs_dir=outputs/netns_links_runs 'models=[bert-tiny,bert-medium]' 'rates=[2e8,1e9]'
 
 bench-all: install ## Every paper artifact at the full size this host allows (profile `all`; hours on 2 cores)
 	$(PY) -m bench.profile all --results results
