@@ -64,7 +64,6 @@ PARTIES = {"ABY3": 3, "CHEETAH": 2, "SEMI2K": 2}
 EMBEDDINGS = ("mpc", "device")
 LINKS = ("mem", "brpc")
 FLAG = "parties.allow_network=true"  # baselines.mpc.hosts.FLAG: the one switch for parties beyond loopback
-REPO = Path(__file__).resolve().parents[2]
 WORD_EMBEDDING = {"bert": ("embeddings", "word_embeddings"), "gpt2": ("transformer", "wte")}  # Flax param paths
 DEVICE_EMBEDS: list[Any] = []  # the device's token vectors while forward() traces (embedding=device)
 
@@ -266,7 +265,8 @@ def run_processes(executable: Any, shares: list[list[Any]], cfg: Any, n: int, re
         for rank in local:
             with open(logs[rank], "wb") as log:
                 procs[rank] = subprocess.Popen([*prefixes.get(rank, []), *party_command(jobs[rank], True)],
-                                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy())
+                                               # the driver's cwd and PYTHONPATH: the checkout (the engine's)
+                                               stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         deadline = time.monotonic() + timeout_s
         while any(p.poll() is None for p in procs.values()):
             failed = [r for r, p in procs.items() if p.returncode not in (None, 0)]
