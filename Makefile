@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-all bench bench-micro bench-links bench-all clean install-ray
+.PHONY: help install lint test test-all test-multihost bench bench-micro bench-links bench-all clean install-ray
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ lint: install ## ruff check, the import-linter layer contracts and mypy on stip/
 
 test: install ## Run the fast test suite (not slow)
 	$(PY) -m pytest -m "not slow and not benchmark" -q
+
+test-multihost: install install-ray ## Parties across network namespaces (CrypTen, SPU, STIP's served cloud) and the Ray sweep: what CI runs after `make test` (root for namespaces; minutes)
+	$(PY) -m pytest -m multihost -q
 
 test-all: install ## Run every test, slow ones included
 	$(PY) -m pytest -m "not benchmark" -q

@@ -30,6 +30,7 @@ PROTOCOLS = "protocol=stip,mpc"  # stip is parallel_safe, mpc (CrypTen, two part
 
 pytestmark = [
     pytest.mark.slow,  # a Ray cluster (~20 s to start here) and two sweeps with a CrypTen pair: minutes
+    pytest.mark.multihost,
     pytest.mark.skipif(not RAY_PY.exists(), reason=f"no {RAY_PY.relative_to(ROOT)}: `make install-ray` builds it "
                        "(hydra-ray-launcher 1.2.2 pins cloudpickle<3, so Ray is not in .venv nor in `make install`)"),
 ]

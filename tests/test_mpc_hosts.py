@@ -91,6 +91,7 @@ NETNS = netns.unavailable_reason()
 
 
 @pytest.mark.slow  # 50 s on the loaded 2-core host (two runs of two CrypTen parties)
+@pytest.mark.multihost
 @pytest.mark.skipif(NETNS is not None, reason=f"no network namespaces here: {NETNS}")
 def test_a_crypten_pair_across_namespaces_gives_the_loopback_bytes_and_rounds(tmp_path, capfd):
     """Rank 1 forked into the device namespace, rank 0 started by its printed command in the server namespace

@@ -16,6 +16,7 @@ REASON = netns.unavailable_reason()
 
 
 @pytest.mark.slow  # four `python -m bench` runs and a served cloud: minutes on the loaded 2-core host
+@pytest.mark.multihost
 @pytest.mark.skipif(REASON is not None, reason=f"no network namespaces here: {REASON}")
 def test_stip_and_a_crypten_pair_measured_through_a_rate_limited_link(tmp_path):
     before = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True).stdout

@@ -174,6 +174,7 @@ NETNS = netns.unavailable_reason() if HAS_SPU else "needs .venv-spu (make instal
 
 
 @pytest.mark.slow  # two driver runs and three namespaces: about a minute on the loaded 2-core host
+@pytest.mark.multihost
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(NETNS is not None, reason=f"SPU parties across namespaces: {NETNS}")
 def test_brpc_processes_across_namespaces_behind_tbf_match_the_in_memory_threads(tmp_path: Path) -> None:
