@@ -41,23 +41,31 @@ _ATTR_SIZE = _ATTR.size
 assert _ATTR_SIZE == 48
 
 
+def _resolve_setting(requested: Any, env_var: str, default: int, off: str, bounds: tuple[int, int],
+                     what: str, off_means: str) -> int | None:
+    """`requested`, else $env_var, else `default`, as a whole number inside `bounds`; None for the word `off`.
+    Raises ValueError naming the value, the variable and the way out."""
+    value = os.environ.get(env_var) if requested is None else requested
+    if value is None:
+        return default
+    if isinstance(value, str) and value.strip().lower() == off:
+        return None
+    lo, hi = bounds
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} {value!r} ({env_var}) is not a whole number; give {lo}..{hi} or {off!r} "
+                         f"{off_means}") from None
+    if not lo <= number <= hi:
+        raise ValueError(f"{what} {number} ({env_var}) is outside {lo}..{hi}; give a value inside it or {off!r}")
+    return number
+
+
 def resolve_slice(requested: Any = None) -> int | None:
     """The slice in microseconds for this process: `requested`, else $STIP_SCHED_SLICE_US, else the default;
     None means the kernel's own slice (`kernel`)."""
-    value = os.environ.get(SLICE_ENV_VAR) if requested is None else requested
-    if value is None:
-        return DEFAULT_SLICE_US
-    if isinstance(value, str) and value.strip().lower() == KERNEL:
-        return None
-    try:
-        us = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"scheduler slice {value!r} ({SLICE_ENV_VAR}) is not a whole number of microseconds; "
-                         f"give {MIN_SLICE_US}..{MAX_SLICE_US} or {KERNEL!r} for the kernel's own") from None
-    if not MIN_SLICE_US <= us <= MAX_SLICE_US:
-        raise ValueError(f"scheduler slice {us} us ({SLICE_ENV_VAR}) is outside the kernel's "
-                         f"{MIN_SLICE_US}..{MAX_SLICE_US} us; give a value inside it or {KERNEL!r}")
-    return us
+    return _resolve_setting(requested, SLICE_ENV_VAR, DEFAULT_SLICE_US, KERNEL, (MIN_SLICE_US, MAX_SLICE_US),
+                            "scheduler slice in us", "for the kernel's own")
 
 
 def _syscalls() -> tuple[int, int] | None:
@@ -139,20 +147,8 @@ KEEP = "keep"  # the value that leaves the nice value the process started with
 
 def resolve_nice(requested: Any = None) -> int | None:
     """The nice value for this process: `requested`, else $STIP_NICE, else DEFAULT_NICE; None means keep it."""
-    value = os.environ.get(NICE_ENV_VAR) if requested is None else requested
-    if value is None:
-        return DEFAULT_NICE
-    if isinstance(value, str) and value.strip().lower() == KEEP:
-        return None
-    try:
-        nice = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"nice value {value!r} ({NICE_ENV_VAR}) is not a whole number; give {MIN_NICE}..{MAX_NICE} "
-                         f"or {KEEP!r} to keep the one the process started with") from None
-    if not MIN_NICE <= nice <= MAX_NICE:
-        raise ValueError(f"nice value {nice} ({NICE_ENV_VAR}) is outside {MIN_NICE}..{MAX_NICE}; give a value inside "
-                         f"it or {KEEP!r}")
-    return nice
+    return _resolve_setting(requested, NICE_ENV_VAR, DEFAULT_NICE, KEEP, (MIN_NICE, MAX_NICE), "nice value",
+                            "to keep the one the process started with")
 
 
 def read_nice() -> int:
