@@ -118,6 +118,8 @@ def toy(seq: int = 6) -> tuple[Any, torch.Tensor]:
 
 
 @needs_spu
+@pytest.mark.slow  # ~15 s: run by `make test-multihost` (CI) to keep `make test` under its 15 min
+@pytest.mark.multihost
 @pytest.mark.timeout(300)
 def test_brpc_processes_on_loopback_match_the_in_memory_threads(tmp_path: Path) -> None:
     """3-party ABY3 on a toy BERT: each party its own process on 127.0.0.1 reports the same bytes and send actions
@@ -138,6 +140,8 @@ def test_brpc_processes_on_loopback_match_the_in_memory_threads(tmp_path: Path) 
 
 
 @needs_spu
+@pytest.mark.slow  # ~10 s: run by `make test-multihost` (CI) to keep `make test` under its 15 min
+@pytest.mark.multihost
 @pytest.mark.timeout(300)
 def test_a_remote_rank_runs_from_the_printed_command_with_only_its_own_shares(tmp_path: Path) -> None:
     """2-party Cheetah, the server (rank 0) started from the command the driver prints: its job has its own share of
