@@ -42,8 +42,7 @@ RUN = ["model=bert-tiny", "protocol=full_cloud", "network=none", "run.seq_len=8"
        "force=true", "experiment_name=loaded_host"]
 
 
-SPINNER = ("import os\nfrom transport.sched import apply_slice\napply_slice('kernel')\n"
-           "os.setpriority(os.PRIO_PROCESS, 0, 0)\nwhile True: pass")
+SPINNER = "from transport.sched import apply_nice, apply_slice\napply_slice('kernel')\napply_nice(0)\nwhile True: pass"
 
 
 @contextmanager
