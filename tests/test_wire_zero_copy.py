@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_save
 
-from transport.framing import recv_frame, send_bytes
+from transport.framing import ReceiveBuffers, recv_frame, send_bytes
 from transport.link import EmulatedLink
 from transport.meter import TrafficMeter
 from transport.wire import MAGIC, Frame, WireError, decode_body, decode_message, encode_frame, encode_header
@@ -105,6 +105,51 @@ def test_scatter_gather_send_and_view_decode_round_trip():
         assert torch.equal(bits(got), bits(t)), key
         assert lo <= got.data_ptr() < hi, f"{key} is a copy, not a view of the received buffer"
         assert got.data_ptr() % got.element_size() == 0, key
+
+
+def _receive(frame: Frame, buffers: ReceiveBuffers) -> tuple[bytes, memoryview]:
+    a, b = socket.socketpair()
+    with a, b:
+        sender = threading.Thread(target=send_bytes, args=(a, frame))
+        sender.start()
+        received = recv_frame(b, buffers=buffers)
+        sender.join()
+    return received
+
+
+def _start(view: memoryview) -> int:
+    return torch.frombuffer(view, dtype=torch.uint8).data_ptr()
+
+
+def test_a_warm_receive_buffer_is_reused_only_once_nothing_views_it():
+    """ReceiveBuffers: a body lands in an earlier frame's buffer only when no decoded tensor or view of that one is
+    left (a buffer still viewed would overwrite tensors the caller holds); two buffers, then the oldest idle one."""
+    buffers = ReceiveBuffers(keep=2, min_bytes=1 << 20)
+    xs = [torch.full((600_000,), float(i)) for i in range(4)]  # 2.4 MB each
+    first = decode_body(*_receive(encode_frame("m", {"x": xs[0]}), buffers)).tensors["x"]
+    second = decode_body(*_receive(encode_frame("m", {"x": xs[1]}), buffers)).tensors["x"]
+    assert first.data_ptr() != second.data_ptr(), "a viewed buffer was reused"
+    third = decode_body(*_receive(encode_frame("m", {"x": xs[2]}), buffers)).tensors["x"]
+    assert len({first.data_ptr(), second.data_ptr(), third.data_ptr()}) == 3
+    assert torch.equal(first, xs[0]) and torch.equal(second, xs[1]) and torch.equal(third, xs[2])
+    assert len(buffers._arrays) == 2, "holds at most `keep` buffers"
+    kept = third.data_ptr()  # the pool holds the second and the third buffer
+    del first, third
+    header, body = _receive(encode_frame("m", {"x": xs[3]}), buffers)
+    assert _start(body) <= kept < _start(body) + len(body), "an idle warm buffer was not reused"
+    assert torch.equal(decode_body(header, body).tensors["x"], xs[3]) and torch.equal(second, xs[1])
+    del body
+    while_held = _receive(encode_frame("m", {"x": xs[0]}), buffers)[1]  # the second is still viewed: not it
+    assert not _start(while_held) <= second.data_ptr() < _start(while_held) + len(while_held)
+
+
+def test_small_and_oversized_bodies_are_not_pooled():
+    buffers = ReceiveBuffers(keep=2, min_bytes=1 << 20, max_bytes=4 << 20)
+    for n in (1000, 2_000_000):  # 4 KB (malloc serves it warm anyway) and 8 MB (over max_bytes)
+        _receive(encode_frame("m", {"x": torch.zeros(n)}), buffers)
+    assert buffers._arrays == []
+    with pytest.raises(ValueError, match="keep=0"):
+        ReceiveBuffers(keep=0)
 
 
 def test_receive_allocates_the_body_once_not_a_growing_heap_buffer():

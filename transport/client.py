@@ -33,7 +33,7 @@ import torch
 
 from transport.auth import plaintext_token_problem
 from transport.cloud_server import HELLO, RUNTIME_META_KEY, UNAUTHORIZED, _peer_gone
-from transport.framing import recv_frame, tune_stream_socket
+from transport.framing import ReceiveBuffers, recv_frame, tune_stream_socket
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, NetworkProfile, profile_to_dict
 from transport.meter import DOWN, UP, TrafficMeter
@@ -136,6 +136,7 @@ class CloudClient:
         self.accelerator: dict | str | None = None
         self._call_lock = threading.Lock()  # one request in flight per connection
         self._sock: socket.socket | None = None
+        self._replies = ReceiveBuffers()  # a large reply (full logits) lands in a warm buffer a dropped one used
 
     def __enter__(self) -> CloudClient:
         self.start()
@@ -241,7 +242,7 @@ class CloudClient:
             self.meter.add_message(UP, sent.modelled_s, sent.measured_s)
             t_sent = time.perf_counter()
             header, body = recv_frame(sock, self.max_message_bytes, deadline=deadline,
-                                      on_bytes=lambda n: self.meter.add_bytes(DOWN, n))
+                                      on_bytes=lambda n: self.meter.add_bytes(DOWN, n), buffers=self._replies)
             t_end = time.perf_counter()
         except TimeoutError as exc:
             self._drop_connection()  # a late reply would desynchronise the stream

@@ -43,7 +43,7 @@ import torch
 
 from transport import checks
 from transport.auth import tokens_match
-from transport.framing import ConnectionClosed, TruncatedFrame, recv_frame, tune_stream_socket
+from transport.framing import ConnectionClosed, ReceiveBuffers, TruncatedFrame, recv_frame, tune_stream_socket
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, profile_from_dict
 from transport.sched import read_nice, read_slice
@@ -68,6 +68,10 @@ DEFAULT_FRAME_TIMEOUT_S = ServerLimits.frame_timeout_s  # a started frame must f
 _DRAIN_TIMEOUT_S = 1.0
 _DRAIN_LIMIT_BYTES = 64 << 20
 _WATCH_INTERVAL_S = 0.05
+# The largest request body a connection keeps a warm buffer for (transport.framing.ReceiveBuffers, two a connection):
+# requests are hidden states (128 tokens of a 4096-wide model: 2 MiB); larger ones are received into fresh memory,
+# so many connections cannot make the server hold much.
+_POOLED_REQUEST_BYTES = 16 << 20
 HELLO_MAX_BYTES = 64 << 10  # a hello carries a token: an unauthenticated peer may send no more than this
 
 # error_type values carried in error replies
@@ -454,11 +458,12 @@ class CloudServer:
     def _serve_frames(self, conn: socket.socket, addr: Any, caller: str) -> None:
         """Answer frames on one (authenticated) connection until the peer leaves, idles out, or the stream
         breaks."""
+        requests = ReceiveBuffers(max_bytes=_POOLED_REQUEST_BYTES)
         while True:
             try:
                 header, body = recv_frame(conn, self.max_message_bytes, frame_timeout_s=self.frame_timeout_s,
                                           idle_timeout_s=self.limits.idle_timeout_s,
-                                          max_header_bytes=self.limits.max_header_bytes)
+                                          max_header_bytes=self.limits.max_header_bytes, buffers=requests)
             except ConnectionClosed:
                 return
             except TruncatedFrame as exc:

@@ -7,7 +7,9 @@ validates it first, so an oversized declared length is refused before anything i
 body is then received in place into one buffer of the declared size, which the decoder views
 (`torch.frombuffer`). The buffer is an uninitialised torch allocation: malloc serves a large one
 with a fresh mapping whose pages the kernel commits only as bytes arrive (so a declared length
-alone still commits no memory) and reuses freed memory for the next message of a similar size.
+alone still commits no memory). A connection that passes its `ReceiveBuffers` gets a large body
+received into a buffer one of its earlier frames used, once nothing views that one any more: its
+pages are committed already, so receiving costs the socket's copy and no page faults.
 Byte counts are reported through `on_bytes` per chunk, so a meter sees exactly what crossed the
 socket, partial frames included.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import sys
 import time
 from typing import Callable
 
@@ -132,10 +135,48 @@ def _buffer(n: int) -> memoryview:
                               "message size or this side's max_message_bytes") from None
 
 
+class ReceiveBuffers:
+    """One connection's warm receive buffers: a body of at least `min_bytes` goes into a buffer an earlier frame
+    of the connection was received into, once no decoded tensor or view refers to it any more (CPython's
+    reference count says so: `sys.getrefcount`), so its pages are committed already and receiving it costs
+    the socket's copy alone. A buffer still viewed is never reused (the decoded tensors keep their values).
+
+    Holds at most `keep` buffers of at most `max_bytes` each (two: a caller that still holds the last body while
+    receiving the next one alternates between them). Not thread-safe: one per connection, whose frames arrive one
+    after another. Measured by benchmarks/bench_stip_micro.py (issue 21): GPT-2's full logits, 25.7 MB.
+    """
+
+    def __init__(self, keep: int = 2, min_bytes: int = 1 << 20, max_bytes: int = 64 << 20) -> None:
+        if keep < 1 or min_bytes < 0 or max_bytes < min_bytes:
+            raise ValueError(f"ReceiveBuffers(keep={keep}, min_bytes={min_bytes}, max_bytes={max_bytes}): "
+                             "need keep >= 1 and 0 <= min_bytes <= max_bytes")
+        self.keep, self.min_bytes, self.max_bytes = keep, min_bytes, max_bytes
+        self._arrays: list = []  # numpy uint8 arrays over torch allocations, least recently used first
+
+    def take(self, n: int) -> memoryview:
+        """A writable n-byte buffer: a warm idle one where one is large enough, else a fresh one (kept if pooled)."""
+        if not self.min_bytes <= n <= self.max_bytes:
+            return _buffer(n)
+        for i in range(len(self._arrays)):
+            if self._arrays[i].nbytes >= n and self._idle(i):
+                self._arrays.append(self._arrays.pop(i))
+                return memoryview(self._arrays[-1])[:n]
+        fresh = _buffer(n)
+        idle = [i for i in range(len(self._arrays)) if self._idle(i)]
+        if len(self._arrays) >= self.keep:  # drop the least recently used, an idle one where there is one
+            del self._arrays[idle[0] if idle else 0]
+        self._arrays.append(fresh.obj)
+        return fresh
+
+    def _idle(self, i: int) -> bool:
+        """Nothing but this pool refers to buffer i: its list slot and getrefcount's own argument."""
+        return sys.getrefcount(self._arrays[i]) == 2
+
+
 def _recv_exactly(sock: socket.socket, n: int, deadline: float | None, on_bytes: ByteCounter | None,
-                  got_before: int) -> memoryview:
+                  got_before: int, buffers: ReceiveBuffers | None = None) -> memoryview:
     """Receive exactly `n` bytes into one buffer of that size (no regrowth, no copy)."""
-    buf = _buffer(n)
+    buf = _buffer(n) if buffers is None else buffers.take(n)
     if n:
         _recv_into(sock, buf, deadline, on_bytes, got_before)
     return buf
@@ -144,7 +185,8 @@ def _recv_exactly(sock: socket.socket, n: int, deadline: float | None, on_bytes:
 def recv_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
                deadline: float | None = None, frame_timeout_s: float | None = None,
                idle_timeout_s: float | None = None, max_header_bytes: int = MAX_HEADER_BYTES,
-               on_bytes: ByteCounter | None = None) -> tuple[bytes, memoryview]:
+               on_bytes: ByteCounter | None = None,
+               buffers: ReceiveBuffers | None = None) -> tuple[bytes, memoryview]:
     """Receive one frame and return its (JSON header, safetensors body) bytes.
 
     The body is returned as a writable view of the buffer it was received into, so decoding views
@@ -152,7 +194,8 @@ def recv_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, 
 
     `deadline` (time.monotonic) bounds the whole frame; `idle_timeout_s` bounds the wait for its
     first byte and `frame_timeout_s` the rest of it once that byte arrived (a server waits a while
-    for requests, never long for stalled peers).
+    for requests, never long for stalled peers). `buffers` (the connection's ReceiveBuffers) lets a large
+    body reuse a warm buffer an earlier frame no longer needs.
     Raises ConnectionClosed, TruncatedFrame, TimeoutError, or transport.wire.WireError for a bad prefix.
     """
     prefix = bytearray(FRAME_PREFIX_BYTES)
@@ -168,5 +211,5 @@ def recv_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, 
     _recv_into(sock, view[1:], deadline, on_bytes, 1)
     header_len, body_len = decode_prefix(bytes(prefix), max_bytes, max_header_bytes)
     header = _recv_exactly(sock, header_len, deadline, on_bytes, FRAME_PREFIX_BYTES)
-    body = _recv_exactly(sock, body_len, deadline, on_bytes, FRAME_PREFIX_BYTES + header_len)
+    body = _recv_exactly(sock, body_len, deadline, on_bytes, FRAME_PREFIX_BYTES + header_len, buffers)
     return bytes(header), body
