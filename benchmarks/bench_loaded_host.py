@@ -5,9 +5,10 @@ as the host is, once while os.cpu_count() `python -c "while True: pass"` process
 ratio loaded / as-is of the median cloud compute and of the median total is the number (target <= 1.5 in every
 pair, for both: docs/harness.md "Timing on a shared host"); the median uplink + downlink (the two wake-ups a
 request waits for, and the transfers) is recorded beside them. `default` is the harness as shipped (1 thread,
-a 0.1 ms scheduler slice and nice -10 where permitted, per process: transport.threads / transport.sched); for
-comparison, `nice_0` keeps all of that at nice 0 (the fair share: what a user without CAP_SYS_NICE gets),
-`kernel_slice` keeps 1 thread and nice -10 but the kernel's own slice ($STIP_SCHED_SLICE_US=kernel), `all` takes
+a 0.1 ms scheduler slice, nice -10 and the request path at SCHED_FIFO where permitted, per process:
+transport.threads / transport.sched); for comparison, `fair` keeps all of that but SCHED_OTHER throughout,
+`unprivileged` runs at nice 0 and SCHED_OTHER (the fair share: what a user without CAP_SYS_NICE gets),
+`kernel_slice` keeps the default but the kernel's own slice ($STIP_SCHED_SLICE_US=kernel), `all` takes
 one thread per core in each process (torch's own default before the thread policy). The spinners run at nice 0
 with the kernel's slice, as other processes on a host do. Targets are reported as met/missed per quantity
 (compute, total), not asserted. Rows go to the CSV named by $STIP_LOADED_RESULTS (`make bench-micro` sets
@@ -31,7 +32,7 @@ from hydra import compose, initialize_config_dir
 
 from bench.app import CONFIG_DIR, run
 from transport.processes import signal_tree
-from transport.sched import KERNEL, NICE_ENV_VAR, SLICE_ENV_VAR
+from transport.sched import FAIR, KERNEL, NICE_ENV_VAR, POLICY_ENV_VAR, SLICE_ENV_VAR
 
 from helpers.results_csv import append_rows
 
@@ -77,27 +78,30 @@ def measure(tmp: Path, extra: list[str]) -> dict:
             "other_load_cores": report.conditions["other_load_cores"], "noisy": len(report.noisy),
             "threads": threads["cloud"]["intra_op"],
             "slice_us": (threads["device"].get("sched_slice_us"), threads["cloud"].get("sched_slice_us")),
-            "nice": (threads["device"].get("nice"), threads["cloud"].get("nice"))}
+            "nice": (threads["device"].get("nice"), threads["cloud"].get("nice")),
+            "policy": (threads["device"].get("sched_policy"), threads["cloud"].get("sched_policy"))}
 
 
 def write_rows(rows: list[list]) -> None:
     append_rows("STIP_LOADED_RESULTS", [
         "setting", "pair", "threads", "device_slice_us", "cloud_slice_us", "device_nice", "cloud_nice",
+        "device_policy", "cloud_policy",
         "quiet_cloud_compute_s",
         "loaded_cloud_compute_s", "cloud_compute_ratio", "quiet_total_s", "loaded_total_s", "total_ratio",
         "quiet_link_wait_s", "loaded_link_wait_s", "quiet_other_load_cores", "loaded_other_load_cores", "target",
         "met_compute", "met_total", "met", "cores", "time"], rows)
 
 
-SETTINGS = {"default": ([], {}), "nice_0": ([], {NICE_ENV_VAR: "0"}), "kernel_slice": ([], {SLICE_ENV_VAR: KERNEL}),
-            "all": (["run.threads={cores}"], {})}
+SETTINGS = {"default": ([], {}), "fair": ([], {POLICY_ENV_VAR: FAIR}),
+            "unprivileged": ([], {NICE_ENV_VAR: "0", POLICY_ENV_VAR: FAIR}),
+            "kernel_slice": ([], {SLICE_ENV_VAR: KERNEL}), "all": (["run.threads={cores}"], {})}
 
 
 @pytest.fixture
 def sched_setting(monkeypatch, request):
-    """$STIP_SCHED_SLICE_US and $STIP_NICE for the setting (unset: the harness's defaults); restore_threads puts
-    this process's slice and nice value back afterwards."""
-    for var in (SLICE_ENV_VAR, NICE_ENV_VAR):
+    """$STIP_SCHED_SLICE_US, $STIP_NICE and $STIP_SCHED_POLICY for the setting (unset: the harness's defaults);
+    restore_threads puts this process's slice and nice value back afterwards."""
+    for var in (SLICE_ENV_VAR, NICE_ENV_VAR, POLICY_ENV_VAR):
         monkeypatch.delenv(var, raising=False)
     for var, value in SETTINGS[request.param][1].items():
         monkeypatch.setenv(var, value)
@@ -118,7 +122,7 @@ def test_bert_tiny_forward_on_a_loaded_host(tmp_path, restore_threads, sched_set
         ratios["compute"].append(r_cloud)
         ratios["total"].append(r_total)
         verdicts = [r_cloud <= TARGET, r_total <= TARGET, r_cloud <= TARGET and r_total <= TARGET]
-        rows.append([setting, pair, loaded["threads"], *loaded["slice_us"], *loaded["nice"],
+        rows.append([setting, pair, loaded["threads"], *loaded["slice_us"], *loaded["nice"], *loaded["policy"],
                      f"{quiet['cloud_compute']:.6g}",
                      f"{loaded['cloud_compute']:.6g}", f"{r_cloud:.4f}", f"{quiet['total']:.6g}",
                      f"{loaded['total']:.6g}", f"{r_total:.4f}", f"{quiet['link_wait']:.6g}",
@@ -126,7 +130,7 @@ def test_bert_tiny_forward_on_a_loaded_host(tmp_path, restore_threads, sched_set
                      f"<= {TARGET}", *(verdicts if setting == "default" else ["", "", ""]), cores,
                      time.strftime("%Y-%m-%dT%H:%M:%S")])
         print(f"\nloaded host ({setting}, {loaded['threads']} thread(s), slice device/cloud {loaded['slice_us']} us, "
-              f"nice {loaded['nice']}, "
+              f"nice {loaded['nice']}, policy {loaded['policy']}, "
               f"pair {pair}): cloud compute {quiet['cloud_compute'] * 1e3:.3g} -> "
               f"{loaded['cloud_compute'] * 1e3:.3g} ms ({r_cloud:.2f}x), total {quiet['total'] * 1e3:.3g} -> "
               f"{loaded['total'] * 1e3:.3g} ms ({r_total:.2f}x), "

@@ -59,12 +59,14 @@ def cpu_rows(sw: Stopwatch, cloud: CloudClient, repeat: int) -> list[Row]:
 
 
 def cloud_threads_seen(cloud: CloudClient) -> dict:
-    """The cloud process's torch threads, slice and nice value as its last reply reported them (report.conditions)."""
+    """The cloud process's torch threads, slice, nice value and policy as its last reply reported them
+    (report.conditions)."""
     call = cloud.last_call
     return {"intra_op": call.cloud_threads if call is not None else None,
             "requested": getattr(cloud, "threads", None),
             "sched_slice_us": call.cloud_sched_slice_us if call is not None else None,
-            "nice": call.cloud_nice if call is not None else None}
+            "nice": call.cloud_nice if call is not None else None,
+            "sched_policy": call.cloud_sched_policy if call is not None else None}
 
 
 class CloudHandler:

@@ -1,4 +1,5 @@
-"""The scheduler slice and nice value (transport.sched): parsed, applied, inherited by the cloud process, recorded."""
+"""The scheduler slice, nice value and request-path policy (transport.sched): parsed, applied, inherited by the cloud
+process, recorded."""
 from __future__ import annotations
 
 import os
@@ -11,15 +12,23 @@ from transport import CloudProcess
 from transport.sched import (
     DEFAULT_NICE,
     DEFAULT_SLICE_US,
+    FAIR,
+    FIFO,
     KERNEL,
     NICE_ENV_VAR,
+    POLICY_ENV_VAR,
     SLICE_ENV_VAR,
     apply_nice,
+    apply_policy,
     apply_slice,
     read_nice,
+    read_policy,
     read_slice,
+    request_path,
     resolve_nice,
+    resolve_policy,
     resolve_slice,
+    thread_policy,
 )
 from transport.threads import apply_threads
 
@@ -132,3 +141,56 @@ def test_children_and_the_cloud_process_inherit_the_nice_value(monkeypatch, rest
         _, described = cloud.call("describe", {}, {})
     assert call.cloud_nice == -3 and described["threads"]["nice"] == -3
     assert apply_nice(0) == {"requested": 0, "nice": 0} and os.environ[NICE_ENV_VAR] == "0"
+
+
+def test_resolve_policy(monkeypatch):
+    monkeypatch.delenv(POLICY_ENV_VAR, raising=False)
+    assert resolve_policy() == FIFO and resolve_policy("FAIR") == FAIR
+    monkeypatch.setenv(POLICY_ENV_VAR, "fair")
+    assert resolve_policy() == FAIR
+    with pytest.raises(ValueError, match=r"'realtime' \(STIP_SCHED_POLICY\) is neither 'fifo'"):
+        resolve_policy("realtime")
+
+
+@pytest.mark.skipif(not (PRIVILEGED and SUPPORTED), reason="SCHED_FIFO needs root or CAP_SYS_NICE; the slice 6.12")
+def test_the_request_path_runs_at_fifo_and_puts_nice_and_slice_back(monkeypatch, restore_threads, restore_slice):
+    monkeypatch.setenv(POLICY_ENV_VAR, FIFO)
+    apply_slice(250)
+    apply_nice(-3)
+    assert thread_policy() == FAIR
+    with request_path():
+        assert thread_policy() == FIFO
+        assert read_slice()["slice_us"] == 250.0  # the slice it goes back to, not "no slice"
+        with request_path():  # nested: a no-op, the outer one puts things back
+            assert thread_policy() == FIFO
+    assert thread_policy() == FAIR and read_slice()["slice_us"] == 250.0 and read_nice() == -3
+    monkeypatch.setenv(POLICY_ENV_VAR, FAIR)
+    with request_path():
+        assert thread_policy() == FAIR
+
+
+def test_a_refused_fifo_is_recorded_and_the_path_stays_fair(monkeypatch, restore_threads):
+    monkeypatch.setattr("transport.sched._fifo_refused", None)  # put back after the test
+    monkeypatch.setattr("transport.sched._setattr", lambda *a, **k: "Operation not permitted")
+    monkeypatch.setenv(POLICY_ENV_VAR, FIFO)
+    got = apply_policy()
+    assert got["policy"] == FAIR and "SCHED_FIFO refused (Operation not permitted)" in got["reason"]
+    assert "CAP_SYS_NICE" in got["reason"] and read_policy() == got
+    assert "CAP_SYS_NICE" in apply_threads(1)["policy_reason"]  # a run's conditions say so
+    with request_path():
+        assert thread_policy() == FAIR
+
+
+@pytest.mark.skipif(not PRIVILEGED, reason="SCHED_FIFO needs root or CAP_SYS_NICE")
+@pytest.mark.parametrize("setting", [None, FAIR])
+def test_the_cloud_serves_a_request_at_the_policy_and_reports_it(setting, monkeypatch, restore_threads):
+    monkeypatch.delenv(SLICE_ENV_VAR, raising=False)
+    if setting is None:
+        monkeypatch.delenv(POLICY_ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(POLICY_ENV_VAR, setting)
+    with CloudProcess(FACTORY, {}) as cloud:
+        cloud.call("threads", {}, {})
+        call = cloud.last_call
+    assert call.cloud_sched_policy == (setting or FIFO)  # the thread that ran the handler, while it ran
+    assert call.cloud_sched_slice_us == DEFAULT_SLICE_US or not SUPPORTED  # the slice it goes back to, not "none"

@@ -17,7 +17,7 @@ from bench.app import CONFIG_DIR, run
 from bench.conditions import RunConditions, noisy_reasons
 from transport import CloudProcess
 from transport.cloud_server import process_accelerator
-from transport.sched import read_nice, read_slice
+from transport.sched import read_nice, read_policy, read_slice
 from transport.threads import DEFAULT_THREADS, THREAD_ENV_VARS, apply_threads, resolve_threads
 
 FACTORY = "helpers.thread_probe:make_probe"
@@ -128,8 +128,9 @@ def test_report_records_conditions(tmp_path, restore_threads):
     assert cond["threads"]["device"]["intra_op"] == 1 and cond["threads"]["device"]["inter_op"] >= 1
     assert cond["threads"]["cloud"] == {"intra_op": 2, "requested": 2,  # as the cloud process reported it
                                         "sched_slice_us": read_slice()["slice_us"],  # transport.sched: inherited
-                                        "nice": read_nice()}
+                                        "nice": read_nice(), "sched_policy": read_policy()["policy"]}
     assert cond["threads"]["device"]["sched_slice_us"] == read_slice()["slice_us"]
+    assert cond["threads"]["device"]["sched_policy"] == read_policy()["policy"]  # fifo where permitted
     assert cond["threads"]["device"]["nice"] == read_nice()
     assert cond["cores"]["usable"] == len(os.sched_getaffinity(0)) and cond["cores"]["logical"] == os.cpu_count()
     assert len(cond["load_before"]) == 3 and len(cond["load_after"]) == 3

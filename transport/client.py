@@ -38,6 +38,7 @@ from transport.limits import ServerLimits
 from transport.link import EmulatedLink, NetworkProfile, profile_to_dict
 from transport.meter import DOWN, UP, TrafficMeter
 from transport.processes import signal_tree, spawn
+from transport.sched import request_path
 from transport.threads import resolve_threads, thread_env
 from transport.wire import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -95,6 +96,7 @@ class CallRecord:
     cloud_threads: int | None = None  # the cloud's torch intra-op threads during the call (as it reported)
     cloud_sched_slice_us: float | None = None  # the serving thread's scheduler slice (transport.sched), as reported
     cloud_nice: int | None = None  # the serving thread's nice value (transport.sched), as reported
+    cloud_sched_policy: str | None = None  # the serving thread's policy, fifo or fair (transport.sched), as reported
 
     @property
     def timing(self) -> dict[str, float]:
@@ -237,13 +239,14 @@ class CloudClient:
             if not self.alive:
                 raise ConnectionError("process not running")
             sock = self._connect()
-            sent = self.link.send(sock, frame, deadline=deadline,
-                                  on_bytes=lambda n: self.meter.add_bytes(UP, n))
-            self.meter.add_message(UP, sent.modelled_s, sent.measured_s)
-            t_sent = time.perf_counter()
-            header, body = recv_frame(sock, self.max_message_bytes, deadline=deadline,
-                                      on_bytes=lambda n: self.meter.add_bytes(DOWN, n), buffers=self._replies)
-            t_end = time.perf_counter()
+            with request_path():  # $STIP_SCHED_POLICY=fifo: its wake-ups preempt busy cores (transport.sched)
+                sent = self.link.send(sock, frame, deadline=deadline,
+                                      on_bytes=lambda n: self.meter.add_bytes(UP, n))
+                self.meter.add_message(UP, sent.modelled_s, sent.measured_s)
+                t_sent = time.perf_counter()
+                header, body = recv_frame(sock, self.max_message_bytes, deadline=deadline,
+                                          on_bytes=lambda n: self.meter.add_bytes(DOWN, n), buffers=self._replies)
+                t_end = time.perf_counter()
         except TimeoutError as exc:
             self._drop_connection()  # a late reply would desynchronise the stream
             if not self.alive:
@@ -277,7 +280,8 @@ class CloudClient:
             link_time_up=self.link.one_way_time(len(frame)), link_time_down=link_down,
             request_overhead_bytes=len(frame) - request_payload, reply=reply,
             cloud_compute_cpu=runtime.get("cloud_compute_cpu"), cloud_threads=runtime.get("threads"),
-            cloud_sched_slice_us=runtime.get("sched_slice_us"), cloud_nice=runtime.get("nice"))
+            cloud_sched_slice_us=runtime.get("sched_slice_us"), cloud_nice=runtime.get("nice"),
+            cloud_sched_policy=runtime.get("sched_policy"))
         self.last_call, self.last_timing = record, record.timing
         if reply.kind == KIND_ERROR:
             raise CloudError(f"{self.describe} refused {method!r}: {reply.error}",

@@ -46,7 +46,7 @@ from transport.auth import tokens_match
 from transport.framing import ConnectionClosed, ReceiveBuffers, TruncatedFrame, recv_frame, tune_stream_socket
 from transport.limits import ServerLimits
 from transport.link import EmulatedLink, profile_from_dict
-from transport.sched import read_nice, read_slice
+from transport.sched import read_nice, read_slice, request_path, thread_policy
 from transport.threads import apply_threads, read_threads
 from transport.wire import (
     KIND_ERROR,
@@ -415,7 +415,8 @@ class CloudServer:
                     return
                 if welcome is not None and not self._try_send(conn, welcome):
                     return
-            self._serve_frames(conn, addr, caller)
+            with request_path():  # $STIP_SCHED_POLICY=fifo: a request's wake-up preempts busy cores (transport.sched)
+                self._serve_frames(conn, addr, caller)
         except (ssl.SSLError, OSError) as exc:
             log.warning("connection %s failed: %r", addr, exc)
         except Exception:  # a bug here must cost one connection, never the server
@@ -579,7 +580,8 @@ class CloudServer:
             tensors, meta = self._unpack_result(request.kind, result)
             meta = {**meta, RUNTIME_META_KEY: {"cloud_compute": cloud_compute, "cloud_compute_cpu": cloud_cpu,
                                                "threads": torch.get_num_threads(),
-                                               "sched_slice_us": read_slice()["slice_us"], "nice": read_nice()}}
+                                               "sched_slice_us": read_slice()["slice_us"], "nice": read_nice(),
+                                               "sched_policy": thread_policy()}}
             return encode_frame(KIND_RESULT, tensors, meta, max_bytes=self.max_message_bytes)  # sent unjoined
         except Exception as exc:  # bad types, non-JSON meta, too large, tensors that will not copy
             log.error("handler method %r returned an unsendable result: %s", request.kind, exc)

@@ -15,8 +15,9 @@ cloud take turns; two MPC parties) number no more than the cores. On a dedicated
 larger count (`run.threads`, `protocol.cloud_threads`); the run records what it used.
 
 `apply_threads` also asks for a short scheduler slice and a lower nice value (transport.sched), so that the
-wake-ups within a request are not queued behind other processes' busy cores and a forward is not halved by
-them; `read_threads` reports both (`sched_slice_us`, `nice`; `nice_reason` where the kernel refused).
+wake-ups within a request are not queued behind other processes' busy cores and a forward is not halved by them,
+and runs the request path at SCHED_FIFO where permitted; `read_threads` reports them (`sched_slice_us`,
+`nice`, `sched_policy`; `nice_reason` and `policy_reason` where the kernel refused).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from transport.sched import apply_nice, apply_slice, read_nice, read_slice
+from transport.sched import apply_nice, apply_policy, apply_slice, read_nice, read_policy, read_slice
 
 DEFAULT_THREADS = 1
 # NUMBA_NUM_THREADS: numba's OpenMP layer (loaded by `dcor`, the privacy rows) sets the process-wide OpenMP count
@@ -86,6 +87,7 @@ def apply_threads(requested: Any = None) -> dict[str, Any]:
     os.environ.update(thread_env(n))
     nice = apply_nice()  # the priority ($STIP_NICE, default -10 where permitted): transport.sched
     apply_slice()  # the scheduler slice ($STIP_SCHED_SLICE_US, default 0.1 ms): transport.sched
+    apply_policy()  # the request path's policy ($STIP_SCHED_POLICY, default fifo): transport.sched
     torch.set_num_threads(n)
     if torch.get_num_interop_threads() != n:
         try:
@@ -100,6 +102,10 @@ def read_threads(requested: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
                            "env": {var: os.environ.get(var) for var in THREAD_ENV_VARS},
                            "sched_slice_us": read_slice()["slice_us"], "nice": read_nice()}
+    policy = read_policy()
+    out["sched_policy"] = policy["policy"]
+    if "reason" in policy:
+        out["policy_reason"] = policy["reason"]
     if requested is not None:
         out["requested"] = int(requested)
     return out

@@ -24,6 +24,7 @@ def restore_threads() -> Iterator[None]:
     from transport.sched import (  # noqa: PLC0415 - environment first (above)
         KERNEL,
         NICE_ENV_VAR,
+        POLICY_ENV_VAR,
         SLICE_ENV_VAR,
         apply_nice,
         apply_slice,
@@ -31,7 +32,7 @@ def restore_threads() -> Iterator[None]:
     )
     from transport.threads import THREAD_ENV_VARS  # noqa: PLC0415 - environment first (above)
 
-    env = {v: os.environ.get(v) for v in (*THREAD_ENV_VARS, SLICE_ENV_VAR, NICE_ENV_VAR)}
+    env = {v: os.environ.get(v) for v in (*THREAD_ENV_VARS, SLICE_ENV_VAR, NICE_ENV_VAR, POLICY_ENV_VAR)}
     before, nice = torch.get_num_threads(), read_nice()
     yield
     torch.set_num_threads(before)
