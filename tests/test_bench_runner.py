@@ -19,7 +19,10 @@ from bench.validate import ConfigError
 
 MPC_EXPERIMENTS = {"mpc_vs_stip", "mpc_bert_base", "mpc_accuracy", "mpc_accuracy_smollm2",  # two CrypTen party
                    "mpc_gpt2", "mpc_gpt2_generate"}  # processes per run: slow
-EXPERIMENTS = [pytest.param(e, marks=pytest.mark.slow) if e in MPC_EXPERIMENTS else e
+# Over 15 s each at toy size (make test's budget, pytest --durations): a LLaMA2-7b layer at full width (1.9 GB), and
+# SPU at BERT-base width (the mpc_spu run, at bert-tiny, stays in make test).
+HEAVY_EXPERIMENTS = {"fig7d_device_llama2", "mpc_spu_paper"}
+EXPERIMENTS = [pytest.param(e, marks=pytest.mark.slow) if e in MPC_EXPERIMENTS | HEAVY_EXPERIMENTS else e
                for e in sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))]
 TOY = ["run.repeats=1", "run.warmup=0", "run.batch_size=1", "run.seq_len=8",
        "run.max_new_tokens=2", "cloud_timeout_s=60"]

@@ -120,7 +120,7 @@ def test_gpt2_causal_mask_survives_pumas_softmax_on_spu(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+@pytest.mark.parametrize("kind", ["bert", pytest.param("gpt2", marks=pytest.mark.slow)])  # 12 s each: one in make test
 def test_device_embedding_skips_the_one_hot_product_and_keeps_the_output(kind: str, tmp_path: Path) -> None:
     """embedding=device: the device's token vectors enter as its secret; same output, fewer bytes than one-hot."""
     got = {}
