@@ -169,8 +169,18 @@ class ReceiveBuffers:
         return fresh
 
     def _idle(self, i: int) -> bool:
-        """Nothing but this pool refers to buffer i: its list slot and getrefcount's own argument."""
-        return sys.getrefcount(self._arrays[i]) == 2
+        """Nothing but this pool's list slot refers to buffer i (no view, no decoded tensor)."""
+        return _refs_of_slot(self._arrays, i) == _IDLE_REFS
+
+
+def _refs_of_slot(items: list, i: int) -> int:
+    return sys.getrefcount(items[i])
+
+
+# What an object held only by a list slot counts when read as _refs_of_slot reads it. Measured, not assumed: the
+# count includes getrefcount's own argument, which an interpreter that borrows references (CPython >= 3.14) does not
+# add; a hard-coded 2 would there take a buffer still viewed once for an idle one.
+_IDLE_REFS = _refs_of_slot([object()], 0)
 
 
 def _recv_exactly(sock: socket.socket, n: int, deadline: float | None, on_bytes: ByteCounter | None,

@@ -41,7 +41,9 @@ _SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275), "arm64": (274, 275)}
 _ATTR = struct.Struct("<IIQiIQQQ")  # struct sched_attr up to sched_period (SCHED_ATTR_SIZE_VER0 = 48 bytes)
 _ATTR_SIZE = _ATTR.size
 assert _ATTR_SIZE == 48
-_SCHED_FIFO, _RESET_ON_FORK = 1, 0x01  # the policy number and the flag that keeps it from threads made meanwhile
+# The policy number, and the flag that keeps it from threads started meanwhile (they start at SCHED_OTHER, nice 0: no
+# real-time thread the harness did not ask for, e.g. an OpenMP pool spinning at real-time priority)
+_SCHED_FIFO, _RESET_ON_FORK = 1, 0x01
 
 
 def _resolve_setting(requested: Any, env_var: str, default: int, off: str, bounds: tuple[int, int],
