@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from transport import CloudProcess
+from transport.client import CallRecord
 from transport.sched import (
     DEFAULT_NICE,
     DEFAULT_SLICE_US,
@@ -85,18 +86,26 @@ def test_children_inherit_the_slice(restore_slice, restore_threads, monkeypatch)
     assert float(out.stdout) == DEFAULT_SLICE_US  # fork + exec keep it: MPC parties and SPU's driver too
 
 
-@pytest.mark.skipif(not SUPPORTED, reason="this kernel reports no EEVDF slice (Linux < 6.12)")
-@pytest.mark.parametrize("setting", [None, "kernel", "300"])
-def test_cloud_process_serves_with_the_slice_and_reports_it(setting, restore_slice, monkeypatch):
-    default = apply_slice("kernel")["slice_us"]
-    if setting is None:
-        monkeypatch.delenv(SLICE_ENV_VAR, raising=False)
-    else:
-        monkeypatch.setenv(SLICE_ENV_VAR, setting)
+def _one_served_call(monkeypatch, env: dict[str, str | None]) -> tuple[CallRecord, dict]:
+    """One `threads` call and one `describe` through a cloud process started with `env` (None: the variable unset,
+    the default); returns the call's record (what the thread that ran the handler reported) and the description."""
+    for var, value in env.items():
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            monkeypatch.setenv(var, value)
     with CloudProcess(FACTORY, {}) as cloud:
         cloud.call("threads", {}, {})
         call = cloud.last_call
         _, described = cloud.call("describe", {}, {})
+    return call, described
+
+
+@pytest.mark.skipif(not SUPPORTED, reason="this kernel reports no EEVDF slice (Linux < 6.12)")
+@pytest.mark.parametrize("setting", [None, "kernel", "300"])
+def test_cloud_process_serves_with_the_slice_and_reports_it(setting, restore_slice, monkeypatch):
+    default = apply_slice("kernel")["slice_us"]
+    call, described = _one_served_call(monkeypatch, {SLICE_ENV_VAR: setting})
     want = {None: DEFAULT_SLICE_US, "kernel": default, "300": 300}[setting]
     assert call.cloud_sched_slice_us == want  # the thread that ran the handler
     assert described["threads"]["sched_slice_us"] == want
@@ -184,13 +193,6 @@ def test_a_refused_fifo_is_recorded_and_the_path_stays_fair(monkeypatch, restore
 @pytest.mark.skipif(not PRIVILEGED, reason="SCHED_FIFO needs root or CAP_SYS_NICE")
 @pytest.mark.parametrize("setting", [None, FAIR])
 def test_the_cloud_serves_a_request_at_the_policy_and_reports_it(setting, monkeypatch, restore_threads):
-    monkeypatch.delenv(SLICE_ENV_VAR, raising=False)
-    if setting is None:
-        monkeypatch.delenv(POLICY_ENV_VAR, raising=False)
-    else:
-        monkeypatch.setenv(POLICY_ENV_VAR, setting)
-    with CloudProcess(FACTORY, {}) as cloud:
-        cloud.call("threads", {}, {})
-        call = cloud.last_call
+    call, _ = _one_served_call(monkeypatch, {SLICE_ENV_VAR: None, POLICY_ENV_VAR: setting})
     assert call.cloud_sched_policy == (setting or FIFO)  # the thread that ran the handler, while it ran
     assert call.cloud_sched_slice_us == DEFAULT_SLICE_US or not SUPPORTED  # the slice it goes back to, not "none"
